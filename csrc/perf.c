@@ -1,0 +1,130 @@
+/* oom:mark_victim through perf_event_open(PERF_TYPE_TRACEPOINT): no BPF needed. One event per
+ * CPU, each with a small mmap ring; samples carry PERF_SAMPLE_RAW, the tracepoint's own record,
+ * which Python decodes with the field layout from tracefs' format file. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/perf_event.h>
+
+#include "pressured_native.h"
+
+struct pn_perf {
+    int fd;
+    void *base;
+    size_t map_len;
+    size_t data_len;
+    uint64_t lost;
+};
+
+int pn_perf_open(uint64_t tracepoint_id, int cpu, int ring_pages, struct pn_perf **out, int *fd_out)
+{
+    if (ring_pages <= 0 || (ring_pages & (ring_pages - 1)) != 0)
+        return -EINVAL;
+    struct perf_event_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.type = PERF_TYPE_TRACEPOINT;
+    attr.size = sizeof(attr);
+    attr.config = tracepoint_id;
+    attr.sample_period = 1;
+    attr.sample_type = PERF_SAMPLE_RAW;
+    attr.wakeup_events = 1;
+    int fd = (int)syscall(SYS_perf_event_open, &attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    long page = sysconf(_SC_PAGESIZE);
+    size_t map_len = (size_t)page * (size_t)(ring_pages + 1);
+    void *base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    struct pn_perf *p = calloc(1, sizeof(*p));
+    if (!p) {
+        munmap(base, map_len);
+        close(fd);
+        return -ENOMEM;
+    }
+    p->fd = fd;
+    p->base = base;
+    p->map_len = map_len;
+    p->data_len = (size_t)page * (size_t)ring_pages;
+    if (ioctl(fd, PERF_EVENT_IOC_ENABLE, 0) < 0) {
+        int rc = -errno;
+        pn_perf_close(p);
+        return rc;
+    }
+    *out = p;
+    *fd_out = fd;
+    return 0;
+}
+
+static void ring_copy(const struct pn_perf *p, const char *data, uint64_t pos, void *dst, size_t len)
+{
+    size_t off = (size_t)(pos % p->data_len);
+    size_t first = p->data_len - off;
+    if (first >= len) {
+        memcpy(dst, data + off, len);
+    } else {
+        memcpy(dst, data + off, first);
+        memcpy((char *)dst + first, data, len - first);
+    }
+}
+
+int pn_perf_next(struct pn_perf *p, char *buf, size_t size, size_t *len_out, uint64_t *lost_out)
+{
+    struct perf_event_mmap_page *meta = p->base;
+    const char *data = (const char *)p->base + meta->data_offset;
+    *len_out = 0;
+    for (;;) {
+        uint64_t head = __atomic_load_n(&meta->data_head, __ATOMIC_ACQUIRE);
+        uint64_t tail = meta->data_tail;
+        if (tail == head)
+            break;
+        struct perf_event_header hdr;
+        ring_copy(p, data, tail, &hdr, sizeof(hdr));
+        if (hdr.size < sizeof(hdr)) {
+            /* a broken record: drop what is there rather than spin */
+            __atomic_store_n(&meta->data_tail, head, __ATOMIC_RELEASE);
+            return -EIO;
+        }
+        int rc = 0;
+        int found = 0;
+        if (hdr.type == PERF_RECORD_SAMPLE) {
+            uint32_t raw_size = 0;
+            ring_copy(p, data, tail + sizeof(hdr), &raw_size, sizeof(raw_size));
+            if (raw_size > size) {
+                rc = -EMSGSIZE;
+            } else {
+                ring_copy(p, data, tail + sizeof(hdr) + sizeof(raw_size), buf, raw_size);
+                *len_out = raw_size;
+                found = 1;
+            }
+        } else if (hdr.type == PERF_RECORD_LOST) {
+            uint64_t rec[2];
+            ring_copy(p, data, tail + sizeof(hdr), rec, sizeof(rec));
+            p->lost += rec[1];
+        }
+        __atomic_store_n(&meta->data_tail, tail + hdr.size, __ATOMIC_RELEASE);
+        if (rc < 0)
+            return rc;
+        if (found)
+            break;
+    }
+    *lost_out = p->lost;
+    return 0;
+}
+
+int pn_perf_close(struct pn_perf *p)
+{
+    if (!p)
+        return 0;
+    munmap(p->base, p->map_len);
+    close(p->fd);
+    free(p);
+    return 0;
+}

@@ -1,0 +1,1 @@
+"""Actions: one module each, registered through the ``pressured.actions.v1`` entry-point group."""

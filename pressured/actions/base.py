@@ -1,0 +1,93 @@
+"""The action plugin contract (DESIGN.md rule 7: validate at start, act at run time).
+
+An action class is registered in the ``pressured.actions.v1`` entry-point group under its
+``type`` name. The daemon builds one instance per entry of ``actions:`` at start:
+
+    instance = ActionClass(options, ctx)   # validate; raise ConfigError naming "actions[i].key"
+
+and calls ``instance.run(event)`` for each event, in the configured order. ``run`` raises
+ActionError for a failure worth counting (actions_failed_total); any other exception is caught
+by the daemon, logged with the action's name, and counted the same way. Nothing an action does
+stops the daemon. With ``ctx.dry_run`` an action has no side effect at all: it logs what it
+would have done and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pressured.errors import ConfigError
+from pressured.model import Event
+
+
+@dataclass
+class ActionContext:
+    """What every action may use; filled in by the daemon (tests build their own)."""
+
+    dry_run: bool = False
+    mode: str = "local"
+    node_name: str | None = None
+    proc_root: str = "/proc"
+    config: Mapping[str, Any] = field(default_factory=dict)
+    """The whole effective configuration, as plain data (Lua's global ``config``)."""
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("pressured.actions"))
+    storage_factory: Callable[[], Any] | None = None
+    """Returns the configured Storage (pressured.storage.base.Storage), built on first use."""
+    reread: Callable[[str], Any] | None = None
+    """reread(target_key) -> fresh Sample or None: destructive actions re-check before acting."""
+    kube: Any = None
+    """The Kubernetes client wrapper (pressured.k8s) in node/sidecar/cluster modes, else None."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Action:
+    """Base class: subclasses set ``type`` and override ``run``."""
+
+    type: ClassVar[str] = ""
+    destructive: ClassVar[bool] = False
+    """Destructive actions (signal, evict) run only after the daemon re-read the target."""
+
+    def __init__(self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]") -> None:
+        self.options = dict(options)
+        self.ctx = ctx
+        self.where = where
+
+    def run(self, event: Event) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the action holds (clients, interpreters)."""
+
+    # helpers for option validation: every error names actions[i].key and the bad value
+    def opt(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+        if key not in self.options:
+            if required:
+                raise ConfigError(f"{self.where}.{key}: required for type {self.type!r}")
+            return default
+        value = self.options[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ConfigError(f"{self.where}.{key}: expected {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self.where}.{key}: expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def reject_unknown(self, known: set[str]) -> None:
+        from pressured.config import suggest  # noqa: PLC0415 - config imports actions lazily too
+
+        for key in self.options:
+            if key not in known and key != "type":
+                hint = suggest(key, known)
+                raise ConfigError(
+                    f"{self.where}.{key}: unknown option for type {self.type!r}"
+                    + (f" (did you mean {hint!r}?)" if hint else "")
+                )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)

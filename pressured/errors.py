@@ -1,0 +1,73 @@
+"""One exception tree for pressured (DESIGN.md rule 8).
+
+    PressuredError                  base of everything pressured raises on purpose
+    ├── ConfigError                 bad configuration: names the key path and the value
+    ├── CgroupError                 a cgroup path that is not usable (missing, no memory controller)
+    │   └── CgroupFileError         a cgroup/proc file missing or malformed: names the file
+    ├── KernelFeatureError          the kernel lacks something (no PSI, no tracepoint, no tracefs)
+    ├── ActionError                 an action failed at run time (the daemon goes on)
+    │   └── PluginError             a plugin could not be loaded or validated
+    ├── StorageError                a storage backend could not write, read or list a key
+    ├── KubernetesError             the API server or kubelet refused or answered garbage
+    ├── LuaError                    a Lua script failed to load or run (names script and line)
+    └── PprofError                  a profile that cannot be parsed
+
+Low-level calls into the native core raise OSError (errno, message naming the syscall and the
+path); callers that own a path translate it into the tree above with ``raise X from exc``.
+Foreign errors (boto3, httpx, lupa, lightkube) are translated where they are caught.
+"""
+
+from __future__ import annotations
+
+
+class PressuredError(Exception):
+    """Base of every error pressured raises on purpose."""
+
+
+class ConfigError(PressuredError):
+    """Invalid configuration. ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class CgroupError(PressuredError):
+    """A cgroup that cannot be watched."""
+
+
+class CgroupFileError(CgroupError):
+    """A cgroup or proc file that is missing or malformed."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class KernelFeatureError(PressuredError):
+    """The running kernel does not offer a feature."""
+
+
+class ActionError(PressuredError):
+    """An action failed at run time."""
+
+
+class PluginError(ActionError):
+    """A plugin could not be loaded or validated."""
+
+
+class StorageError(PressuredError):
+    """A storage backend failed."""
+
+
+class KubernetesError(PressuredError):
+    """The Kubernetes API server or kubelet failed or answered something unusable."""
+
+
+class LuaError(PressuredError):
+    """A Lua script failed to load or run."""
+
+
+class PprofError(PressuredError):
+    """A pprof profile that cannot be parsed."""

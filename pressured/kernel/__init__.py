@@ -1,0 +1,1 @@
+"""Kernel-facing readers and the Watcher. Every root (cgroup, proc, kmsg, tracefs) is a parameter."""

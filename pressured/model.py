@@ -1,0 +1,176 @@
+"""Frozen value types that flow between the parts (no I/O here).
+
+Target        who is watched: a cgroup (or the machine) and, in Kubernetes, its pod identity
+Sample        one reading of a target at one instant
+PressureEvent the engine's verdict (event_type "memory_pressure")
+OomKill       a confirmed kill (event_type "oom_killed"), built by the kill reconciler
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["ok", "warn", "critical"]
+EventSeverity = Literal["warn", "critical", "recovered"]
+SEVERITY_RANK: dict[str, int] = {"ok": 0, "warn": 1, "critical": 2}
+
+MACHINE = "machine"
+"""Target key of the machine itself (limit MemTotal, working set from MemAvailable)."""
+
+
+def rfc3339(ts: float) -> str:
+    """Wall-clock seconds as RFC 3339 UTC with milliseconds, e.g. 2026-11-21T05:22:14.123Z."""
+    d = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Kubernetes identity of a target; every field None outside Kubernetes."""
+
+    namespace: str | None = None
+    pod_name: str | None = None
+    pod_uid: str | None = None
+    container_name: str | None = None
+    container_id: str | None = None
+    node_name: str | None = None
+    pod_ip: str | None = None
+
+    def as_event_fields(self) -> dict[str, str | None]:
+        return {
+            "namespace": self.namespace,
+            "pod_name": self.pod_name,
+            "pod_uid": self.pod_uid,
+            "container_name": self.container_name,
+            "node_name": self.node_name,
+            "pod_ip": self.pod_ip,
+        }
+
+
+@dataclass(frozen=True)
+class Psi:
+    """One line pair of a pressure file (psi.rst): percentages and total stall in us."""
+
+    some_avg10: float = 0.0
+    some_avg60: float = 0.0
+    some_avg300: float = 0.0
+    some_total: int = 0
+    full_avg10: float = 0.0
+    full_avg60: float = 0.0
+    full_avg300: float = 0.0
+    full_total: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of a target. Bytes are bytes; limit None means unlimited."""
+
+    key: str
+    time: float  # monotonic seconds (the engine's clock)
+    usage_bytes: int
+    working_set_bytes: int
+    limit_bytes: int | None
+    memory_psi: Psi | None = None
+    io_psi: Psi | None = None
+    cpu_psi: Psi | None = None
+    oom_score: int | None = None
+    oom_score_adj: int | None = None
+    oom_kill_count: int | None = None
+
+
+@dataclass(frozen=True)
+class PressureEvent:
+    """An engine verdict; ``to_json`` is the event contract of the README."""
+
+    time: float  # wall clock (seconds since the epoch)
+    severity: EventSeverity
+    previous_severity: Severity
+    cgroup: str
+    usage_bytes: int
+    working_set_bytes: int
+    limit_bytes: int | None
+    usage_percent: float
+    growth_bytes_per_s: float | None
+    eta_seconds: float | None
+    psi_some_avg10: float | None
+    psi_full_avg10: float | None
+    rule: str
+    key: str = ""
+    identity: Identity = field(default_factory=Identity)
+    annotations: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    event_type: Literal["memory_pressure"] = "memory_pressure"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_type": self.event_type,
+            "time": rfc3339(self.time),
+            "severity": self.severity,
+            "previous_severity": self.previous_severity,
+            "cgroup": self.cgroup,
+            **self.identity.as_event_fields(),
+            "usage_bytes": self.usage_bytes,
+            "working_set_bytes": self.working_set_bytes,
+            "limit_bytes": self.limit_bytes,
+            "usage_percent": round(self.usage_percent, 2),
+            "growth_bytes_per_s": None
+            if self.growth_bytes_per_s is None
+            else round(self.growth_bytes_per_s, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "psi": {"some_avg10": self.psi_some_avg10, "full_avg10": self.psi_full_avg10},
+            "rule": self.rule,
+            "annotations": dict(self.annotations),
+            "dry_run": self.dry_run,
+        }
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
+class OomKill:
+    """A confirmed OOM kill, reported once (event_type "oom_killed")."""
+
+    time: float  # wall clock
+    cgroup: str
+    pid: int | None
+    comm: str | None
+    oom_kill_count: int | None
+    sources: tuple[str, ...]
+    warned_seconds_before: float | None
+    key: str = ""
+    identity: Identity = field(default_factory=Identity)
+    annotations: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    event_type: Literal["oom_killed"] = "oom_killed"
+
+    @property
+    def severity(self) -> str:
+        return "oom_killed"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_type": self.event_type,
+            "time": rfc3339(self.time),
+            "cgroup": self.cgroup,
+            **self.identity.as_event_fields(),
+            "pid": self.pid,
+            "comm": self.comm,
+            "oom_kill_count": self.oom_kill_count,
+            "sources": list(self.sources),
+            "warned_seconds_before": None
+            if self.warned_seconds_before is None
+            else round(self.warned_seconds_before, 3),
+            "annotations": dict(self.annotations),
+            "dry_run": self.dry_run,
+        }
+        out.update(self.extra)
+        return out
+
+
+Event = PressureEvent | OomKill

@@ -1,0 +1,94 @@
+"""The target-source contract the daemon drives.
+
+A source says WHO is watched; the daemon's Watcher says WHEN to look. Cgroup-backed sources
+(local, sidecar, node) return TargetSpecs with a CgroupRef: the daemon arms kernel
+notifications for each and diffs the list on every ``targets()`` call, so targets come and go
+without a restart. The cluster source has no cgroups: it produces Samples itself (kubelet
+/stats/summary) on its own interval, and kill records from the API (Events, lastState).
+
+Call order: ``start()`` once; ``targets()`` at start and whenever ``changed()`` is true (the
+source flips it from its own thread, e.g. a pod watch, or the daemon's inotify on cgroup
+directories calls ``notify_fs_change()``); ``poll(now)`` when ``next_poll()`` says so;
+``close()`` at shutdown. Nothing here may raise for bad data from outside: log a warning that
+names the input, skip it, and go on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pressured.kernel.cgroupfs import CgroupRef
+from pressured.model import Identity, Sample
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Per-target threshold overrides (pod annotations pressured.io/*)."""
+
+    warn_percent: float | None = None
+    critical_percent: float | None = None
+    cooldown_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    key: str
+    """Stable identity of the target: the cgroup path, or "<pod uid>/<container>" in cluster mode."""
+    ref: CgroupRef | None
+    identity: Identity = field(default_factory=Identity)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    overrides: Overrides = field(default_factory=Overrides)
+    pids_root: str | None = None
+    """Where the target's processes are seen from (sidecar: /proc/PID/root), else None."""
+
+
+@dataclass(frozen=True)
+class Polled:
+    """What a polling source (cluster mode) found in one round."""
+
+    samples: list[tuple[TargetSpec, Sample]] = field(default_factory=list)
+    kills: list[Any] = field(default_factory=list)  # pressured.kills.KillRecord
+
+
+class Source:
+    """Base class; subclasses override what they need."""
+
+    mode: str = "local"
+
+    def __init__(self) -> None:
+        self._changed = threading.Event()
+        self._changed.set()
+
+    def start(self) -> None:
+        """Begin background work (pod watches). Raise ConfigError/KubernetesError to refuse."""
+
+    def targets(self) -> list[TargetSpec]:
+        self._changed.clear()
+        return []
+
+    def changed(self) -> bool:
+        return self._changed.is_set()
+
+    def mark_changed(self) -> None:
+        self._changed.set()
+
+    def watch_dirs(self) -> list[str]:
+        """Directories whose new or removed children may be new or removed targets."""
+        return []
+
+    def next_poll(self) -> float | None:
+        """Monotonic time of the next ``poll`` (polling sources only), else None."""
+        return None
+
+    def poll(self, now: float) -> Polled:
+        return Polled()
+
+    def status(self) -> dict[str, Any]:
+        """For `pressured diagnose` and logs."""
+        return {"mode": self.mode}
+
+    def close(self) -> None:
+        """Stop background work."""

@@ -1,0 +1,1 @@
+"""Storage backends for captured artifacts (heap profiles and their event JSON)."""
