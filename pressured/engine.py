@@ -1,0 +1,622 @@
+"""The threshold engine: samples in, pressure events out. Pure: no I/O, the clock is an argument.
+
+Per target (keyed by ``Sample.key``) the engine keeps a severity, ok < warn < critical.
+
+Percent thresholds. The metric (working set by default, or usage) as a percent of the limit is
+compared with ``warn_percent`` and ``critical_percent`` (``>=``). While a target is in a state,
+the thresholds that hold it there are lowered by ``hysteresis_percent``: in warn the warn level
+is lowered; in critical both levels are. So with 70/85/5 a target in critical stays critical
+down to 80 %, then stays warn down to 65 %. The band never exceeds half of a level, so a pod
+override of warn_percent below the band still lets the target recover.
+
+Rules. ``rules.critical`` is evaluated first, then ``rules.warning``; a value >= 1 matches. A
+configured rule *replaces* the percent threshold of its own severity (OOMHero semantics: the
+expression is the whole condition; write ``memory_usage > 85 || ...`` to keep the percent
+test). Rules have no hysteresis: they are the whole condition, so they can say it themselves.
+
+Prediction. The growth rate (bytes/s) is the Theil-Sen slope (median of pairwise slopes) of
+the metric over the last ``predict_samples`` samples within ``predict_window_seconds``; one
+spike among them moves it little. ``eta_seconds`` is the time left to the limit while growing,
+None otherwise. With ``predict_seconds`` set, a target below every threshold is raised to warn
+(rule ``predict eta<120s``) while its ETA is shorter.
+
+Events. An event is emitted while severity is above ok when the severity changed, or when
+``cooldown_seconds`` have passed since the target's last event (so a held severity repeats
+once per cooldown, and a change is reported at once). Returning to ok emits ``recovered``
+(unless ``recovered_events`` is false). Targets without a limit never trip percent thresholds;
+rules may still match on PSI.
+
+Episodes. An episode runs from the first sample above ok to the sample that returns to ok.
+``first_warn_time(key, at=t)`` answers for the episode in progress at monotonic time ``t``, and
+ended episodes are kept for ``EPISODE_RETENTION_SECONDS``: a kill empties the cgroup, so the
+engine usually sees the recovery before the kill reconciler asks when the warning began.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal
+
+from pressured.errors import ConfigError
+from pressured.expr import Expr, compile_expr
+from pressured.model import SEVERITY_RANK, Identity, PressureEvent, Psi, Sample, Severity
+
+__all__ = [
+    "EPISODE_RETENTION_SECONDS",
+    "VARIABLES",
+    "Engine",
+    "EngineSettings",
+    "ThresholdOverride",
+    "expression_variables",
+    "theil_sen_slope",
+]
+
+Metric = Literal["working_set", "usage"]
+METRICS: Final = ("working_set", "usage")
+
+EPISODE_RETENTION_SECONDS: Final = 300.0
+"""How long an ended episode is remembered for ``first_warn_time(key, at=...)``."""
+
+KILL_GRACE_SECONDS: Final = 5.0
+"""A kill timestamped this long after the sample that ended an episode still belongs to it:
+kernel timestamps (kmsg) and the sampling clock are read at different moments."""
+
+_PSI_FIELDS: Final = tuple(
+    f"{kind}_{window}"
+    for kind in ("some", "full")
+    for window in ("avg10", "avg60", "avg300", "total")
+)
+
+VARIABLES: Final[frozenset[str]] = frozenset(
+    {
+        "memory_usage",
+        "memory_current",
+        "memory_max",
+        "working_set",
+        "oom_score",
+        "oom_score_adj",
+        "growth_bytes_per_s",
+        "eta_seconds",
+        *(f"{res}_pressure_{f}" for res in ("memory", "io", "cpu") for f in _PSI_FIELDS),
+    }
+)
+"""Names a rule expression may use.
+
+memory_usage is the chosen metric in percent of the limit (0 without a limit); memory_current
+is usage in bytes; memory_max the limit in bytes (+inf without one); working_set in bytes;
+growth_bytes_per_s 0 until known; eta_seconds +inf unless growing toward a limit; scores and
+PSI 0 when not read.
+"""
+
+_THRESHOLD_KEYS: Final = frozenset(
+    {
+        "warn_percent",
+        "critical_percent",
+        "hysteresis_percent",
+        "cooldown_seconds",
+        "metric",
+        "predict_seconds",
+        "recovered_events",
+        "predict_window_seconds",
+        "predict_samples",
+    }
+)
+_RULE_KEYS: Final = frozenset({"warning", "critical"})
+_MIN_FIT_SAMPLES: Final = 3
+
+
+@dataclass(frozen=True)
+class ThresholdOverride:
+    """Per-target overrides (pod annotations); None keeps the configured value."""
+
+    warn_percent: float | None = None
+    critical_percent: float | None = None
+    cooldown_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Validated engine configuration; construction raises ConfigError on bad values."""
+
+    warn_percent: float = 70.0
+    critical_percent: float = 85.0
+    hysteresis_percent: float = 5.0
+    cooldown_seconds: float = 60.0
+    metric: Metric = "working_set"
+    predict_seconds: float | None = None
+    recovered_events: bool = True
+    warning_expr: Expr | None = None
+    critical_expr: Expr | None = None
+    predict_window_seconds: float = 60.0
+    predict_samples: int = 30
+
+    def __post_init__(self) -> None:
+        problems = _settings_problems(
+            {f.name: getattr(self, f.name) for f in fields(self)}, "thresholds"
+        )
+        if problems:
+            raise ConfigError(problems)
+
+    @functools.cached_property
+    def uses_growth(self) -> bool:
+        """Whether every sample needs the growth fit (otherwise only events do)."""
+        if self.predict_seconds is not None:
+            return True
+        wanted = {"growth_bytes_per_s", "eta_seconds"}
+        return any(
+            e is not None and e.names & wanted for e in (self.warning_expr, self.critical_expr)
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], where: str = "thresholds") -> EngineSettings:
+        """Build from the root config mapping: its ``thresholds`` and ``rules`` sections.
+
+        ``where`` is the key path of the thresholds section; the rules section is its sibling
+        (``rules.warning``). Every problem is collected into one ConfigError.
+        """
+        parent, _, leaf = where.rpartition(".")
+        rules_where = f"{parent}.rules" if parent else "rules"
+        problems: list[str] = []
+
+        section = _section(cfg, leaf, where, problems)
+        for key in sorted(set(section) - _THRESHOLD_KEYS):
+            problems.append(
+                f"{where}.{key}: unknown key (known: {', '.join(sorted(_THRESHOLD_KEYS))})"
+            )
+        d = {f.name: f.default for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key in (
+            "warn_percent",
+            "critical_percent",
+            "hysteresis_percent",
+            "cooldown_seconds",
+            "predict_window_seconds",
+        ):
+            kwargs[key] = _number(section, key, d[key], where, problems)
+        samples = _number(section, "predict_samples", d["predict_samples"], where, problems)
+        if not samples.is_integer():
+            problems.append(f"{where}.predict_samples: expected a whole number (got {samples})")
+        kwargs["predict_samples"] = int(samples)
+        if section.get("predict_seconds") is not None:
+            kwargs["predict_seconds"] = _number(section, "predict_seconds", 0.0, where, problems)
+        kwargs["recovered_events"] = _boolean(section, "recovered_events", True, where, problems)
+        metric = section.get("metric", "working_set")
+        if metric not in METRICS:
+            problems.append(f"{where}.metric: must be one of {', '.join(METRICS)} (got {metric!r})")
+        else:
+            kwargs["metric"] = metric
+
+        rules = _section(cfg, "rules", rules_where, problems)
+        for key in sorted(set(rules) - _RULE_KEYS):
+            problems.append(f"{rules_where}.{key}: unknown key (known: critical, warning)")
+        for key, target in (("warning", "warning_expr"), ("critical", "critical_expr")):
+            text = rules.get(key)
+            if text is None or (isinstance(text, str) and not text.strip()):
+                continue
+            try:
+                kwargs[target] = compile_expr(text, f"{rules_where}.{key}", VARIABLES)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+
+        if not problems:
+            defaults = {f.name: f.default for f in fields(cls)}
+            problems.extend(_settings_problems({**defaults, **kwargs}, where))
+        if problems:
+            raise ConfigError(problems)
+        return cls(**kwargs)
+
+
+def _settings_problems(v: Mapping[str, Any], where: str) -> list[str]:
+    out: list[str] = []
+    for key in ("warn_percent", "critical_percent"):
+        if not 0 < v[key] <= 100:
+            out.append(f"{where}.{key}: must be above 0 and at most 100 (got {v[key]})")
+    if v["warn_percent"] >= v["critical_percent"]:
+        out.append(
+            f"{where}.warn_percent: must be below critical_percent "
+            f"({v['critical_percent']}) (got {v['warn_percent']})"
+        )
+    if not 0 <= v["hysteresis_percent"] < v["warn_percent"]:
+        out.append(
+            f"{where}.hysteresis_percent: must be at least 0 and below warn_percent "
+            f"(got {v['hysteresis_percent']})"
+        )
+    if not v["cooldown_seconds"] >= 0:
+        out.append(f"{where}.cooldown_seconds: must be at least 0 (got {v['cooldown_seconds']})")
+    if v["metric"] not in METRICS:
+        out.append(f"{where}.metric: must be one of {', '.join(METRICS)} (got {v['metric']!r})")
+    if v["predict_seconds"] is not None and not v["predict_seconds"] > 0:
+        out.append(f"{where}.predict_seconds: must be above 0 (got {v['predict_seconds']})")
+    if not v["predict_window_seconds"] > 0:
+        out.append(
+            f"{where}.predict_window_seconds: must be above 0 (got {v['predict_window_seconds']})"
+        )
+    if v["predict_samples"] < _MIN_FIT_SAMPLES:
+        out.append(
+            f"{where}.predict_samples: must be at least {_MIN_FIT_SAMPLES} "
+            f"(got {v['predict_samples']})"
+        )
+    return out
+
+
+def _section(
+    cfg: Mapping[str, Any], key: str, where: str, problems: list[str]
+) -> Mapping[str, Any]:
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{where}: expected a mapping (got {value!r})")
+        return {}
+    return value
+
+
+def _number(
+    section: Mapping[str, Any], key: str, default: Any, where: str, problems: list[str]
+) -> float:
+    raw = section.get(key, default)
+    value: float | None = None
+    # Environment variables and flags arrive as strings; a YAML boolean is never a number.
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value):
+        problems.append(f"{where}.{key}: expected a number (got {raw!r})")
+        return float(default) if isinstance(default, int | float) else 0.0
+    return value
+
+
+_TRUE: Final = frozenset({"true", "yes", "on", "1"})
+_FALSE: Final = frozenset({"false", "no", "off", "0"})
+
+
+def _boolean(
+    section: Mapping[str, Any], key: str, default: bool, where: str, problems: list[str]
+) -> bool:
+    raw = section.get(key, default)
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    problems.append(f"{where}.{key}: expected true or false (got {raw!r})")
+    return default
+
+
+def theil_sen_slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """Median of the slopes between every pair of points with distinct times, or None when
+    there are fewer than three points (two points cannot outvote a spike)."""
+    if len(points) < _MIN_FIT_SAMPLES:
+        return None
+    slopes = [
+        (y2 - y1) / (t2 - t1)
+        for i, (t1, y1) in enumerate(points)
+        for t2, y2 in points[i + 1 :]
+        if t2 > t1
+    ]
+    return statistics.median(slopes) if slopes else None
+
+
+def _psi_values(prefix: str, psi: Psi | None) -> dict[str, float]:
+    if psi is None:
+        return {f"{prefix}_{f}": 0.0 for f in _PSI_FIELDS}
+    return {f"{prefix}_{f}": float(getattr(psi, f)) for f in _PSI_FIELDS}
+
+
+def expression_variables(
+    sample: Sample,
+    usage_percent: float,
+    growth: float | None,
+    eta: float | None,
+) -> dict[str, float]:
+    """The variables a rule sees for one sample (see VARIABLES for absent readings)."""
+    limit = sample.limit_bytes
+    out = {
+        "memory_usage": usage_percent,
+        "memory_current": float(sample.usage_bytes),
+        "memory_max": float(limit) if limit is not None and limit > 0 else math.inf,
+        "working_set": float(sample.working_set_bytes),
+        "oom_score": float(sample.oom_score or 0),
+        "oom_score_adj": float(sample.oom_score_adj or 0),
+        "growth_bytes_per_s": 0.0 if growth is None else growth,
+        "eta_seconds": math.inf if eta is None else eta,
+    }
+    out.update(_psi_values("memory_pressure", sample.memory_psi))
+    out.update(_psi_values("io_pressure", sample.io_psi))
+    out.update(_psi_values("cpu_pressure", sample.cpu_psi))
+    return out
+
+
+@dataclass
+class _Target:
+    history: deque[tuple[float, float]]
+    severity: Severity = "ok"
+    last_event_time: float | None = None
+    episode_start: float | None = None
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    severity: Severity
+    rule: str
+
+
+@dataclass
+class _Reading:
+    """One sample as the engine sees it; growth and ETA are fitted only when someone asks."""
+
+    sample: Sample
+    limit: int | None  # None also for a zero or negative limit
+    value: float  # the chosen metric, bytes
+    percent: float
+    points: Sequence[tuple[float, float]]
+    _done: bool = False
+    _growth: float | None = None
+    _eta: float | None = None
+
+    def growth(self) -> tuple[float | None, float | None]:
+        if not self._done:
+            self._done = True
+            self._growth = theil_sen_slope(self.points)
+            if self._growth is not None and self._growth > 0 and self.limit is not None:
+                self._eta = max(0.0, (self.limit - self.value) / self._growth)
+        return self._growth, self._eta
+
+
+class Engine:
+    """Per-target state machines over one EngineSettings (replaceable at run time)."""
+
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self._settings = settings if settings is not None else EngineSettings()
+        self._targets: dict[str, _Target] = {}
+        self._ended: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @property
+    def settings(self) -> EngineSettings:
+        return self._settings
+
+    def update_settings(self, settings: EngineSettings) -> None:
+        """Swap settings (SIGHUP) keeping each target's severity, cooldown and episode.
+
+        Growth history is dropped only when the metric changed (points of another metric would
+        skew the fit); a new window or sample count trims it on the next sample.
+        """
+        old = self._settings
+        self._settings = settings
+        if (old.metric, old.predict_samples, old.predict_window_seconds) != (
+            settings.metric,
+            settings.predict_samples,
+            settings.predict_window_seconds,
+        ):
+            for target in self._targets.values():
+                keep = list(target.history) if old.metric == settings.metric else []
+                target.history = deque(keep, maxlen=settings.predict_samples)
+
+    def severity(self, key: str) -> Severity:
+        target = self._targets.get(key)
+        return "ok" if target is None else target.severity
+
+    def keys(self) -> list[str]:
+        return list(self._targets)
+
+    def forget(self, key: str) -> None:
+        """Drop a target (its cgroup is gone); an episode in progress is kept as ended."""
+        target = self._targets.pop(key, None)
+        if target is not None and target.episode_start is not None:
+            self._end_episode(key, target.episode_start, target.last_seen)
+
+    def first_warn_time(self, key: str, at: float | None = None) -> float | None:
+        """Monotonic time the current episode began (first sample above ok), None when ok.
+
+        With ``at`` (a kill's monotonic time), the episode in progress at ``at``: the current
+        one, or one that ended at most KILL_GRACE_SECONDS before ``at`` and within the last
+        EPISODE_RETENTION_SECONDS; the recovery a kill causes does not erase its warning.
+        """
+        target = self._targets.get(key)
+        start = None if target is None else target.episode_start
+        if start is not None and (at is None or at >= start):
+            return start
+        if at is None:
+            return None
+        ended = self._ended.get(key)
+        if ended is not None and ended[0] <= at <= ended[1] + KILL_GRACE_SECONDS:
+            return ended[0]
+        return None
+
+    def thresholds(self, overrides: ThresholdOverride | None = None) -> tuple[float, float, float]:
+        """Effective (warn_percent, critical_percent, cooldown_seconds) for a target."""
+        s = self._settings
+        warn, critical, cooldown = s.warn_percent, s.critical_percent, s.cooldown_seconds
+        if overrides is not None:
+            warn = overrides.warn_percent if overrides.warn_percent is not None else warn
+            critical = (
+                overrides.critical_percent if overrides.critical_percent is not None else critical
+            )
+            cooldown = (
+                overrides.cooldown_seconds if overrides.cooldown_seconds is not None else cooldown
+            )
+        # An override of one level past the other: everything above critical is critical.
+        return min(warn, critical), critical, max(0.0, cooldown)
+
+    def levels_bytes(
+        self,
+        limit: int | None,
+        overrides: ThresholdOverride | None = None,
+        *,
+        include_hysteresis: bool = False,
+    ) -> list[int]:
+        """Byte levels at which percent thresholds switch, ascending, for kernel thresholds
+        (cgroup v1 memory.usage_in_bytes eventfds). Severities decided by a rule have none;
+        ``include_hysteresis`` adds the lowered exit levels so recovery wakes the daemon too.
+        """
+        if limit is None or limit <= 0:
+            return []
+        s = self._settings
+        warn, critical, _ = self.thresholds(overrides)
+        percents: set[float] = set()
+        if s.warning_expr is None:
+            percents.add(warn)
+            if include_hysteresis:
+                percents.add(warn - _band(s.hysteresis_percent, warn))
+        if s.critical_expr is None:
+            percents.add(critical)
+            if include_hysteresis:
+                percents.add(critical - _band(s.hysteresis_percent, critical))
+        return sorted({int(limit * p / 100) for p in percents})
+
+    def feed(
+        self,
+        sample: Sample,
+        now: float,
+        wall: float,
+        *,
+        cgroup: str,
+        identity: Identity | None = None,
+        annotations: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+        overrides: ThresholdOverride | None = None,
+    ) -> list[PressureEvent]:
+        """Account one sample taken at monotonic ``now`` (``wall`` stamps events)."""
+        s = self._settings
+        target = self._targets.get(sample.key)
+        if target is None:
+            target = _Target(history=deque(maxlen=s.predict_samples))
+            self._targets[sample.key] = target
+        target.last_seen = now
+        self._prune_ended(now)
+
+        limit = (
+            sample.limit_bytes
+            if sample.limit_bytes is not None and sample.limit_bytes > 0
+            else None
+        )
+        value = float(sample.working_set_bytes if s.metric == "working_set" else sample.usage_bytes)
+        percent = value * 100.0 / limit if limit is not None else 0.0
+        self._remember(target, sample.time, value)
+        reading = _Reading(sample, limit, value, percent, tuple(target.history))
+
+        warn, critical, cooldown = self.thresholds(overrides)
+        previous = target.severity
+        verdict = self._classify(reading, previous, warn, critical)
+
+        if verdict.severity == "ok":
+            target.severity = "ok"
+            if previous == "ok":
+                return []
+            if target.episode_start is not None:
+                self._end_episode(sample.key, target.episode_start, now)
+            target.episode_start = None
+            if not s.recovered_events:
+                return []
+            verdict = _Verdict("ok", "recovered")
+        else:
+            if previous == "ok":
+                target.episode_start = now
+            target.severity = verdict.severity
+            due = target.last_event_time is None or now - target.last_event_time >= cooldown
+            if verdict.severity == previous and not due:
+                return []
+        target.last_event_time = now
+
+        g, eta = reading.growth()
+        memory_psi = sample.memory_psi
+        return [
+            PressureEvent(
+                time=wall,
+                severity="recovered" if verdict.severity == "ok" else verdict.severity,
+                previous_severity=previous,
+                cgroup=cgroup,
+                usage_bytes=sample.usage_bytes,
+                working_set_bytes=sample.working_set_bytes,
+                limit_bytes=sample.limit_bytes,
+                usage_percent=percent,
+                growth_bytes_per_s=g,
+                eta_seconds=eta,
+                psi_some_avg10=None if memory_psi is None else memory_psi.some_avg10,
+                psi_full_avg10=None if memory_psi is None else memory_psi.full_avg10,
+                rule=verdict.rule,
+                key=sample.key,
+                identity=identity if identity is not None else Identity(),
+                annotations=dict(annotations or {}),
+                dry_run=dry_run,
+            )
+        ]
+
+    def _classify(
+        self, reading: _Reading, previous: Severity, warn: float, critical: float
+    ) -> _Verdict:
+        s = self._settings
+        limit, percent = reading.limit, reading.percent
+        variables: dict[str, float] = {}
+        if s.warning_expr is not None or s.critical_expr is not None:
+            g, eta = reading.growth() if s.uses_growth else (None, None)
+            variables = expression_variables(reading.sample, percent, g, eta)
+
+        rank = SEVERITY_RANK[previous]
+        if s.critical_expr is not None:
+            if s.critical_expr.matches(variables):
+                return _Verdict("critical", "rules.critical")
+        elif limit is not None:
+            level = critical - _band(s.hysteresis_percent, critical) if rank >= 2 else critical
+            if percent >= level:
+                return _Verdict(
+                    "critical", _percent_rule("critical_percent", critical, level, percent)
+                )
+
+        if s.warning_expr is not None:
+            if s.warning_expr.matches(variables):
+                return _Verdict("warn", "rules.warning")
+        elif limit is not None:
+            level = warn - _band(s.hysteresis_percent, warn) if rank >= 1 else warn
+            if percent >= level:
+                return _Verdict("warn", _percent_rule("warn_percent", warn, level, percent))
+
+        if s.predict_seconds is not None:
+            _g, eta = reading.growth()
+            if eta is not None and eta < s.predict_seconds:
+                return _Verdict("warn", f"predict eta<{s.predict_seconds:g}s")
+        return _Verdict("ok", "")
+
+    def _remember(self, target: _Target, t: float, value: float) -> None:
+        s = self._settings
+        history = target.history
+        if history and t < history[-1][0]:
+            # The sample clock went backwards (a reused key): older points describe another life.
+            history.clear()
+        elif history and t == history[-1][0]:
+            history.pop()
+        history.append((t, value))
+        horizon = t - s.predict_window_seconds
+        while history and history[0][0] < horizon:
+            history.popleft()
+
+    def _end_episode(self, key: str, start: float, end: float) -> None:
+        self._ended[key] = (start, end)
+        self._ended.move_to_end(key)
+
+    def _prune_ended(self, now: float) -> None:
+        horizon = now - EPISODE_RETENTION_SECONDS
+        while self._ended:
+            key, (_start, end) = next(iter(self._ended.items()))
+            if end >= horizon:
+                break
+            del self._ended[key]
+
+
+def _band(hysteresis: float, level: float) -> float:
+    return min(hysteresis, level / 2)
+
+
+def _percent_rule(name: str, configured: float, level: float, percent: float) -> str:
+    if percent >= configured:
+        return f"{name}>={configured:g}"
+    return f"{name}>={configured:g} (held above {level:g})"
