@@ -1,0 +1,286 @@
+"""Wake latency and idle cost: the Watcher beside a plain fixed 100 ms poller.
+
+In one run, on real cgroups of this host:
+
+1. latency: a process leaks into a limited cgroup and stamps (CLOCK_MONOTONIC) the moment its
+   cgroup's usage reads past a threshold; the Watcher (kernel notification) and a 100 ms poller
+   reading the same usage file run side by side and stamp when they notice. crossing -> wake-up.
+2. action (with --action): the same crossing, measured to the moment the leaking process
+   receives SIGUSR1, sent by `pressured run` (a subprocess, signal action) and by the poller
+   (which sends the signal itself when it notices).
+3. idle: both watch N idle cgroups for S seconds, each in its own process; CPU seconds used
+   (user+system, after set-up) are reported.
+
+Prints one JSON object. Figures, not a test: nothing here asserts a speed.
+
+    python bench/wake_latency.py [--trials 30] [--cgroups 200] [--idle-seconds 20] [--action]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pressured.kernel import cgroupfs  # noqa: E402
+from pressured.kernel.watch import WatchOptions, Watcher  # noqa: E402
+from tests.support.cgroups import Child, leaker_argv, own_memory_cgroup  # noqa: E402
+
+MiB = 1024 * 1024
+POLL_S = 0.100
+LEAK_MIB_S = 64
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return round(values[k], 3)
+
+
+def poller(path: str, threshold: int, out: dict[str, float], stop: threading.Event,
+           signal_pid: int | None = None) -> None:
+    """What a fixed-interval poller does: open, read, compare, sleep."""
+    while not stop.is_set():
+        with open(path) as f:
+            usage = int(f.read())
+        if usage >= threshold:
+            out["noticed"] = time.monotonic()
+            if signal_pid is not None:
+                os.kill(signal_pid, signal.SIGUSR1)
+                out["signalled"] = time.monotonic()
+            return
+        stop.wait(POLL_S)
+
+
+def latency_trial(n: int, threshold: int, step_kib: int) -> tuple[float, float]:
+    child = Child(f"pressured-bench-{os.getpid()}-{n}", 512 * MiB)
+    try:
+        ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+        w = Watcher(WatchOptions(psi=None, v1_pressure_level=None))
+        w.add_cgroup("b", ref, [threshold])
+        polled: dict[str, float] = {}
+        stop = threading.Event()
+        proc = child.spawn(
+            leaker_argv("--rate-mib", str(LEAK_MIB_S), "--step-kib", str(step_kib),
+                        "--max-mib", str(threshold // MiB + 32), "--hold", "--usage-file",
+                        ref.usage_file, "--stamp-at", str(threshold),
+                        # a random phase against the poller's 100 ms ticks
+                        "--start-after", f"{0.3 + random.random() * POLL_S:.4f}"),
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # READY
+        t = threading.Thread(target=poller, args=(ref.usage_file, threshold, polled, stop))
+        t.start()
+        woke = None
+        end = time.monotonic() + 20
+        while woke is None and time.monotonic() < end:
+            for wake in w.wait(1.0):
+                if wake.cause in ("threshold", "read") and (wake.usage_bytes or 0) >= threshold:
+                    woke = time.monotonic()
+                    break
+        crossed = None
+        for line in proc.stdout:
+            if line.startswith("CROSSED"):
+                crossed = float(line.split()[2])
+                break
+        t.join(timeout=20)
+        stop.set()
+        w.close()
+        if woke is None or crossed is None or "noticed" not in polled:
+            raise RuntimeError(f"trial {n}: woke={woke} crossed={crossed} polled={polled}")
+        return (woke - crossed) * 1000, (polled["noticed"] - crossed) * 1000
+    finally:
+        child.remove()
+
+
+def action_trial(n: int, threshold_pct: int, limit: int, events_dir: str) -> tuple[float, float]:
+    """crossing -> SIGUSR1 received, for `pressured run` and for the poller."""
+    threshold = limit * threshold_pct // 100
+    results = []
+    for who in ("pressured", "poller"):
+        child = Child(f"pressured-bench-act-{os.getpid()}-{n}-{who}", limit)
+        daemon = None
+        try:
+            ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+            sig_file = os.path.join(events_dir, f"sig-{n}-{who}")
+            proc = child.spawn(
+                leaker_argv("--rate-mib", "64", "--max-mib", str(threshold // MiB + 32), "--hold",
+                            "--usage-file", ref.usage_file, "--stamp-at", str(threshold),
+                            "--signals-out", sig_file, "--start-after", "2.5" if who == "pressured" else "0.3"),
+                stdout=subprocess.PIPE, text=True,
+            )
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            polled: dict[str, float] = {}
+            stop = threading.Event()
+            if who == "pressured":
+                cfg = os.path.join(events_dir, "bench.yaml")
+                with open(cfg, "w") as f:
+                    json.dump({
+                        "thresholds": {"warn_percent": threshold_pct, "critical_percent": 99,
+                                       "metric": "usage"},
+                        "actions": [{"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}],
+                        "kills": {"kmsg": {"enabled": False}, "tracepoint": {"enabled": False}},
+                        "metrics": {"enabled": False},
+                        "source": {"machine": False},
+                    }, f)
+                daemon = subprocess.Popen(
+                    [sys.executable, "-m", "pressured", "run", "-c", cfg, "--cgroup", ref.path,
+                     "--events-out", os.devnull, "-l", "warning"],
+                )
+            else:
+                threading.Thread(target=poller, args=(ref.usage_file, threshold, polled, stop,
+                                                      proc.pid), daemon=True).start()
+            crossed = None
+            for line in proc.stdout:
+                if line.startswith("CROSSED"):
+                    crossed = float(line.split()[2])
+                    break
+            got = None
+            end = time.monotonic() + 20
+            while got is None and time.monotonic() < end:
+                try:
+                    with open(sig_file) as f:
+                        for line in f:
+                            if line.startswith("SIGUSR1"):
+                                got = float(line.split()[1])
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.01)
+            stop.set()
+            if got is None or crossed is None:
+                raise RuntimeError(f"action trial {n} ({who}): crossed={crossed} signal={got}")
+            results.append((got - crossed) * 1000)
+        finally:
+            if daemon is not None:
+                daemon.terminate()
+                daemon.wait(timeout=10)
+            child.remove()
+    return results[0], results[1]
+
+
+def idle_worker(kind: str, paths: list[str], seconds: float) -> None:
+    """Runs in its own process: set up, then report CPU seconds used while idle."""
+    layout = cgroupfs.detect_layout()
+    refs = [cgroupfs.resolve(p, layout) for p in paths]
+    if kind == "watcher":
+        w = Watcher(WatchOptions())
+        for i, ref in enumerate(refs):
+            w.add_cgroup(str(i), ref, [400 * MiB, 480 * MiB])
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        end = time.monotonic() + seconds
+        wakeups = 0
+        while (left := end - time.monotonic()) > 0:
+            wakeups += len(w.wait(left))
+    else:
+        files = [r.usage_file for r in refs]
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        end = time.monotonic() + seconds
+        wakeups = 0
+        while time.monotonic() < end:
+            for path in files:
+                with open(path) as f:
+                    int(f.read())
+            wakeups += 1
+            time.sleep(POLL_S)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(json.dumps({"cpu_s": cpu, "wakeups": wakeups}), flush=True)
+
+
+def idle_run(n: int, seconds: float) -> dict[str, float]:
+    children = [Child(f"pressured-bench-idle-{os.getpid()}-{i}", 512 * MiB) for i in range(n)]
+    try:
+        out = {}
+        paths = [c.path for c in children]
+        procs = {
+            kind: subprocess.Popen(
+                [sys.executable, __file__, "--idle-worker", kind, "--idle-seconds", str(seconds)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            for kind in ("watcher", "poller")
+        }
+        results = {}
+        for kind, proc in procs.items():
+            stdout, _ = proc.communicate("\n".join(paths), timeout=seconds + 600)
+            results[kind] = json.loads(stdout.strip().splitlines()[-1])
+        out["event_idle_cpu_s"] = round(results["watcher"]["cpu_s"], 4)
+        out["poll_idle_cpu_s"] = round(results["poller"]["cpu_s"], 4)
+        out["event_idle_wakeups"] = results["watcher"]["wakeups"]
+        return out
+    finally:
+        for c in children:
+            c.remove()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=50)
+    ap.add_argument("--step-kib", type=int, default=4096,
+                    help="the leak allocates in steps of this size (a heap growing by arenas)")
+    ap.add_argument("--cgroups", type=int, default=200)
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--action", action="store_true", help="also measure crossing -> signal")
+    ap.add_argument("--action-trials", type=int, default=10)
+    ap.add_argument("--idle-worker", choices=["watcher", "poller"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.idle_worker:
+        idle_worker(a.idle_worker, sys.stdin.read().split(), a.idle_seconds)
+        return
+    base, why = own_memory_cgroup()
+    if base is None:
+        print(json.dumps({"error": f"no writable memory cgroup: {why}"}))
+        sys.exit(1)
+    threshold = 64 * MiB
+    event_ms: list[float] = []
+    poll_ms: list[float] = []
+    for n in range(a.trials):
+        e, p = latency_trial(n, threshold, a.step_kib)
+        event_ms.append(e)
+        poll_ms.append(p)
+    result: dict[str, object] = {
+        "cgroups": a.cgroups,
+        "path": "v1 usage threshold eventfd" if not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        else "v2 adaptive read",
+        "trials": a.trials,
+        "leak_mib_s": LEAK_MIB_S,
+        "leak_step_kib": a.step_kib,
+        "event_p50_ms": pct(event_ms, 50),
+        "event_p99_ms": pct(event_ms, 99),
+        "poll_p50_ms": pct(poll_ms, 50),
+        "poll_p99_ms": pct(poll_ms, 99),
+    }
+    if a.action:
+        act: list[float] = []
+        pact: list[float] = []
+        with tempfile.TemporaryDirectory() as d:
+            for n in range(a.action_trials):
+                x, y = action_trial(n, 25, 256 * MiB, d)
+                act.append(x)
+                pact.append(y)
+        result.update({
+            "action_p50_ms": pct(act, 50), "action_p99_ms": pct(act, 99),
+            "poll_action_p50_ms": pct(pact, 50), "poll_action_p99_ms": pct(pact, 99),
+        })
+    result.update(idle_run(a.cgroups, a.idle_seconds))
+    result["idle_seconds"] = a.idle_seconds
+    result["event_mean_ms"] = round(statistics.fmean(event_ms), 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
