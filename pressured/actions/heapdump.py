@@ -1,0 +1,477 @@
+"""The ``heapdump`` action: fetch a Go heap profile from the target over HTTP and store it.
+
+    actions:
+      - type: heapdump
+        port: 6060                          # pprof HTTP port when no annotation names one
+        path: /debug/pprof/heap?gc=1        # gc=1: a GC first, so inuse_* is live memory
+        goroutines: false                   # also store goroutine?debug=2 (all stacks, text)
+        discover_ports: false               # try every listening TCP port of the target
+        severities: [critical]              # event severities that trigger a dump
+        max_bytes: 268435456                # a bigger reply is aborted, nothing is stored
+        cooldown_seconds: 300               # at most one dump per target in this window
+        timeout_ms: 10000                   # per HTTP request
+        analyze: true                       # run pprof top on the dump
+        top_n: 3                            # functions put into the event
+
+Where: ``http://<host>:<port><path>`` with host the pod IP (``event.identity.pod_ip``) in node
+and cluster modes, 127.0.0.1 in sidecar and local modes (the pod's network namespace, or this
+machine). Pod annotations override the options: ``pressured.io/pprof-enabled: "false"`` turns
+dumps off for the pod, ``pressured.io/pprof-port`` and ``pressured.io/pprof-path`` set where to
+ask; an unusable annotation is logged and the option is used instead.
+
+The cooldown counts from the last attempt, failed or not (a pod that does not serve pprof is
+not asked again every poll), and a dry run counts as an attempt so its log shows what a real
+run would have done.
+
+discover_ports: the daemon puts the target's process ids into ``event.extra["pids"]``; the
+action reads ``<proc_root>/<pid>/net/tcp`` and ``tcp6``, keeps the sockets in state LISTEN (0A)
+that one of those processes holds open (``<proc_root>/<pid>/fd``), and asks each port in turn,
+the configured one first, until one answers 200 (as the Go heap-dumper sidecar does).
+
+The reply is streamed into storage chunk by chunk (never whole in memory unless ``analyze``,
+which keeps at most ``max_bytes``) under::
+
+    heaps/<namespace or "local">/<pod name or cgroup name>/<UTC %Y%m%dT%H%M%SZ>-<container or
+    "none">-<pid or 0>.pb.gz
+
+with the event JSON beside it (same name, ``.json``) and the goroutine dump as
+``.goroutines.txt``. After a capture the top functions go into ``event.extra["pprof_top"]``
+(a list of {function, flat, flat_pct, cum, cum_pct, unit, sample_type}) and the storage key into
+``event.extra["heapdump"]``: the event's ``extra`` dict is the agreed channel, so actions after
+this one (log, Lua's ``event.pprof_top``, the Kubernetes Event) see them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pressured.actions.base import Action, ActionContext
+from pressured.errors import ActionError, ConfigError, PprofError, StorageError
+from pressured.model import Event
+
+log = logging.getLogger("pressured.actions.heapdump")
+
+DEFAULT_PORT = 6060
+DEFAULT_PATH = "/debug/pprof/heap?gc=1"
+GOROUTINE_PATH = "goroutine?debug=2"
+ANNOTATION_ENABLED = "pressured.io/pprof-enabled"
+ANNOTATION_PORT = "pressured.io/pprof-port"
+ANNOTATION_PATH = "pressured.io/pprof-path"
+SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
+CHUNK_BYTES = 64 * 1024
+TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class HeapdumpAction(Action):
+    type = "heapdump"
+
+    def __init__(
+        self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
+    ) -> None:
+        super().__init__(options, ctx, where)
+        self.reject_unknown(
+            {
+                "port",
+                "path",
+                "goroutines",
+                "discover_ports",
+                "severities",
+                "max_bytes",
+                "cooldown_seconds",
+                "timeout_ms",
+                "analyze",
+                "top_n",
+            }
+        )
+        self.port: int = self.opt("port", int, DEFAULT_PORT)
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"{where}.port: must be a TCP port 1..65535 (got {self.port!r})")
+        self.path: str = self.opt("path", str, DEFAULT_PATH)
+        if not self.path.startswith("/"):
+            raise ConfigError(f"{where}.path: must start with '/' (got {self.path!r})")
+        self.goroutines: bool = self.opt("goroutines", bool, False)
+        self.discover_ports: bool = self.opt("discover_ports", bool, False)
+        severities = self.opt("severities", list, ["critical"])
+        for i, sev in enumerate(severities):
+            if sev not in SEVERITIES:
+                raise ConfigError(
+                    f"{where}.severities[{i}]: must be one of {', '.join(SEVERITIES)} (got {sev!r})"
+                )
+        self.severities: frozenset[str] = frozenset(severities)
+        self.max_bytes: int = self.opt("max_bytes", int, 256 * 1024 * 1024)
+        if self.max_bytes <= 0:
+            raise ConfigError(f"{where}.max_bytes: must be positive (got {self.max_bytes!r})")
+        self.cooldown_seconds: float = float(self.opt("cooldown_seconds", (int, float), 300))
+        if self.cooldown_seconds < 0:
+            raise ConfigError(
+                f"{where}.cooldown_seconds: must be >= 0 (got {self.cooldown_seconds!r})"
+            )
+        self.timeout_ms: int = self.opt("timeout_ms", int, 10000)
+        if self.timeout_ms <= 0:
+            raise ConfigError(f"{where}.timeout_ms: must be positive (got {self.timeout_ms!r})")
+        self.analyze: bool = self.opt("analyze", bool, True)
+        self.top_n: int = self.opt("top_n", int, 3)
+        if self.top_n < 1:
+            raise ConfigError(f"{where}.top_n: must be at least 1 (got {self.top_n!r})")
+        self._last_capture: dict[str, float] = {}
+        self._client: Any = None
+
+    # ----------------------------------------------------------------------------------------
+
+    def run(self, event: Event) -> None:
+        if event.severity not in self.severities:
+            return
+        enabled, port, path = self._settings(event)
+        target = event.key or event.cgroup
+        if not enabled:
+            log.debug("heapdump: %s disabled by annotation %s", target, ANNOTATION_ENABLED)
+            return
+        now = time.monotonic()
+        last = self._last_capture.get(target)
+        if last is not None and now - last < self.cooldown_seconds:
+            log.info(
+                "heapdump: %s skipped, last dump %.0f s ago (cooldown_seconds %g)",
+                target,
+                now - last,
+                self.cooldown_seconds,
+            )
+            return
+        host = self._host(event)
+        pids = _event_pids(event)
+        key = self._key(event, pids)
+        if self.ctx.dry_run or event.dry_run:
+            self._last_capture[target] = now
+            how = "every listening port of pids " + str(pids) if self.discover_ports else ""
+            log.info(
+                "heapdump (dry run): would GET %s%s and store %s",
+                _url(host, port, path),
+                f" (or {how})" if how else "",
+                key,
+            )
+            return
+        self._last_capture[target] = now
+        ports = [port]
+        if self.discover_ports:
+            ports = self._candidate_ports(port, pids)
+        self._capture(event, host, ports, path, key)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ----------------------------------------------------------------------------------------
+
+    def _settings(self, event: Event) -> tuple[bool, int, str]:
+        ann = event.annotations
+        enabled, port, path = True, self.port, self.path
+        raw = ann.get(ANNOTATION_ENABLED)
+        if raw is not None:
+            if raw.strip().lower() in _FALSE:
+                enabled = False
+            elif raw.strip().lower() not in _TRUE:
+                _bad_annotation(event, ANNOTATION_ENABLED, raw, "true or false", "true")
+        raw = ann.get(ANNOTATION_PORT)
+        if raw is not None:
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                value = 0
+            if 1 <= value <= 65535:
+                port = value
+            else:
+                _bad_annotation(event, ANNOTATION_PORT, raw, "a TCP port 1..65535", str(port))
+        raw = ann.get(ANNOTATION_PATH)
+        if raw is not None:
+            if raw.startswith("/") and not any(c.isspace() for c in raw):
+                path = raw
+            else:
+                _bad_annotation(event, ANNOTATION_PATH, raw, "a path starting with '/'", path)
+        return enabled, port, path
+
+    def _host(self, event: Event) -> str:
+        if self.ctx.mode in ("node", "cluster"):
+            ip = event.identity.pod_ip
+            if not ip:
+                raise ActionError(
+                    f"heapdump: {event.key or event.cgroup}: no pod IP to reach in "
+                    f"{self.ctx.mode} mode (pod {event.identity.namespace}/"
+                    f"{event.identity.pod_name})"
+                )
+            return ip
+        return "127.0.0.1"
+
+    def _key(self, event: Event, pids: list[int]) -> str:
+        ident = event.identity
+        namespace = _key_part(ident.namespace or "local")
+        cgroup_name = event.cgroup.rstrip("/").rsplit("/", 1)[-1] or "root"
+        name = _key_part(ident.pod_name or cgroup_name)
+        container = _key_part(ident.container_name or "none")
+        pid = pids[0] if pids else getattr(event, "pid", None) or 0
+        stamp = _dt.datetime.now(tz=_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return f"heaps/{namespace}/{name}/{stamp}-{container}-{pid}.pb.gz"
+
+    def _candidate_ports(self, port: int, pids: list[int]) -> list[int]:
+        if not pids:
+            log.warning(
+                "heapdump: discover_ports is on but the event names no pids; trying port %d",
+                port,
+            )
+            return [port]
+        found = listening_ports(self.ctx.proc_root, pids)
+        if not found:
+            raise ActionError(
+                f"heapdump: no listening TCP port found for pids {pids} under {self.ctx.proc_root}"
+            )
+        # The configured (or annotated) port first: it is the likeliest pprof server.
+        return sorted(found, key=lambda p: (p != port, p))
+
+    def _http(self) -> Any:
+        if self._client is None:
+            import httpx  # noqa: PLC0415 - lazy: most events never dump
+
+            # trust_env=False: a pod IP must be reached directly, never through HTTP(S)_PROXY.
+            self._client = httpx.Client(
+                timeout=self.timeout_ms / 1000, follow_redirects=False, trust_env=False
+            )
+        return self._client
+
+    def _capture(self, event: Event, host: str, ports: list[int], path: str, key: str) -> None:
+        storage = self._storage()
+        failures: list[str] = []
+        for port in ports:
+            url = _url(host, port, path)
+            try:
+                size, body = self._fetch_into(storage, url, key, keep=self.analyze)
+            except _FetchFailed as exc:
+                failures.append(str(exc))
+                if len(ports) > 1:
+                    log.debug("heapdump: %s", exc)
+                continue
+            capture = _Capture(key, url, size, body, host, port, path)
+            self._after_capture(event, storage, capture)
+            return
+        raise ActionError("heapdump: " + "; ".join(failures))
+
+    def _storage(self) -> Any:
+        if self.ctx.storage_factory is None:
+            raise ActionError("heapdump: no storage is configured")
+        try:
+            return self.ctx.storage_factory()
+        except StorageError as exc:
+            raise ActionError(f"heapdump: storage unavailable: {exc}") from exc
+
+    def _fetch_into(
+        self, storage: Any, url: str, key: str, *, keep: bool
+    ) -> tuple[int, bytes | None]:
+        """Stream GET ``url`` into ``key``; abort (nothing stored) past max_bytes."""
+        import httpx  # noqa: PLC0415
+
+        kept = bytearray() if keep else None
+        total = 0
+        try:
+            with self._http().stream("GET", url) as resp:
+                if resp.status_code != 200:
+                    raise _FetchFailed(f"GET {url}: HTTP {resp.status_code} {resp.reason_phrase}")
+                length = resp.headers.get("content-length")
+                if length and length.isdigit() and int(length) > self.max_bytes:
+                    raise _FetchFailed(
+                        f"GET {url}: reply of {length} bytes exceeds max_bytes {self.max_bytes}"
+                    )
+                writer = storage.open_write(key)
+                try:
+                    for chunk in resp.iter_bytes(CHUNK_BYTES):
+                        total += len(chunk)
+                        if total > self.max_bytes:
+                            raise _TooLarge
+                        writer.write(chunk)
+                        if kept is not None:
+                            kept += chunk
+                except BaseException:
+                    writer.abort()
+                    raise
+                writer.close()
+        except _TooLarge:
+            raise _FetchFailed(
+                f"GET {url}: reply exceeds max_bytes {self.max_bytes}; aborted, nothing stored"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise _FetchFailed(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        except StorageError as exc:
+            raise ActionError(f"heapdump: GET {url}: storing {key} failed: {exc}") from exc
+        return total, None if kept is None else bytes(kept)
+
+    def _after_capture(self, event: Event, storage: Any, cap: _Capture) -> None:
+        key, url, size = cap.key, cap.url, cap.size
+        stem = key.removesuffix(".pb.gz")
+        info: dict[str, Any] = {"key": key, "url": url, "bytes": size}
+        if self.goroutines:
+            goroutine_key = stem + ".goroutines.txt"
+            goroutine_url = _url(cap.host, cap.port, _goroutine_path(cap.path))
+            try:
+                self._fetch_into(storage, goroutine_url, goroutine_key, keep=False)
+                info["goroutines_key"] = goroutine_key
+            except (_FetchFailed, ActionError) as exc:
+                log.warning("heapdump: goroutine dump not stored: %s", exc)
+        event.extra["heapdump"] = info
+        summary: list[dict[str, Any]] = []
+        if cap.body is not None:
+            summary = self._analyze(cap.body, key)
+            if summary:
+                event.extra["pprof_top"] = summary
+        try:
+            storage.write(
+                stem + ".json", json.dumps(event.to_json(), indent=2, default=str).encode()
+            )
+        except StorageError as exc:
+            raise ActionError(f"heapdump: storing {stem}.json failed: {exc}") from exc
+        if summary:
+            from pressured.pprof import summary_text  # noqa: PLC0415
+
+            log.info(
+                "heapdump: stored %s (%d bytes) from %s; top: %s",
+                key,
+                size,
+                url,
+                summary_text(summary),
+            )
+        else:
+            log.info("heapdump: stored %s (%d bytes) from %s", key, size, url)
+
+    def _analyze(self, body: bytes, key: str) -> list[dict[str, Any]]:
+        try:
+            from pressured import pprof  # noqa: PLC0415
+
+            result = pprof.top(pprof.load_profile(body, key), None, n=self.top_n)
+            return pprof.summarize_top(result, k=self.top_n)
+        except PprofError as exc:
+            log.warning("heapdump: stored, but not analysed: %s", exc)
+        except ImportError as exc:
+            log.warning(
+                "heapdump: stored, but not analysed: protobuf missing (%s); "
+                "install pressured[pprof]",
+                exc,
+            )
+        return []
+
+
+class _FetchFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Capture:
+    key: str
+    url: str
+    size: int
+    body: bytes | None
+    host: str
+    port: int
+    path: str
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def listening_ports(proc_root: str, pids: Iterable[int]) -> list[int]:
+    """TCP ports in state LISTEN held open by any of ``pids``, from /proc/PID/net/tcp{,6}.
+
+    A process's net/tcp lists every socket of its network namespace; the socket inodes in
+    /proc/PID/fd narrow that to the process's own. When fd/ cannot be read (no ptrace access),
+    every listening port of the namespace is returned.
+    """
+    ports: set[int] = set()
+    for pid in pids:
+        base = os.path.join(proc_root, str(pid))
+        inodes = _socket_inodes(os.path.join(base, "fd"))
+        for name in ("tcp", "tcp6"):
+            table = os.path.join(base, "net", name)
+            try:
+                with open(table, encoding="ascii", errors="replace") as f:
+                    lines = f.read().splitlines()[1:]
+            except FileNotFoundError:
+                continue  # no tcp6 without IPv6; the process may be gone
+            except OSError as exc:
+                log.warning("heapdump: cannot read %s: %s", table, exc.strerror or exc)
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 10 or fields[3] != TCP_LISTEN:
+                    continue
+                try:
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    inode = int(fields[9])
+                except (IndexError, ValueError):
+                    log.debug("heapdump: %s: unparsable line %r", table, line)
+                    continue
+                if inodes is None or inode in inodes:
+                    ports.add(port)
+    return sorted(ports)
+
+
+def _socket_inodes(fd_dir: str) -> set[int] | None:
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None
+    inodes: set[int] = set()
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:[") and target.endswith("]"):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _event_pids(event: Event) -> list[int]:
+    raw = event.extra.get("pids") or []
+    pids = [p for p in raw if isinstance(p, int) and not isinstance(p, bool) and p > 0]
+    pid = getattr(event, "pid", None)
+    if not pids and isinstance(pid, int) and pid > 0:
+        pids = [pid]
+    return pids
+
+
+def _url(host: str, port: int, path: str) -> str:
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
+
+
+def _goroutine_path(heap_path: str) -> str:
+    # Beside the heap endpoint: /debug/pprof/heap?gc=1 -> /debug/pprof/goroutine?debug=2
+    directory = heap_path.split("?", 1)[0].rsplit("/", 1)[0]
+    return f"{directory}/{GOROUTINE_PATH}"
+
+
+def _key_part(text: str) -> str:
+    part = _UNSAFE_KEY_CHARS.sub("_", text)
+    return "_" if part in ("", ".", "..") else part
+
+
+def _bad_annotation(event: Event, name: str, value: str, expected: str, used: str) -> None:
+    log.warning(
+        "heapdump: %s: annotation %s=%r is not %s; using %s",
+        event.key or event.cgroup,
+        name,
+        value,
+        expected,
+        used,
+    )

@@ -1,0 +1,3 @@
+module example.invalid/leaky
+
+go 1.19
