@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pressured.kernel import cgroupfs  # noqa: E402
 from pressured.kernel.watch import WatchOptions, Watcher  # noqa: E402
-from tests.support.cgroups import Child, leaker_argv, own_memory_cgroup  # noqa: E402
+from pressured.kernel.child import Child, leaker_argv, own_memory_cgroup  # noqa: E402
 
 MiB = 1024 * 1024
 POLL_S = 0.100

@@ -60,7 +60,6 @@ DEFAULTS: dict[str, Any] = {
     "rules": {"warning": None, "critical": None},
     "actions": None,
     "kills": {
-        "counters": {"enabled": True},
         "kmsg": {"enabled": True, "path": "/dev/kmsg", "replay": False},
         "tracepoint": {"enabled": True, "tracefs": "/sys/kernel/tracing"},
         "bcc": {"enabled": False},
@@ -459,7 +458,7 @@ def check(cfg: Config) -> list[str]:
     st, win = cfg.get("source.psi.stall_us"), cfg.get("source.psi.window_us")
     if isinstance(st, int) and isinstance(win, int) and st > win:
         p.append(f"source.psi.stall_us: {st} is above source.psi.window_us {win}")
-    for key in ("source.machine", "source.psi.enabled", "dry_run", "kills.counters.enabled",
+    for key in ("source.machine", "source.psi.enabled", "dry_run",
                 "kills.kmsg.enabled", "kills.kmsg.replay", "kills.tracepoint.enabled",
                 "kills.bcc.enabled", "metrics.enabled", "metrics.pid_labels"):
         _want(cfg, key, (bool,), p)

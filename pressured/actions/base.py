@@ -14,6 +14,7 @@ would have done and returns.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,7 +63,8 @@ class Action:
         """Release what the action holds (clients, interpreters)."""
 
     # helpers for option validation: every error names actions[i].key and the bad value
-    def opt(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+    def opt(
+        self, key: str, kind: builtins.type | tuple[builtins.type, ...], default: Any = None, *, required: bool = False) -> Any:
         if key not in self.options:
             if required:
                 raise ConfigError(f"{self.where}.{key}: required for type {self.type!r}")
@@ -88,6 +90,6 @@ class Action:
                 )
 
 
-def _kind_name(kind: type | tuple[type, ...]) -> str:
+def _kind_name(kind: builtins.type | tuple[builtins.type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(k.__name__ for k in kinds)

@@ -17,7 +17,8 @@ machine's /proc/meminfo. The interval shrinks as headroom shrinks and as growth 
 between ``min_interval_s`` and ``max_interval_s``.
 
 ``wait()`` returns Wakeups naming the target and the cause:
-threshold, psi, events, oom, gone, read.
+threshold, psi, events, oom, gone, read; and "fd" for a caller's own fd (``watch_fd``: the
+daemon's signal pipe, kmsg, perf rings), so everything waits in the same epoll_wait.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import parse
 from pressured.kernel.cgroupfs import CgroupRef, read_limit, read_usage
 
-Cause = Literal["threshold", "psi", "events", "oom", "gone", "read"]
+Cause = Literal["threshold", "psi", "events", "oom", "gone", "read", "fd"]
 FdKind = Literal[
     "v1_threshold", "v1_oom", "v1_pressure", "psi", "events", "events_local", "cgroup_events",
-    "inotify",
+    "inotify", "external",
 ]
 
 
@@ -153,6 +154,15 @@ class Watcher:
             return
         self._epoll.remove(entry.fd)
         native.close(entry.fd)
+
+    def watch_fd(self, fd: int, name: str, events: int = native.EPOLLIN) -> int:
+        """Wake with Wakeup(name, "fd") when ``fd`` is readable. The caller keeps the fd."""
+        return self._register(_Fd(fd, "external", name, name), events)
+
+    def unwatch_fd(self, token: int) -> None:
+        entry = self._tokens.pop(token, None)
+        if entry is not None:
+            self._epoll.remove(entry.fd)
 
     def keys(self) -> list[str]:
         return list(self._targets)
@@ -417,6 +427,8 @@ class Watcher:
         now = self._clock()
         if entry.kind == "inotify":
             return self._on_inotify()
+        if entry.kind == "external":
+            return [Wakeup(entry.key, "fd", now)]
         t = self._targets.get(entry.key)
         if t is None:
             return []

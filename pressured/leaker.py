@@ -1,6 +1,6 @@
-"""A process that leaks memory at a set rate, for kernel tests and benchmarks.
+"""A process that leaks memory at a set rate: the demo's app, kernel tests and benchmarks.
 
-    leaker.py --rate-mib 16 --max-mib 400 [--step-kib 256] [--usage-file F --stamp-at BYTES]
+    python -m pressured.leaker --rate-mib 16 --max-mib 400 [--step-kib 256] [--usage-file F --stamp-at BYTES]
               [--signals-out FILE] [--hold]
 
 Touches every page it allocates. With --usage-file/--stamp-at it prints
@@ -25,16 +25,21 @@ def main() -> None:
     ap.add_argument("--usage-file")
     ap.add_argument("--stamp-at", type=int, action="append", default=[])
     ap.add_argument("--signals-out")
+    ap.add_argument("--print-signals", action="store_true", help="say on stdout when signalled")
     ap.add_argument("--hold", action="store_true", help="sleep after reaching --max-mib")
     ap.add_argument("--start-after", type=float, default=0.0)
     a = ap.parse_args()
 
-    if a.signals_out:
-        out = open(a.signals_out, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    out = open(a.signals_out, "a", buffering=1) if a.signals_out else None  # noqa: SIM115
 
-        def record(signum: int, _frame: object) -> None:
-            out.write(f"{signal.Signals(signum).name} {time.monotonic():.6f}\n")
+    def record(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if out is not None:
+            out.write(f"{name} {time.monotonic():.6f}\n")
+        if a.print_signals:
+            print(f"app (pid {os.getpid()}): received {name}", flush=True)
 
+    if out is not None or a.print_signals:
         signal.signal(signal.SIGUSR1, record)
         signal.signal(signal.SIGUSR2, record)
     print("READY", flush=True)

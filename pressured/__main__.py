@@ -1,0 +1,3 @@
+from pressured.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""signal: a Unix signal per severity to the processes of the target cgroup.
+
+Defaults: SIGUSR1 for warn, SIGUSR2 for critical (OOMHero's). ``processes: all`` (default)
+or ``oldest``. Never PID 1 of a pod (a process that is PID 1 in its own PID namespace: the
+pause container or the container's init, whose death restarts the pod), never pressured itself.
+A failed kill() is logged and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal as _signal
+from collections.abc import Mapping
+from typing import Any
+
+from pressured.actions.base import Action, ActionContext
+from pressured.config import parse_signal
+from pressured.errors import ActionError, ConfigError
+from pressured.kernel.procfs import process_start_ticks
+from pressured.model import Event
+
+log = logging.getLogger("pressured.actions.signal")
+
+TERMINATING = {
+    _signal.SIGKILL, _signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGABRT,
+}
+
+
+def is_namespace_init(pid: int, proc: str = "/proc") -> bool:
+    """True when ``pid`` is PID 1 of its own PID namespace (last NSpid field is 1)."""
+    try:
+        with open(os.path.join(proc, str(pid), "status"), encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return line.split()[-1] == "1"
+    except OSError:
+        return False
+    return pid == 1
+
+
+class SignalAction(Action):
+    type = "signal"
+
+    def __init__(self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]") -> None:
+        super().__init__(options, ctx, where)
+        self.reject_unknown({"warn", "critical", "processes", "recovered"})
+        self.signals: dict[str, int] = {}
+        for severity, default in (("warn", "SIGUSR1"), ("critical", "SIGUSR2"), ("recovered", None)):
+            raw = self.options.get(severity, default)
+            if raw is None or raw is False:
+                continue
+            self.signals[severity] = parse_signal(raw, f"{where}.{severity}")
+        self.processes = self.opt("processes", str, "all")
+        if self.processes not in ("all", "oldest"):
+            raise ConfigError(f"{where}.processes: must be 'all' or 'oldest', got {self.processes!r}")
+
+    @property
+    def destructive(self) -> bool:  # type: ignore[override]
+        return any(s in TERMINATING for s in self.signals.values())
+
+    def choose(self, pids: list[int], proc: str) -> list[int]:
+        me = os.getpid()
+        pids = [p for p in pids if p != me and not is_namespace_init(p, proc)]
+        if self.processes == "oldest" and pids:
+            starts = [(process_start_ticks(p, proc) or 0, p) for p in pids]
+            return [min(starts)[1]]
+        return pids
+
+    def run(self, event: Event) -> None:
+        severity = getattr(event, "severity", "")
+        sig = self.signals.get(severity)
+        if sig is None:
+            return
+        pids = [int(p) for p in event.extra.get("pids", [])]
+        proc = str(event.extra.get("proc_root") or self.ctx.proc_root)
+        chosen = self.choose(pids, proc)
+        name = _signal.Signals(sig).name
+        if not chosen:
+            log.info("signal: no process to send %s to in %s", name, event.cgroup)
+            return
+        if self.ctx.dry_run:
+            log.info("dry-run: would send %s to pids %s of %s", name, chosen, event.cgroup)
+            return
+        failed = []
+        for pid in chosen:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue  # exited since the cgroup was read: nothing to signal
+            except OSError as exc:
+                failed.append(f"{pid}: {errno.errorcode.get(exc.errno or 0, exc.errno)}")
+        log.info("sent %s to pids %s of %s", name, chosen, event.cgroup)
+        if failed:
+            raise ActionError(f"signal {name} failed for {', '.join(failed)} in {event.cgroup}")

@@ -1,0 +1,254 @@
+"""The typer app: thin commands, one library call each. Exit codes are decided only here.
+
+EXIT STATUS
+  0  success (the daemon stopped on SIGTERM/SIGINT, a check passed)
+  1  a runtime failure: the watched cgroups or the kernel could not be used, a file unreadable
+  2  bad usage or configuration: nothing was started
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from pressured import __version__
+from pressured.errors import ConfigError, PressuredError
+
+EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+
+app = typer.Typer(
+    name="pressured",
+    help="Pre-OOM watcher: sleeps on kernel notifications, warns and acts before an OOM kill, "
+    "and confirms every real kill.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Check configuration.", context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(config_app, name="config")
+
+
+def _mount_pprof() -> None:
+    from pressured.pprof_cli import pprof_app  # noqa: PLC0415
+
+    app.add_typer(pprof_app, name="pprof")
+
+
+_mount_pprof()
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("-c", "--config", envvar="PRESSURED_CONFIG", help="JSON or YAML config file."),
+]
+LogOpt = Annotated[
+    str | None,
+    typer.Option("-l", "--log-level", help="debug, info, warning or error [env PRESSURED_LOG_LEVEL]."),
+]
+DryOpt = Annotated[
+    bool | None,
+    typer.Option("-d", "--dry-run", help="Log what actions would do, do nothing [env PRESSURED_DRY_RUN]."),
+]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("httpx", "httpcore", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"pressured: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(config: str | None, flags: dict[str, Any]) -> Any:
+    from pressured import config as config_mod  # noqa: PLC0415
+
+    try:
+        return config_mod.load(config, flags=flags)
+    except ConfigError as exc:
+        typer.echo("pressured: invalid configuration:", err=True)
+        for p in exc.problems:
+            typer.echo(f"  {p}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+def _run_daemon(config: str | None, flags: dict[str, Any], run_for: float | None) -> None:
+    from pressured.daemon import Daemon  # noqa: PLC0415
+
+    cfg = _load(config, flags)
+    setup_logging(str(cfg.get("log_level")))
+
+    def reload() -> Any:
+        from pressured import config as config_mod  # noqa: PLC0415
+
+        return config_mod.load(config, flags=flags)
+
+    try:
+        daemon = Daemon(cfg, reload=reload)
+        code = daemon.run(run_for=run_for)
+    except ConfigError as exc:
+        for p in exc.problems:
+            typer.echo(f"pressured: {p}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except PressuredError as exc:
+        raise fail(str(exc), EXIT_RUNTIME) from None
+    except OSError as exc:
+        raise fail(f"{exc.filename or ''}: {exc.strerror}" if exc.filename else str(exc), EXIT_RUNTIME) from None
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pressured {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    log_level: LogOpt = None,
+    dry_run: DryOpt = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """With no command, run the daemon (the original `pressured -c config.json -l debug -d`)."""
+    if ctx.invoked_subcommand is None:
+        _run_daemon(config, {"log_level": log_level, "dry_run": dry_run}, None)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    log_level: LogOpt = None,
+    dry_run: DryOpt = None,
+    cgroup: Annotated[
+        list[str] | None,
+        typer.Option("--cgroup", help="Watch this cgroup directory (v1 memory or v2); repeatable."),
+    ] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="local, sidecar, node or cluster [env PRESSURED_MODE].")] = None,
+    events_out: Annotated[
+        str | None, typer.Option("--events-out", help="Write event JSON lines here instead of stdout.")
+    ] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus port (0: any free).")] = None,
+    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Do not serve metrics.")] = False,
+    state_dir: Annotated[
+        str | None, typer.Option("--state-dir", help="Keep kill counters here across restarts.")
+    ] = None,
+    run_for: Annotated[float | None, typer.Option("--run-for", hidden=True)] = None,
+) -> None:
+    """Run the watcher until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+    flags: dict[str, Any] = {
+        "log_level": log_level,
+        "dry_run": dry_run,
+        "source.cgroup.paths": list(cgroup) if cgroup else None,
+        "source.mode": mode,
+        "events_out": events_out,
+        "metrics.port": metrics_port,
+        "metrics.enabled": False if no_metrics else None,
+        "state_dir": state_dir,
+    }
+    if cgroup:
+        flags["source.machine"] = False
+    _run_daemon(config, flags, run_for)
+
+
+@app.command()
+def diagnose(
+    config: ConfigOpt = None,
+    cgroup: Annotated[list[str] | None, typer.Option("--cgroup", help="Only these cgroups; repeatable.")] = None,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between the two readings (growth).")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    top: Annotated[int, typer.Option("--top", help="Processes shown per cgroup by oom_score.")] = 3,
+) -> None:
+    """One-shot table of the watched cgroups, sorted by headroom."""
+    from pressured.diagnose import diagnose as run_diagnose  # noqa: PLC0415
+    from pressured.diagnose import render  # noqa: PLC0415
+
+    flags: dict[str, Any] = {"source.cgroup.paths": list(cgroup) if cgroup else None}
+    cfg = _load(config, flags)
+    try:
+        rows = run_diagnose(cfg, interval=interval, top=top)
+    except PressuredError as exc:
+        raise fail(str(exc), EXIT_RUNTIME) from None
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        render(rows)
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[str | None, typer.Argument(help="Config file (default: PRESSURED_CONFIG).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print the effective configuration and where each value came from, or the errors."""
+    from pressured import config as config_mod  # noqa: PLC0415
+    from pressured.actions.base import ActionContext  # noqa: PLC0415
+    from pressured.daemon import build_actions  # noqa: PLC0415
+
+    cfg = _load(file, {})
+    try:
+        # the actions validate their own options; Kubernetes ones need a cluster to be built
+        needs_kube = {"k8s-event", "evict"}
+        probe = config_mod.Config(
+            {**cfg.data, "actions": [a for a in cfg.actions if a.get("type") not in needs_kube]},
+            cfg.origin, cfg.file,
+        )
+        for action in build_actions(probe, ActionContext(dry_run=True, config=cfg.data)):
+            action.close()
+    except ConfigError as exc:
+        typer.echo("pressured: invalid configuration:", err=True)
+        for p in exc.problems:
+            typer.echo(f"  {p}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    rows = cfg.explain()
+    if as_json:
+        typer.echo(json.dumps([{"key": k, "value": v, "from": o} for k, v, o in rows], indent=2, default=str))
+        return
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"effective configuration{f' ({cfg.file})' if cfg.file else ''}")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("from")
+    for k, v, o in rows:
+        table.add_row(k, json.dumps(v, default=str), o)
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    limit_mib: Annotated[int, typer.Option("--limit-mib", help="Memory limit of the demo cgroup.")] = 128,
+    rate_mib: Annotated[float, typer.Option("--rate-mib", help="Leak rate, MiB/s.")] = 8.0,
+) -> None:
+    """Leak memory in a limited cgroup and watch pressured warn, act and confirm the kill."""
+    from pressured.demo import DemoUnavailable, run_demo  # noqa: PLC0415
+
+    setup_logging("warning")
+    try:
+        code = run_demo(limit_mib=limit_mib, rate_mib=rate_mib)
+    except DemoUnavailable as exc:
+        raise fail(f"demo not possible here: {exc}", EXIT_RUNTIME) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

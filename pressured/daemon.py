@@ -1,0 +1,737 @@
+"""The one loop: source -> Watcher -> samples -> engine -> actions; kills -> reconciler.
+
+Everything waits in the Watcher's epoll: kernel notifications, the adaptive-read deadlines,
+the signal pipe (SIGTERM/SIGINT stop, SIGHUP reloads), kmsg and perf rings, the local source's
+inotify. Actions run on one worker thread in the configured order, so a slow webhook never
+delays the next wake-up; destructive actions re-read their target first and are skipped when
+it recovered (earlyoom re-checks memory before killing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
+from typing import Any
+
+from pressured import native
+from pressured.actions.base import Action, ActionContext
+from pressured.config import Config
+from pressured.engine import Engine, EngineSettings, ThresholdOverride
+from pressured.errors import ActionError, CgroupError, CgroupFileError, ConfigError, PressuredError
+from pressured.kernel import cgroupfs, procfs
+from pressured.kernel.watch import PsiSpec, Wakeup, WatchOptions, Watcher
+from pressured.model import MACHINE, Event, OomKill, PressureEvent, Sample
+from pressured.sources.base import Source, TargetSpec
+
+log = logging.getLogger("pressured.daemon")
+
+ACTION_GROUP = "pressured.actions.v1"
+MAX_PIDS_IN_EVENT = 64
+
+
+def load_action_classes() -> dict[str, type[Action]]:
+    """Action classes by type name; a plugin that fails to import is skipped with a warning."""
+    out: dict[str, type[Action]] = {}
+    for ep in entry_points(group=ACTION_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the daemon
+            log.warning("action plugin %r (%s) cannot be loaded, skipped: %s", ep.name, ep.value, exc)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Action)):
+            log.warning("action plugin %r (%s) is not an Action subclass, skipped", ep.name, ep.value)
+            continue
+        out[ep.name] = cls
+    return out
+
+
+def build_actions(cfg: Config, ctx: ActionContext) -> list[Action]:
+    """Validate and build every configured action; all problems in one ConfigError."""
+    classes = load_action_classes()
+    actions: list[Action] = []
+    problems: list[str] = []
+    # heapdump first: it adds pprof_top to the event the later actions report
+    entries = sorted(enumerate(cfg.actions), key=lambda e: 0 if e[1].get("type") == "heapdump" else 1)
+    for i, entry in entries:
+        where = f"actions[{i}]"
+        kind = entry.get("type")
+        cls = classes.get(str(kind))
+        if cls is None:
+            from pressured.config import suggest  # noqa: PLC0415
+
+            hint = suggest(str(kind), classes)
+            problems.append(
+                f"{where}.type: unknown action {kind!r}; known: {', '.join(sorted(classes))}"
+                + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+            continue
+        options = {k: v for k, v in entry.items() if k != "type"}
+        try:
+            actions.append(cls(options, ctx, where))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        for a in actions:
+            a.close()
+        raise ConfigError(problems)
+    return actions
+
+
+def protect_self(adj: int = -900) -> str:
+    """Lower our own oom_score_adj so the kernel kills what we watch before us."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(adj))
+    except OSError as exc:
+        return f"cannot lower own oom_score_adj to {adj}: {exc.strerror} (needs CAP_SYS_RESOURCE)"
+    return f"own oom_score_adj set to {adj}"
+
+
+@dataclass
+class TargetState:
+    spec: TargetSpec
+    limit: int | None = None
+    levels: list[int] = field(default_factory=list)
+    overrides: ThresholdOverride | None = None
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def cgroup(self) -> str:
+        return self.spec.ref.path if self.spec.ref is not None else self.spec.key
+
+
+class ActionRunner:
+    """Runs the action chain for each event on one worker thread, in order."""
+
+    def __init__(
+        self,
+        actions: list[Action],
+        *,
+        reread: Callable[[Event], bool],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        self.actions = actions
+        self._reread = reread
+        self._on_failure = on_failure
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="pressured-actions", daemon=True)
+        self._thread.start()
+
+    def submit(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def _loop(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            self.run_chain(event)
+
+    def run_chain(self, event: Event) -> None:
+        still_valid: bool | None = None
+        for action in self.actions:
+            if action.destructive and isinstance(event, PressureEvent) and event.severity != "recovered":
+                if still_valid is None:
+                    still_valid = self._reread(event)
+                if not still_valid:
+                    log.info("%s skipped for %s: the target recovered before it ran",
+                             action.type, event.cgroup)
+                    continue
+            try:
+                action.run(event)
+            except ActionError as exc:
+                log.warning("action %s failed for %s: %s", action.type, event.cgroup, exc)
+                self._on_failure(action.type)
+            except Exception as exc:  # noqa: BLE001 - an action must never stop the daemon
+                log.error("action %s raised for %s: %s: %s", action.type, event.cgroup,
+                          type(exc).__name__, exc)
+                self._on_failure(action.type)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+        for a in self.actions:
+            try:
+                a.close()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("closing action %s: %s", a.type, exc)
+
+
+def make_source(cfg: Config) -> Source:
+    mode = cfg.mode
+    if mode == "local":
+        from pressured.sources.local import LocalSource  # noqa: PLC0415
+
+        return LocalSource(cfg.get("source.cgroup.path"), cfg.get("source.cgroup.paths") or [])
+    if mode == "node":
+        from pressured.sources.node import NodeSource  # noqa: PLC0415
+
+        return NodeSource.from_config(cfg.data)  # type: ignore[no-any-return]
+    if mode == "sidecar":
+        from pressured.sources.sidecar import SidecarSource  # noqa: PLC0415
+
+        return SidecarSource.from_config(cfg.data)  # type: ignore[no-any-return]
+    from pressured.sources.cluster import ClusterSource  # noqa: PLC0415
+
+    return ClusterSource.from_config(cfg.data)  # type: ignore[no-any-return]
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        reload: Callable[[], Config] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        source: Source | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._reload = reload
+        self._clock = clock
+        self._wall = wall
+        self.proc_root = str(cfg.get("source.proc_root"))
+        self.engine = Engine(EngineSettings.from_config(cfg.data))
+        self.source = source or make_source(cfg)
+        self.targets: dict[str, TargetState] = {}
+        self.watcher = Watcher(self._watch_options(cfg), clock=clock, proc=self.proc_root)
+        self._stop = False
+        self._hup = False
+        self.metrics: Any = None
+        self._metrics_server: Any = None
+        self.kills: Any = None
+        self.reconciler: Any = None
+        self.tracker: Any = None
+        self._fd_names: dict[str, Callable[[], None]] = {}
+        self.runner: ActionRunner | None = None
+        self.ctx: ActionContext | None = None
+        self._noted: set[str] = set()
+        self.exit_reason = ""
+
+    @staticmethod
+    def _watch_options(cfg: Config) -> WatchOptions:
+        psi = None
+        if cfg.get("source.psi.enabled"):
+            psi = PsiSpec(cfg.get("source.psi.kind"), cfg.get("source.psi.stall_us"),
+                          cfg.get("source.psi.window_us"))
+        return WatchOptions(
+            min_interval_s=cfg.get("source.min_interval_ms") / 1000,
+            max_interval_s=cfg.get("source.poll_interval_ms") / 1000,
+            psi=psi,
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def start(self) -> None:
+        log.info("%s", protect_self())
+        self.ctx = ActionContext(
+            dry_run=self.cfg.dry_run,
+            mode=self.cfg.mode,
+            node_name=self.cfg.get("kubernetes.node_name"),
+            proc_root=self.proc_root,
+            config=self.cfg.data,
+            logger=logging.getLogger("pressured.actions"),
+            storage_factory=self._storage,
+            reread=self._reread_sample,
+            kube=getattr(self.source, "kube", None),
+            extra={"events_out": self.cfg.get("events_out")},
+        )
+        actions = build_actions(self.cfg, self.ctx)
+        self.runner = ActionRunner(actions, reread=self._still_valid, on_failure=self._action_failed)
+        if self.cfg.get("metrics.enabled"):
+            self._start_metrics()
+        self.source.start()
+        fd = getattr(self.source, "fd", None)
+        if isinstance(fd, int):
+            self._watch_fd(fd, "source", self._on_source_fd)
+        self._start_kills()
+        if self.cfg.get("source.machine") and self.cfg.mode == "local":
+            self._add_machine()
+        self._sync_targets()
+
+    _storage_obj: Any = None
+
+    def _storage(self) -> Any:
+        if self._storage_obj is None:
+            from pressured.storage.factory import open_storage  # noqa: PLC0415
+
+            self._storage_obj = open_storage(self.cfg.get("storage"), "storage")
+        return self._storage_obj
+
+    def _start_metrics(self) -> None:
+        from pressured.metrics import Metrics, start_http  # noqa: PLC0415
+
+        self.metrics = Metrics(self.cfg.get("kubernetes.node_name"), self.cfg.get("metrics.pid_labels"),
+                               clock=self._clock)
+        self._metrics_server = start_http(self.metrics.registry, self.cfg.get("metrics.address"),
+                                          self.cfg.get("metrics.port"))
+        log.info("metrics on http://%s:%d/metrics", self.cfg.get("metrics.address"),
+                 self._metrics_server.port)
+
+    def _start_kills(self) -> None:
+        from pressured.kills import (  # noqa: PLC0415
+            CounterTracker,
+            KillsConfig,
+            KillSources,
+            KillState,
+            Reconciler,
+        )
+
+        kcfg = KillsConfig.from_mapping(self.cfg.get("kills"))
+        self.kills = KillSources(kcfg, clock=self._clock, wall_clock=self._wall, proc=self.proc_root)
+        status = self.kills.start()
+        if self.cfg.mode == "cluster":
+            # the kernel of this pod's node is not the one whose kills matter here
+            self.kills.close()
+            status = {"cluster": (True, "Events OOMKilling and lastState OOMKilled")}
+        for fd, name in self.kills.fds():
+            self._watch_fd(fd, f"kills:{name}", lambda n=name: self._on_kill_fd(n))
+        state_dir = self.cfg.get("state_dir")
+        state = KillState(state_dir) if state_dir else None
+        self.tracker = CounterTracker(state, clock=self._clock, wall_clock=self._wall)
+        self.reconciler = Reconciler(
+            kcfg.window_seconds, self._clock,
+            first_warn=lambda key: self.engine.first_warn_time(key, at=self._clock()),
+            expected=self.kills.expected, dry_run=self.cfg.dry_run,
+        )
+        if self.metrics is not None:
+            for name, (active, _why) in status.items():
+                self.metrics.set_kill_source(name, active)
+
+    def _watch_fd(self, fd: int, name: str, handler: Callable[[], None]) -> None:
+        self.watcher.watch_fd(fd, name)
+        self._fd_names[name] = handler
+
+    def _add_machine(self) -> None:
+        try:
+            report = self.watcher.add_machine(MACHINE)
+        except (OSError, CgroupFileError) as exc:
+            log.warning("cannot watch the machine itself: %s", exc)
+            return
+        state = TargetState(TargetSpec(MACHINE, None))
+        self.targets[MACHINE] = state
+        self._log_report(report.key, report.armed, report.missing)
+        self._refresh(state, "start")
+
+    def _log_report(self, key: str, armed: tuple[str, ...], missing: tuple[str, ...]) -> None:
+        log.info("watching %s: %s", key, ", ".join(armed) or "adaptive reads only")
+        for note in missing:
+            log.debug("%s: not armed: %s", key, note)
+        for note in self.watcher.psi_window_notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                log.info("%s", note)
+
+    # ------------------------------------------------------------------ targets
+    def _overrides(self, spec: TargetSpec) -> ThresholdOverride | None:
+        o = spec.overrides
+        if o.warn_percent is None and o.critical_percent is None and o.cooldown_seconds is None:
+            return None
+        return ThresholdOverride(o.warn_percent, o.critical_percent, o.cooldown_seconds)
+
+    def _levels(self, state: TargetState) -> list[int]:
+        levels = self.engine.levels_bytes(state.limit, state.overrides, include_hysteresis=True)
+        if self.engine.settings.predict_seconds and state.limit:
+            # growth tracking (time-to-OOM) needs reads before the warn level: from half the limit
+            levels = sorted({*levels, state.limit // 2})
+        return levels
+
+    def _sync_targets(self) -> None:
+        wanted = {spec.key: spec for spec in self.source.targets()}
+        for key in [k for k in self.targets if k != MACHINE and k not in wanted]:
+            self._drop(key, "no longer a target")
+        for key, spec in wanted.items():
+            current = self.targets.get(key)
+            if current is not None:
+                if current.spec != spec:
+                    current.spec = spec
+                    current.overrides = self._overrides(spec)
+                    self._rearm(current)
+                continue
+            if spec.ref is None:
+                self.targets[key] = TargetState(spec, overrides=self._overrides(spec))
+                continue
+            state = TargetState(spec, overrides=self._overrides(spec))
+            try:
+                state.limit = cgroupfs.read_limit(spec.ref)
+                state.levels = self._levels(state)
+                report = self.watcher.add_cgroup(key, spec.ref, state.levels)
+            except (CgroupError, OSError) as exc:
+                log.warning("cannot watch %s: %s", key, exc)
+                continue
+            self.targets[key] = state
+            self._log_report(key, report.armed, report.missing)
+            self._observe_counters(state, initial=True)
+            self._refresh(state, "start")
+        if self.metrics is not None:
+            self.metrics.set_watched(len(self.targets))
+
+    def _rearm(self, state: TargetState) -> None:
+        levels = self._levels(state)
+        if levels != state.levels and state.key in self.watcher:
+            state.levels = levels
+            self.watcher.set_levels(state.key, levels)
+
+    def _drop(self, key: str, why: str) -> None:
+        state = self.targets.pop(key, None)
+        self.watcher.remove(key)
+        if state is None:
+            return
+        log.info("stopped watching %s: %s", key, why)
+        # the last counters before it went: a kill that emptied the cgroup is still a kill
+        self.engine.forget(key)
+        if self.tracker is not None and state.spec.ref is not None:
+            self.tracker.forget(state.spec.ref.relpath)
+        if self.metrics is not None:
+            self.metrics.set_watched(len(self.targets))
+
+    # ------------------------------------------------------------------ samples
+    def read_sample(self, state: TargetState) -> Sample | None:
+        now = self._clock()
+        ref = state.spec.ref
+        if state.key == MACHINE:
+            m = procfs.read_machine(self.proc_root)
+            psi = {}
+            for res in ("memory", "io", "cpu"):
+                path = os.path.join(self.proc_root, "pressure", res)
+                with contextlib.suppress(CgroupFileError):
+                    psi[res] = cgroupfs.read_psi_file(path)
+            return Sample(MACHINE, now, m.working_set_bytes, m.working_set_bytes, m.total_bytes,
+                          psi.get("memory"), psi.get("io"), psi.get("cpu"))
+        if ref is None:
+            return None
+        mem = cgroupfs.read_memory(ref)
+        psi = {res: cgroupfs.read_psi(ref, res) for res in ("memory", "io", "cpu")}
+        kills = None
+        with contextlib.suppress(CgroupFileError):
+            kills = cgroupfs.read_kill_counters(ref)
+        score = self._top_oom_score(state)
+        state.limit = mem.limit_bytes
+        return Sample(
+            state.key, now, mem.usage_bytes, mem.working_set_bytes, mem.limit_bytes,
+            psi["memory"], psi["io"], psi["cpu"],
+            score[0] if score else None, score[1] if score else None,
+            kills.oom_kill_local if kills and kills.oom_kill_local is not None else (kills.oom_kill if kills else None),
+        )
+
+    def pids(self, state: TargetState) -> list[int]:
+        if state.spec.ref is None:
+            return []
+        try:
+            return cgroupfs.read_pids(state.spec.ref)[:MAX_PIDS_IN_EVENT]
+        except CgroupFileError:
+            return []
+
+    def _top_oom_score(self, state: TargetState) -> tuple[int, int] | None:
+        best = None
+        for pid in self.pids(state)[:16]:
+            s = procfs.read_oom_score(pid, self.proc_root)
+            if s is not None and (best is None or s[0] > best[0]):
+                best = s
+        return best
+
+    def _refresh(self, state: TargetState, cause: str) -> None:
+        try:
+            sample = self.read_sample(state)
+        except CgroupFileError as exc:
+            if state.spec.ref is not None and not os.path.isdir(state.spec.ref.path):
+                self._drop(state.key, "cgroup removed")
+            else:
+                log.warning("%s: cannot read: %s", state.key, exc)
+            return
+        if sample is None:
+            return
+        self.feed(state, sample)
+
+    def feed(self, state: TargetState, sample: Sample) -> None:
+        old_limit = state.limit
+        state.limit = sample.limit_bytes
+        if old_limit != state.limit and state.spec.ref is not None:
+            self.watcher.set_limit(state.key, state.limit)
+            self._rearm(state)
+        events = self.engine.feed(
+            sample, sample.time, self._wall(), cgroup=state.cgroup,
+            identity=state.spec.identity, annotations=dict(state.spec.annotations),
+            dry_run=self.cfg.dry_run, overrides=state.overrides,
+        )
+        if self.metrics is not None:
+            pct = 0.0
+            if sample.limit_bytes:
+                value = sample.usage_bytes if self.engine.settings.metric == "usage" else sample.working_set_bytes
+                pct = 100.0 * value / sample.limit_bytes
+            self.metrics.observe_sample(sample, state.cgroup, state.spec.identity, pct)
+        for ev in events:
+            self.emit(ev, state)
+
+    def emit(self, event: Event, state: TargetState | None) -> None:
+        if state is not None:
+            event.extra.setdefault("pids", self.pids(state))
+            if state.spec.pids_root:
+                event.extra.setdefault("proc_root", state.spec.pids_root)
+        if isinstance(event, PressureEvent) and event.key == "":
+            event = replace(event, key=state.key if state else "")
+        if self.metrics is not None:
+            self.metrics.observe_event(event)
+        if self.runner is not None:
+            self.runner.submit(event)
+
+    def _reread_sample(self, key: str) -> Sample | None:
+        state = self.targets.get(key)
+        if state is None:
+            return None
+        try:
+            return self.read_sample(state)
+        except CgroupFileError:
+            return None
+
+    def _still_valid(self, event: Event) -> bool:
+        """Re-read before a destructive action: is the target still at the event's severity?"""
+        if not isinstance(event, PressureEvent):
+            return True
+        key = event.key or event.cgroup
+        state = self.targets.get(key)
+        sample = self._reread_sample(key)
+        if sample is None or state is None:
+            return False
+        if not sample.limit_bytes:
+            return True  # a rule on PSI fired; nothing to compare usage against
+        warn, critical, _ = self.engine.thresholds(state.overrides)
+        value = sample.usage_bytes if self.engine.settings.metric == "usage" else sample.working_set_bytes
+        pct = 100.0 * value / sample.limit_bytes
+        level = critical if event.severity == "critical" else warn
+        band = self.engine.settings.hysteresis_percent
+        return pct >= level - band
+
+    def _action_failed(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.action_failed(name)
+
+    # ------------------------------------------------------------------ kills
+    def _observe_counters(self, state: TargetState, *, initial: bool = False) -> None:
+        ref = state.spec.ref
+        if ref is None or self.tracker is None:
+            return
+        try:
+            counters = cgroupfs.read_kill_counters(ref)
+        except CgroupFileError:
+            return
+        current = counters.oom_kill_local if counters.oom_kill_local is not None else counters.oom_kill
+        try:
+            cgroup_id = os.stat(ref.path).st_ino
+        except OSError:
+            cgroup_id = None
+        record = self.tracker.observe(state.key, ref.relpath, current, cgroup_id=cgroup_id)
+        if record is not None:
+            self.reconciler.add(record, key=state.key, cgroup=state.cgroup,
+                                identity=state.spec.identity, annotations=dict(state.spec.annotations))
+
+    def _kill_targets(self) -> dict[str, str]:
+        return {k: s.spec.ref.relpath for k, s in self.targets.items() if s.spec.ref is not None}
+
+    def _on_kill_fd(self, name: str) -> None:
+        from pressured.kills import attribute  # noqa: PLC0415
+
+        records = self.kills.read(name)
+        if not records:
+            return
+        paths = self._kill_targets()
+        ids = {}
+        for k, s in self.targets.items():
+            if s.spec.ref is not None:
+                with contextlib.suppress(OSError):
+                    ids[os.stat(s.spec.ref.path).st_ino] = k
+        for r in records:
+            key = attribute(r.cgroup, paths)
+            if key is None and r.cgroup_id is not None:
+                key = ids.get(r.cgroup_id)
+            state = self.targets.get(key) if key else None
+            self.reconciler.add(
+                r, key=key, cgroup=state.cgroup if state else r.cgroup,
+                identity=state.spec.identity if state else None,
+                annotations=dict(state.spec.annotations) if state else None,
+            )
+            if state is not None:
+                # the counter moved too: read it now so both records meet inside the window
+                self._observe_counters(state)
+
+    def _flush_kills(self) -> None:
+        if self.reconciler is None:
+            return
+        for kill in self.reconciler.flush(self._clock()):
+            state = self.targets.get(kill.key) if kill.key else None
+            self.emit(kill, state)
+
+    # ------------------------------------------------------------------ loop
+    def _on_source_fd(self) -> None:
+        on_fd = getattr(self.source, "on_fd", None)
+        if callable(on_fd):
+            on_fd()
+
+    def _handle(self, wake: Wakeup) -> None:
+        if self.metrics is not None:
+            self.metrics.wakeup(wake.cause)
+        if wake.cause == "fd":
+            handler = self._fd_names.get(wake.key)
+            if handler is not None:
+                handler()
+            return
+        state = self.targets.get(wake.key)
+        if state is None:
+            return
+        if wake.cause == "gone":
+            self._observe_counters(state)
+            self._drop(wake.key, wake.detail or "gone")
+            return
+        if wake.cause in ("oom", "events"):
+            self._observe_counters(state)
+        self._refresh(state, wake.cause)
+
+    def _install_signals(self) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+        def stop(signum: int, _frame: object) -> None:
+            self._stop = True
+            self.exit_reason = signal.Signals(signum).name
+
+        def hup(_signum: int, _frame: object) -> None:
+            self._hup = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+        self._watch_fd(r, "signals", lambda: self._drain_pipe(r))
+        return r, w
+
+    @staticmethod
+    def _drain_pipe(fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(fd, 512):
+                pass
+
+    def reload(self) -> None:
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+            settings = EngineSettings.from_config(new.data)
+            assert self.ctx is not None
+            ctx = replace(self.ctx, dry_run=new.dry_run, config=new.data)
+            actions = build_actions(new, ctx)
+        except PressuredError as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("reload refused, keeping the running config: %s", "; ".join(problems))
+            return
+        self.cfg = new
+        self.engine.update_settings(settings)
+        old, self.runner = self.runner, ActionRunner(actions, reread=self._still_valid,
+                                                     on_failure=self._action_failed)
+        self.ctx = ctx
+        if old is not None:
+            old.close()
+        for state in self.targets.values():
+            self._rearm(state)
+        log.info("configuration reloaded%s", f" from {new.file}" if new.file else "")
+
+    def _next_timeout(self) -> float:
+        deadlines = [self._clock() + 5.0]  # metrics staleness and the reconciler's windows
+        for d in (self.source.next_poll(),
+                  self.reconciler.next_deadline() if self.reconciler else None):
+            if d is not None:
+                deadlines.append(d)
+        if self.kills is not None and self.kills.poll_interval():
+            deadlines.append(self._clock() + self.kills.poll_interval())
+        return max(0.0, min(deadlines) - self._clock())
+
+    def run(self, *, run_for: float | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or ``run_for`` seconds). Returns the exit code."""
+        r, w = self._install_signals()
+        try:
+            self.start()
+            end = None if run_for is None else self._clock() + run_for
+            while not self._stop:
+                timeout = self._next_timeout()
+                if end is not None:
+                    timeout = min(timeout, max(0.0, end - self._clock()))
+                for wake in self.watcher.wait(timeout):
+                    try:
+                        self._handle(wake)
+                    except PressuredError as exc:
+                        log.warning("%s (%s): %s", wake.key, wake.cause, exc)
+                now = self._clock()
+                if self._hup:
+                    self._hup = False
+                    self.reload()
+                np = self.source.next_poll()
+                if np is not None and np <= now:
+                    self._poll_source(now)
+                if self.source.changed():
+                    self._sync_targets()
+                if self.kills is not None and self.kills.poll_interval():
+                    for name in ("bcc",):
+                        self._on_kill_fd(name)
+                self._flush_kills()
+                if self.metrics is not None:
+                    self.metrics.forget_stale(now)
+                if end is not None and now >= end:
+                    break
+            log.info("stopping%s", f" on {self.exit_reason}" if self.exit_reason else "")
+            return 0
+        finally:
+            self.close()
+            signal.set_wakeup_fd(-1)
+            os.close(r)
+            os.close(w)
+
+    def _poll_source(self, now: float) -> None:
+        recheck = getattr(self.source, "recheck_fresh", None)
+        if callable(recheck):
+            recheck()
+            return
+        polled = self.source.poll(now)
+        for spec, sample in polled.samples:
+            state = self.targets.get(spec.key)
+            if state is None:
+                state = self.targets[spec.key] = TargetState(spec, overrides=self._overrides(spec))
+            state.spec = spec
+            self.feed(state, sample)
+        for record in polled.kills:
+            key = record.extra.get("key") if isinstance(record.extra, Mapping) else None
+            state = self.targets.get(key) if key else None
+            self.reconciler.add(record, key=key, cgroup=state.cgroup if state else record.cgroup,
+                                identity=state.spec.identity if state else record.extra.get("identity"),
+                                annotations=dict(state.spec.annotations) if state else None)
+
+    def close(self) -> None:
+        if self.reconciler is not None:
+            for kill in self.reconciler.drain():
+                self.emit(kill, self.targets.get(kill.key) if kill.key else None)
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+        with contextlib.suppress(Exception):
+            self.source.close()
+        if self.kills is not None:
+            self.kills.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        if self._storage_obj is not None:
+            self._storage_obj.close()
+        self.watcher.close()
+
+
+def oom_killed_from(kill: OomKill) -> dict[str, Any]:
+    return kill.to_json()
+
+
+__all__ = ["Daemon", "build_actions", "load_action_classes", "native"]
