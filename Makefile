@@ -1,0 +1,56 @@
+# pressured: every target sets up what it needs (a venv in .venv, Debian packages for tests).
+#   make run        pressured run with embedded defaults on this machine (Ctrl-C stops)
+#   make demo       a leaking app in a limited cgroup: warn, signal, kill confirmed
+#   make test       lint, types, C warnings, and every host test (unit, kernel, HTTP, Go, Lua)
+#   make test-vm    the cgroup v2 + bcc tests inside a real Debian kernel under qemu
+#   make bench      benchmarks; each prints one JSON object
+#   make lint       ruff, ruff format --check, mypy
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run demo test test-host test-kernel test-vm bench lint native clean
+
+run:
+	@scripts/bootstrap
+	$(PY) -m pressured run
+
+demo:
+	@scripts/bootstrap
+	$(PY) -m pressured demo
+
+lint:
+	@scripts/bootstrap --dev
+	.venv/bin/ruff check pressured tests bench
+	.venv/bin/ruff format --check pressured tests bench
+	.venv/bin/mypy
+
+# the C core must build with -Wall -Wextra -Werror (csrc/build_native.py sets the flags)
+native:
+	@scripts/bootstrap --dev
+	cd /tmp && rm -rf pressured-native-check && mkdir pressured-native-check && \
+	  cd pressured-native-check && cp -r $(CURDIR)/csrc . && \
+	  $(CURDIR)/$(PY) -c "import runpy; ns = runpy.run_path('csrc/build_native.py'); ns['ffi'].compile(tmpdir='out')" >/dev/null
+
+test: lint native test-host
+
+test-host:
+	@scripts/bootstrap --dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-kernel:
+	@scripts/bootstrap --dev
+	$(PY) -m pytest -m kernel $(PYTEST_ARGS)
+
+test-vm:
+	@scripts/bootstrap --dev
+	scripts/vmtest -- $(CURDIR)/$(PY) -m pytest -m vm -p no:cacheprovider tests/vm $(PYTEST_ARGS)
+
+bench:
+	@scripts/bootstrap --dev
+	$(PY) bench/wake_latency.py --action
+	$(PY) bench/kill_latency.py
+	$(PY) bench/pprof_top.py
+
+clean:
+	rm -rf .venv build *.egg-info pressured/_native*.so .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,173 @@
+"""cgroup v2 for real, inside the guest: memory.events on a real kill, a PSI trigger under
+page-cache thrash, removal reported through cgroup.events/inotify, and the daemon end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pressured.kernel import cgroupfs
+from pressured.kernel.child import Child, leaker_argv
+from pressured.kernel.procfs import count_open_fds
+from pressured.kernel.watch import PsiSpec, Wakeup, WatchOptions, Watcher
+
+pytestmark = pytest.mark.vm
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def v2_child() -> Iterator[Callable[[int], Child]]:
+    made: list[Child] = []
+
+    def make(limit: int) -> Child:
+        c = Child(f"pressured-vm-{os.getpid()}-{len(made)}", limit)
+        assert c.v2, "the guest must be pure cgroup v2"
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.remove()
+
+
+def wait_for(w: Watcher, pred: Callable[[Wakeup], bool], timeout: float) -> Wakeup | None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for wake in w.wait(max(0.0, end - time.monotonic())):
+            if pred(wake):
+                return wake
+    return None
+
+
+def test_memory_events_wake_on_a_real_oom_kill(v2_child: Callable[[int], Child]) -> None:
+    child = v2_child(48 * MiB)
+    ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+    assert ref.version == 2
+    w = Watcher(WatchOptions(psi=None))
+    try:
+        report = w.add_cgroup("t", ref, [])
+        assert "memory.events" in report.armed and "cgroup.events" in report.armed
+        proc = child.spawn(leaker_argv("--rate-mib", "200", "--max-mib", "300"))
+        wake = wait_for(w, lambda x: x.cause == "events" and x.detail.endswith("memory.events"), 120)
+        assert wake is not None, "memory.events did not wake epoll on a real kill"
+        assert proc.wait(timeout=60) == -9
+        assert cgroupfs.read_kill_counters(ref).oom_kill >= 1
+        assert cgroupfs.read_kill_counters(ref).oom_kill_local >= 1
+    finally:
+        w.close()
+
+
+def _ext4_thrash_file(size_mib: int) -> str:
+    """ext4 on a loop device: real page cache and refaults (tmpfs and 9p pages do not refault)."""
+    mnt, img = "/run/pressured-vm-mnt", "/run/pressured-vm-ext4.img"
+    path = os.path.join(mnt, "big.bin")
+    if os.path.exists(path):
+        return path
+    subprocess.run(["modprobe", "loop"], check=False)
+    os.makedirs(mnt, exist_ok=True)
+    subprocess.run(["truncate", "-s", f"{size_mib + 64}M", img], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
+    subprocess.run(["mount", "-o", "loop", img, mnt], check=True)
+    with open(path, "wb") as f:
+        block = b"\xa5" * MiB
+        for _ in range(size_mib):
+            f.write(block)
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+    return path
+
+
+READER = (
+    "import os,sys\n"
+    "while True:\n"
+    "    fd=os.open(sys.argv[1],os.O_RDONLY)\n"
+    "    while os.read(fd,1<<20): pass\n"
+    "    os.close(fd)\n"
+)
+
+
+def test_psi_trigger_fires_under_page_cache_thrash(v2_child: Callable[[int], Child]) -> None:
+    data = _ext4_thrash_file(192)
+    child = v2_child(64 * MiB)
+    ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+    w = Watcher(WatchOptions(psi=PsiSpec("some", 100_000, 1_000_000)))
+    try:
+        report = w.add_cgroup("t", ref, [])
+        assert any(a.startswith("psi some 100000/1000000") for a in report.armed), report
+        child.spawn([sys.executable, "-c", READER, data])
+        wake = wait_for(w, lambda x: x.cause == "psi", 120)
+        assert wake is not None, "PSI trigger did not fire under thrash"
+        assert wake.detail == ref.file("memory.pressure")
+    finally:
+        w.close()
+
+
+def test_removal_is_reported_and_releases_fds(v2_child: Callable[[int], Child]) -> None:
+    child = v2_child(64 * MiB)
+    ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+    w = Watcher(WatchOptions())
+    before = count_open_fds()
+    try:
+        w.add_cgroup("t", ref, [16 * MiB])
+        proc = child.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+        proc.kill()
+        proc.wait()
+        child.remove()
+        wake = wait_for(w, lambda x: x.cause == "gone", 60)
+        assert wake is not None and wake.key == "t"
+        assert w.open_fds() == 0
+        assert count_open_fds() == before
+    finally:
+        w.close()
+
+
+def test_daemon_warns_and_signals_before_the_kill_on_v2(
+    v2_child: Callable[[int], Child], tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    tmp = Path(str(tmp_path))
+    child = v2_child(256 * MiB)
+    events = tmp / "events.jsonl"
+    signals = tmp / "signals.txt"
+    cfg = tmp / "cfg.json"
+    cfg.write_text(json.dumps({
+        "thresholds": {"warn_percent": 60, "critical_percent": 80, "metric": "usage"},
+        "actions": [{"type": "log"}, {"type": "signal"}],
+        "metrics": {"enabled": False},
+    }))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pressured", "run", "-c", str(cfg), "--cgroup", child.path,
+         "--events-out", str(events), "-l", "info"],
+    )
+    try:
+        time.sleep(8)  # the guest is slow: let the daemon arm before the leak starts
+        app = child.spawn(leaker_argv("--rate-mib", "16", "--max-mib", "400",
+                                      "--signals-out", str(signals)))
+        assert app.wait(timeout=240) == -9
+        deadline = time.monotonic() + 60
+        kinds: list[str] = []
+        while time.monotonic() < deadline:
+            lines = events.read_text().splitlines() if events.exists() else []
+            docs = [json.loads(x) for x in lines]
+            kinds = [d.get("severity") or d["event_type"] for d in docs]
+            if "oom_killed" in kinds:
+                break
+            time.sleep(1)
+        assert "warn" in kinds and "critical" in kinds, kinds
+        assert kinds.index("warn") < kinds.index("critical")
+        got = signals.read_text().split() if signals.exists() else []
+        assert "SIGUSR1" in got and "SIGUSR2" in got
+        assert "oom_killed" in kinds, kinds
+        kill = next(d for d in docs if d["event_type"] == "oom_killed")
+        assert kill["warned_seconds_before"] is not None and kill["warned_seconds_before"] > 0
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
