@@ -1,0 +1,174 @@
+"""cgroup readers on fake trees: v1, v2, hybrid, unlimited, malformed and missing files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pressured.errors import CgroupError, CgroupFileError
+from pressured.kernel import cgroupfs, parse, procfs
+
+PSI = "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\nfull avg10=0.50 avg60=0.25 avg300=0.00 total=6543\n"
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def v2_tree(root: Path, *, limit: str = "268435456") -> Path:
+    write(root, "cgroup.controllers", "cpu io memory pids\n")
+    cg = root / "app"
+    write(root, "app/cgroup.controllers", "memory\n")
+    write(root, "app/memory.current", "104857600\n")
+    write(root, "app/memory.max", limit + "\n")
+    write(root, "app/memory.stat", "anon 80000000\nfile 24857600\ninactive_file 4857600\nactive_file 20000000\n")
+    write(root, "app/memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n")
+    write(root, "app/memory.events.local", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n")
+    write(root, "app/memory.pressure", PSI)
+    write(root, "app/io.pressure", PSI)
+    write(root, "app/cpu.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    write(root, "app/cgroup.procs", "101\n102\n")
+    return cg
+
+
+def v1_tree(root: Path, *, hybrid: bool, limit: str = "134217728") -> Path:
+    write(root, "memory/memory.usage_in_bytes", "0\n")
+    write(root, "memory/job/memory.usage_in_bytes", "67108864\n")
+    write(root, "memory/job/memory.limit_in_bytes", limit + "\n")
+    write(root, "memory/job/memory.stat", "cache 1000\ninactive_file 99\ntotal_inactive_file 16777216\n")
+    write(root, "memory/job/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
+    write(root, "memory/job/cgroup.procs", "7\n")
+    if hybrid:
+        write(root, "unified/cgroup.controllers", "\n")
+        write(root, "unified/job/memory.pressure", PSI)
+    return root / "memory" / "job"
+
+
+def test_v2_detect_and_read(tmp_path: Path) -> None:
+    cg = v2_tree(tmp_path)
+    layout = cgroupfs.detect_layout(str(tmp_path))
+    assert layout.kind == "v2" and layout.memory_root == str(tmp_path)
+    ref = cgroupfs.resolve(str(cg), layout)
+    assert (ref.version, ref.relpath, ref.psi_dir) == (2, "/app", str(cg))
+    mem = cgroupfs.read_memory(ref)
+    assert mem.usage_bytes == 104857600
+    assert mem.limit_bytes == 268435456
+    assert mem.working_set_bytes == 104857600 - 4857600
+    k = cgroupfs.read_kill_counters(ref)
+    assert (k.oom, k.oom_kill, k.oom_kill_local) == (2, 2, 1)
+    psi = cgroupfs.read_psi(ref, "memory")
+    assert psi is not None and psi.some_avg10 == 1.5 and psi.full_total == 6543
+    cpu = cgroupfs.read_psi(ref, "cpu")
+    assert cpu is not None and cpu.full_avg10 == 0.0  # no 'full' line before 5.13
+    assert cgroupfs.read_pids(ref) == [101, 102]
+    assert [r.path for r in cgroupfs.list_limited(str(tmp_path), layout)] == [str(cg)]
+
+
+def test_v2_max_is_unlimited(tmp_path: Path) -> None:
+    cg = v2_tree(tmp_path, limit="max")
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path)))
+    assert cgroupfs.read_limit(ref) is None
+    assert cgroupfs.list_limited(str(tmp_path), cgroupfs.detect_layout(str(tmp_path))) == []
+
+
+def test_v1_detect_and_read(tmp_path: Path) -> None:
+    cg = v1_tree(tmp_path, hybrid=False)
+    layout = cgroupfs.detect_layout(str(tmp_path))
+    assert layout.kind == "v1"
+    ref = cgroupfs.resolve(str(cg), layout)
+    assert (ref.version, ref.relpath, ref.psi_dir) == (1, "/job", None)
+    mem = cgroupfs.read_memory(ref)
+    # v1 working set uses total_inactive_file (hierarchical), not inactive_file
+    assert mem.working_set_bytes == 67108864 - 16777216
+    k = cgroupfs.read_kill_counters(ref)
+    assert (k.oom, k.oom_kill, k.oom_kill_local, k.under_oom) == (None, 4, 4, False)
+    assert cgroupfs.read_psi(ref) is None
+
+
+def test_v1_unlimited_sentinel(tmp_path: Path) -> None:
+    cg = v1_tree(tmp_path, hybrid=False, limit="9223372036854771712")
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path)))
+    assert cgroupfs.read_limit(ref) is None
+
+
+def test_hybrid_takes_psi_from_the_v2_mirror(tmp_path: Path) -> None:
+    cg = v1_tree(tmp_path, hybrid=True)
+    layout = cgroupfs.detect_layout(str(tmp_path))
+    assert layout.kind == "hybrid"
+    ref = cgroupfs.resolve(str(cg), layout)
+    assert ref.version == 1 and ref.psi_dir == str(tmp_path / "unified" / "job")
+    psi = cgroupfs.read_psi(ref)
+    assert psi is not None and psi.some_avg60 == 0.75
+
+
+def test_working_set_floors_at_zero() -> None:
+    assert cgroupfs.working_set(100, {"inactive_file": 500}, 2) == 0
+
+
+@pytest.mark.parametrize(
+    ("rel", "text", "match"),
+    [
+        ("app/memory.current", "lots\n", "memory.current: expected an integer, got 'lots'"),
+        ("app/memory.current", "-5\n", "memory.current: expected a non-negative integer"),
+        ("app/memory.max", "12ab\n", "memory.max: expected an integer"),
+        ("app/memory.stat", "anon 1\nbroken\n", "memory.stat: line 2: expected 'key value'"),
+        ("app/memory.stat", "anon x\n", "memory.stat: line 1: value of 'anon' is not an integer"),
+        ("app/memory.events", "oom_kill\n", "memory.events: line 1"),
+    ],
+)
+def test_malformed_files_name_the_file(tmp_path: Path, rel: str, text: str, match: str) -> None:
+    cg = v2_tree(tmp_path)
+    write(tmp_path, rel, text)
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path)))
+    with pytest.raises(CgroupFileError, match=match) as info:
+        cgroupfs.read_memory(ref)
+        cgroupfs.read_kill_counters(ref)
+    assert info.value.path == str(tmp_path / rel)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "no 'some' line"),
+        ("partial avg10=1\n", "expected 'some' or 'full'"),
+        ("some avg10=x avg60=0 avg300=0 total=0\n", "avg10 is not a number"),
+        ("some avg10=1 bogus=2\n", "unexpected field 'bogus=2'"),
+    ],
+)
+def test_malformed_psi(text: str, match: str) -> None:
+    with pytest.raises(CgroupFileError, match=match):
+        parse.parse_psi(text, "/x/memory.pressure")
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    cg = v2_tree(tmp_path)
+    (cg / "memory.stat").unlink()
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path)))
+    with pytest.raises(CgroupFileError, match=r"memory\.stat: missing"):
+        cgroupfs.read_memory(ref)
+
+
+def test_resolve_refuses_what_is_not_a_memory_cgroup(tmp_path: Path) -> None:
+    v2_tree(tmp_path)
+    write(tmp_path, "nomem/cgroup.controllers", "\n")
+    layout = cgroupfs.detect_layout(str(tmp_path))
+    with pytest.raises(CgroupError, match="without the memory controller"):
+        cgroupfs.resolve(str(tmp_path / "nomem"), layout)
+    with pytest.raises(CgroupError, match="no such cgroup directory"):
+        cgroupfs.resolve(str(tmp_path / "absent"), layout)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CgroupError, match="not a memory cgroup"):
+        cgroupfs.resolve(str(tmp_path / "plain"), layout)
+
+
+def test_machine_from_a_fake_proc(tmp_path: Path) -> None:
+    write(tmp_path, "meminfo", "MemTotal:       16000000 kB\nMemFree:  1000 kB\nMemAvailable:   12000000 kB\n")
+    m = procfs.read_machine(str(tmp_path))
+    assert m.total_bytes == 16000000 * 1024
+    assert m.working_set_bytes == 4000000 * 1024
+    write(tmp_path, "meminfo", "MemTotal: 1 kB\n")
+    with pytest.raises(CgroupFileError, match="no MemAvailable line"):
+        procfs.read_machine(str(tmp_path))
