@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--sample-index", default="inuse_space")
     args = ap.parse_args()
 
-    from pressured.pprof import load_profile, top  # noqa: PLC0415
+    from pressured.pprof import load_profile, top
 
     with tempfile.TemporaryDirectory(prefix="pprof-bench-") as tmp:
         path = Path(tmp) / "heap.pb.gz"

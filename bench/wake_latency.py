@@ -33,9 +33,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pressured.kernel import cgroupfs  # noqa: E402
-from pressured.kernel.watch import WatchOptions, Watcher  # noqa: E402
-from pressured.kernel.child import Child, leaker_argv, own_memory_cgroup  # noqa: E402
+from pressured.kernel import cgroupfs
+from pressured.kernel.child import Child, leaker_argv, own_memory_cgroup
+from pressured.kernel.watch import Watcher, WatchOptions
 
 MiB = 1024 * 1024
 POLL_S = 0.100
@@ -50,8 +50,13 @@ def pct(values: list[float], q: float) -> float | None:
     return round(values[k], 3)
 
 
-def poller(path: str, threshold: int, out: dict[str, float], stop: threading.Event,
-           signal_pid: int | None = None) -> None:
+def poller(
+    path: str,
+    threshold: int,
+    out: dict[str, float],
+    stop: threading.Event,
+    signal_pid: int | None = None,
+) -> None:
     """What a fixed-interval poller does: open, read, compare, sleep."""
     while not stop.is_set():
         with open(path) as f:
@@ -74,12 +79,24 @@ def latency_trial(n: int, threshold: int, step_kib: int) -> tuple[float, float]:
         polled: dict[str, float] = {}
         stop = threading.Event()
         proc = child.spawn(
-            leaker_argv("--rate-mib", str(LEAK_MIB_S), "--step-kib", str(step_kib),
-                        "--max-mib", str(threshold // MiB + 32), "--hold", "--usage-file",
-                        ref.usage_file, "--stamp-at", str(threshold),
-                        # a random phase against the poller's 100 ms ticks
-                        "--start-after", f"{0.3 + random.random() * POLL_S:.4f}"),
-            stdout=subprocess.PIPE, text=True,
+            leaker_argv(
+                "--rate-mib",
+                str(LEAK_MIB_S),
+                "--step-kib",
+                str(step_kib),
+                "--max-mib",
+                str(threshold // MiB + 32),
+                "--hold",
+                "--usage-file",
+                ref.usage_file,
+                "--stamp-at",
+                str(threshold),
+                # a random phase against the poller's 100 ms ticks
+                "--start-after",
+                f"{0.3 + random.random() * POLL_S:.4f}",
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None
         proc.stdout.readline()  # READY
@@ -118,10 +135,23 @@ def action_trial(n: int, threshold_pct: int, limit: int, events_dir: str) -> tup
             ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
             sig_file = os.path.join(events_dir, f"sig-{n}-{who}")
             proc = child.spawn(
-                leaker_argv("--rate-mib", "64", "--max-mib", str(threshold // MiB + 32), "--hold",
-                            "--usage-file", ref.usage_file, "--stamp-at", str(threshold),
-                            "--signals-out", sig_file, "--start-after", "2.5" if who == "pressured" else "0.3"),
-                stdout=subprocess.PIPE, text=True,
+                leaker_argv(
+                    "--rate-mib",
+                    "64",
+                    "--max-mib",
+                    str(threshold // MiB + 32),
+                    "--hold",
+                    "--usage-file",
+                    ref.usage_file,
+                    "--stamp-at",
+                    str(threshold),
+                    "--signals-out",
+                    sig_file,
+                    "--start-after",
+                    "2.5" if who == "pressured" else "0.3",
+                ),
+                stdout=subprocess.PIPE,
+                text=True,
             )
             assert proc.stdout is not None
             proc.stdout.readline()
@@ -130,21 +160,44 @@ def action_trial(n: int, threshold_pct: int, limit: int, events_dir: str) -> tup
             if who == "pressured":
                 cfg = os.path.join(events_dir, "bench.yaml")
                 with open(cfg, "w") as f:
-                    json.dump({
-                        "thresholds": {"warn_percent": threshold_pct, "critical_percent": 99,
-                                       "metric": "usage"},
-                        "actions": [{"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}],
-                        "kills": {"kmsg": {"enabled": False}, "tracepoint": {"enabled": False}},
-                        "metrics": {"enabled": False},
-                        "source": {"machine": False},
-                    }, f)
+                    json.dump(
+                        {
+                            "thresholds": {
+                                "warn_percent": threshold_pct,
+                                "critical_percent": 99,
+                                "metric": "usage",
+                            },
+                            "actions": [
+                                {"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}
+                            ],
+                            "kills": {"kmsg": {"enabled": False}, "tracepoint": {"enabled": False}},
+                            "metrics": {"enabled": False},
+                            "source": {"machine": False},
+                        },
+                        f,
+                    )
                 daemon = subprocess.Popen(
-                    [sys.executable, "-m", "pressured", "run", "-c", cfg, "--cgroup", ref.path,
-                     "--events-out", os.devnull, "-l", "warning"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "pressured",
+                        "run",
+                        "-c",
+                        cfg,
+                        "--cgroup",
+                        ref.path,
+                        "--events-out",
+                        os.devnull,
+                        "-l",
+                        "warning",
+                    ],
                 )
             else:
-                threading.Thread(target=poller, args=(ref.usage_file, threshold, polled, stop,
-                                                      proc.pid), daemon=True).start()
+                threading.Thread(
+                    target=poller,
+                    args=(ref.usage_file, threshold, polled, stop, proc.pid),
+                    daemon=True,
+                ).start()
             crossed = None
             for line in proc.stdout:
                 if line.startswith("CROSSED"):
@@ -210,7 +263,9 @@ def idle_run(n: int, seconds: float) -> dict[str, float]:
         procs = {
             kind: subprocess.Popen(
                 [sys.executable, __file__, "--idle-worker", kind, "--idle-seconds", str(seconds)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             for kind in ("watcher", "poller")
         }
@@ -230,8 +285,12 @@ def idle_run(n: int, seconds: float) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=50)
-    ap.add_argument("--step-kib", type=int, default=4096,
-                    help="the leak allocates in steps of this size (a heap growing by arenas)")
+    ap.add_argument(
+        "--step-kib",
+        type=int,
+        default=4096,
+        help="the leak allocates in steps of this size (a heap growing by arenas)",
+    )
     ap.add_argument("--cgroups", type=int, default=200)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--action", action="store_true", help="also measure crossing -> signal")
@@ -254,7 +313,8 @@ def main() -> None:
         poll_ms.append(p)
     result: dict[str, object] = {
         "cgroups": a.cgroups,
-        "path": "v1 usage threshold eventfd" if not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        "path": "v1 usage threshold eventfd"
+        if not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
         else "v2 adaptive read",
         "trials": a.trials,
         "leak_mib_s": LEAK_MIB_S,
@@ -272,10 +332,14 @@ def main() -> None:
                 x, y = action_trial(n, 25, 256 * MiB, d)
                 act.append(x)
                 pact.append(y)
-        result.update({
-            "action_p50_ms": pct(act, 50), "action_p99_ms": pct(act, 99),
-            "poll_action_p50_ms": pct(pact, 50), "poll_action_p99_ms": pct(pact, 99),
-        })
+        result.update(
+            {
+                "action_p50_ms": pct(act, 50),
+                "action_p99_ms": pct(act, 99),
+                "poll_action_p50_ms": pct(pact, 50),
+                "poll_action_p99_ms": pct(pact, 99),
+            }
+        )
     result.update(idle_run(a.cgroups, a.idle_seconds))
     result["idle_seconds"] = a.idle_seconds
     result["event_mean_ms"] = round(statistics.fmean(event_ms), 3)

@@ -10,6 +10,7 @@ it recovered (earlyoom re-checks memory before killing).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -27,8 +28,8 @@ from pressured.config import Config
 from pressured.engine import Engine, EngineSettings, ThresholdOverride
 from pressured.errors import ActionError, CgroupError, CgroupFileError, ConfigError, PressuredError
 from pressured.kernel import cgroupfs, procfs
-from pressured.kernel.watch import PsiSpec, Wakeup, WatchOptions, Watcher
-from pressured.model import MACHINE, Event, OomKill, PressureEvent, Sample
+from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
+from pressured.model import MACHINE, Event, OomKill, PressureEvent, Psi, Sample
 from pressured.sources.base import Source, TargetSpec
 
 log = logging.getLogger("pressured.daemon")
@@ -43,11 +44,15 @@ def load_action_classes() -> dict[str, type[Action]]:
     for ep in entry_points(group=ACTION_GROUP):
         try:
             cls = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the daemon
-            log.warning("action plugin %r (%s) cannot be loaded, skipped: %s", ep.name, ep.value, exc)
+        except Exception as exc:
+            log.warning(
+                "action plugin %r (%s) cannot be loaded, skipped: %s", ep.name, ep.value, exc
+            )
             continue
         if not (isinstance(cls, type) and issubclass(cls, Action)):
-            log.warning("action plugin %r (%s) is not an Action subclass, skipped", ep.name, ep.value)
+            log.warning(
+                "action plugin %r (%s) is not an Action subclass, skipped", ep.name, ep.value
+            )
             continue
         out[ep.name] = cls
     return out
@@ -59,7 +64,9 @@ def build_actions(cfg: Config, ctx: ActionContext) -> list[Action]:
     actions: list[Action] = []
     problems: list[str] = []
     # heapdump first: it adds pprof_top to the event the later actions report
-    entries = sorted(enumerate(cfg.actions), key=lambda e: 0 if e[1].get("type") == "heapdump" else 1)
+    entries = sorted(
+        enumerate(cfg.actions), key=lambda e: 0 if e[1].get("type") == "heapdump" else 1
+    )
     for i, entry in entries:
         where = f"actions[{i}]"
         kind = entry.get("type")
@@ -141,21 +148,33 @@ class ActionRunner:
     def run_chain(self, event: Event) -> None:
         still_valid: bool | None = None
         for action in self.actions:
-            if action.destructive and isinstance(event, PressureEvent) and event.severity != "recovered":
+            if (
+                action.destructive
+                and isinstance(event, PressureEvent)
+                and event.severity != "recovered"
+            ):
                 if still_valid is None:
                     still_valid = self._reread(event)
                 if not still_valid:
-                    log.info("%s skipped for %s: the target recovered before it ran",
-                             action.type, event.cgroup)
+                    log.info(
+                        "%s skipped for %s: the target recovered before it ran",
+                        action.type,
+                        event.cgroup,
+                    )
                     continue
             try:
                 action.run(event)
             except ActionError as exc:
                 log.warning("action %s failed for %s: %s", action.type, event.cgroup, exc)
                 self._on_failure(action.type)
-            except Exception as exc:  # noqa: BLE001 - an action must never stop the daemon
-                log.error("action %s raised for %s: %s: %s", action.type, event.cgroup,
-                          type(exc).__name__, exc)
+            except Exception as exc:
+                log.error(
+                    "action %s raised for %s: %s: %s",
+                    action.type,
+                    event.cgroup,
+                    type(exc).__name__,
+                    exc,
+                )
                 self._on_failure(action.type)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -164,7 +183,7 @@ class ActionRunner:
         for a in self.actions:
             try:
                 a.close()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("closing action %s: %s", a.type, exc)
 
 
@@ -177,14 +196,14 @@ def make_source(cfg: Config) -> Source:
     if mode == "node":
         from pressured.sources.node import NodeSource  # noqa: PLC0415
 
-        return NodeSource.from_config(cfg.data)  # type: ignore[no-any-return]
+        return NodeSource.from_config(cfg.data)
     if mode == "sidecar":
         from pressured.sources.sidecar import SidecarSource  # noqa: PLC0415
 
-        return SidecarSource.from_config(cfg.data)  # type: ignore[no-any-return]
+        return SidecarSource.from_config(cfg.data)
     from pressured.sources.cluster import ClusterSource  # noqa: PLC0415
 
-    return ClusterSource.from_config(cfg.data)  # type: ignore[no-any-return]
+    return ClusterSource.from_config(cfg.data)
 
 
 class Daemon:
@@ -223,8 +242,11 @@ class Daemon:
     def _watch_options(cfg: Config) -> WatchOptions:
         psi = None
         if cfg.get("source.psi.enabled"):
-            psi = PsiSpec(cfg.get("source.psi.kind"), cfg.get("source.psi.stall_us"),
-                          cfg.get("source.psi.window_us"))
+            psi = PsiSpec(
+                cfg.get("source.psi.kind"),
+                cfg.get("source.psi.stall_us"),
+                cfg.get("source.psi.window_us"),
+            )
         return WatchOptions(
             min_interval_s=cfg.get("source.min_interval_ms") / 1000,
             max_interval_s=cfg.get("source.poll_interval_ms") / 1000,
@@ -247,7 +269,9 @@ class Daemon:
             extra={"events_out": self.cfg.get("events_out")},
         )
         actions = build_actions(self.cfg, self.ctx)
-        self.runner = ActionRunner(actions, reread=self._still_valid, on_failure=self._action_failed)
+        self.runner = ActionRunner(
+            actions, reread=self._still_valid, on_failure=self._action_failed
+        )
         if self.cfg.get("metrics.enabled"):
             self._start_metrics()
         self.source.start()
@@ -271,12 +295,19 @@ class Daemon:
     def _start_metrics(self) -> None:
         from pressured.metrics import Metrics, start_http  # noqa: PLC0415
 
-        self.metrics = Metrics(self.cfg.get("kubernetes.node_name"), self.cfg.get("metrics.pid_labels"),
-                               clock=self._clock)
-        self._metrics_server = start_http(self.metrics.registry, self.cfg.get("metrics.address"),
-                                          self.cfg.get("metrics.port"))
-        log.info("metrics on http://%s:%d/metrics", self.cfg.get("metrics.address"),
-                 self._metrics_server.port)
+        self.metrics = Metrics(
+            self.cfg.get("kubernetes.node_name"),
+            self.cfg.get("metrics.pid_labels"),
+            clock=self._clock,
+        )
+        self._metrics_server = start_http(
+            self.metrics.registry, self.cfg.get("metrics.address"), self.cfg.get("metrics.port")
+        )
+        log.info(
+            "metrics on http://%s:%d/metrics",
+            self.cfg.get("metrics.address"),
+            self._metrics_server.port,
+        )
 
     def _start_kills(self) -> None:
         from pressured.kills import (  # noqa: PLC0415
@@ -288,21 +319,25 @@ class Daemon:
         )
 
         kcfg = KillsConfig.from_mapping(self.cfg.get("kills"))
-        self.kills = KillSources(kcfg, clock=self._clock, wall_clock=self._wall, proc=self.proc_root)
+        self.kills = KillSources(
+            kcfg, clock=self._clock, wall_clock=self._wall, proc=self.proc_root
+        )
         status = self.kills.start()
         if self.cfg.mode == "cluster":
             # the kernel of this pod's node is not the one whose kills matter here
             self.kills.close()
             status = {"cluster": (True, "Events OOMKilling and lastState OOMKilled")}
         for fd, name in self.kills.fds():
-            self._watch_fd(fd, f"kills:{name}", lambda n=name: self._on_kill_fd(n))
+            self._watch_fd(fd, f"kills:{name}", functools.partial(self._on_kill_fd, name))
         state_dir = self.cfg.get("state_dir")
         state = KillState(state_dir) if state_dir else None
         self.tracker = CounterTracker(state, clock=self._clock, wall_clock=self._wall)
         self.reconciler = Reconciler(
-            kcfg.window_seconds, self._clock,
+            kcfg.window_seconds,
+            self._clock,
             first_warn=lambda key: self.engine.first_warn_time(key, at=self._clock()),
-            expected=self.kills.expected, dry_run=self.cfg.dry_run,
+            expected=self.kills.expected,
+            dry_run=self.cfg.dry_run,
         )
         if self.metrics is not None:
             for name, (active, _why) in status.items():
@@ -401,27 +436,44 @@ class Daemon:
         ref = state.spec.ref
         if state.key == MACHINE:
             m = procfs.read_machine(self.proc_root)
-            psi = {}
+            machine_psi: dict[str, Psi] = {}
             for res in ("memory", "io", "cpu"):
                 path = os.path.join(self.proc_root, "pressure", res)
                 with contextlib.suppress(CgroupFileError):
-                    psi[res] = cgroupfs.read_psi_file(path)
-            return Sample(MACHINE, now, m.working_set_bytes, m.working_set_bytes, m.total_bytes,
-                          psi.get("memory"), psi.get("io"), psi.get("cpu"))
+                    machine_psi[res] = cgroupfs.read_psi_file(path)
+            return Sample(
+                MACHINE,
+                now,
+                m.working_set_bytes,
+                m.working_set_bytes,
+                m.total_bytes,
+                machine_psi.get("memory"),
+                machine_psi.get("io"),
+                machine_psi.get("cpu"),
+            )
         if ref is None:
             return None
         mem = cgroupfs.read_memory(ref)
-        psi = {res: cgroupfs.read_psi(ref, res) for res in ("memory", "io", "cpu")}
+        psi: dict[str, Psi | None] = {r: cgroupfs.read_psi(ref, r) for r in ("memory", "io", "cpu")}
         kills = None
         with contextlib.suppress(CgroupFileError):
             kills = cgroupfs.read_kill_counters(ref)
         score = self._top_oom_score(state)
         state.limit = mem.limit_bytes
         return Sample(
-            state.key, now, mem.usage_bytes, mem.working_set_bytes, mem.limit_bytes,
-            psi["memory"], psi["io"], psi["cpu"],
-            score[0] if score else None, score[1] if score else None,
-            kills.oom_kill_local if kills and kills.oom_kill_local is not None else (kills.oom_kill if kills else None),
+            state.key,
+            now,
+            mem.usage_bytes,
+            mem.working_set_bytes,
+            mem.limit_bytes,
+            psi["memory"],
+            psi["io"],
+            psi["cpu"],
+            score[0] if score else None,
+            score[1] if score else None,
+            kills.oom_kill_local
+            if kills and kills.oom_kill_local is not None
+            else (kills.oom_kill if kills else None),
         )
 
     def pids(self, state: TargetState) -> list[int]:
@@ -460,14 +512,23 @@ class Daemon:
             self.watcher.set_limit(state.key, state.limit)
             self._rearm(state)
         events = self.engine.feed(
-            sample, sample.time, self._wall(), cgroup=state.cgroup,
-            identity=state.spec.identity, annotations=dict(state.spec.annotations),
-            dry_run=self.cfg.dry_run, overrides=state.overrides,
+            sample,
+            sample.time,
+            self._wall(),
+            cgroup=state.cgroup,
+            identity=state.spec.identity,
+            annotations=dict(state.spec.annotations),
+            dry_run=self.cfg.dry_run,
+            overrides=state.overrides,
         )
         if self.metrics is not None:
             pct = 0.0
             if sample.limit_bytes:
-                value = sample.usage_bytes if self.engine.settings.metric == "usage" else sample.working_set_bytes
+                value = (
+                    sample.usage_bytes
+                    if self.engine.settings.metric == "usage"
+                    else sample.working_set_bytes
+                )
                 pct = 100.0 * value / sample.limit_bytes
             self.metrics.observe_sample(sample, state.cgroup, state.spec.identity, pct)
         for ev in events:
@@ -506,7 +567,11 @@ class Daemon:
         if not sample.limit_bytes:
             return True  # a rule on PSI fired; nothing to compare usage against
         warn, critical, _ = self.engine.thresholds(state.overrides)
-        value = sample.usage_bytes if self.engine.settings.metric == "usage" else sample.working_set_bytes
+        value = (
+            sample.usage_bytes
+            if self.engine.settings.metric == "usage"
+            else sample.working_set_bytes
+        )
         pct = 100.0 * value / sample.limit_bytes
         level = critical if event.severity == "critical" else warn
         band = self.engine.settings.hysteresis_percent
@@ -525,15 +590,22 @@ class Daemon:
             counters = cgroupfs.read_kill_counters(ref)
         except CgroupFileError:
             return
-        current = counters.oom_kill_local if counters.oom_kill_local is not None else counters.oom_kill
+        current = (
+            counters.oom_kill_local if counters.oom_kill_local is not None else counters.oom_kill
+        )
         try:
             cgroup_id = os.stat(ref.path).st_ino
         except OSError:
             cgroup_id = None
         record = self.tracker.observe(state.key, ref.relpath, current, cgroup_id=cgroup_id)
         if record is not None:
-            self.reconciler.add(record, key=state.key, cgroup=state.cgroup,
-                                identity=state.spec.identity, annotations=dict(state.spec.annotations))
+            self.reconciler.add(
+                record,
+                key=state.key,
+                cgroup=state.cgroup,
+                identity=state.spec.identity,
+                annotations=dict(state.spec.annotations),
+            )
 
     def _kill_targets(self) -> dict[str, str]:
         return {k: s.spec.ref.relpath for k, s in self.targets.items() if s.spec.ref is not None}
@@ -556,7 +628,9 @@ class Daemon:
                 key = ids.get(r.cgroup_id)
             state = self.targets.get(key) if key else None
             self.reconciler.add(
-                r, key=key, cgroup=state.cgroup if state else r.cgroup,
+                r,
+                key=key,
+                cgroup=state.cgroup if state else r.cgroup,
                 identity=state.spec.identity if state else None,
                 annotations=dict(state.spec.annotations) if state else None,
             )
@@ -634,8 +708,10 @@ class Daemon:
             return
         self.cfg = new
         self.engine.update_settings(settings)
-        old, self.runner = self.runner, ActionRunner(actions, reread=self._still_valid,
-                                                     on_failure=self._action_failed)
+        old, self.runner = (
+            self.runner,
+            ActionRunner(actions, reread=self._still_valid, on_failure=self._action_failed),
+        )
         self.ctx = ctx
         if old is not None:
             old.close()
@@ -645,8 +721,10 @@ class Daemon:
 
     def _next_timeout(self) -> float:
         deadlines = [self._clock() + 5.0]  # metrics staleness and the reconciler's windows
-        for d in (self.source.next_poll(),
-                  self.reconciler.next_deadline() if self.reconciler else None):
+        for d in (
+            self.source.next_poll(),
+            self.reconciler.next_deadline() if self.reconciler else None,
+        ):
             if d is not None:
                 deadlines.append(d)
         if self.kills is not None and self.kills.poll_interval():
@@ -708,9 +786,13 @@ class Daemon:
         for record in polled.kills:
             key = record.extra.get("key") if isinstance(record.extra, Mapping) else None
             state = self.targets.get(key) if key else None
-            self.reconciler.add(record, key=key, cgroup=state.cgroup if state else record.cgroup,
-                                identity=state.spec.identity if state else record.extra.get("identity"),
-                                annotations=dict(state.spec.annotations) if state else None)
+            self.reconciler.add(
+                record,
+                key=key,
+                cgroup=state.cgroup if state else record.cgroup,
+                identity=state.spec.identity if state else record.extra.get("identity"),
+                annotations=dict(state.spec.annotations) if state else None,
+            )
 
     def close(self) -> None:
         if self.reconciler is not None:

@@ -30,25 +30,46 @@ def run_demo(*, limit_mib: int = 128, rate_mib: float = 8.0) -> int:
         raise DemoUnavailable(f"cannot create a cgroup under {base}: {exc.strerror}") from exc
     app = None
     try:
-        print(f"demo: cgroup {child.path} limited to {limit_mib} MiB; an app leaks {rate_mib:g} MiB/s "
-              "in it and handles SIGUSR1 (warn) and SIGUSR2 (critical).", flush=True)
-        print("demo: pressured warns at 50%, acts at 75%, and confirms the kernel's OOM kill. "
-              "Events are the JSON lines below.\n", flush=True)
-        cfg = config_mod.load(None, env={}, flags={
-            "source.cgroup.paths": [child.path],
-            "source.machine": False,
-            "thresholds.warn_percent": 50.0,
-            "thresholds.critical_percent": 75.0,
-            "thresholds.cooldown_seconds": 30.0,
-            "thresholds.metric": "usage",
-            "metrics.enabled": False,
-            "log_level": "warning",
-        })
-        cfg.data["actions"] = [{"type": "log"}, {"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}]
+        print(
+            f"demo: cgroup {child.path} limited to {limit_mib} MiB; "
+            f"an app leaks {rate_mib:g} MiB/s "
+            "in it and handles SIGUSR1 (warn) and SIGUSR2 (critical).",
+            flush=True,
+        )
+        print(
+            "demo: pressured warns at 50%, acts at 75%, and confirms the kernel's OOM kill. "
+            "Events are the JSON lines below.\n",
+            flush=True,
+        )
+        cfg = config_mod.load(
+            None,
+            env={},
+            flags={
+                "source.cgroup.paths": [child.path],
+                "source.machine": False,
+                "thresholds.warn_percent": 50.0,
+                "thresholds.critical_percent": 75.0,
+                "thresholds.cooldown_seconds": 30.0,
+                "thresholds.metric": "usage",
+                "metrics.enabled": False,
+                "log_level": "warning",
+            },
+        )
+        cfg.data["actions"] = [
+            {"type": "log"},
+            {"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"},
+        ]
         daemon = Daemon(cfg)
         app = child.spawn(
-            leaker_argv("--rate-mib", str(rate_mib), "--max-mib", str(limit_mib * 4),
-                        "--print-signals", "--start-after", "1"),
+            leaker_argv(
+                "--rate-mib",
+                str(rate_mib),
+                "--max-mib",
+                str(limit_mib * 4),
+                "--print-signals",
+                "--start-after",
+                "1",
+            ),
             stdout=sys.stdout,
         )
         run_for = limit_mib / rate_mib + 12
@@ -57,10 +78,16 @@ def run_demo(*, limit_mib: int = 128, rate_mib: float = 8.0) -> int:
         status = app.poll()
         took = time.monotonic() - start
         if status == -9:
-            print(f"\ndemo: the app was OOM-killed by the kernel after {took:.0f}s; "
-                  "pressured warned before it and confirmed the kill above.", flush=True)
+            print(
+                f"\ndemo: the app was OOM-killed by the kernel after {took:.0f}s; "
+                "pressured warned before it and confirmed the kill above.",
+                flush=True,
+            )
         else:
-            print(f"\ndemo: the app did not get killed within {run_for:.0f}s (status {status}).", flush=True)
+            print(
+                f"\ndemo: the app did not get killed within {run_for:.0f}s (status {status}).",
+                flush=True,
+            )
         return 0
     finally:
         if app is not None and app.poll() is None:

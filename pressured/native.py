@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pressured import _native
+from pressured import _native  # type: ignore[attr-defined]
 
 _ffi: Any = _native.ffi
 _lib: Any = _native.lib
@@ -205,7 +205,9 @@ class PerfTracepoint:
         """Raw payloads of every sample waiting in the ring."""
         out: list[bytes] = []
         while self._handle is not None:
-            _check(_lib.pn_perf_next(self._handle, self._buf, 4096, self._len, self._lost), "perf ring")
+            _check(
+                _lib.pn_perf_next(self._handle, self._buf, 4096, self._len, self._lost), "perf ring"
+            )
             if self._len[0] == 0:
                 break
             out.append(bytes(_ffi.buffer(self._buf, self._len[0])))

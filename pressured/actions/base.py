@@ -51,7 +51,9 @@ class Action:
     destructive: ClassVar[bool] = False
     """Destructive actions (signal, evict) run only after the daemon re-read the target."""
 
-    def __init__(self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]") -> None:
+    def __init__(
+        self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
+    ) -> None:
         self.options = dict(options)
         self.ctx = ctx
         self.where = where
@@ -64,7 +66,13 @@ class Action:
 
     # helpers for option validation: every error names actions[i].key and the bad value
     def opt(
-        self, key: str, kind: builtins.type | tuple[builtins.type, ...], default: Any = None, *, required: bool = False) -> Any:
+        self,
+        key: str,
+        kind: builtins.type | tuple[builtins.type, ...],
+        default: Any = None,
+        *,
+        required: bool = False,
+    ) -> Any:
         if key not in self.options:
             if required:
                 raise ConfigError(f"{self.where}.{key}: required for type {self.type!r}")
@@ -72,7 +80,11 @@ class Action:
         value = self.options[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        if (
+            isinstance(value, bool)
+            and kind is not bool
+            and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        ):
             raise ConfigError(f"{self.where}.{key}: expected {_kind_name(kind)}, got {value!r}")
         if not isinstance(value, kind):
             raise ConfigError(f"{self.where}.{key}: expected {_kind_name(kind)}, got {value!r}")

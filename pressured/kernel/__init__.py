@@ -1,1 +1,2 @@
-"""Kernel-facing readers and the Watcher. Every root (cgroup, proc, kmsg, tracefs) is a parameter."""
+"""Kernel-facing readers and the Watcher. Every root (cgroup, proc, kmsg, tracefs) is a
+parameter."""

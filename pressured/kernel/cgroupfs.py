@@ -113,7 +113,9 @@ def resolve(path: str, layout: Layout) -> CgroupRef:
         raise CgroupError(f"{path}: no such cgroup directory")
     if os.path.exists(os.path.join(path, "memory.current")):
         rel = _relative(path, layout.v2) if layout.v2 else "/"
-        return CgroupRef(path, 2, rel, path if os.path.exists(os.path.join(path, "memory.pressure")) else None)
+        return CgroupRef(
+            path, 2, rel, path if os.path.exists(os.path.join(path, "memory.pressure")) else None
+        )
     if os.path.exists(os.path.join(path, "memory.usage_in_bytes")):
         rel = _relative(path, layout.v1_memory) if layout.v1_memory else "/"
         psi_dir = None
@@ -127,7 +129,9 @@ def resolve(path: str, layout: Layout) -> CgroupRef:
             f"{path}: a cgroup v2 directory without the memory controller "
             "(memory.current is missing; on a hybrid host give the v1 memory cgroup instead)"
         )
-    raise CgroupError(f"{path}: not a memory cgroup (neither memory.current nor memory.usage_in_bytes)")
+    raise CgroupError(
+        f"{path}: not a memory cgroup (neither memory.current nor memory.usage_in_bytes)"
+    )
 
 
 def _relative(path: str, mount: str | None) -> str:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 ROOT = "/sys/fs/cgroup"
 
@@ -44,6 +45,16 @@ def own_memory_cgroup(root: str = ROOT) -> tuple[str | None, str]:
     except OSError as exc:
         return None, f"cannot read /proc/self/cgroup: {exc}"
     return None, "no memory controller in /proc/self/cgroup"
+
+
+_ENTER = (
+    "import os,sys\n"
+    "n=int(sys.argv[1])\n"
+    "for d in sys.argv[2:2+n]:\n"
+    "    with open(os.path.join(d,'cgroup.procs'),'w') as f: f.write(str(os.getpid()))\n"
+    "argv=sys.argv[2+n:]\n"
+    "os.execvp(argv[0],argv)\n"
+)
 
 
 def _write(path: str, value: str) -> None:
@@ -117,14 +128,15 @@ class Child:
                     return int(v)
         return 0
 
-    def spawn(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside this cgroup (and its PSI mirror) from its first instruction.
+
+        The child moves itself, then execs: no preexec_fn, which can deadlock a forked child
+        when the parent has threads (the daemon's action worker, a benchmark's poller).
+        """
         targets = [self.path] + ([self.mirror] if self.mirror else [])
-
-        def enter() -> None:
-            for t in targets:
-                _write(os.path.join(t, "cgroup.procs"), str(os.getpid()))
-
-        proc = subprocess.Popen(list(argv), preexec_fn=enter, **kw)  # type: ignore[call-overload]
+        enter = [sys.executable, "-c", _ENTER, str(len(targets)), *targets, *argv]
+        proc: subprocess.Popen[Any] = subprocess.Popen(enter, **kw)
         self.procs.append(proc)
         return proc
 

@@ -23,6 +23,7 @@ daemon's signal pipe, kmsg, perf rings), so everything waits in the same epoll_w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -38,8 +39,15 @@ from pressured.kernel.cgroupfs import CgroupRef, read_limit, read_usage
 
 Cause = Literal["threshold", "psi", "events", "oom", "gone", "read", "fd"]
 FdKind = Literal[
-    "v1_threshold", "v1_oom", "v1_pressure", "psi", "events", "events_local", "cgroup_events",
-    "inotify", "external",
+    "v1_threshold",
+    "v1_oom",
+    "v1_pressure",
+    "psi",
+    "events",
+    "events_local",
+    "cgroup_events",
+    "inotify",
+    "external",
 ]
 
 
@@ -99,7 +107,11 @@ class _Target:
 
     @property
     def hot(self) -> bool:
-        return bool(self.levels) and self.last_usage is not None and self.last_usage >= min(self.levels)
+        return (
+            bool(self.levels)
+            and self.last_usage is not None
+            and self.last_usage >= min(self.levels)
+        )
 
     @property
     def adaptive(self) -> bool:
@@ -134,7 +146,6 @@ class Watcher:
         self._wds: dict[int, str] = {}
         self._next_token = 1
         self._reader = native.BatchReader(64)
-        self._pending: list[Wakeup] = []
         self._inotify_token = self._register(
             _Fd(self._inotify.fd, "inotify", "", "inotify"), native.EPOLLIN
         )
@@ -219,7 +230,9 @@ class Watcher:
             if level:
                 try:
                     fd = native.register_v1_event(ref.path, "memory.pressure_level", level)
-                    self._add_fd(t, _Fd(fd, "v1_pressure", t.key, ref.file("memory.pressure_level")))
+                    self._add_fd(
+                        t, _Fd(fd, "v1_pressure", t.key, ref.file("memory.pressure_level"))
+                    )
                     armed.append(f"pressure_level {level}")
                 except OSError as exc:
                     missing.append(f"pressure_level: {exc.strerror}")
@@ -359,10 +372,9 @@ class Watcher:
             t.usage_fd = -1
         if t.inotify_wd >= 0:
             self._wds.pop(t.inotify_wd, None)
-            try:
+            # the directory may be gone already, and the kernel dropped the watch itself
+            with contextlib.suppress(OSError):
                 self._inotify.remove(t.inotify_wd)
-            except OSError:
-                pass  # the directory is gone and the kernel dropped the watch itself
             t.inotify_wd = -1
 
     def notes(self, key: str) -> list[str]:
@@ -398,9 +410,6 @@ class Watcher:
 
     def wait(self, timeout_s: float | None) -> list[Wakeup]:
         """Sleep until the kernel says something or an adaptive read is due."""
-        if self._pending:
-            out, self._pending = self._pending, []
-            return out
         now = self._clock()
         deadline = self.next_deadline()
         wait_s = timeout_s
@@ -443,10 +452,8 @@ class Watcher:
                 return []
             return [Wakeup(t.key, "psi", now, detail=entry.path)]
         if entry.kind in ("v1_threshold", "v1_oom", "v1_pressure"):
-            try:
+            with contextlib.suppress(OSError):
                 native.drain_eventfd(entry.fd)
-            except OSError:
-                pass
             assert t.ref is not None
             if not os.path.isdir(t.ref.path):  # eventfds are signalled on removal too
                 return [self._gone(t.key, f"{t.ref.path}: cgroup removed")]
@@ -503,7 +510,8 @@ class Watcher:
     def _sweep(self) -> list[Wakeup]:
         now = self._clock()
         due = [
-            t for t in self._targets.values()
+            t
+            for t in self._targets.values()
             if t.adaptive and t.usage_fd >= 0 and t.next_due <= now + 0.0005
         ]
         if not due:
@@ -544,9 +552,8 @@ class Watcher:
         prev = t.last_reported
         self._update(t, usage, now)
         crossed = prev is not None and any((prev < lv) != (usage < lv) for lv in t.levels)
-        moved = (
-            prev is None
-            or (t.limit is not None and abs(usage - prev) >= self.options.change_fraction * t.limit)
+        moved = prev is None or (
+            t.limit is not None and abs(usage - prev) >= self.options.change_fraction * t.limit
         )
         if crossed or moved or was_hot or t.hot:
             t.last_reported = usage

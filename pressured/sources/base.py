@@ -36,7 +36,7 @@ class Overrides:
 @dataclass(frozen=True)
 class TargetSpec:
     key: str
-    """Stable identity of the target: the cgroup path, or "<pod uid>/<container>" in cluster mode."""
+    """Stable identity of the target: the cgroup path, or "<pod uid>/<container>" (cluster)."""
     ref: CgroupRef | None
     identity: Identity = field(default_factory=Identity)
     annotations: Mapping[str, str] = field(default_factory=dict)

@@ -81,5 +81,5 @@ class Storage(abc.ABC):
         with self.open_read(key) as f:
             return f.read()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing
         """Release clients and stop background work (the spool retrier)."""

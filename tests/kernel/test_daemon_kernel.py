@@ -18,28 +18,48 @@ pytestmark = pytest.mark.kernel
 MiB = 1024 * 1024
 
 
-def run_leak(make_cgroup: Callable[[int | None], Child], tmp_path: Path, *, dry_run: bool) -> tuple[list[dict[str, Any]], list[str]]:
+def run_leak(
+    make_cgroup: Callable[[int | None], Child], tmp_path: Path, *, dry_run: bool
+) -> tuple[list[dict[str, Any]], list[str]]:
     child = make_cgroup(256 * MiB)
-    events, signals, cfg = tmp_path / "events.jsonl", tmp_path / "signals.txt", tmp_path / "cfg.yaml"
+    events, signals, cfg = (
+        tmp_path / "events.jsonl",
+        tmp_path / "signals.txt",
+        tmp_path / "cfg.yaml",
+    )
     cfg.write_text(
         "thresholds: {warn_percent: 60, critical_percent: 80, metric: usage}\n"
         "actions:\n  - {type: log}\n  - {type: signal, warn: SIGUSR1, critical: SIGUSR2}\n"
         "metrics: {enabled: false}\n"
     )
-    argv = [sys.executable, "-m", "pressured", "run", "-c", str(cfg), "--cgroup", child.path,
-            "--events-out", str(events)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pressured",
+        "run",
+        "-c",
+        str(cfg),
+        "--cgroup",
+        child.path,
+        "--events-out",
+        str(events),
+    ]
     if dry_run:
         argv.append("--dry-run")
     daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)  # arm before the leak starts
         assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
-        app = child.spawn(leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals)))
+        app = child.spawn(
+            leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
+        )
         assert app.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
         docs: list[dict[str, Any]] = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            docs = [json.loads(x) for x in events.read_text().splitlines()] if events.exists() else []
+            docs = (
+                [json.loads(x) for x in events.read_text().splitlines()] if events.exists() else []
+            )
             if any(d["event_type"] == "oom_killed" for d in docs):
                 break
             time.sleep(0.2)

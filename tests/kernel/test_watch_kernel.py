@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -11,7 +10,7 @@ import pytest
 
 from pressured.kernel import cgroupfs
 from pressured.kernel.procfs import count_open_fds
-from pressured.kernel.watch import PsiSpec, Wakeup, WatchOptions, Watcher
+from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from tests.support.cgroups import Child, leaker_argv
 
 pytestmark = pytest.mark.kernel
@@ -31,7 +30,9 @@ def wait_for(
     return None
 
 
-def test_v1_usage_threshold_eventfd_fires_on_crossing(make_cgroup: Callable[[int | None], Child]) -> None:
+def test_v1_usage_threshold_eventfd_fires_on_crossing(
+    make_cgroup: Callable[[int | None], Child],
+) -> None:
     child = make_cgroup(256 * MiB)
     layout = cgroupfs.detect_layout()
     ref = cgroupfs.resolve(child.path, layout)
@@ -41,17 +42,25 @@ def test_v1_usage_threshold_eventfd_fires_on_crossing(make_cgroup: Callable[[int
         if ref.version == 1:
             assert f"threshold {48 * MiB}" in report.armed
             assert "oom_control" in report.armed
-        proc = child.spawn(leaker_argv("--rate-mib", "64", "--max-mib", "80", "--hold"),
-                           stdout=subprocess.PIPE)
-        wake = wait_for(w, lambda x: x.cause in ("threshold", "read") and x.usage_bytes is not None
-                        and x.usage_bytes >= 48 * MiB, 15)
+        child.spawn(leaker_argv("--rate-mib", "64", "--max-mib", "80", "--hold"))
+        wake = wait_for(
+            w,
+            lambda x: (
+                x.cause in ("threshold", "read")
+                and x.usage_bytes is not None
+                and x.usage_bytes >= 48 * MiB
+            ),
+            15,
+        )
         assert wake is not None, "no wake-up when usage crossed 48 MiB"
         assert wake.key == "t"
     finally:
         w.close()
 
 
-def test_oom_control_fires_and_counts_a_real_kill(make_cgroup: Callable[[int | None], Child]) -> None:
+def test_oom_control_fires_and_counts_a_real_kill(
+    make_cgroup: Callable[[int | None], Child],
+) -> None:
     child = make_cgroup(32 * MiB)
     ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
     before = cgroupfs.read_kill_counters(ref).oom_kill
@@ -114,7 +123,9 @@ def test_psi_trigger_fires_under_page_cache_thrash(
         w.close()
 
 
-def test_removed_cgroup_is_gone_and_releases_its_fds(make_cgroup: Callable[[int | None], Child]) -> None:
+def test_removed_cgroup_is_gone_and_releases_its_fds(
+    make_cgroup: Callable[[int | None], Child],
+) -> None:
     child = make_cgroup(64 * MiB)
     ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
     w = Watcher(WatchOptions())
@@ -139,7 +150,9 @@ def test_missing_path_is_a_clear_error() -> None:
         cgroupfs.resolve("/sys/fs/cgroup/memory/does-not-exist-pressured", cgroupfs.detect_layout())
 
 
-def test_arm_and_release_ten_thousand_leaves_no_fd(make_cgroup: Callable[[int | None], Child]) -> None:
+def test_arm_and_release_ten_thousand_leaves_no_fd(
+    make_cgroup: Callable[[int | None], Child],
+) -> None:
     """5,000 PSI triggers and 5,000 v1 registrations (or v2 kernfs watches), all released.
 
     Both kernel paths pay an RCU grace period per trigger (psi_trigger_destroy) or per
@@ -163,7 +176,9 @@ def test_arm_and_release_ten_thousand_leaves_no_fd(make_cgroup: Callable[[int | 
     def registration_round(ref: cgroupfs.CgroupRef) -> None:
         for i in range(500):
             if ref.version == 1:
-                fd = native.register_v1_event(ref.path, "memory.usage_in_bytes", str((i + 1) * 4096))
+                fd = native.register_v1_event(
+                    ref.path, "memory.usage_in_bytes", str((i + 1) * 4096)
+                )
             else:
                 fd = native.open_read(ref.file("memory.events"))
             native.close(fd)

@@ -9,7 +9,10 @@ import pytest
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import cgroupfs, parse, procfs
 
-PSI = "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\nfull avg10=0.50 avg60=0.25 avg300=0.00 total=6543\n"
+PSI = (
+    "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\n"
+    "full avg10=0.50 avg60=0.25 avg300=0.00 total=6543\n"
+)
 
 
 def write(root: Path, rel: str, text: str) -> None:
@@ -24,9 +27,17 @@ def v2_tree(root: Path, *, limit: str = "268435456") -> Path:
     write(root, "app/cgroup.controllers", "memory\n")
     write(root, "app/memory.current", "104857600\n")
     write(root, "app/memory.max", limit + "\n")
-    write(root, "app/memory.stat", "anon 80000000\nfile 24857600\ninactive_file 4857600\nactive_file 20000000\n")
+    write(
+        root,
+        "app/memory.stat",
+        "anon 80000000\nfile 24857600\ninactive_file 4857600\nactive_file 20000000\n",
+    )
     write(root, "app/memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n")
-    write(root, "app/memory.events.local", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n")
+    write(
+        root,
+        "app/memory.events.local",
+        "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n",
+    )
     write(root, "app/memory.pressure", PSI)
     write(root, "app/io.pressure", PSI)
     write(root, "app/cpu.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
@@ -38,7 +49,11 @@ def v1_tree(root: Path, *, hybrid: bool, limit: str = "134217728") -> Path:
     write(root, "memory/memory.usage_in_bytes", "0\n")
     write(root, "memory/job/memory.usage_in_bytes", "67108864\n")
     write(root, "memory/job/memory.limit_in_bytes", limit + "\n")
-    write(root, "memory/job/memory.stat", "cache 1000\ninactive_file 99\ntotal_inactive_file 16777216\n")
+    write(
+        root,
+        "memory/job/memory.stat",
+        "cache 1000\ninactive_file 99\ntotal_inactive_file 16777216\n",
+    )
     write(root, "memory/job/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
     write(root, "memory/job/cgroup.procs", "7\n")
     if hybrid:
@@ -123,9 +138,9 @@ def test_malformed_files_name_the_file(tmp_path: Path, rel: str, text: str, matc
     cg = v2_tree(tmp_path)
     write(tmp_path, rel, text)
     ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path)))
+    read = cgroupfs.read_kill_counters if rel.endswith("events") else cgroupfs.read_memory
     with pytest.raises(CgroupFileError, match=match) as info:
-        cgroupfs.read_memory(ref)
-        cgroupfs.read_kill_counters(ref)
+        read(ref)
     assert info.value.path == str(tmp_path / rel)
 
 
@@ -165,7 +180,11 @@ def test_resolve_refuses_what_is_not_a_memory_cgroup(tmp_path: Path) -> None:
 
 
 def test_machine_from_a_fake_proc(tmp_path: Path) -> None:
-    write(tmp_path, "meminfo", "MemTotal:       16000000 kB\nMemFree:  1000 kB\nMemAvailable:   12000000 kB\n")
+    write(
+        tmp_path,
+        "meminfo",
+        "MemTotal:       16000000 kB\nMemFree:  1000 kB\nMemAvailable:   12000000 kB\n",
+    )
     m = procfs.read_machine(str(tmp_path))
     assert m.total_bytes == 16000000 * 1024
     assert m.working_set_bytes == 4000000 * 1024

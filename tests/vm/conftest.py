@@ -12,7 +12,9 @@ import pytest
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("VMTEST_GUEST") == "1":
         return
-    skip = pytest.mark.skip(reason="VM lane: runs inside scripts/vmtest's cgroup v2 guest (make test-vm)")
+    skip = pytest.mark.skip(
+        reason="VM lane: runs inside scripts/vmtest's cgroup v2 guest (make test-vm)"
+    )
     for item in items:
         if "vm" in item.keywords:
             item.add_marker(skip)

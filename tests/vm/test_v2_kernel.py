@@ -15,7 +15,7 @@ import pytest
 from pressured.kernel import cgroupfs
 from pressured.kernel.child import Child, leaker_argv
 from pressured.kernel.procfs import count_open_fds
-from pressured.kernel.watch import PsiSpec, Wakeup, WatchOptions, Watcher
+from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 
 pytestmark = pytest.mark.vm
 MiB = 1024 * 1024
@@ -54,7 +54,9 @@ def test_memory_events_wake_on_a_real_oom_kill(v2_child: Callable[[int], Child])
         report = w.add_cgroup("t", ref, [])
         assert "memory.events" in report.armed and "cgroup.events" in report.armed
         proc = child.spawn(leaker_argv("--rate-mib", "200", "--max-mib", "300"))
-        wake = wait_for(w, lambda x: x.cause == "events" and x.detail.endswith("memory.events"), 120)
+        wake = wait_for(
+            w, lambda x: x.cause == "events" and x.detail.endswith("memory.events"), 120
+        )
         assert wake is not None, "memory.events did not wake epoll on a real kill"
         assert proc.wait(timeout=60) == -9
         assert cgroupfs.read_kill_counters(ref).oom_kill >= 1
@@ -138,19 +140,36 @@ def test_daemon_warns_and_signals_before_the_kill_on_v2(
     events = tmp / "events.jsonl"
     signals = tmp / "signals.txt"
     cfg = tmp / "cfg.json"
-    cfg.write_text(json.dumps({
-        "thresholds": {"warn_percent": 60, "critical_percent": 80, "metric": "usage"},
-        "actions": [{"type": "log"}, {"type": "signal"}],
-        "metrics": {"enabled": False},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "thresholds": {"warn_percent": 60, "critical_percent": 80, "metric": "usage"},
+                "actions": [{"type": "log"}, {"type": "signal"}],
+                "metrics": {"enabled": False},
+            }
+        )
+    )
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "pressured", "run", "-c", str(cfg), "--cgroup", child.path,
-         "--events-out", str(events), "-l", "info"],
+        [
+            sys.executable,
+            "-m",
+            "pressured",
+            "run",
+            "-c",
+            str(cfg),
+            "--cgroup",
+            child.path,
+            "--events-out",
+            str(events),
+            "-l",
+            "info",
+        ],
     )
     try:
         time.sleep(8)  # the guest is slow: let the daemon arm before the leak starts
-        app = child.spawn(leaker_argv("--rate-mib", "16", "--max-mib", "400",
-                                      "--signals-out", str(signals)))
+        app = child.spawn(
+            leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
+        )
         assert app.wait(timeout=240) == -9
         deadline = time.monotonic() + 60
         kinds: list[str] = []
