@@ -69,6 +69,7 @@ def main() -> None:
                 "source.cgroup.paths": [child.path],
                 "source.machine": False,
                 "metrics.enabled": False,
+                "events_out": os.devnull,
                 "log_level": "warning",
             },
         )
