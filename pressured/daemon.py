@@ -278,6 +278,11 @@ class Daemon:
         fd = getattr(self.source, "fd", None)
         if isinstance(fd, int):
             self._watch_fd(fd, "source", self._on_source_fd)
+        elif self.source.watch_dirs():
+            # node and sidecar sources: new pod/container directories mean new targets
+            self._dirs = native.Inotify()
+            self._watch_fd(self._dirs.fd, "source-dirs", self._on_source_dirs)
+            self._watch_source_dirs()
         self._start_kills()
         if self.cfg.get("source.machine") and self.cfg.mode == "local":
             self._add_machine()
@@ -550,6 +555,10 @@ class Daemon:
         state = self.targets.get(key)
         if state is None:
             return None
+        if state.spec.ref is None and state.key != MACHINE:
+            # cluster mode: no cgroup here; the source asks the node's kubelet again
+            reread = getattr(self.source, "reread", None)
+            return reread(key, self._clock()) if callable(reread) else None
         try:
             return self.read_sample(state)
         except CgroupFileError:
@@ -646,6 +655,27 @@ class Daemon:
             self.emit(kill, state)
 
     # ------------------------------------------------------------------ loop
+    _dirs: native.Inotify | None = None
+    _dir_wds: dict[str, int]
+
+    def _watch_source_dirs(self) -> None:
+        if self._dirs is None:
+            return
+        if not hasattr(self, "_dir_wds"):
+            self._dir_wds = {}
+        mask = native.IN_CREATE | native.IN_DELETE | native.IN_ONLYDIR | native.IN_MOVED_TO
+        for path in self.source.watch_dirs():
+            if path in self._dir_wds:
+                continue
+            try:
+                self._dir_wds[path] = self._dirs.add(path, mask)
+            except OSError as exc:
+                log.debug("cannot watch %s: %s", path, exc.strerror)
+
+    def _on_source_dirs(self) -> None:
+        if self._dirs is not None and self._dirs.events():
+            self.source.notify_fs_change()
+
     def _on_source_fd(self) -> None:
         on_fd = getattr(self.source, "on_fd", None)
         if callable(on_fd):
@@ -755,6 +785,7 @@ class Daemon:
                     self._poll_source(now)
                 if self.source.changed():
                     self._sync_targets()
+                    self._watch_source_dirs()
                 if self.kills is not None and self.kills.poll_interval():
                     for name in ("bcc",):
                         self._on_kill_fd(name)
@@ -803,6 +834,8 @@ class Daemon:
             self.runner = None
         with contextlib.suppress(Exception):
             self.source.close()
+        if self._dirs is not None:
+            self._dirs.close()
         if self.kills is not None:
             self.kills.close()
         if self._metrics_server is not None:

@@ -75,6 +75,10 @@ class Source:
     def mark_changed(self) -> None:
         self._changed.set()
 
+    def notify_fs_change(self) -> None:
+        """The daemon's inotify saw a directory of ``watch_dirs()`` gain or lose a child."""
+        self.mark_changed()
+
     def watch_dirs(self) -> list[str]:
         """Directories whose new or removed children may be new or removed targets."""
         return []

@@ -1,0 +1,145 @@
+"""Per-pod settings from ``pressured.io/*`` annotations.
+
+    pressured.io/warn-percent       0 < p <= 100
+    pressured.io/critical-percent   0 < p <= 100
+    pressured.io/cooldown-seconds   >= 0
+    pressured.io/pprof-enabled      true/false (also 1/0, yes/no, on/off)
+    pressured.io/pprof-port         1..65535
+    pressured.io/pprof-path         an absolute URL path, e.g. /debug/pprof/heap
+
+A pod's owner writes these, not the operator, so a bad value never stops anything: it keeps
+the default and comes back as a warning the caller logs and posts as a Warning Event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pressured.sources.base import Overrides
+
+PREFIX = "pressured.io/"
+WARN_PERCENT = PREFIX + "warn-percent"
+CRITICAL_PERCENT = PREFIX + "critical-percent"
+COOLDOWN_SECONDS = PREFIX + "cooldown-seconds"
+PPROF_ENABLED = PREFIX + "pprof-enabled"
+PPROF_PORT = PREFIX + "pprof-port"
+PPROF_PATH = PREFIX + "pprof-path"
+KNOWN = frozenset(
+    {WARN_PERCENT, CRITICAL_PERCENT, COOLDOWN_SECONDS, PPROF_ENABLED, PPROF_PORT, PPROF_PATH}
+)
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Pprof:
+    enabled: bool | None = None
+    port: int | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    overrides: Overrides = field(default_factory=Overrides)
+    pprof: Pprof = field(default_factory=Pprof)
+    warnings: tuple[str, ...] = ()
+
+
+def parse_annotations(annotations: Mapping[str, str], where: str = "pod") -> PodSettings:
+    """Overrides and pprof settings from a pod's annotations. ``where`` names the pod in the
+    warnings ("namespace/name"); every warning names the annotation and the bad value."""
+    warnings: list[str] = []
+
+    def bad(key: str, value: str, why: str) -> None:
+        warnings.append(f"{where}: annotation {key}={value[:80]!r} ignored: {why}")
+
+    def percent(key: str) -> float | None:
+        raw = annotations.get(key)
+        if raw is None:
+            return None
+        try:
+            value = float(raw.strip().removesuffix("%"))
+        except ValueError:
+            bad(key, raw, "not a number")
+            return None
+        if not math.isfinite(value) or not 0 < value <= 100:
+            bad(key, raw, "must be a percentage above 0 and at most 100")
+            return None
+        return value
+
+    warn = percent(WARN_PERCENT)
+    critical = percent(CRITICAL_PERCENT)
+    if warn is not None and critical is not None and warn > critical:
+        bad(
+            WARN_PERCENT,
+            annotations[WARN_PERCENT],
+            f"above {CRITICAL_PERCENT} ({annotations[CRITICAL_PERCENT]})",
+        )
+        warn = None
+
+    cooldown: float | None = None
+    raw = annotations.get(COOLDOWN_SECONDS)
+    if raw is not None:
+        try:
+            cooldown = float(raw.strip().removesuffix("s"))
+        except ValueError:
+            bad(COOLDOWN_SECONDS, raw, "not a number of seconds")
+        else:
+            if not math.isfinite(cooldown) or cooldown < 0:
+                bad(COOLDOWN_SECONDS, raw, "must be zero or more seconds")
+                cooldown = None
+
+    enabled: bool | None = None
+    raw = annotations.get(PPROF_ENABLED)
+    if raw is not None:
+        word = raw.strip().lower()
+        if word in _TRUE:
+            enabled = True
+        elif word in _FALSE:
+            enabled = False
+        else:
+            bad(PPROF_ENABLED, raw, "expected true or false")
+
+    port: int | None = None
+    raw = annotations.get(PPROF_PORT)
+    if raw is not None:
+        try:
+            port = int(raw.strip())
+        except ValueError:
+            bad(PPROF_PORT, raw, "not a port number")
+        else:
+            if not 0 < port < 65536:
+                bad(PPROF_PORT, raw, "must be between 1 and 65535")
+                port = None
+
+    path: str | None = None
+    raw = annotations.get(PPROF_PATH)
+    if raw is not None:
+        candidate = raw.strip()
+        if not candidate.startswith("/") or any(c.isspace() for c in candidate):
+            bad(PPROF_PATH, raw, "must be an absolute URL path such as /debug/pprof/heap")
+        else:
+            path = candidate
+
+    for key in sorted(k for k in annotations if k.startswith(PREFIX) and k not in KNOWN):
+        bad(key, annotations[key], f"unknown (known: {', '.join(sorted(KNOWN))})")
+
+    return PodSettings(
+        overrides=Overrides(
+            warn_percent=warn, critical_percent=critical, cooldown_seconds=cooldown
+        ),
+        pprof=Pprof(enabled, port, path),
+        warnings=tuple(warnings),
+    )
+
+
+_BULKY = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+
+
+def event_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The pod annotations actions see in ``event.annotations``: all of them (a Lua script or a
+    webhook may key on the owner's own), except kubectl's copy of the whole manifest."""
+    return {k: v for k, v in annotations.items() if k not in _BULKY}
