@@ -1,0 +1,1440 @@
+"""Lua scripts run on events, in a sandbox (lupa, Lua 5.4).
+
+A script defines ``on_event(event, ctx)``. Scripts come from exactly one of
+``plugins.lua.script`` (a file), ``plugins.lua.scripts_dir`` (every ``*.lua`` in it, in name
+order, each handler called) or ``plugins.lua.inline_script`` (text). Every script is compiled
+and its top level run at start, so a syntax error is a ConfigError naming the file and line.
+
+What a script sees (nothing else; each script has its own interpreter and environment table):
+
+    event           the event contract (``Event.to_json()``) as nested tables; ``annotations``
+                    is a table, ``pprof_top`` is there when the heapdump action added it; JSON
+                    nulls are absent (nil)
+    ctx.dry_run     true when pressured runs dry (then storage writes are logged, not done, and
+                    only GET/HEAD requests are sent)
+    ctx.time_iso([t])  RFC 3339 UTC time of now (or of epoch seconds t)
+    ctx.getenv(name)   only PRESSURED_* names and the names listed in ``plugins.lua.env_allow``;
+                    any other name reads as nil, so cloud credentials in the daemon's environment
+                    never reach a script unless named
+    ctx.script      the script's name
+    config          the whole effective configuration, read-only nested tables
+    log.trace/debug/info/warn/error(...)   logger "pressured.lua"; print() logs at info
+    http.fetch(url [, opts]) or http.fetch(method, url [, opts])
+                    -> {status=, body=, headers={lower-case name = value}} or {error=}
+                    opts: method, headers, body, timeout_ms, max_bytes, follow_redirects.
+                    The given headers are always sent, plus User-Agent: pressured/<version>
+    http.download(url, key [, opts]) -> {status=, bytes=} or {error=[, status=]}: streams the
+                    body into storage; a non-2xx answer stores nothing
+    http.stream(url, callback(chunk, info) -> bool [, opts]) -> {status=, bytes=} or {error=}
+                    info = {status=, headers=, bytes_so_far=}; returning false stops the transfer
+    storage.write(key, data) / read(key) / remove(key) / exists(key) / rename(src, dst)
+    storage.open(key, "r"|"w") -> handle: h:read([n|"a"]), h:write(data), h:close()
+                    h:read(n) returns nil at the end, h:read("a") the rest ("" at the end).
+                    Storage failures (bad key, missing key, backend error) are returned Lua
+                    style: nil, "message". A handle left open when on_event returns is closed;
+                    an unclosed write is discarded, never committed half-done.
+    safe globals    assert error ipairs next pairs pcall select tonumber tostring type xpcall
+                    rawequal rawlen rawget rawset setmetatable getmetatable print _G _VERSION,
+                    string (no dump), table, math, utf8, coroutine, os.time/clock/date/difftime,
+                    collectgarbage("count"|"collect"|"step"), load (text chunks only, the
+                    script's environment by default), require (Lua files beside the script)
+
+Refused, each with a Lua error that names what is not available: io, debug, package, dofile,
+loadfile, os.execute and every other os function, string.dump, binary chunks, C modules,
+``python``, and ``__gc`` metamethods (a finalizer would run outside the script's time budget).
+
+Limits. ``timeout_ms`` (default 5000) bounds each call of a script (its top level at start and
+each on_event): a count hook checks a monotonic deadline every HOOK_INSTRUCTIONS VM instructions
+and raises "pressured: script <name> exceeded timeout_ms=<N>". Lua hooks are per coroutine, so
+coroutine.create/wrap install the same hook in every coroutine they make; pcall, xpcall and
+coroutine.resume re-raise the timeout, so a script cannot catch it and go on. Two corners of
+Lua 5.4 are closed by hand: a message handler runs with hooks off when the error came from a
+hook, so after the timeout xpcall skips the script's handler; and near the C-stack limit the
+hook cannot be called at all (Lua raises "C stack overflow" instead), so those wrappers also
+check the deadline on every error they catch. HTTP calls take their timeout from what is left
+of the budget. A single long C call (a pathological
+string.find) is not interruptible by a hook; the memory cap bounds the string functions that
+could run long. ``memory_mb`` (default 64) caps each script's interpreter (lupa's allocator
+limit); exceeding it is a Lua "not enough memory" error in that script. Data the host hands to
+Lua is sized first, because lupa cannot recover from a failed allocation while Python pushes
+values (it aborts the process or deadlocks; measured with lupa 2.8): the host raises the
+interpreter's limit by exactly what it is about to push and lowers it back as soon as the script
+has the value, so a script that is already over its cap fails at its next allocation.
+
+A failing handler (error, timeout, memory) is logged with the script name and line and reported
+in ``LuaScripts.run``'s result; the other handlers and later events run normally.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, Literal
+
+from pressured import __version__
+from pressured.actions.base import ActionContext
+from pressured.errors import ConfigError, LuaError, PressuredError
+from pressured.model import Event, rfc3339
+from pressured.storage.base import Storage, Writer, validate_key
+
+log = logging.getLogger("pressured.lua")
+
+DEFAULT_TIMEOUT_MS = 5000
+DEFAULT_MEMORY_MB = 64
+HOOK_INSTRUCTIONS = 1000
+"""VM instructions between deadline checks: one Python call per ~1000 instructions costs a few
+per cent of a tight loop and stops a runaway script within a fraction of a millisecond."""
+
+TRACE = 5
+"""Level of log.trace, below DEBUG."""
+
+_MIB = 1024 * 1024
+_PUSH_SLACK = 64 * 1024
+"""Bytes allowed on top of an estimate when the host pushes values into Lua (table and stack
+overhead the estimate does not count)."""
+_CHUNK = 64 * 1024
+_MAX_DEPTH = 64
+_ENV_PREFIX = "PRESSURED_"
+_OUT_OF_MEMORY = "not enough memory"
+_SOURCE_KEYS = ("script", "scripts_dir", "inline_script")
+_KNOWN_KEYS = {*_SOURCE_KEYS, "timeout_ms", "memory_mb", "env_allow"}
+_POSITION = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+): (?P<rest>.*)$", re.DOTALL)
+"""The "<chunk>:<line>: " prefix Lua puts on error messages."""
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_LOG_LEVELS = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+if logging.getLevelName(TRACE) == f"Level {TRACE}":
+    logging.addLevelName(TRACE, "TRACE")
+
+
+@dataclass(frozen=True)
+class ScriptSource:
+    """One script: ``name`` is what logs and errors show (the file path or "inline_script")."""
+
+    name: str
+    text: str
+    chunkname: str
+    """Lua chunk name: "@<path>" for files, "=inline_script" for inline text."""
+    module_dir: str | None
+    """Where require() finds Lua files; None for inline text."""
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ScriptSource:
+        p = Path(path)
+        text = p.read_text(encoding="utf-8")
+        return cls(name=str(p), text=text, chunkname=f"@{p}", module_dir=str(p.parent))
+
+    @classmethod
+    def inline(cls, text: str, name: str = "inline_script") -> ScriptSource:
+        return cls(name=name, text=text, chunkname=f"={name}", module_dir=None)
+
+
+@dataclass(frozen=True)
+class ScriptFailure:
+    """One handler that did not finish: ``kind`` is "error", "timeout" or "memory"."""
+
+    script: str
+    message: str
+    kind: Literal["error", "timeout", "memory"] = "error"
+    line: int | None = None
+    file: str | None = None
+    """The file ``line`` is in: the script itself, or a module it required."""
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.script}: {self.message}"
+        if self.file is not None and self.file != self.script:
+            return f"{self.script}: {self.file}:{self.line}: {self.message}"
+        return f"{self.script}:{self.line}: {self.message}"
+
+
+def bundled_script(name: str = "heapdump.lua") -> Path:
+    """Path of a script shipped with pressured (pressured/scripts/<name>)."""
+    path = Path(str(resources.files("pressured") / "scripts" / name))
+    if not path.is_file():
+        raise LuaError(f"no bundled Lua script {name!r} (looked in {path.parent})")
+    return path
+
+
+def _lupa() -> ModuleType:
+    # Lua 5.4 on purpose: the default lupa module may be LuaJIT (no allocator limit on 64-bit)
+    # or a newer Lua whose language changed; 5.4 is what the scripts and the prelude target.
+    try:
+        from lupa import lua54  # noqa: PLC0415 - heavy, optional dependency
+    except ImportError as exc:
+        raise LuaError(
+            "Lua actions need lupa >= 2.0 with Lua 5.4 (pip install 'pressured[lua]')"
+        ) from exc
+    module: ModuleType = lua54
+    return module
+
+
+# --------------------------------------------------------------------------------------------
+# The prelude: runs once per interpreter with the full standard library, keeps what the host
+# needs in locals, builds the script's environment and then strips the globals. Scripts never
+# see _G, debug or any Python object: every host function is wrapped in a Lua closure.
+_PRELUDE = r"""
+local py, TIMEOUT_MSG, HOOK_COUNT = ...
+
+local debug_sethook, debug_getinfo = debug.sethook, debug.getinfo
+local raw_load, raw_pcall, raw_xpcall = load, pcall, xpcall
+local raw_setmetatable, raw_getmetatable, raw_rawget = setmetatable, getmetatable, rawget
+local raw_collect = collectgarbage
+local pack, unpack, concat = table.pack, table.unpack, table.concat
+local co_create, co_resume, co_close = coroutine.create, coroutine.resume, coroutine.close
+local tostring, type, error, select, pairs, next = tostring, type, error, select, pairs, next
+local expired, settle = py.expired, py.settle
+local PRELUDE_SOURCE = debug_getinfo(1, "S").source
+
+local timed_out = false
+local function hook()
+  if expired() then
+    timed_out = true
+    error(TIMEOUT_MSG, 0)
+  end
+end
+debug_sethook(hook, "", HOOK_COUNT)
+
+-- After pcall, xpcall or coroutine.resume: re-raise the timeout the script tried to catch. The
+-- deadline is also checked on every caught error, because near the C-stack limit the hook
+-- itself cannot be called (Lua raises "C stack overflow" in its place), so a script recursing
+-- through pcall would otherwise never see it fire.
+local function stopped(ok, ...)
+  if timed_out then error(TIMEOUT_MSG, 0) end
+  if not ok and expired() then
+    timed_out = true
+    error(TIMEOUT_MSG, 0)
+  end
+  return ok, ...
+end
+
+local function refuse(what)
+  return "pressured: " .. what .. " is not available in the Lua sandbox"
+end
+
+-- reading one of the ``refused`` names of ``t`` is an error that says so; other names are nil
+local function guarded(t, label, refused, allowed)
+  return raw_setmetatable(t, {
+    __index = function(_, k)
+      if refused[k] then error(refuse(label .. "." .. tostring(k)) .. (allowed or ""), 2) end
+      return nil
+    end,
+    __metatable = false,
+  })
+end
+
+local function copy(t, skip)
+  local out = {}
+  for k, v in pairs(t) do
+    if k ~= skip then out[k] = v end
+  end
+  return out
+end
+
+-- wrap a host function: it answers (true, values...) or (false, message[, timed_out]); an
+-- error names the line ``level`` frames up (2: whoever called the wrapper)
+local function host(fn, level)
+  level = level or 2
+  return function(...)
+    local r = pack(fn(...))
+    settle()
+    if r[1] then return unpack(r, 2, r.n) end
+    if r[3] then
+      timed_out = true
+      error(r[2], 0)
+    end
+    error(r[2], level)
+  end
+end
+
+local env = {}
+local loaded = {}
+
+-- string: no dump, and the string metatable points at the safe copy so ("").dump is refused
+local safe_string = guarded(copy(string, "dump"), "string", { dump = true })
+local string_mt = raw_getmetatable("")
+string_mt.__index = safe_string
+string_mt.__metatable = false
+
+local safe_os = guarded(
+  { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime }, "os",
+  { execute = true, exit = true, getenv = true, remove = true, rename = true, tmpname = true,
+    setlocale = true },
+  " (only os.time, os.clock, os.date and os.difftime are)")
+
+local function hooked(f)
+  local co = co_create(f)
+  debug_sethook(co, hook, "", HOOK_COUNT)
+  return co
+end
+
+local function wrapped_result(co, ok, ...)
+  stopped(ok)
+  if ok then return ... end
+  co_close(co)
+  error((...), 0)
+end
+
+local safe_coroutine = copy(coroutine)
+safe_coroutine.create = hooked
+safe_coroutine.resume = function(co, ...) return stopped(co_resume(co, ...)) end
+safe_coroutine.wrap = function(f)
+  local co = hooked(f)
+  return function(...) return wrapped_result(co, co_resume(co, ...)) end
+end
+
+local function safe_load(chunk, chunkname, mode, fenv)
+  if mode ~= nil and mode ~= "t" then
+    error("pressured: load() takes text chunks only (mode \"t\"); binary chunks are refused", 2)
+  end
+  if fenv == nil then fenv = env end
+  return raw_load(chunk, chunkname, "t", fenv)
+end
+
+local function safe_setmetatable(t, mt)
+  if type(mt) == "table" and raw_rawget(mt, "__gc") ~= nil then
+    error("pressured: __gc metamethods are not allowed in the Lua sandbox", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+
+local function safe_collectgarbage(opt, arg)
+  if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
+    return raw_collect(opt, arg)
+  end
+  error(refuse("collectgarbage(\"" .. tostring(opt) .. "\")"), 2)
+end
+
+local builtin_modules = {
+  string = safe_string, table = nil, math = nil, utf8 = nil,
+  coroutine = safe_coroutine, os = safe_os,
+}
+local find_module = host(py.find_module, 3)
+local function safe_require(name)
+  if type(name) ~= "string" then
+    error("pressured: require() takes a module name (got " .. type(name) .. ")", 2)
+  end
+  local lib = builtin_modules[name]
+  if lib ~= nil then return lib end
+  if loaded[name] ~= nil then return loaded[name] end
+  local text, path = find_module(name)  -- not a tail call: errors name the script's line
+  local fn, err = raw_load(text, "@" .. path, "t", env)
+  if not fn then error(err, 0) end
+  local result = fn(name, path)
+  if result == nil then result = true end
+  loaded[name] = result
+  return result
+end
+
+local function text_of(sep, ...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  return concat(parts, sep)
+end
+
+local py_log = py.log
+local log = {}
+for _, level in ipairs({ "trace", "debug", "info", "warn", "error" }) do
+  log[level] = function(...) py_log(level, text_of(" ", ...)) end
+end
+log.warning = log.warn
+local function safe_print(...) py_log("info", text_of("\t", ...)) end
+
+local http = {
+  fetch = host(py.fetch),
+  download = host(py.download),
+  stream = function(url, callback, opts)
+    if type(callback) ~= "function" then
+      error("http.stream: the second argument must be a function (got " .. type(callback) .. ")", 2)
+    end
+    local pending
+    local function trampoline(chunk, info)
+      local r = pack(raw_pcall(callback, chunk, info))
+      if not r[1] then
+        pending = { r[2] }
+        return false
+      end
+      return r[2] ~= false
+    end
+    local r = pack(py.stream(url, trampoline, opts))
+    settle()
+    if timed_out then error(TIMEOUT_MSG, 0) end
+    if pending then error(pending[1], 0) end
+    if r[1] then return unpack(r, 2, r.n) end
+    if r[3] then
+      timed_out = true
+      error(r[2], 0)
+    end
+    error(r[2], 2)
+  end,
+}
+
+local handle_ids = raw_setmetatable({}, { __mode = "k" })
+local h_read, h_write = host(py.h_read, 3), host(py.h_write, 3)
+local h_close = host(py.h_close, 3)
+local function handle_id(h, what)
+  local id = type(h) == "table" and handle_ids[h]
+  if not id then
+    error("storage handle: call h:" .. what .. "(...), not h." .. what .. "(...)", 3)
+  end
+  return id
+end
+local handle_methods = {
+  read = function(h, n)
+    local data, err = h_read(handle_id(h, "read"), n)
+    return data, err
+  end,
+  write = function(h, data)
+    local ok, err = h_write(handle_id(h, "write"), data)
+    if ok == nil then return nil, err end
+    return h
+  end,
+  close = function(h)
+    local ok = h_close(handle_id(h, "close"))
+    return ok
+  end,
+}
+local handle_mt = {
+  __index = handle_methods,
+  __close = function(h) h_close(handle_ids[h]) end,
+  __metatable = false,
+}
+local open_handle = host(py.open, 3)
+local storage = {
+  write = host(py.write),
+  read = host(py.read),
+  remove = host(py.remove),
+  exists = host(py.exists),
+  rename = host(py.rename),
+  open = function(key, mode)
+    local id, err = open_handle(key, mode)
+    if id == nil then return nil, err end
+    local h = raw_setmetatable({}, handle_mt)
+    handle_ids[h] = id
+    return h
+  end,
+}
+
+local function readonly(t, path)
+  for k, v in pairs(t) do
+    if type(v) == "table" then t[k] = readonly(v, path .. "." .. tostring(k)) end
+  end
+  return raw_setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k)
+      error("pressured: " .. path .. " is read-only (tried to set " .. tostring(k) .. ")", 2)
+    end,
+    __len = function() return #t end,
+    __pairs = function() return next, t, nil end,
+    __metatable = false,
+  })
+end
+
+local FORBIDDEN = {
+  io = true, debug = true, package = true, dofile = true, loadfile = true, python = true,
+  loadstring = true, module = true, setfenv = true, getfenv = true, newproxy = true,
+}
+for k, v in pairs({
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  pcall = function(f, ...) return stopped(raw_pcall(f, ...)) end,
+  xpcall = function(f, h, ...)
+    -- Lua runs a message handler for an error raised in a hook with hooks off; after the
+    -- timeout the script's handler is skipped, or a looping handler could never be stopped.
+    local function guarded_handler(e)
+      if timed_out then return e end
+      return h(e)
+    end
+    return stopped(raw_xpcall(f, guarded_handler, ...))
+  end,
+  select = select, tonumber = tonumber, tostring = tostring, type = type,
+  rawequal = rawequal, rawlen = rawlen, rawget = rawget, rawset = rawset,
+  setmetatable = safe_setmetatable, getmetatable = raw_getmetatable,
+  load = safe_load, require = safe_require, print = safe_print,
+  collectgarbage = safe_collectgarbage,
+  string = safe_string, table = copy(table), math = copy(math), utf8 = copy(utf8),
+  coroutine = safe_coroutine, os = safe_os,
+  log = log, http = http, storage = storage,
+  _VERSION = _VERSION,
+}) do env[k] = v end
+builtin_modules.table, builtin_modules.math = env.table, env.math
+builtin_modules.utf8 = env.utf8
+env._G = env
+raw_setmetatable(env, {
+  __index = function(_, k)
+    if FORBIDDEN[k] then error(refuse("'" .. tostring(k) .. "'"), 2) end
+    return nil
+  end,
+  __metatable = false,
+})
+
+-- nothing privileged stays reachable through the globals of this interpreter
+for _, k in ipairs({ "io", "debug", "package", "dofile", "loadfile", "load", "require",
+                     "python", "collectgarbage", "os" }) do
+  _G[k] = nil
+end
+
+local ours = raw_setmetatable({}, { __mode = "k" })
+local function msgh(e)
+  local line, src
+  local level = 2
+  while true do
+    local info = debug_getinfo(level, "Sl")
+    if not info then break end
+    if info.what ~= "C" and info.source ~= PRELUDE_SOURCE and info.currentline > 0 then
+      line, src = info.currentline, info.source
+      break
+    end
+    level = level + 1
+  end
+  local msg
+  if type(e) == "string" then
+    msg = e
+  else
+    local ok, s = raw_pcall(tostring, e)
+    msg = ok and type(s) == "string" and s or ("(a " .. type(e) .. " error value)")
+  end
+  local out = { msg = msg, line = line, src = src }
+  ours[out] = true
+  return out
+end
+
+local function outcome(ok, e)
+  if ok then return true end
+  if type(e) == "table" and ours[e] then
+    return false, e.msg, e.line, e.src, timed_out
+  end
+  return false, tostring(e), nil, nil, timed_out
+end
+
+local api = {}
+function api.load(text, chunkname)
+  settle()
+  timed_out = false
+  local fn, err = raw_load(text, chunkname, "t", env)
+  if not fn then return false, err end
+  local ok, e = raw_xpcall(fn, msgh)
+  if not ok then return outcome(ok, e) end
+  if type(raw_rawget(env, "on_event")) ~= "function" then
+    return false, "does not define a function on_event(event, ctx)"
+  end
+  return true
+end
+function api.set_config(t)
+  settle()
+  env.config = readonly(t, "config")
+end
+function api.run(event, ctx)
+  settle()
+  timed_out = false
+  local handler = raw_rawget(env, "on_event")
+  if type(handler) ~= "function" then
+    return false, "on_event is no longer a function (got " .. type(handler) .. ")"
+  end
+  ctx.time_iso = host(py.time_iso)
+  ctx.getenv = host(py.getenv)
+  return outcome(raw_xpcall(handler, msgh, event, ctx))
+end
+return api
+"""
+
+
+class _Sandbox:
+    """One script's interpreter. Every host function answers ``(True, values...)`` or
+    ``(False, message[, timed_out])`` and never raises into Lua: lupa would hand a Python
+    exception object to the script."""
+
+    def __init__(self, source: ScriptSource, owner: LuaScripts) -> None:
+        lupa = _lupa()
+        self.source = source
+        self.owner = owner
+        self._limit = owner.memory_mb * _MIB
+        self._deadline: float | None = None
+        self._handles: dict[int, Writer | IO[bytes] | _DryWriter] = {}
+        self._next_handle = 1
+        self._lua_type: Callable[[Any], str | None] = lupa.lua_type
+        self.timeout_message = (
+            f"pressured: script {source.name} exceeded timeout_ms={owner.timeout_ms}"
+        )
+        try:
+            self._start(source, lupa)
+        except Exception as exc:  # lupa's errors: the sandbox itself could not be set up
+            raise LuaError(f"{source.name}: cannot set up the Lua sandbox: {exc}") from exc
+        self._settle()
+        failure = self._outcome(self._load_result)
+        if failure is not None:
+            raise LuaError(str(failure))
+
+    def _start(self, source: ScriptSource, lupa: ModuleType) -> None:
+        self.lua = lupa.LuaRuntime(
+            encoding=None,
+            unpack_returned_tuples=True,
+            register_eval=False,
+            register_builtins=False,
+            attribute_filter=_refuse_attribute,
+            max_memory=self._limit,
+        )
+        py = self._table(
+            {
+                "expired": self._expired,
+                "settle": self._settle,
+                "log": self._log,
+                "find_module": self._find_module,
+                "fetch": self._fetch,
+                "download": self._download,
+                "stream": self._stream,
+                "write": self._write,
+                "read": self._read,
+                "remove": self._remove,
+                "exists": self._exists,
+                "rename": self._rename,
+                "open": self._open,
+                "h_read": self._h_read,
+                "h_write": self._h_write,
+                "h_close": self._h_close,
+                "time_iso": self._time_iso,
+                "getenv": self._getenv,
+            },
+            raw=True,
+        )
+        with self._budget():
+            self.api = self.lua.execute(
+                _PRELUDE.encode(),
+                py,
+                self.timeout_message.encode(),
+                HOOK_INSTRUCTIONS,
+                name="pressured",
+                mode="t",
+            )
+            self._reserve(_estimate(self.owner.config))
+            self.api.set_config(self._to_lua(self.owner.config))
+            text = source.text.encode()
+            self._reserve(len(text))
+            self._load_result = self.api.load(text, source.chunkname.encode())
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, event_json: Mapping[str, Any], ctx: Mapping[str, Any]) -> ScriptFailure | None:
+        try:
+            with self._budget():
+                self._reserve(_estimate(event_json) + _estimate(ctx))
+                result = self.api.run(self._to_lua(event_json), self._to_lua(ctx))
+        except Exception as exc:  # a lupa error outside the protected call (memory while pushing)
+            result = (False, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._close_leftovers()
+            self._settle()
+            self.lua.gccollect()
+        return self._outcome(result)
+
+    def _outcome(self, result: Any) -> ScriptFailure | None:
+        values = result if isinstance(result, tuple) else (result,)
+        if values and values[0] is True:
+            return None
+        message = _text(values[1]) if len(values) > 1 else "failed"
+        line = values[2] if len(values) > 2 and isinstance(values[2], int) else None
+        src = _text(values[3]) if len(values) > 3 and values[3] is not None else None
+        timed_out = len(values) > 4 and values[4] is True
+        kind: Literal["error", "timeout", "memory"] = "error"
+        if timed_out or message == self.timeout_message:
+            kind = "timeout"
+        elif message == _OUT_OF_MEMORY or message.endswith(_OUT_OF_MEMORY):
+            kind = "memory"
+            message = f"{_OUT_OF_MEMORY} (memory_mb={self.owner.memory_mb})"
+        file = src[1:] if src and src[:1] in ("@", "=") else src
+        # The position Lua wrote into the message is where the error was raised; the message
+        # handler sees where it surfaced (a rethrow by pcall, http.stream or require).
+        at = _POSITION.match(message)
+        if at:
+            file, line, message = at.group("file"), int(at.group("line")), at.group("rest")
+            if file.startswith("...") and self.source.name.endswith(file[3:]):
+                file = self.source.name  # Lua shortens long chunk names to "...<tail>"
+        elif file == self.source.chunkname[1:]:
+            file = self.source.name
+        return ScriptFailure(
+            script=self.source.name, message=message, kind=kind, line=line, file=file
+        )
+
+    def close(self) -> None:
+        self._close_leftovers()
+
+    # -- budget: time and memory --------------------------------------------------------
+    def _budget(self) -> _Budget:
+        return _Budget(self)
+
+    def _expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _remaining(self) -> float:
+        if self._deadline is None:
+            return self.owner.timeout_ms / 1000
+        return self._deadline - time.monotonic()
+
+    def _reserve(self, nbytes: int) -> None:
+        """Let the interpreter take ``nbytes`` more than it uses now, whatever its cap."""
+        used = self.lua.get_memory_used() or 0
+        self.lua.set_max_memory(max(self._limit, used + nbytes + _PUSH_SLACK))
+
+    def _settle(self) -> None:
+        self.lua.set_max_memory(self._limit)
+
+    def _room(self) -> int:
+        """Bytes the script may still allocate under its own cap."""
+        used = self.lua.get_memory_used() or 0
+        return max(0, self._limit - used)
+
+    def _fits(self, nbytes: int) -> bool:
+        if nbytes <= self._room():
+            return True
+        self.lua.gccollect()
+        return nbytes <= self._room()
+
+    # -- converting ----------------------------------------------------------------------
+    def _table(self, items: Mapping[str, Any], raw: bool = False) -> Any:
+        t = self.lua.table()
+        for k, v in items.items():
+            t[k.encode()] = v if raw else self._to_lua(v)
+        return t
+
+    def _to_lua(self, value: Any, depth: int = 0) -> Any:
+        if value is None or isinstance(value, bool | float):
+            return value
+        if isinstance(value, int):
+            return value if -(2**63) <= value < 2**63 else float(value)
+        if isinstance(value, str):
+            return value.encode()
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        if depth > _MAX_DEPTH:
+            return b"(nested too deep)"
+        if isinstance(value, Mapping):
+            t = self.lua.table()
+            for k, v in value.items():
+                if v is not None:
+                    key = k if isinstance(k, int) and not isinstance(k, bool) else str(k).encode()
+                    t[key] = self._to_lua(v, depth + 1)
+            return t
+        if isinstance(value, list | tuple | set | frozenset):
+            t = self.lua.table()
+            for i, v in enumerate(value, 1):
+                if v is not None:
+                    t[i] = self._to_lua(v, depth + 1)
+            return t
+        return str(value).encode()
+
+    def _is_table(self, value: Any) -> bool:
+        return self._lua_type(value) == "table"
+
+    def _opts(self, value: Any, what: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not self._is_table(value):
+            raise _ScriptMistake(f"{what}: options must be a table (got {_lua_kind(value)})")
+        return {_text(k): v for k, v in value.items() if isinstance(k, bytes)}
+
+    # -- host functions ------------------------------------------------------------------
+    def _log(self, level: Any, message: Any) -> None:
+        log.log(
+            _LOG_LEVELS.get(_text(level), logging.INFO), "%s: %s", self.source.name, _text(message)
+        )
+
+    def _find_module(self, name: Any) -> tuple[Any, ...]:
+        def find() -> tuple[Any, ...]:
+            modname = _text(name)
+            if not _MODULE_NAME.match(modname):
+                raise _ScriptMistake(f"require({modname!r}): not a module name")
+            if self.source.module_dir is None:
+                raise _ScriptMistake(
+                    f"require({modname!r}): module not found: an inline script can require "
+                    "only string, table, math, utf8, coroutine and os; C modules are not "
+                    "available in the Lua sandbox"
+                )
+            path = Path(self.source.module_dir, *modname.split(".")).with_suffix(".lua")
+            if not path.is_file():
+                raise _ScriptMistake(
+                    f"require({modname!r}): module not found ({path} does not exist): the "
+                    "sandbox loads only Lua files beside the script; C modules are not "
+                    "available in the Lua sandbox"
+                )
+            data = path.read_bytes()
+            self._reserve(len(data) + len(str(path)))
+            return (True, data, str(path).encode())
+
+        return self._guard(find)
+
+    def _time_iso(self, when: Any = None) -> tuple[Any, ...]:
+        def fmt() -> tuple[Any, ...]:
+            if when is None:
+                return (True, rfc3339(time.time()).encode())
+            if isinstance(when, bool) or not isinstance(when, int | float):
+                raise _ScriptMistake(f"ctx.time_iso: expected epoch seconds, got {_lua_kind(when)}")
+            try:
+                return (True, rfc3339(float(when)).encode())
+            except (ValueError, OverflowError, OSError) as exc:
+                raise _ScriptMistake(f"ctx.time_iso({when!r}): {exc}") from exc
+
+        return self._guard(fmt)
+
+    def _getenv(self, name: Any) -> tuple[Any, ...]:
+        def get() -> tuple[Any, ...]:
+            if not isinstance(name, bytes):
+                raise _ScriptMistake(f"ctx.getenv: expected a name, got {_lua_kind(name)}")
+            key = _text(name)
+            if not (key.startswith(_ENV_PREFIX) or key in self.owner.env_allow):
+                log.debug(
+                    "%s: ctx.getenv(%r) refused: not PRESSURED_* nor in env_allow",
+                    self.source.name,
+                    key,
+                )
+                return (True, None)
+            value = os.environ.get(key)
+            return (True, None if value is None else value.encode())
+
+        return self._guard(get)
+
+    # http ---------------------------------------------------------------------------------
+    def _request_args(self, args: tuple[Any, ...], what: str) -> tuple[str, str, dict[str, Any]]:
+        if len(args) >= 2 and isinstance(args[1], bytes):
+            method, url, opts = (
+                _text(args[0]).upper(),
+                _text(args[1]),
+                self._opts(args[2] if len(args) > 2 else None, what),
+            )
+        elif args and isinstance(args[0], bytes):
+            url = _text(args[0])
+            opts = self._opts(args[1] if len(args) > 1 else None, what)
+            method = _text(opts.get("method", b"GET")).upper()
+        else:
+            raise _ScriptMistake(f"{what}: expected (url [, opts]) or (method, url [, opts])")
+        return method, url, opts
+
+    def _http_settings(self, opts: Mapping[str, Any], what: str) -> dict[str, Any]:
+        headers = {"User-Agent": f"pressured/{__version__}"}
+        given = opts.get("headers")
+        if given is not None:
+            if not self._is_table(given):
+                raise _ScriptMistake(f"{what}: opts.headers must be a table")
+            for k, v in given.items():
+                headers[_text(k)] = _text(v) if isinstance(v, bytes) else str(v)
+        timeout_ms = opts.get("timeout_ms")
+        remaining = self._remaining()
+        if remaining <= 0:
+            raise _Timeout
+        timeout = remaining
+        if timeout_ms is not None:
+            if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float):
+                raise _ScriptMistake(f"{what}: opts.timeout_ms must be a number")
+            timeout = min(timeout, max(float(timeout_ms), 1.0) / 1000)
+        body = opts.get("body")
+        if body is not None and not isinstance(body, bytes):
+            body = str(body).encode()
+        return {
+            "headers": headers,
+            "timeout": timeout,
+            "content": body,
+            "follow_redirects": opts.get("follow_redirects") is True,
+        }
+
+    def _dry_request(self, url: str, method: str, what: str) -> tuple[Any, ...] | None:
+        """Refuse a non-http URL; in dry-run mode, the answer to a request with side effects."""
+        if not url.startswith(("http://", "https://")):
+            raise _ScriptMistake(f"{what}: only http:// and https:// URLs (got {url!r})")
+        if self.owner.dry_run and method not in ("GET", "HEAD"):
+            log.info("%s: dry run: %s %s not sent", self.source.name, method, url)
+            return self._result({"error": f"dry run: {method} {url} not sent", "dry_run": True})
+        return None
+
+    def _fetch(self, *args: Any) -> tuple[Any, ...]:
+        def fetch() -> tuple[Any, ...]:
+            import httpx  # noqa: PLC0415
+
+            method, url, opts = self._request_args(args, "http.fetch")
+            dry = self._dry_request(url, method, "http.fetch")
+            if dry is not None:
+                return dry
+            settings = self._http_settings(opts, "http.fetch")
+            max_bytes = _positive(opts.get("max_bytes"), "http.fetch: opts.max_bytes")
+            try:
+                with self.owner.http().stream(
+                    method,
+                    url,
+                    headers=settings["headers"],
+                    content=settings["content"],
+                    timeout=settings["timeout"],
+                    follow_redirects=settings["follow_redirects"],
+                ) as resp:
+                    body = bytearray()
+                    for chunk in resp.iter_bytes(_CHUNK):
+                        body += chunk
+                        if self._expired():
+                            raise _Timeout
+                        if max_bytes is not None and len(body) > max_bytes:
+                            return self._result(
+                                {
+                                    "error": f"response from {url} is larger than max_bytes="
+                                    f"{max_bytes}",
+                                    "status": resp.status_code,
+                                }
+                            )
+                        if not self._fits(len(body) + _PUSH_SLACK):
+                            return self._result(
+                                {
+                                    "error": f"response from {url} does not fit in memory_mb="
+                                    f"{self.owner.memory_mb}",
+                                    "status": resp.status_code,
+                                }
+                            )
+                    return self._result(
+                        {
+                            "status": resp.status_code,
+                            "body": bytes(body),
+                            "headers": _headers(resp.headers),
+                        }
+                    )
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                return self._result({"error": _http_error(exc, url)})
+
+        return self._guard(fetch)
+
+    def _download(self, *args: Any) -> tuple[Any, ...]:
+        def download() -> tuple[Any, ...]:
+            import httpx  # noqa: PLC0415
+
+            if len(args) < 2 or not isinstance(args[0], bytes) or not isinstance(args[1], bytes):
+                raise _ScriptMistake("http.download: expected (url, key [, opts])")
+            url, key = _text(args[0]), _text(args[1])
+            opts = self._opts(args[2] if len(args) > 2 else None, "http.download")
+            method = _text(opts.get("method", b"GET")).upper()
+            dry = self._dry_request(url, method, "http.download")
+            if dry is not None:
+                return dry
+            if self.owner.dry_run:
+                log.info(
+                    "%s: dry run: would download %s into storage key %r", self.source.name, url, key
+                )
+                return self._result({"status": 0, "bytes": 0, "dry_run": True})
+            settings = self._http_settings(opts, "http.download")
+            storage = self.owner.storage()
+            try:
+                with self.owner.http().stream(
+                    method,
+                    url,
+                    headers=settings["headers"],
+                    content=settings["content"],
+                    timeout=settings["timeout"],
+                    follow_redirects=settings["follow_redirects"],
+                ) as resp:
+                    if not 200 <= resp.status_code < 300:
+                        return self._result(
+                            {
+                                "status": resp.status_code,
+                                "error": f"HTTP {resp.status_code} from {url}; nothing stored",
+                            }
+                        )
+                    total = 0
+                    writer = storage.open_write(key)
+                    try:
+                        for chunk in resp.iter_bytes(_CHUNK):
+                            total += writer.write(chunk)
+                            if self._expired():
+                                raise _Timeout
+                    except BaseException:
+                        writer.abort()
+                        raise
+                    writer.close()
+                    return self._result({"status": resp.status_code, "bytes": total})
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                return self._result({"error": _http_error(exc, url)})
+
+        return self._guard(download)
+
+    def _stream(
+        self, url_arg: Any = None, callback: Any = None, opts_arg: Any = None
+    ) -> tuple[Any, ...]:
+        def stream() -> tuple[Any, ...]:
+            import httpx  # noqa: PLC0415
+
+            if not isinstance(url_arg, bytes):
+                raise _ScriptMistake("http.stream: expected (url, callback [, opts])")
+            url = _text(url_arg)
+            opts = self._opts(opts_arg, "http.stream")
+            method = _text(opts.get("method", b"GET")).upper()
+            dry = self._dry_request(url, method, "http.stream")
+            if dry is not None:
+                return dry
+            settings = self._http_settings(opts, "http.stream")
+            chunk_size = _positive(opts.get("chunk_size"), "http.stream: opts.chunk_size")
+            try:
+                with self.owner.http().stream(
+                    method,
+                    url,
+                    headers=settings["headers"],
+                    content=settings["content"],
+                    timeout=settings["timeout"],
+                    follow_redirects=settings["follow_redirects"],
+                ) as resp:
+                    headers = _headers(resp.headers)
+                    self._reserve(_estimate(headers))
+                    lua_headers = self._to_lua(headers)
+                    total = 0
+                    for chunk in resp.iter_bytes(chunk_size or _CHUNK):
+                        total += len(chunk)
+                        self._reserve(len(chunk) + 256)
+                        info = self._to_lua({"status": resp.status_code, "bytes_so_far": total})
+                        info[b"headers"] = lua_headers
+                        try:
+                            go_on = callback(chunk, info)
+                        except Exception as exc:  # lupa's LuaError: the trampoline itself failed
+                            if self._expired():
+                                raise _Timeout from exc
+                            raise _ScriptMistake(f"http.stream: callback failed: {exc}") from exc
+                        self._settle()
+                        if self._expired():
+                            raise _Timeout
+                        if go_on is not True:
+                            break
+                    return self._result({"status": resp.status_code, "bytes": total})
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+                return self._result({"error": _http_error(exc, url)})
+
+        return self._guard(stream)
+
+    # storage ------------------------------------------------------------------------------
+    def _storage_call(self, what: str, fn: Callable[[Storage], tuple[Any, ...]]) -> tuple[Any, ...]:
+        def call() -> tuple[Any, ...]:
+            try:
+                return fn(self.owner.storage())
+            except (PressuredError, OSError) as exc:
+                return (True, None, f"storage.{what}: {exc}".encode())
+
+        return self._guard(call)
+
+    def _key(self, value: Any, what: str) -> str:
+        if not isinstance(value, bytes):
+            raise _ScriptMistake(f"storage.{what}: expected a key string, got {_lua_kind(value)}")
+        return validate_key(_text(value))
+
+    def _dry(self, what: str) -> bool:
+        if self.owner.dry_run:
+            log.info("%s: dry run: would %s", self.source.name, what)
+            return True
+        return False
+
+    def _write(self, key: Any = None, data: Any = None) -> tuple[Any, ...]:
+        def write(storage: Storage) -> tuple[Any, ...]:
+            k = self._key(key, "write")
+            payload = data if isinstance(data, bytes) else _data(data, "storage.write")
+            if not self._dry(f"write {len(payload)} bytes to storage key {k!r}"):
+                storage.write(k, payload)
+            return (True, True)
+
+        return self._storage_call("write", write)
+
+    def _read(self, key: Any = None) -> tuple[Any, ...]:
+        def read(storage: Storage) -> tuple[Any, ...]:
+            k = self._key(key, "read")
+            with storage.open_read(k) as f:
+                data = self._read_limited(f, None)
+            if data is None:
+                return (True, None, self._too_big(f"storage.read({k!r})"))
+            return (True, data)
+
+        return self._storage_call("read", read)
+
+    def _read_limited(self, f: IO[bytes], count: int | None) -> bytes | None:
+        """Read ``count`` bytes (all when None) if they fit under the script's cap, else None."""
+        room = max(self._room() - _PUSH_SLACK, 0)
+        if count is None or count > room:
+            self.lua.gccollect()
+            room = max(self._room() - _PUSH_SLACK, 0)
+        want = room + 1 if count is None else min(count, room + 1)
+        data = f.read(want)
+        if len(data) > room:
+            return None
+        self._reserve(len(data))
+        return data
+
+    def _too_big(self, what: str) -> bytes:
+        return f"{what}: does not fit in memory_mb={self.owner.memory_mb}".encode()
+
+    def _remove(self, key: Any = None) -> tuple[Any, ...]:
+        def remove(storage: Storage) -> tuple[Any, ...]:
+            k = self._key(key, "remove")
+            if not self._dry(f"remove storage key {k!r}"):
+                storage.remove(k)
+            return (True, True)
+
+        return self._storage_call("remove", remove)
+
+    def _exists(self, key: Any = None) -> tuple[Any, ...]:
+        def exists(storage: Storage) -> tuple[Any, ...]:
+            return (True, storage.exists(self._key(key, "exists")))
+
+        return self._storage_call("exists", exists)
+
+    def _rename(self, src: Any = None, dst: Any = None) -> tuple[Any, ...]:
+        def rename(storage: Storage) -> tuple[Any, ...]:
+            s, d = self._key(src, "rename"), self._key(dst, "rename")
+            if not self._dry(f"rename storage key {s!r} to {d!r}"):
+                storage.rename(s, d)
+            return (True, True)
+
+        return self._storage_call("rename", rename)
+
+    def _open(self, key: Any = None, mode: Any = None) -> tuple[Any, ...]:
+        def open_(storage: Storage) -> tuple[Any, ...]:
+            k = self._key(key, "open")
+            m = _text(mode) if isinstance(mode, bytes) else "r" if mode is None else None
+            handle: Writer | IO[bytes] | _DryWriter
+            if m in ("r", "rb"):
+                handle = storage.open_read(k)
+            elif m in ("w", "wb"):
+                handle = _DryWriter(k) if self.owner.dry_run else storage.open_write(k)
+            else:
+                raise _ScriptMistake(f'storage.open: mode must be "r" or "w" (got {mode!r})')
+            hid = self._next_handle
+            self._next_handle += 1
+            self._handles[hid] = handle
+            return (True, hid)
+
+        return self._storage_call("open", open_)
+
+    def _handle(self, hid: Any) -> Writer | IO[bytes] | _DryWriter:
+        handle = self._handles.get(hid) if isinstance(hid, int) else None
+        if handle is None:
+            raise _ScriptMistake("storage handle is closed")
+        return handle
+
+    def _h_read(self, hid: Any = None, n: Any = None) -> tuple[Any, ...]:
+        def read(_storage: Storage) -> tuple[Any, ...]:
+            handle = self._handle(hid)
+            if isinstance(handle, Writer | _DryWriter):
+                raise _ScriptMistake("h:read on a handle opened for writing")
+            if n is None or n in (b"a", b"*a"):
+                data = self._read_limited(handle, None)
+                return (True, None, self._too_big("h:read()")) if data is None else (True, data)
+            if isinstance(n, bool) or not isinstance(n, int | float) or n < 0:
+                raise _ScriptMistake(f'h:read: expected a byte count or "a" (got {_text(n)!r})')
+            chunk = self._read_limited(handle, int(n))
+            if chunk is None:
+                return (True, None, self._too_big(f"h:read({int(n)})"))
+            if n > 0 and not chunk:
+                return (True, None)
+            return (True, chunk)
+
+        return self._storage_call("read", read)
+
+    def _h_write(self, hid: Any = None, data: Any = None) -> tuple[Any, ...]:
+        def write(_storage: Storage) -> tuple[Any, ...]:
+            handle = self._handle(hid)
+            if not isinstance(handle, Writer | _DryWriter):
+                raise _ScriptMistake("h:write on a handle opened for reading")
+            payload = data if isinstance(data, bytes) else _data(data, "h:write")
+            handle.write(payload)
+            return (True, True)
+
+        return self._storage_call("write", write)
+
+    def _h_close(self, hid: Any = None) -> tuple[Any, ...]:
+        def close(_storage: Storage) -> tuple[Any, ...]:
+            handle = self._handles.pop(hid, None) if isinstance(hid, int) else None
+            if handle is None:
+                return (True, True)  # closing twice is harmless, as with io
+            handle.close()
+            return (True, True)
+
+        return self._storage_call("close", close)
+
+    def _close_leftovers(self) -> None:
+        for handle in self._handles.values():
+            try:
+                if isinstance(handle, Writer | _DryWriter):
+                    log.warning(
+                        "%s: a storage write handle was left open; discarded", self.source.name
+                    )
+                    handle.abort()
+                else:
+                    handle.close()
+            except (PressuredError, OSError) as exc:
+                log.warning("%s: closing a leftover storage handle: %s", self.source.name, exc)
+        self._handles.clear()
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _result(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        self._reserve(_estimate(values))
+        return (True, self._to_lua(values))
+
+    def _guard(self, fn: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+        try:
+            if self._expired():
+                raise _Timeout
+            return fn()
+        except _Timeout:
+            return (False, self.timeout_message.encode(), True)
+        except _ScriptMistake as exc:
+            return (False, str(exc).encode())
+        except (PressuredError, OSError) as exc:
+            return (False, f"{type(exc).__name__}: {exc}".encode())
+        except Exception as exc:
+            # anything else is a host bug; the script still gets a string, never the exception
+            log.exception("%s: host function failed", self.source.name)
+            return (False, f"pressured: internal error: {type(exc).__name__}: {exc}".encode())
+
+
+class _Budget:
+    """The time budget of one entry into Lua; nested entries keep the outer deadline."""
+
+    def __init__(self, box: _Sandbox) -> None:
+        self.box = box
+        self.outer: float | None = None
+
+    def __enter__(self) -> None:
+        self.outer = self.box._deadline
+        if self.outer is None:
+            self.box._deadline = time.monotonic() + self.box.owner.timeout_ms / 1000
+
+    def __exit__(self, *exc: object) -> None:
+        self.box._deadline = self.outer
+
+
+class _DryWriter:
+    """A write handle in dry-run mode: counts bytes, logs, stores nothing."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        log.info("dry run: would write %d bytes to storage key %r", self.size, self.key)
+
+    def abort(self) -> None:
+        pass
+
+
+class _ScriptMistake(Exception):
+    """A script called a host function wrongly; becomes a Lua error with this message."""
+
+
+class _Timeout(Exception):
+    """The script's deadline passed while the host was working for it."""
+
+
+def _refuse_attribute(obj: object, name: object, is_setting: bool) -> str:
+    raise AttributeError("pressured: Python objects are not accessible from Lua")
+
+
+class LuaScripts:
+    """The loaded scripts of one ``plugins.lua``-shaped section, each in its own sandbox."""
+
+    def __init__(
+        self,
+        sources: Sequence[ScriptSource],
+        *,
+        ctx: ActionContext,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        env_allow: Sequence[str] = (),
+    ) -> None:
+        """Compile and run the top level of every script; raises LuaError naming the script."""
+        self.ctx = ctx
+        self.timeout_ms = timeout_ms
+        self.memory_mb = memory_mb
+        self.env_allow = frozenset(env_allow)
+        self.config: Mapping[str, Any] = ctx.config
+        self._http: Any = None
+        self._storage: Storage | None = None
+        self._lock = threading.Lock()
+        self.dry_run = ctx.dry_run
+        """Dry run of the event being handled (the daemon's or the event's own flag)."""
+        self.sandboxes: list[_Sandbox] = []
+        try:
+            for source in sources:
+                self.sandboxes.append(_Sandbox(source, self))
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def names(self) -> list[str]:
+        return [box.source.name for box in self.sandboxes]
+
+    @classmethod
+    def from_config(
+        cls, section: Mapping[str, Any], where: str = "plugins.lua", *, ctx: ActionContext
+    ) -> LuaScripts:
+        """Validate a ``plugins.lua`` section (or a ``{type: lua}`` action entry) and load its
+        scripts; every problem is a ConfigError naming ``where.key``."""
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: expected a mapping (got {section!r})")
+        for key in section:
+            if key not in _KNOWN_KEYS and key != "type":
+                hint = difflib.get_close_matches(str(key), sorted(_KNOWN_KEYS), n=1)
+                raise ConfigError(
+                    f"{where}.{key}: unknown option"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
+        given = [k for k in _SOURCE_KEYS if section.get(k) is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                f"{where}: set exactly one of script, scripts_dir, inline_script "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        timeout_ms = _int_option(section, "timeout_ms", DEFAULT_TIMEOUT_MS, where)
+        memory_mb = _int_option(section, "memory_mb", DEFAULT_MEMORY_MB, where)
+        env_allow = section.get("env_allow", [])
+        if not isinstance(env_allow, list) or not all(isinstance(n, str) for n in env_allow):
+            raise ConfigError(f"{where}.env_allow: expected a list of names (got {env_allow!r})")
+        key = given[0]
+        sources = _sources(key, section[key], f"{where}.{key}")
+        try:
+            return cls(
+                sources, ctx=ctx, timeout_ms=timeout_ms, memory_mb=memory_mb, env_allow=env_allow
+            )
+        except LuaError as exc:
+            raise ConfigError(f"{where}.{key}: {exc}") from exc
+
+    def run(self, event: Event) -> list[ScriptFailure]:
+        """Call every script's on_event; a failure is logged and returned, never raised."""
+        event_json = event.to_json()
+        dry_run = bool(self.ctx.dry_run or event.dry_run)
+        ctx = {"dry_run": dry_run}
+        failures: list[ScriptFailure] = []
+        with self._lock:
+            self.dry_run = dry_run
+            for box in self.sandboxes:
+                failure = box.run(event_json, {**ctx, "script": box.source.name})
+                if failure is not None:
+                    log.error("%s", failure)
+                    failures.append(failure)
+        return failures
+
+    def http(self) -> Any:
+        if self._http is None:
+            import httpx  # noqa: PLC0415
+
+            self._http = httpx.Client()
+        return self._http
+
+    def storage(self) -> Storage:
+        if self._storage is None:
+            if self.ctx.storage_factory is None:
+                raise _ScriptMistake("storage is not configured")
+            self._storage = self.ctx.storage_factory()
+        return self._storage
+
+    def close(self) -> None:
+        for box in self.sandboxes:
+            box.close()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+
+def _sources(key: str, value: Any, where: str) -> list[ScriptSource]:
+    if key == "inline_script":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: expected Lua source text (got {value!r})")
+        return [ScriptSource.inline(value)]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a path (got {value!r})")
+    path = Path(value)
+    if key == "script":
+        if not path.is_file():
+            raise ConfigError(f"{where}: no such file (got {value!r})")
+        files = [path]
+    else:
+        if not path.is_dir():
+            raise ConfigError(f"{where}: no such directory (got {value!r})")
+        files = sorted(p for p in path.glob("*.lua") if p.is_file())
+        if not files:
+            raise ConfigError(f"{where}: no *.lua files in {value!r}")
+    out = []
+    for file in files:
+        try:
+            out.append(ScriptSource.from_file(file))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: cannot read {file}: {exc}") from exc
+    return out
+
+
+def _int_option(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}.{key}: expected a positive integer (got {value!r})")
+    return value
+
+
+def _positive(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise _ScriptMistake(f"{what} must be a positive number")
+    return int(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _data(value: Any, what: str) -> bytes:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value).encode()
+    raise _ScriptMistake(f"{what}: expected a string (got {_lua_kind(value)})")
+
+
+def _lua_kind(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, bytes):
+        return "string"
+    return "a table or function"
+
+
+def _estimate(value: Any, depth: int = 0) -> int:
+    """Rough bytes Lua needs to hold ``value`` as strings and tables."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value) + 40
+    if depth > _MAX_DEPTH:
+        return 64
+    if isinstance(value, Mapping):
+        return 64 + sum(
+            _estimate(k, depth + 1) + _estimate(v, depth + 1) + 32 for k, v in value.items()
+        )
+    if isinstance(value, list | tuple | set | frozenset):
+        return 64 + sum(_estimate(v, depth + 1) + 16 for v in value)
+    return 16
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.multi_items():
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def _http_error(exc: Exception, url: str) -> str:
+    return f"{type(exc).__name__}: {exc or 'failed'} ({url})"
