@@ -29,7 +29,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Check configuration.", context_settings={"help_option_names": ["-h", "--help"]})
+config_app = typer.Typer(
+    help="Check configuration.", context_settings={"help_option_names": ["-h", "--help"]}
+)
 app.add_typer(config_app, name="config")
 
 
@@ -47,11 +49,15 @@ ConfigOpt = Annotated[
 ]
 LogOpt = Annotated[
     str | None,
-    typer.Option("-l", "--log-level", help="debug, info, warning or error [env PRESSURED_LOG_LEVEL]."),
+    typer.Option(
+        "-l", "--log-level", help="debug, info, warning or error [env PRESSURED_LOG_LEVEL]."
+    ),
 ]
 DryOpt = Annotated[
     bool | None,
-    typer.Option("-d", "--dry-run", help="Log what actions would do, do nothing [env PRESSURED_DRY_RUN]."),
+    typer.Option(
+        "-d", "--dry-run", help="Log what actions would do, do nothing [env PRESSURED_DRY_RUN]."
+    ),
 ]
 
 
@@ -71,16 +77,61 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def config_errors(exc: ConfigError) -> typer.Exit:
+    """Print every problem, one per line, and return the exit for a bad configuration."""
+    typer.echo("pressured: invalid configuration:", err=True)
+    for p in exc.problems:
+        typer.echo(f"  {p}", err=True)
+    return typer.Exit(EXIT_CONFIG)
+
+
+def _inherit(ctx: typer.Context, name: str, value: Any) -> Any:
+    """A subcommand's option, else the same option given before the subcommand
+    (`pressured -c cfg.yaml run` means what `pressured run -c cfg.yaml` does)."""
+    if value is not None:
+        return value
+    parent = ctx.find_root().obj
+    return parent.get(name) if isinstance(parent, dict) else None
+
+
 def _load(config: str | None, flags: dict[str, Any]) -> Any:
     from pressured import config as config_mod  # noqa: PLC0415
 
     try:
         return config_mod.load(config, flags=flags)
     except ConfigError as exc:
-        typer.echo("pressured: invalid configuration:", err=True)
-        for p in exc.problems:
-            typer.echo(f"  {p}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise config_errors(exc) from None
+
+
+class _NoCluster:
+    """Stands in for the Kubernetes client while actions check their options: a check must
+    not need the API server. Actions only keep the client at start, so nothing calls this."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise PressuredError(f"the configuration check does not contact the cluster ({name})")
+
+
+def _check_actions(cfg: Any) -> None:
+    """Build every action as the daemon would, without side effects, and close it again:
+    each validates its own options, so a bad one is exit 2 before anything has started."""
+    from pressured.actions.base import ActionContext  # noqa: PLC0415
+    from pressured.daemon import build_actions  # noqa: PLC0415
+
+    ctx = ActionContext(
+        dry_run=True,
+        mode=cfg.mode,
+        node_name=cfg.get("kubernetes.node_name"),
+        proc_root=str(cfg.get("source.proc_root")),
+        config=cfg.data,
+        # local mode has no client, as in the daemon: Kubernetes actions must say so here too
+        kube=None if cfg.mode == "local" else _NoCluster(),
+        extra={"events_out": cfg.get("events_out")},
+    )
+    try:
+        for action in build_actions(cfg, ctx):
+            action.close()
+    except ConfigError as exc:
+        raise config_errors(exc) from None
 
 
 def _run_daemon(config: str | None, flags: dict[str, Any], run_for: float | None) -> None:
@@ -88,6 +139,7 @@ def _run_daemon(config: str | None, flags: dict[str, Any], run_for: float | None
 
     cfg = _load(config, flags)
     setup_logging(str(cfg.get("log_level")))
+    _check_actions(cfg)
 
     def reload() -> Any:
         from pressured import config as config_mod  # noqa: PLC0415
@@ -98,14 +150,16 @@ def _run_daemon(config: str | None, flags: dict[str, Any], run_for: float | None
         daemon = Daemon(cfg, reload=reload)
         code = daemon.run(run_for=run_for)
     except ConfigError as exc:
-        for p in exc.problems:
-            typer.echo(f"pressured: {p}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise config_errors(exc) from None
     except PressuredError as exc:
         raise fail(str(exc), EXIT_RUNTIME) from None
     except OSError as exc:
-        raise fail(f"{exc.filename or ''}: {exc.strerror}" if exc.filename else str(exc), EXIT_RUNTIME) from None
+        raise fail(_os_error(exc), EXIT_RUNTIME) from None
     raise typer.Exit(code)
+
+
+def _os_error(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
 
 
 def _version(value: bool) -> None:
@@ -125,12 +179,14 @@ def main_callback(
     ] = False,
 ) -> None:
     """With no command, run the daemon (the original `pressured -c config.json -l debug -d`)."""
+    ctx.obj = {"config": config, "log_level": log_level, "dry_run": dry_run}
     if ctx.invoked_subcommand is None:
         _run_daemon(config, {"log_level": log_level, "dry_run": dry_run}, None)
 
 
 @app.command()
-def run(
+def run(  # noqa: PLR0917 - typer maps each option to a parameter
+    ctx: typer.Context,
     config: ConfigOpt = None,
     log_level: LogOpt = None,
     dry_run: DryOpt = None,
@@ -138,11 +194,17 @@ def run(
         list[str] | None,
         typer.Option("--cgroup", help="Watch this cgroup directory (v1 memory or v2); repeatable."),
     ] = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="local, sidecar, node or cluster [env PRESSURED_MODE].")] = None,
-    events_out: Annotated[
-        str | None, typer.Option("--events-out", help="Write event JSON lines here instead of stdout.")
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="local, sidecar, node or cluster [env PRESSURED_MODE]."),
     ] = None,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus port (0: any free).")] = None,
+    events_out: Annotated[
+        str | None,
+        typer.Option("--events-out", help="Write event JSON lines here instead of stdout."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Prometheus port (0: any free).")
+    ] = None,
     no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Do not serve metrics.")] = False,
     state_dir: Annotated[
         str | None, typer.Option("--state-dir", help="Keep kill counters here across restarts.")
@@ -150,9 +212,10 @@ def run(
     run_for: Annotated[float | None, typer.Option("--run-for", hidden=True)] = None,
 ) -> None:
     """Run the watcher until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+    config = _inherit(ctx, "config", config)
     flags: dict[str, Any] = {
-        "log_level": log_level,
-        "dry_run": dry_run,
+        "log_level": _inherit(ctx, "log_level", log_level),
+        "dry_run": _inherit(ctx, "dry_run", dry_run),
         "source.cgroup.paths": list(cgroup) if cgroup else None,
         "source.mode": mode,
         "events_out": events_out,
@@ -166,23 +229,35 @@ def run(
 
 
 @app.command()
-def diagnose(
+def diagnose(  # noqa: PLR0917 - typer maps each option to a parameter
+    ctx: typer.Context,
     config: ConfigOpt = None,
-    cgroup: Annotated[list[str] | None, typer.Option("--cgroup", help="Only these cgroups; repeatable.")] = None,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between the two readings (growth).")] = 1.0,
+    cgroup: Annotated[
+        list[str] | None, typer.Option("--cgroup", help="Only these cgroups; repeatable.")
+    ] = None,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.0, help="Seconds between the two readings (growth)."),
+    ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    top: Annotated[int, typer.Option("--top", help="Processes shown per cgroup by oom_score.")] = 3,
+    top: Annotated[
+        int, typer.Option("--top", min=0, help="Processes shown per cgroup by oom_score.")
+    ] = 3,
 ) -> None:
     """One-shot table of the watched cgroups, sorted by headroom."""
     from pressured.diagnose import diagnose as run_diagnose  # noqa: PLC0415
     from pressured.diagnose import render  # noqa: PLC0415
 
     flags: dict[str, Any] = {"source.cgroup.paths": list(cgroup) if cgroup else None}
-    cfg = _load(config, flags)
+    cfg = _load(_inherit(ctx, "config", config), flags)
     try:
         rows = run_diagnose(cfg, interval=interval, top=top)
+    except ConfigError as exc:
+        raise config_errors(exc) from None
     except PressuredError as exc:
         raise fail(str(exc), EXIT_RUNTIME) from None
+    except OSError as exc:
+        raise fail(_os_error(exc), EXIT_RUNTIME) from None
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
@@ -191,40 +266,31 @@ def diagnose(
 
 @config_app.command("check")
 def config_check(
-    file: Annotated[str | None, typer.Argument(help="Config file (default: PRESSURED_CONFIG).")] = None,
+    ctx: typer.Context,
+    file: Annotated[
+        str | None, typer.Argument(help="Config file (default: PRESSURED_CONFIG).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Print the effective configuration and where each value came from, or the errors."""
-    from pressured import config as config_mod  # noqa: PLC0415
-    from pressured.actions.base import ActionContext  # noqa: PLC0415
-    from pressured.daemon import build_actions  # noqa: PLC0415
-
-    cfg = _load(file, {})
-    try:
-        # the actions validate their own options; Kubernetes ones need a cluster to be built
-        needs_kube = {"k8s-event", "evict"}
-        probe = config_mod.Config(
-            {**cfg.data, "actions": [a for a in cfg.actions if a.get("type") not in needs_kube]},
-            cfg.origin, cfg.file,
-        )
-        for action in build_actions(probe, ActionContext(dry_run=True, config=cfg.data)):
-            action.close()
-    except ConfigError as exc:
-        typer.echo("pressured: invalid configuration:", err=True)
-        for p in exc.problems:
-            typer.echo(f"  {p}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+    cfg = _load(_inherit(ctx, "config", file), {})
+    _check_actions(cfg)
     rows = cfg.explain()
     if as_json:
-        typer.echo(json.dumps([{"key": k, "value": v, "from": o} for k, v, o in rows], indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                [{"key": k, "value": v, "from": o} for k, v, o in rows], indent=2, default=str
+            )
+        )
         return
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title=f"effective configuration{f' ({cfg.file})' if cfg.file else ''}")
-    table.add_column("key")
-    table.add_column("value")
-    table.add_column("from")
+    # keys and origins are what a reader greps for: never cut them, fold the values instead
+    table.add_column("key", no_wrap=True, min_width=max((len(k) for k, _, _ in rows), default=3))
+    table.add_column("value", overflow="fold")
+    table.add_column("from", overflow="fold")
     for k, v, o in rows:
         table.add_row(k, json.dumps(v, default=str), o)
     Console().print(table)
@@ -232,7 +298,9 @@ def config_check(
 
 @app.command()
 def demo(
-    limit_mib: Annotated[int, typer.Option("--limit-mib", help="Memory limit of the demo cgroup.")] = 128,
+    limit_mib: Annotated[
+        int, typer.Option("--limit-mib", help="Memory limit of the demo cgroup.")
+    ] = 128,
     rate_mib: Annotated[float, typer.Option("--rate-mib", help="Leak rate, MiB/s.")] = 8.0,
 ) -> None:
     """Leak memory in a limited cgroup and watch pressured warn, act and confirm the kill."""

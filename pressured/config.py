@@ -10,8 +10,10 @@ Environment:
   PRESSURED__<SECTION>__<KEY>       any key by path, e.g. PRESSURED__STORAGE__S3__BUCKET
   NODE_NAME, POD_UID, POD_NAME, POD_NAMESPACE   (the Downward API)
   OOMHero's WARNING, CRITICAL (percent), WARNING_SIGNAL, CRITICAL_SIGNAL (names like SIGUSR1),
-  COOLDOWN (Go durations such as "1m30s", or bare seconds). The signal variables add a signal
-  action with those signals.
+  COOLDOWN (Go durations such as "1m30s", or bare seconds). The signal variables set the signals
+  of the configured signal actions, or add one when there is none. Within the environment the
+  most specific name wins: PRESSURED__A__B over PRESSURED_<NAME> over OOMHero's. An empty
+  variable counts as unset.
 
 Sections owned by a subsystem are validated by it (DESIGN.md rule 7): thresholds and rules by
 pressured.engine, metrics by pressured.metrics, storage by pressured.storage.factory, each action
@@ -69,7 +71,13 @@ DEFAULTS: dict[str, Any] = {
     "storage": {
         "type": "local",
         "path": "/var/lib/pressured/storage",
-        "s3": {"bucket": None, "region": None, "prefix": "", "endpoint_url": None, "path_style": False},
+        "s3": {
+            "bucket": None,
+            "region": None,
+            "prefix": "",
+            "endpoint_url": None,
+            "path_style": False,
+        },
         "spool": {"path": "/var/lib/pressured/spool", "max_bytes": 1 << 30},
     },
     "plugins": {
@@ -79,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
             "inline_script": None,
             "timeout_ms": 5000,
             "memory_mb": 64,
+            "env_allow": [],
         }
     },
     "kubernetes": {
@@ -113,11 +122,14 @@ ENV_KEYS: dict[str, str] = {
     "POD_NAME": "kubernetes.pod_name",
     "POD_NAMESPACE": "kubernetes.pod_namespace",
     "KUBECONFIG": "kubernetes.kubeconfig",
-    # OOMHero
+}
+
+OOMHERO_KEYS: dict[str, str] = {
     "WARNING": "thresholds.warn_percent",
     "CRITICAL": "thresholds.critical_percent",
     "COOLDOWN": "thresholds.cooldown_seconds",
 }
+"""OOMHero's variables, read below every PRESSURED_* one (a pressured name is more specific)."""
 
 # Keys whose values are free-form mappings (not checked key by key here).
 OPAQUE = {"actions"}
@@ -152,7 +164,9 @@ def parse_duration(text: str, where: str) -> float:
 
 
 def parse_signal(value: Any, where: str) -> int:
-    """A signal by name (SIGUSR1, USR1) or number."""
+    """A signal by name (SIGUSR1, USR1) or number (10, or "10" from the environment)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             return int(_signal.Signals(value))
@@ -251,7 +265,11 @@ def load_file(path: str) -> dict[str, Any]:
             text = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
-    if path.endswith(".json"):
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text file (byte {exc.start}: invalid UTF-8); expected JSON or YAML"
+        ) from exc
+    if path.lower().endswith(".json"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -279,11 +297,19 @@ def _coerce_env(path: str, raw: str, source: str) -> Any:
     where = f"{path} (from {source})"
     if path == "thresholds.cooldown_seconds":
         return parse_duration(raw, where)
+    if path in OPAQUE:
+        # a whole list of actions fits in one variable as JSON (a Helm value, a compose file)
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f'{where}: expected JSON such as [{{"type": "log"}}], got {raw!r} ({exc.msg})'
+            ) from exc
     if isinstance(default, bool):
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
-        if low in ("0", "false", "no", "off", ""):
+        if low in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{where}: expected true or false, got {raw!r}")
     if isinstance(default, int):
@@ -291,7 +317,7 @@ def _coerce_env(path: str, raw: str, source: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
-    if isinstance(default, float) or path in ("thresholds.predict_seconds",):
+    if isinstance(default, float) or path == "thresholds.predict_seconds":
         try:
             return float(raw)
         except ValueError:
@@ -310,50 +336,63 @@ def _default_for(path: str) -> Any:
     return node
 
 
+def _hint(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """', did you mean 'prefix.key'?' for the closest known key, or nothing."""
+    match = suggest(name, known)
+    return f", did you mean {prefix + match!r}?" if match else ""
+
+
 def _merge(
-    base: dict[str, Any], over: Mapping[str, Any], origin: dict[str, str], source: str,
-    problems: list[str], prefix: str = "",
+    base: dict[str, Any],
+    over: Mapping[str, Any],
+    origin: dict[str, str],
+    source: str,
+    problems: list[str],
+    *,
+    prefix: str = "",
 ) -> None:
     for key, value in over.items():
         path = f"{prefix}{key}"
         if not isinstance(key, str):
-            problems.append(f"{path}: keys must be text, got {key!r}")
+            problems.append(f"{path}: keys must be text, got {key!r} (in {source})")
             continue
         if path not in KNOWN_KEYS and path not in SECTIONS:
-            siblings = {k[len(prefix):].split(".")[0] for k in KNOWN_KEYS | SECTIONS if k.startswith(prefix)}
-            hint = suggest(key, siblings)
-            problems.append(
-                f"{path}: unknown key (in {source})" + (f", did you mean {prefix}{hint!r}?" if hint else "")
-            )
+            siblings = {
+                k[len(prefix) :].split(".")[0]
+                for k in KNOWN_KEYS | SECTIONS
+                if k.startswith(prefix)
+            }
+            problems.append(f"{path}: unknown key (in {source})" + _hint(key, siblings, prefix))
             continue
         if path in SECTIONS and path not in KNOWN_KEYS:
+            if value is None:
+                continue  # a YAML section with every key commented out
             if not isinstance(value, Mapping):
                 problems.append(f"{path}: expected a mapping, got {value!r} (in {source})")
                 continue
             node = base.setdefault(key, {})
-            _merge(node, value, origin, source, problems, path + ".")
+            _merge(node, value, origin, source, problems, prefix=path + ".")
             continue
         base[key] = copy.deepcopy(value)
         origin[path] = source
 
 
 def _env_layer(env: Mapping[str, str], problems: list[str]) -> list[tuple[str, Any, str]]:
+    """(path, value, origin) from the environment, lowest precedence first: OOMHero's names,
+    then PRESSURED_<NAME>, then PRESSURED__<SECTION>__<KEY> (the most specific wins)."""
     out: list[tuple[str, Any, str]] = []
-    for name, path in ENV_KEYS.items():
-        if name in env and env[name] != "":
-            try:
-                out.append((path, _coerce_env(path, env[name], f"env:{name}"), f"env:{name}"))
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-    for name, raw in env.items():
-        if not name.startswith("PRESSURED__"):
-            continue
-        path = ".".join(p.lower() for p in name[len("PRESSURED__"):].split("__"))
+    named = [*OOMHERO_KEYS.items(), *ENV_KEYS.items()]
+    by_path = [
+        (name, ".".join(p.lower() for p in name[len("PRESSURED__") :].split("__")))
+        for name in sorted(env)
+        if name.startswith("PRESSURED__")
+    ]
+    for name, path in [*named, *by_path]:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue  # an empty variable is an unset one (Helm and compose render them so)
         if path not in KNOWN_KEYS:
-            hint = suggest(path, KNOWN_KEYS)
-            problems.append(
-                f"{path}: unknown key (from env:{name})" + (f", did you mean {hint!r}?" if hint else "")
-            )
+            problems.append(f"{path}: unknown key (from env:{name})" + _hint(path, KNOWN_KEYS))
             continue
         try:
             out.append((path, _coerce_env(path, raw, f"env:{name}"), f"env:{name}"))
@@ -362,20 +401,42 @@ def _env_layer(env: Mapping[str, str], problems: list[str]) -> list[tuple[str, A
     return out
 
 
-def _oomhero_signal_action(env: Mapping[str, str], problems: list[str]) -> dict[str, Any] | None:
-    warn, crit = env.get("WARNING_SIGNAL"), env.get("CRITICAL_SIGNAL")
-    if not warn and not crit:
-        return None
-    action: dict[str, Any] = {"type": "signal"}
-    for name, key, value in (("WARNING_SIGNAL", "warn", warn), ("CRITICAL_SIGNAL", "critical", crit)):
-        if value:
-            try:
-                parse_signal(value, f"env:{name}")
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-                continue
-            action[key] = value
-    return action
+def _oomhero_signals(env: Mapping[str, str], problems: list[str]) -> dict[str, str]:
+    """{"warn": ..., "critical": ...} from WARNING_SIGNAL / CRITICAL_SIGNAL, checked."""
+    out: dict[str, str] = {}
+    for name, key in (("WARNING_SIGNAL", "warn"), ("CRITICAL_SIGNAL", "critical")):
+        value = env.get(name)
+        if not value:
+            continue
+        try:
+            parse_signal(value, f"env:{name}")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        out[key] = value
+    return out
+
+
+def _apply_oomhero_signals(
+    data: dict[str, Any], origin: dict[str, str], sig: dict[str, str]
+) -> None:
+    """The environment outranks the file: configured signal actions take these signals; with
+    none configured, one is added (OOMHero's behaviour: the variables alone turn signals on)."""
+    actions = data["actions"]
+    if not isinstance(actions, list):
+        return  # reported by check()
+    note = "env:" + "/".join(
+        name
+        for name, key in (("WARNING_SIGNAL", "warn"), ("CRITICAL_SIGNAL", "critical"))
+        if key in sig
+    )
+    signal_actions = [a for a in actions if isinstance(a, dict) and a.get("type") == "signal"]
+    if signal_actions:
+        for a in signal_actions:
+            a.update(sig)
+    else:
+        actions.append({"type": "signal", **sig})
+    origin["actions"] = f"{origin.get('actions', 'default')} + {note}"
 
 
 def load(
@@ -385,34 +446,33 @@ def load(
     flags: Mapping[str, Any] | None = None,
     validate: bool = True,
 ) -> Config:
-    """Build the effective Config; raises ConfigError listing every problem found."""
+    """Build the effective Config; raises ConfigError listing every problem found.
+
+    ``flags`` maps key paths to values (None: not given). ``env`` defaults to os.environ.
+    """
     env = os.environ if env is None else env
     problems: list[str] = []
     data = copy.deepcopy(DEFAULTS)
     origin: dict[str, str] = {}
     path = path or env.get("PRESSURED_CONFIG") or None
     if path:
-        try:
-            _merge(data, load_file(path), origin, f"file:{path}", problems)
-        except ConfigError as exc:
-            raise ConfigError(exc.problems) from exc
+        _merge(data, load_file(path), origin, f"file:{path}", problems)
     for key, value, source in _env_layer(env, problems):
         _set(data, key, value)
         origin[key] = source
-    extra_action = _oomhero_signal_action(env, problems)
+    oomhero_signals = _oomhero_signals(env, problems)
     for key, value in (flags or {}).items():
         if value is None:
             continue
         if key not in KNOWN_KEYS:
-            problems.append(f"{key}: unknown key (from flags)")
+            problems.append(f"{key}: unknown key (from flags)" + _hint(key, KNOWN_KEYS))
             continue
-        _set(data, key, value)
+        _set(data, key, copy.deepcopy(value))
         origin[key] = f"flag:{key}"
     if data.get("actions") is None:
         data["actions"] = [{"type": "log"}]
-    if extra_action is not None:
-        data["actions"] = [*data["actions"], extra_action]
-        origin["actions"] = origin.get("actions", "default") + " + env:WARNING_SIGNAL/CRITICAL_SIGNAL"
+    if oomhero_signals:
+        _apply_oomhero_signals(data, origin, oomhero_signals)
     cfg = Config(data, origin, path)
     if validate:
         problems.extend(check(cfg))
@@ -421,16 +481,26 @@ def load(
     return cfg
 
 
-def _want(cfg: Config, path: str, kinds: tuple[type, ...], problems: list[str], *, nullable: bool = False) -> Any:
+def _from(cfg: Config, path: str) -> str:
+    return f"(from {cfg.origin.get(path, 'default')})"
+
+
+def _want(
+    cfg: Config, path: str, kinds: tuple[type, ...], problems: list[str], *, nullable: bool = False
+) -> Any:
     value = cfg.get(path)
     if value is None and nullable:
         return None
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         names = " or ".join(k.__name__ for k in kinds)
-        problems.append(f"{path}: expected {names}, got {value!r} (from {cfg.origin.get(path, 'default')})")
+        problems.append(f"{path}: expected {names}, got {value!r} {_from(cfg, path)}")
         return None
     return value
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def check(cfg: Config) -> list[str]:
@@ -438,58 +508,116 @@ def check(cfg: Config) -> list[str]:
     p: list[str] = []
     mode = cfg.get("source.mode")
     if mode not in MODES:
-        hint = suggest(str(mode), MODES)
-        p.append(f"source.mode: must be one of {', '.join(MODES)}, got {mode!r}"
-                 + (f" (did you mean {hint!r}?)" if hint else ""))
-    for key, lo in (("source.poll_interval_ms", 10), ("source.min_interval_ms", 1),
-                    ("source.kubelet.poll_interval_ms", 100), ("source.psi.stall_us", 1),
-                    ("source.psi.window_us", 1), ("metrics.port", 0)):
+        p.append(
+            f"source.mode: must be one of {', '.join(MODES)}, got {mode!r} "
+            f"{_from(cfg, 'source.mode')}" + _hint(str(mode), MODES)
+        )
+    for key, lo in (
+        ("source.poll_interval_ms", 10),
+        ("source.min_interval_ms", 1),
+        ("source.kubelet.poll_interval_ms", 100),
+        ("source.psi.stall_us", 1),
+        ("source.psi.window_us", 1),
+        ("metrics.port", 0),
+        ("storage.spool.max_bytes", 0),
+    ):
         v = _want(cfg, key, (int,), p)
         if v is not None and v < lo:
-            p.append(f"{key}: must be at least {lo}, got {v}")
-    lo_ms, hi_ms = cfg.get("source.min_interval_ms"), cfg.get("source.poll_interval_ms")
-    if isinstance(lo_ms, int) and isinstance(hi_ms, int) and lo_ms > hi_ms:
+            p.append(f"{key}: must be at least {lo}, got {v} {_from(cfg, key)}")
+    lo_ms, hi_ms = _int(cfg.get("source.min_interval_ms")), _int(cfg.get("source.poll_interval_ms"))
+    if lo_ms is not None and hi_ms is not None and lo_ms > hi_ms:
         p.append(f"source.min_interval_ms: {lo_ms} is above source.poll_interval_ms {hi_ms}")
-    port = cfg.get("metrics.port")
-    if isinstance(port, int) and port > 65535:
-        p.append(f"metrics.port: must be at most 65535, got {port}")
-    if cfg.get("source.psi.kind") not in ("some", "full"):
-        p.append(f"source.psi.kind: must be 'some' or 'full', got {cfg.get('source.psi.kind')!r}")
-    st, win = cfg.get("source.psi.stall_us"), cfg.get("source.psi.window_us")
-    if isinstance(st, int) and isinstance(win, int) and st > win:
+    port = _int(cfg.get("metrics.port"))
+    if port is not None and port > 65535:
+        p.append(f"metrics.port: must be at most 65535, got {port} {_from(cfg, 'metrics.port')}")
+    kind = cfg.get("source.psi.kind")
+    if kind not in ("some", "full"):
+        p.append(
+            f"source.psi.kind: must be 'some' or 'full', got {kind!r} "
+            f"{_from(cfg, 'source.psi.kind')}"
+        )
+    st, win = _int(cfg.get("source.psi.stall_us")), _int(cfg.get("source.psi.window_us"))
+    if st is not None and win is not None and st > win:
         p.append(f"source.psi.stall_us: {st} is above source.psi.window_us {win}")
-    for key in ("source.machine", "source.psi.enabled", "dry_run",
-                "kills.kmsg.enabled", "kills.kmsg.replay", "kills.tracepoint.enabled",
-                "kills.bcc.enabled", "metrics.enabled", "metrics.pid_labels"):
+    for key in (
+        "source.machine",
+        "source.psi.enabled",
+        "dry_run",
+        "kills.kmsg.enabled",
+        "kills.kmsg.replay",
+        "kills.tracepoint.enabled",
+        "kills.bcc.enabled",
+        "metrics.enabled",
+        "metrics.pid_labels",
+    ):
         _want(cfg, key, (bool,), p)
-    for key in ("source.cgroup.path", "source.proc_root", "kills.kmsg.path",
-                "kills.tracepoint.tracefs", "metrics.address"):
+    for key in (
+        "source.proc_root",
+        "source.kubelet.namespace_filter",
+        "source.kubelet.label_selector",
+        "kills.kmsg.path",
+        "kills.tracepoint.tracefs",
+        "metrics.address",
+    ):
         _want(cfg, key, (str,), p)
-    for key in ("state_dir", "events_out", "kubernetes.node_name", "kubernetes.kubeconfig",
-                "kubernetes.pod_uid", "kubernetes.pod_name", "kubernetes.pod_namespace"):
+    root = _want(cfg, "source.cgroup.path", (str,), p)
+    if root is not None and not os.path.isabs(root):
+        p.append(
+            f"source.cgroup.path: must be an absolute path, got {root!r} "
+            f"{_from(cfg, 'source.cgroup.path')}"
+        )
+    for key in (
+        "state_dir",
+        "events_out",
+        "kubernetes.node_name",
+        "kubernetes.kubeconfig",
+        "kubernetes.pod_uid",
+        "kubernetes.pod_name",
+        "kubernetes.pod_namespace",
+    ):
         _want(cfg, key, (str,), p, nullable=True)
     paths = cfg.get("source.cgroup.paths")
     if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
-        p.append(f"source.cgroup.paths: expected a list of cgroup directories, got {paths!r}")
+        p.append(
+            f"source.cgroup.paths: expected a list of cgroup directories, got {paths!r} "
+            f"{_from(cfg, 'source.cgroup.paths')}"
+        )
     else:
         for i, x in enumerate(paths):
             if not os.path.isabs(x):
-                p.append(f"source.cgroup.paths[{i}]: must be an absolute path, got {x!r}")
+                p.append(
+                    f"source.cgroup.paths[{i}]: must be an absolute path, got {x!r} "
+                    f"{_from(cfg, 'source.cgroup.paths')}"
+                )
     kw = _want(cfg, "kills.window_seconds", (int, float), p)
     if kw is not None and kw <= 0:
-        p.append(f"kills.window_seconds: must be positive, got {kw}")
+        p.append(
+            f"kills.window_seconds: must be positive, got {kw} {_from(cfg, 'kills.window_seconds')}"
+        )
     level = cfg.get("log_level")
     if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
-        p.append(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+        p.append(
+            f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {level!r} "
+            f"{_from(cfg, 'log_level')}" + _hint(str(level).lower(), LOG_LEVELS)
+        )
     actions = cfg.get("actions")
     if not isinstance(actions, list):
-        p.append(f"actions: expected a list of {{type: NAME, ...}}, got {actions!r}")
+        p.append(
+            f"actions: expected a list of {{type: NAME, ...}}, got {actions!r} "
+            f"{_from(cfg, 'actions')}"
+        )
     else:
         for i, a in enumerate(actions):
             if not isinstance(a, Mapping) or not isinstance(a.get("type"), str):
                 p.append(f"actions[{i}]: expected a mapping with a 'type', got {a!r}")
-    p.extend(_delegate(cfg))
+    # An owner's second opinion on a key already reported here would only repeat it.
+    reported = {_key_of(line) for line in p}
+    p.extend(line for line in _delegate(cfg) if _key_of(line) not in reported)
     return p
+
+
+def _key_of(problem: str) -> str:
+    return problem.split(":", 1)[0].split(" ", 1)[0]
 
 
 def _delegate(cfg: Config) -> list[str]:

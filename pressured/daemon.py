@@ -702,7 +702,10 @@ class Daemon:
 
     def _install_signals(self) -> tuple[int, int]:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._old_wakeup_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._old_handlers = {
+            s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
 
         def stop(signum: int, _frame: object) -> None:
             self._stop = True
@@ -798,7 +801,10 @@ class Daemon:
             return 0
         finally:
             self.close()
-            signal.set_wakeup_fd(-1)
+            # an in-process caller (demo, benches, tests) gets its own handlers back
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+            for signum, handler in self._old_handlers.items():
+                signal.signal(signum, handler)
             os.close(r)
             os.close(w)
 

@@ -18,8 +18,14 @@ def _reading(ref: cgroupfs.CgroupRef | None, proc: str) -> dict[str, Any]:
         psi = None
         with contextlib.suppress(CgroupFileError):
             psi = cgroupfs.read_psi_file(f"{proc}/pressure/memory")
-        return {"usage": m.working_set_bytes, "ws": m.working_set_bytes, "limit": m.total_bytes,
-                "psi": psi, "kills": None, "pids": []}
+        return {
+            "usage": m.working_set_bytes,
+            "ws": m.working_set_bytes,
+            "limit": m.total_bytes,
+            "psi": psi,
+            "kills": None,
+            "pids": [],
+        }
     mem = cgroupfs.read_memory(ref)
     kills = None
     with contextlib.suppress(CgroupFileError):
@@ -27,10 +33,20 @@ def _reading(ref: cgroupfs.CgroupRef | None, proc: str) -> dict[str, Any]:
     pids: list[int] = []
     with contextlib.suppress(CgroupFileError):
         pids = cgroupfs.read_pids(ref)
-    return {"usage": mem.usage_bytes, "ws": mem.working_set_bytes, "limit": mem.limit_bytes,
-            "psi": cgroupfs.read_psi(ref, "memory"),
-            "kills": None if kills is None else (kills.oom_kill_local if kills.oom_kill_local is not None else kills.oom_kill),
-            "pids": pids}
+    # the memory numbers make the row; a missing extra only leaves its column empty
+    psi = None
+    with contextlib.suppress(CgroupFileError):
+        psi = cgroupfs.read_psi(ref, "memory")
+    return {
+        "usage": mem.usage_bytes,
+        "ws": mem.working_set_bytes,
+        "limit": mem.limit_bytes,
+        "psi": psi,
+        "kills": None
+        if kills is None
+        else (kills.oom_kill_local if kills.oom_kill_local is not None else kills.oom_kill),
+        "pids": pids,
+    }
 
 
 def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[str, Any]]:
@@ -43,7 +59,9 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
         specs = source.targets()
     finally:
         source.close()
-    refs: list[tuple[str, cgroupfs.CgroupRef | None, Any]] = [(s.key, s.ref, s.identity) for s in specs]
+    refs: list[tuple[str, cgroupfs.CgroupRef | None, Any]] = [
+        (s.key, s.ref, s.identity) for s in specs
+    ]
     if cfg.mode == "local" and not cfg.get("source.cgroup.paths") and cfg.get("source.machine"):
         refs.insert(0, (MACHINE, None, None))
     first: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -71,27 +89,35 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
         for pid in r["pids"][:256]:
             s = procfs.read_oom_score(pid, proc)
             if s is not None:
-                procs.append({"pid": pid, "comm": procfs.read_comm(pid, proc), "oom_score": s[0],
-                              "oom_score_adj": s[1]})
+                procs.append(
+                    {
+                        "pid": pid,
+                        "comm": procfs.read_comm(pid, proc),
+                        "oom_score": s[0],
+                        "oom_score_adj": s[1],
+                    }
+                )
         procs.sort(key=lambda p: -p["oom_score"])
         psi = r["psi"]
-        rows.append({
-            "cgroup": key,
-            "namespace": getattr(ident, "namespace", None),
-            "pod": getattr(ident, "pod_name", None),
-            "container": getattr(ident, "container_name", None),
-            "usage_bytes": r["usage"],
-            "working_set_bytes": r["ws"],
-            "limit_bytes": limit,
-            "percent": None if pct is None else round(pct, 2),
-            "headroom_bytes": None if not limit else limit - value,
-            "growth_bytes_per_s": round(growth, 1),
-            "eta_seconds": None if eta is None else round(eta, 1),
-            "psi_some_avg10": psi.some_avg10 if psi else None,
-            "psi_full_avg10": psi.full_avg10 if psi else None,
-            "oom_kill": r["kills"],
-            "top_processes": procs[:top],
-        })
+        rows.append(
+            {
+                "cgroup": key,
+                "namespace": getattr(ident, "namespace", None),
+                "pod": getattr(ident, "pod_name", None),
+                "container": getattr(ident, "container_name", None),
+                "usage_bytes": r["usage"],
+                "working_set_bytes": r["ws"],
+                "limit_bytes": limit,
+                "percent": None if pct is None else round(pct, 2),
+                "headroom_bytes": None if not limit else limit - value,
+                "growth_bytes_per_s": round(growth, 1),
+                "eta_seconds": None if eta is None else round(eta, 1),
+                "psi_some_avg10": psi.some_avg10 if psi else None,
+                "psi_full_avg10": psi.full_avg10 if psi else None,
+                "oom_kill": r["kills"],
+                "top_processes": procs[:top],
+            }
+        )
     rows.sort(key=lambda x: (x["headroom_bytes"] is None, x["headroom_bytes"] or 0))
     return rows
 
@@ -105,20 +131,47 @@ def render(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title="pressured diagnose (sorted by headroom)")
-    for col in ("cgroup", "usage", "working set", "limit", "%", "growth/s", "ETA", "PSI some/full",
-                "oom_kill", "top by oom_score"):
+    for col in (
+        "cgroup",
+        "usage",
+        "working set",
+        "limit",
+        "%",
+        "growth/s",
+        "ETA",
+        "PSI some/full",
+        "oom_kill",
+        "top by oom_score",
+    ):
         table.add_column(col, overflow="fold")
     for r in rows:
         name = r["cgroup"]
         if r["pod"]:
             name = f"{r['namespace']}/{r['pod']}/{r['container']}"
         pct = "-" if r["percent"] is None else f"{r['percent']:.1f}"
-        style = "red" if (r["percent"] or 0) >= 85 else "yellow" if (r["percent"] or 0) >= 70 else None
-        psi = "-" if r["psi_some_avg10"] is None else f"{r['psi_some_avg10']:.2f}/{r['psi_full_avg10']:.2f}"
-        procs = ", ".join(f"{p['comm']}[{p['pid']}]={p['oom_score']}" for p in r["top_processes"]) or "-"
+        style = (
+            "red" if (r["percent"] or 0) >= 85 else "yellow" if (r["percent"] or 0) >= 70 else None
+        )
+        psi = (
+            "-"
+            if r["psi_some_avg10"] is None
+            else f"{r['psi_some_avg10']:.2f}/{r['psi_full_avg10']:.2f}"
+        )
+        procs = (
+            ", ".join(f"{p['comm']}[{p['pid']}]={p['oom_score']}" for p in r["top_processes"])
+            or "-"
+        )
         table.add_row(
-            name, _mib(r["usage_bytes"]), _mib(r["working_set_bytes"]), _mib(r["limit_bytes"]), pct,
-            _mib(int(r["growth_bytes_per_s"])), "-" if r["eta_seconds"] is None else f"{r['eta_seconds']:.0f}s",
-            psi, "-" if r["oom_kill"] is None else str(r["oom_kill"]), procs, style=style,
+            name,
+            _mib(r["usage_bytes"]),
+            _mib(r["working_set_bytes"]),
+            _mib(r["limit_bytes"]),
+            pct,
+            _mib(int(r["growth_bytes_per_s"])),
+            "-" if r["eta_seconds"] is None else f"{r['eta_seconds']:.0f}s",
+            psi,
+            "-" if r["oom_kill"] is None else str(r["oom_kill"]),
+            procs,
+            style=style,
         )
     Console().print(table)

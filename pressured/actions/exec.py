@@ -1,11 +1,17 @@
-"""exec: run a command with the event JSON on stdin and PRESSURED_* variables, with a timeout."""
+"""exec: run a command with the event JSON on stdin and PRESSURED_* variables, with a timeout.
+
+The command runs in its own session so that a timeout kills everything it started (a shell's
+children included), not only the first process.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +22,9 @@ from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.exec")
 
+SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
+STDERR_TAIL = 200
+
 
 def event_env(doc: Mapping[str, Any]) -> dict[str, str]:
     """PRESSURED_<FIELD> for every scalar field of the event (PRESSURED_SEVERITY, ...)."""
@@ -23,7 +32,8 @@ def event_env(doc: Mapping[str, Any]) -> dict[str, str]:
     for key, value in doc.items():
         if value is None or isinstance(value, dict | list):
             continue
-        out[f"PRESSURED_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out[f"PRESSURED_{key.upper()}"] = text
     psi = doc.get("psi") or {}
     for key, value in psi.items():
         if value is not None:
@@ -31,21 +41,57 @@ def event_env(doc: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def parse_severities(action: Action, default: tuple[str, ...] = SEVERITIES) -> set[str]:
+    """The ``severities`` option: which events an action handles, each name checked."""
+    from pressured.config import suggest  # noqa: PLC0415 - config imports actions lazily too
+
+    raw = action.opt("severities", list, list(default))
+    out: set[str] = set()
+    for i, s in enumerate(raw):
+        if s not in SEVERITIES:
+            hint = suggest(str(s), SEVERITIES)
+            raise ConfigError(
+                f"{action.where}.severities[{i}]: must be one of {', '.join(SEVERITIES)}, "
+                f"got {s!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+        out.add(s)
+    return out
+
+
+def _status(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
 class ExecAction(Action):
     type = "exec"
 
-    def __init__(self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]") -> None:
+    def __init__(
+        self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
+    ) -> None:
         super().__init__(options, ctx, where)
         self.reject_unknown({"command", "timeout_ms", "severities", "env"})
         command = self.opt("command", (str, list), required=True)
-        self.argv = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
-        if not self.argv:
-            raise ConfigError(f"{where}.command: must not be empty")
-        self.timeout = self.opt("timeout_ms", int, 10_000) / 1000
-        if self.timeout <= 0:
-            raise ConfigError(f"{where}.timeout_ms: must be positive")
-        sev = self.opt("severities", list, ["warn", "critical", "recovered", "oom_killed"])
-        self.severities = {str(s) for s in sev}
+        if isinstance(command, str):
+            try:
+                self.argv = shlex.split(command)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.command: cannot split {command!r}: {exc}") from exc
+        else:
+            if not all(isinstance(c, str | int | float) for c in command):
+                raise ConfigError(f"{where}.command: expected a list of words, got {command!r}")
+            self.argv = [str(c) for c in command]
+        if not self.argv or not self.argv[0]:
+            raise ConfigError(f"{where}.command: must not be empty, got {command!r}")
+        timeout_ms = self.opt("timeout_ms", int, 10_000)
+        if timeout_ms <= 0:
+            raise ConfigError(f"{where}.timeout_ms: must be positive, got {timeout_ms!r}")
+        self.timeout = timeout_ms / 1000
+        self.severities = parse_severities(self)
         self.env = {str(k): str(v) for k, v in self.opt("env", dict, {}).items()}
 
     def run(self, event: Event) -> None:
@@ -56,15 +102,33 @@ class ExecAction(Action):
             log.info("dry-run: would run %s for %s %s", self.argv, event.severity, event.cgroup)
             return
         env = {**os.environ, **self.env, **event_env(doc)}
+        name = self.argv[0]
         try:
-            done = subprocess.run(
-                self.argv, input=json.dumps(doc).encode(), env=env, capture_output=True,
-                timeout=self.timeout, check=False,
+            proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise ActionError(f"exec {self.argv[0]}: killed after timeout {self.timeout:g}s") from exc
         except OSError as exc:
-            raise ActionError(f"exec {self.argv[0]}: cannot run: {exc.strerror}") from exc
-        if done.returncode != 0:
-            tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            raise ActionError(f"exec {self.argv[0]}: exit status {done.returncode}: {tail[0][:200]}")
+            raise ActionError(f"exec {name}: cannot run: {exc.strerror}") from exc
+        try:
+            _, stderr = proc.communicate(json.dumps(doc).encode(), timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                # something left the session and holds the pipes: stop waiting for it
+                proc.kill()
+                proc.wait()
+            raise ActionError(f"exec {name}: killed after timeout {self.timeout:g}s") from exc
+        if proc.returncode != 0:
+            lines = stderr.decode("utf-8", "replace").strip().splitlines()
+            tail = lines[-1][:STDERR_TAIL] if lines else "(no stderr)"
+            status = _status(proc.returncode)
+            raise ActionError(f"exec {name}: {status}: {tail}")
+        log.debug("exec %s done for %s %s", name, event.severity, event.cgroup)

@@ -4,6 +4,10 @@ Defaults: SIGUSR1 for warn, SIGUSR2 for critical (OOMHero's). ``processes: all``
 or ``oldest``. Never PID 1 of a pod (a process that is PID 1 in its own PID namespace: the
 pause container or the container's init, whose death restarts the pod), never pressured itself.
 A failed kill() is logged and counted, never fatal.
+
+The pids come from the event (``extra["pids"]``, read from cgroup.procs by the daemon) and are
+looked up under ``extra["proc_root"]`` when the daemon sees the target's processes through
+another /proc (sidecar mode), else under the context's proc root.
 """
 
 from __future__ import annotations
@@ -24,53 +28,87 @@ from pressured.model import Event
 log = logging.getLogger("pressured.actions.signal")
 
 TERMINATING = {
-    _signal.SIGKILL, _signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGABRT,
+    _signal.SIGKILL,
+    _signal.SIGTERM,
+    _signal.SIGINT,
+    _signal.SIGQUIT,
+    _signal.SIGABRT,
 }
+PROCESSES = ("all", "oldest")
 
 
-def is_namespace_init(pid: int, proc: str = "/proc") -> bool:
-    """True when ``pid`` is PID 1 of its own PID namespace (last NSpid field is 1)."""
+def _nspid(pid: int, proc: str) -> list[str] | None:
+    """The NSpid fields of /proc/PID/status (outermost namespace first), or None when the
+    status cannot be read (the process is gone)."""
     try:
         with open(os.path.join(proc, str(pid), "status"), encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("NSpid:"):
-                    return line.split()[-1] == "1"
+                    return line.split()[1:]
     except OSError:
-        return False
+        return None
+    return []  # kernels before 4.1 have no NSpid line
+
+
+def is_namespace_init(pid: int, proc: str = "/proc") -> bool:
+    """True when ``pid`` is PID 1 of its own PID namespace (last NSpid field is 1)."""
+    fields = _nspid(pid, proc)
+    if fields:
+        return fields[-1] == "1"
     return pid == 1
 
 
 class SignalAction(Action):
     type = "signal"
 
-    def __init__(self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]") -> None:
+    def __init__(
+        self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
+    ) -> None:
         super().__init__(options, ctx, where)
         self.reject_unknown({"warn", "critical", "processes", "recovered"})
         self.signals: dict[str, int] = {}
-        for severity, default in (("warn", "SIGUSR1"), ("critical", "SIGUSR2"), ("recovered", None)):
+        for severity, default in (
+            ("warn", "SIGUSR1"),
+            ("critical", "SIGUSR2"),
+            ("recovered", None),
+        ):
             raw = self.options.get(severity, default)
             if raw is None or raw is False:
-                continue
+                continue  # `warn: false` (or null) turns a severity off
             self.signals[severity] = parse_signal(raw, f"{where}.{severity}")
         self.processes = self.opt("processes", str, "all")
-        if self.processes not in ("all", "oldest"):
-            raise ConfigError(f"{where}.processes: must be 'all' or 'oldest', got {self.processes!r}")
+        if self.processes not in PROCESSES:
+            raise ConfigError(
+                f"{where}.processes: must be 'all' or 'oldest', got {self.processes!r}"
+            )
 
     @property
     def destructive(self) -> bool:  # type: ignore[override]
         return any(s in TERMINATING for s in self.signals.values())
 
     def choose(self, pids: list[int], proc: str) -> list[int]:
+        """The pids to signal: never ourselves, never a namespace's init, never a pid whose
+        /proc entry is gone (it exited, and the number may be reused)."""
         me = os.getpid()
-        pids = [p for p in pids if p != me and not is_namespace_init(p, proc)]
-        if self.processes == "oldest" and pids:
-            starts = [(process_start_ticks(p, proc) or 0, p) for p in pids]
-            return [min(starts)[1]]
-        return pids
+        out: list[int] = []
+        for pid in pids:
+            if pid == me or pid <= 0:
+                continue
+            fields = _nspid(pid, proc)
+            if fields is None:
+                log.debug("signal: pid %d has no %s/%d/status, skipped", pid, proc, pid)
+                continue
+            if (fields[-1] == "1") if fields else pid == 1:
+                log.debug("signal: pid %d is PID 1 of its namespace, skipped", pid)
+                continue
+            out.append(pid)
+        if self.processes == "oldest" and out:
+            started = [(t, p) for p in out if (t := process_start_ticks(p, proc)) is not None]
+            return [min(started)[1]] if started else []
+        return out
 
     def run(self, event: Event) -> None:
-        severity = getattr(event, "severity", "")
-        sig = self.signals.get(severity)
+        sig = self.signals.get(event.severity)
         if sig is None:
             return
         pids = [int(p) for p in event.extra.get("pids", [])]
@@ -83,14 +121,18 @@ class SignalAction(Action):
         if self.ctx.dry_run:
             log.info("dry-run: would send %s to pids %s of %s", name, chosen, event.cgroup)
             return
-        failed = []
+        sent: list[int] = []
+        failed: list[str] = []
         for pid in chosen:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 continue  # exited since the cgroup was read: nothing to signal
             except OSError as exc:
-                failed.append(f"{pid}: {errno.errorcode.get(exc.errno or 0, exc.errno)}")
-        log.info("sent %s to pids %s of %s", name, chosen, event.cgroup)
+                failed.append(f"pid {pid}: {errno.errorcode.get(exc.errno or 0, exc.errno)}")
+            else:
+                sent.append(pid)
+        if sent:
+            log.info("sent %s to pids %s of %s", name, sent, event.cgroup)
         if failed:
-            raise ActionError(f"signal {name} failed for {', '.join(failed)} in {event.cgroup}")
+            raise ActionError(f"signal {name} failed in {event.cgroup}: {', '.join(failed)}")

@@ -1,8 +1,12 @@
 """webhook: POST the event JSON with httpx; headers, timeout, bounded retries with backoff.
 
+A reply below 300 is success. 5xx, 429 and transport errors (refused, reset, timeout) are
+retried up to ``retries`` times, sleeping ``backoff_ms`` and doubling it each time; any other
+status means the receiver refused this body, and a retry would be refused too.
+
 ``format: oomhero`` sends a flat body in OOMHero's vocabulary (warning/critical, the signal it
-would have sent) instead of the event contract: {"pod", "namespace", "container", "severity",
-"usage_percent", "usage_bytes", "limit_bytes", "signal", "time"}.
+would have sent) instead of the event contract: {"pod", "namespace", "container", "cgroup",
+"severity", "usage_percent", "usage_bytes", "limit_bytes", "signal", "time"}.
 """
 
 from __future__ import annotations
@@ -16,16 +20,26 @@ import httpx
 
 from pressured import __version__
 from pressured.actions.base import Action, ActionContext
+from pressured.actions.exec import parse_severities
 from pressured.errors import ActionError, ConfigError
 from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.webhook")
-OOMHERO_SEVERITY = {"warn": "warning", "critical": "critical", "recovered": "ok", "oom_killed": "oom_killed"}
+OOMHERO_SEVERITY = {
+    "warn": "warning",
+    "critical": "critical",
+    "recovered": "ok",
+    "oom_killed": "oom_killed",
+}
 OOMHERO_SIGNAL = {"warn": "SIGUSR1", "critical": "SIGUSR2"}
+FORMATS = ("pressured", "oomhero")
+MAX_RETRIES = 10
+"""With the doubling backoff, ten retries already span minutes: more only delays later events
+(the action chain runs in order on one thread)."""
 
 
 def oomhero_body(doc: Mapping[str, Any]) -> dict[str, Any]:
-    sev = str(doc.get("severity") or ("oom_killed" if doc.get("event_type") == "oom_killed" else ""))
+    sev = str(doc.get("severity") or doc.get("event_type") or "")
     return {
         "pod": doc.get("pod_name"),
         "namespace": doc.get("namespace"),
@@ -43,9 +57,13 @@ def oomhero_body(doc: Mapping[str, Any]) -> dict[str, Any]:
 class WebhookAction(Action):
     type = "webhook"
 
-    def __init__(self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]") -> None:
+    def __init__(
+        self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
+    ) -> None:
         super().__init__(options, ctx, where)
-        self.reject_unknown({"url", "headers", "timeout_ms", "retries", "backoff_ms", "format", "severities"})
+        self.reject_unknown(
+            {"url", "headers", "timeout_ms", "retries", "backoff_ms", "format", "severities"}
+        )
         self.url = self.opt("url", str, required=True)
         try:
             parsed = httpx.URL(self.url)
@@ -53,18 +71,31 @@ class WebhookAction(Action):
             raise ConfigError(f"{where}.url: not a URL: {self.url!r} ({exc})") from exc
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConfigError(f"{where}.url: must be an http(s) URL with a host, got {self.url!r}")
-        self.headers = {str(k): str(v) for k, v in self.opt("headers", dict, {}).items()}
+        headers = self.opt("headers", dict, {})
+        for k, v in headers.items():
+            if not isinstance(k, str) or not isinstance(v, str | int | float):
+                raise ConfigError(f"{where}.headers.{k}: expected a text value, got {v!r}")
+        self.headers = {k: str(v) for k, v in headers.items()}
         self.headers.setdefault("User-Agent", f"pressured/{__version__}")
-        self.timeout = self.opt("timeout_ms", int, 3000) / 1000
+        timeout_ms = self.opt("timeout_ms", int, 3000)
+        if timeout_ms <= 0:
+            raise ConfigError(f"{where}.timeout_ms: must be positive, got {timeout_ms}")
         self.retries = self.opt("retries", int, 3)
-        self.backoff = self.opt("backoff_ms", int, 200) / 1000
-        if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
-            raise ConfigError(f"{where}: timeout_ms must be positive, retries and backoff_ms not negative")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise ConfigError(
+                f"{where}.retries: must be between 0 and {MAX_RETRIES}, got {self.retries}"
+            )
+        backoff_ms = self.opt("backoff_ms", int, 200)
+        if backoff_ms < 0:
+            raise ConfigError(f"{where}.backoff_ms: must not be negative, got {backoff_ms}")
+        self.timeout = timeout_ms / 1000
+        self.backoff = backoff_ms / 1000
         self.format = self.opt("format", str, "pressured")
-        if self.format not in ("pressured", "oomhero"):
-            raise ConfigError(f"{where}.format: must be 'pressured' or 'oomhero', got {self.format!r}")
-        sev = self.opt("severities", list, ["warn", "critical", "recovered", "oom_killed"])
-        self.severities = {str(s) for s in sev}
+        if self.format not in FORMATS:
+            raise ConfigError(
+                f"{where}.format: must be 'pressured' or 'oomhero', got {self.format!r}"
+            )
+        self.severities = parse_severities(self)
         self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
 
     def run(self, event: Event) -> None:
@@ -73,12 +104,16 @@ class WebhookAction(Action):
         doc = event.to_json()
         body = oomhero_body(doc) if self.format == "oomhero" else doc
         if self.ctx.dry_run:
-            log.info("dry-run: would POST %s event for %s to %s", event.severity, event.cgroup, self.url)
+            log.info(
+                "dry-run: would POST %s event for %s to %s", event.severity, event.cgroup, self.url
+            )
             return
         last = ""
+        attempts = 0
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * (2 ** (attempt - 1)))
+            attempts += 1
             try:
                 reply = self._client.post(self.url, json=body)
             except httpx.HTTPError as exc:
@@ -89,7 +124,7 @@ class WebhookAction(Action):
             last = f"HTTP {reply.status_code}"
             if reply.status_code < 500 and reply.status_code != 429:
                 break  # the receiver refused this body: a retry would be refused too
-        raise ActionError(f"webhook {self.url}: {last} after {attempt + 1} attempt(s)")
+        raise ActionError(f"webhook {self.url}: {last} after {attempts} attempt(s)")
 
     def close(self) -> None:
         self._client.close()

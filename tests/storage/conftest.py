@@ -124,8 +124,8 @@ def raw_client(endpoint_url: str) -> Any:
     """A plain boto3 client for the tests' own checks (not the code under test). It has its own
     static credentials, so the environment's secret and token, which the code under test uses,
     can appear in a log only through the code under test."""
-    import boto3.session  # noqa: PLC0415
-    from botocore.config import Config  # noqa: PLC0415
+    import boto3.session
+    from botocore.config import Config
 
     return boto3.session.Session().client(
         "s3",

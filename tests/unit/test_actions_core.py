@@ -1,0 +1,884 @@
+"""The core actions (log, signal, exec, webhook) against real files, processes and HTTP.
+
+Signals go to real child processes that record what they receive; exec runs real commands;
+the webhook posts to a real HTTP server on loopback started here. The one stub is os.kill
+raising EPERM/ESRCH in ``test_kill_failures_are_collected_not_fatal`` (named there): the real
+EPERM case needs a second uid and runs only as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pressured import __version__
+from pressured.actions.base import ActionContext
+from pressured.actions.exec import ExecAction, event_env
+from pressured.actions.log import LogAction
+from pressured.actions.signal import SignalAction, is_namespace_init
+from pressured.actions.webhook import WebhookAction, oomhero_body
+from pressured.errors import ActionError, ConfigError
+from pressured.kernel.procfs import process_start_ticks
+from pressured.model import Event, Identity, OomKill, PressureEvent
+
+CGROUP = "/sys/fs/cgroup/kubepods/pod-a/app"
+WALL = 1_763_702_534.25  # 2025-11-21T05:22:14.250Z
+IDENTITY = Identity(namespace="shop", pod_name="web-0", pod_uid="uid-1", container_name="app")
+
+
+def pressure(
+    severity: str = "warn",
+    *,
+    pids: list[int] | None = None,
+    dry_run: bool = False,
+    **extra: Any,
+) -> PressureEvent:
+    return PressureEvent(
+        time=WALL,
+        severity=severity,  # type: ignore[arg-type]
+        previous_severity="ok",
+        cgroup=CGROUP,
+        usage_bytes=900 << 20,
+        working_set_bytes=800 << 20,
+        limit_bytes=1 << 30,
+        usage_percent=78.125,
+        growth_bytes_per_s=1048576.04,
+        eta_seconds=224.0,
+        psi_some_avg10=1.5,
+        psi_full_avg10=None,
+        rule="percent",
+        key=CGROUP,
+        identity=IDENTITY,
+        dry_run=dry_run,
+        extra={"pids": list(pids or []), **extra},
+    )
+
+
+def oom_kill() -> OomKill:
+    return OomKill(
+        time=WALL,
+        cgroup=CGROUP,
+        pid=4242,
+        comm="python3",
+        oom_kill_count=1,
+        sources=("counters", "kmsg"),
+        warned_seconds_before=12.5,
+        key=CGROUP,
+        identity=IDENTITY,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll until ``predicate`` holds; the timeout only bounds a hang, it asserts no speed."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------- log
+
+
+def test_log_writes_one_json_line_per_event_to_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    action = LogAction({"path": str(out)}, ActionContext(), "actions[0]")
+    assert not out.exists()  # checked at start, created by the first event
+    action.run(pressure("warn"))
+    action.run(oom_kill())
+    action.close()
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2
+    warn, kill = (json.loads(x) for x in lines)
+    assert warn["event_type"] == "memory_pressure"
+    assert warn["severity"] == "warn"
+    assert warn["time"] == "2025-11-21T05:22:14.250Z"
+    assert warn["pod_name"] == "web-0"
+    assert warn["usage_percent"] == 78.12
+    assert warn["psi"] == {"some_avg10": 1.5, "full_avg10": None}
+    assert kill["event_type"] == "oom_killed"
+    assert kill["sources"] == ["counters", "kmsg"]
+
+
+def test_log_appends_to_an_existing_file(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    out.write_text('{"earlier": true}\n')
+    action = LogAction({}, ActionContext(extra={"events_out": str(out)}), "actions[0]")
+    action.run(pressure("critical"))
+    action.close()
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0]) == {"earlier": True}
+    assert json.loads(lines[1])["severity"] == "critical"
+
+
+def test_log_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    action = LogAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("recovered"))
+    action.close()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    doc = json.loads(out)
+    assert doc["severity"] == "recovered"
+    assert doc["cgroup"] == CGROUP
+
+
+def test_log_dry_run_still_records_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    action = LogAction({"path": "-"}, ActionContext(dry_run=True), "actions[0]")
+    action.run(pressure("warn", dry_run=True))
+    assert json.loads(capsys.readouterr().out)["dry_run"] is True
+
+
+def test_log_events_out_from_the_config(tmp_path: Path) -> None:
+    out = tmp_path / "from-config.jsonl"
+    action = LogAction({}, ActionContext(config={"events_out": str(out)}), "actions[0]")
+    action.run(pressure())
+    action.close()
+    assert json.loads(out.read_text())["severity"] == "warn"
+
+
+def test_log_config_errors(tmp_path: Path) -> None:
+    ctx = ActionContext()
+    with pytest.raises(ConfigError, match=r"^actions\[0\]\.pth: unknown option .*'path'"):
+        LogAction({"pth": "x"}, ctx, "actions[0]")
+    with pytest.raises(ConfigError, match=r"^actions\[0\]\.path: expected str, got 5$"):
+        LogAction({"path": 5}, ctx, "actions[0]")
+    missing = tmp_path / "no" / "such" / "dir" / "events.jsonl"
+    with pytest.raises(ConfigError, match=r"^actions\[0\]\.path: .*does not exist"):
+        LogAction({"path": str(missing)}, ctx, "actions[0]")
+    with pytest.raises(ConfigError, match=r"^events_out: .* is a directory"):
+        LogAction({}, ActionContext(extra={"events_out": str(tmp_path)}), "actions[0]")
+
+
+# ---------------------------------------------------------------------- signal
+
+CATCHER = textwrap.dedent(
+    """
+    import signal, sys
+    out = sys.argv[1]
+    wanted = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGWINCH}
+    # blocked and taken with sigwaitinfo: recorded one at a time, in the kernel's order
+    # (pending standard signals leave lowest number first), never interleaved by handlers
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    print("ready", flush=True)
+    while True:
+        info = signal.sigwaitinfo(wanted)
+        with open(out, "a") as f:
+            f.write(signal.Signals(info.si_signo).name + "\\n")
+    """
+)
+
+
+@dataclass
+class Catcher:
+    """A child process that appends the name of every signal it gets to a file."""
+
+    proc: subprocess.Popen[str]
+    record: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def got(self) -> list[str]:
+        return self.record.read_text().split() if self.record.exists() else []
+
+    def settle(self) -> list[str]:
+        """Everything received so far. SIGWINCH is a barrier: sent after the action returned
+        and numbered above the others, it is taken after any signal the action sent."""
+        before = len(self.got())
+        os.kill(self.pid, signal.SIGWINCH)
+        wait_for(lambda: "SIGWINCH" in self.got()[before:], f"pid {self.pid} to see SIGWINCH")
+        return [s for s in self.got() if s != "SIGWINCH"]
+
+
+@dataclass
+class Catchers:
+    tmp_path: Path
+    started: list[Catcher] = field(default_factory=list)
+
+    def spawn(self) -> Catcher:
+        record = self.tmp_path / f"signals-{len(self.started)}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CATCHER, str(record)], stdout=subprocess.PIPE, text=True
+        )
+        catcher = Catcher(proc, record)
+        self.started.append(catcher)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        return catcher
+
+
+@pytest.fixture
+def catchers(tmp_path: Path) -> Iterator[Catchers]:
+    made = Catchers(tmp_path)
+    yield made
+    for c in made.started:
+        c.proc.kill()
+        c.proc.wait()
+        if c.proc.stdout is not None:
+            c.proc.stdout.close()
+
+
+@pytest.fixture
+def own_signals() -> Iterator[list[int]]:
+    """Record SIGUSR1/SIGUSR2 sent to the test process itself instead of dying of them."""
+    got: list[int] = []
+    old = {
+        s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGUSR1, signal.SIGUSR2)
+    }
+    yield got
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
+def test_signal_defaults_usr1_for_warn_usr2_for_critical_to_every_process(
+    catchers: Catchers,
+) -> None:
+    a, b = catchers.spawn(), catchers.spawn()
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[a.pid, b.pid]))
+    action.run(pressure("critical", pids=[a.pid, b.pid]))
+    assert a.settle() == ["SIGUSR1", "SIGUSR2"]
+    assert b.settle() == ["SIGUSR1", "SIGUSR2"]
+
+
+def test_signal_recovered_and_kills_send_nothing_by_default(catchers: Catchers) -> None:
+    a = catchers.spawn()
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("recovered", pids=[a.pid]))
+    action.run(oom_kill())
+    assert a.settle() == []
+
+
+def test_signal_configured_per_severity(catchers: Catchers) -> None:
+    a = catchers.spawn()
+    action = SignalAction(
+        {"warn": False, "critical": "HUP", "recovered": "SIGUSR2"}, ActionContext(), "actions[0]"
+    )
+    action.run(pressure("warn", pids=[a.pid]))
+    action.run(pressure("critical", pids=[a.pid]))
+    action.run(pressure("recovered", pids=[a.pid]))
+    assert a.settle() == ["SIGHUP", "SIGUSR2"]
+
+
+def test_signal_oldest_only(catchers: Catchers) -> None:
+    older = catchers.spawn()
+    younger = catchers.spawn()  # spawned after the first said "ready": a later start tick
+    older_ticks, younger_ticks = process_start_ticks(older.pid), process_start_ticks(younger.pid)
+    assert older_ticks is not None and younger_ticks is not None and older_ticks < younger_ticks
+    action = SignalAction({"processes": "oldest"}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[younger.pid, older.pid]))
+    assert older.settle() == ["SIGUSR1"]
+    assert younger.settle() == []
+
+
+def test_signal_never_sends_to_itself(catchers: Catchers, own_signals: list[int]) -> None:
+    a = catchers.spawn()
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[os.getpid(), a.pid]))
+    assert a.settle() == ["SIGUSR1"]
+    assert own_signals == []
+    # nor to pid 0 or -1, which kill() reads as "my process group" and "everyone"
+    assert action.choose([0, -1, os.getpid(), a.pid], "/proc") == [a.pid]
+
+
+def test_signal_dry_run_sends_nothing(catchers: Catchers, caplog: pytest.LogCaptureFixture) -> None:
+    a = catchers.spawn()
+    action = SignalAction({}, ActionContext(dry_run=True), "actions[0]")
+    with caplog.at_level(logging.INFO, logger="pressured.actions.signal"):
+        action.run(pressure("critical", pids=[a.pid]))
+    assert a.settle() == []
+    assert f"dry-run: would send SIGUSR2 to pids [{a.pid}] of {CGROUP}" in caplog.text
+
+
+def test_signal_skips_a_process_that_exited(catchers: Catchers) -> None:
+    a, gone = catchers.spawn(), catchers.spawn()
+    gone.proc.kill()
+    gone.proc.wait()  # reaped: its pid has no /proc entry now
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[gone.pid, a.pid]))  # no error for the missing one
+    assert a.settle() == ["SIGUSR1"]
+
+
+def fake_proc(root: Path, pid: int, nspid: str | None, start_ticks: int = 100) -> None:
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    lines = ["Name:\tapp", f"Pid:\t{pid}"]
+    if nspid is not None:
+        lines.append(f"NSpid:\t{nspid}")
+    (d / "status").write_text("\n".join(lines) + "\n")
+    # /proc/PID/stat: field 22 (starttime) is the 20th after the ") " that ends comm
+    rest = ["S", *(str(i) for i in range(4, 22)), str(start_ticks), "0", "0"]
+    (d / "stat").write_text(f"{pid} (app (v2)) " + " ".join(rest) + "\n")
+
+
+def test_is_namespace_init_on_a_fake_proc_tree(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_proc(proc, 4242, "4242\t1")  # a container's init seen from the host
+    fake_proc(proc, 4243, "4243\t7")  # another process of that container
+    fake_proc(proc, 1, "1")  # the host's own init
+    fake_proc(proc, 17, "17")  # a host process
+    fake_proc(proc, 18, None)  # a kernel without NSpid (before 4.1)
+    assert is_namespace_init(4242, str(proc))
+    assert not is_namespace_init(4243, str(proc))
+    assert is_namespace_init(1, str(proc))
+    assert not is_namespace_init(17, str(proc))
+    assert not is_namespace_init(18, str(proc))
+    assert not is_namespace_init(99, str(proc))  # no such process
+
+
+def test_choose_skips_namespace_init_and_gone_pids_and_picks_the_oldest(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_proc(proc, 10, "10\t1", start_ticks=5)  # the pod's init: oldest, never chosen
+    fake_proc(proc, 11, "11\t2", start_ticks=300)
+    fake_proc(proc, 13, "13\t3", start_ticks=200)
+    # 12 has no /proc entry
+    every = SignalAction({}, ActionContext(), "actions[0]")
+    assert every.choose([10, 11, 12, 13], str(proc)) == [11, 13]
+    oldest = SignalAction({"processes": "oldest"}, ActionContext(), "actions[0]")
+    assert oldest.choose([10, 11, 12, 13], str(proc)) == [13]
+    assert oldest.choose([10, 12], str(proc)) == []
+
+
+def test_signal_looks_pids_up_under_the_events_proc_root(
+    tmp_path: Path, catchers: Catchers
+) -> None:
+    # sidecar mode: the event names the /proc its pids belong to. Here the real child's pid
+    # appears in a fake tree as a namespace init, so it must be left alone.
+    a = catchers.spawn()
+    proc = tmp_path / "proc"
+    fake_proc(proc, a.pid, f"{a.pid}\t1")
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[a.pid], proc_root=str(proc)))
+    assert a.settle() == []
+    action.run(pressure("warn", pids=[a.pid]))  # the context's /proc: a normal process
+    assert a.settle() == ["SIGUSR1"]
+
+
+def test_kill_failures_are_collected_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    proc = tmp_path / "proc"
+    for pid in (21, 22, 23):
+        fake_proc(proc, pid, str(pid))
+    sent: list[tuple[int, int]] = []
+
+    def kill_stub(pid: int, sig: int) -> None:
+        """Stub at the edge: the kernel's EPERM/ESRCH for pids that exist only on paper."""
+        if pid == 21:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        if pid == 22:
+            raise ProcessLookupError(errno.ESRCH, "No such process")
+        sent.append((pid, sig))
+
+    monkeypatch.setattr(os, "kill", kill_stub)
+    action = SignalAction({}, ActionContext(proc_root=str(proc)), "actions[0]")
+    with (
+        caplog.at_level(logging.INFO, logger="pressured.actions.signal"),
+        pytest.raises(ActionError) as info,
+    ):
+        action.run(pressure("warn", pids=[21, 22, 23]))
+    assert str(info.value) == f"signal SIGUSR1 failed in {CGROUP}: pid 21: EPERM"
+    assert sent == [(23, signal.SIGUSR1)]  # the failure did not stop the others
+    assert f"sent SIGUSR1 to pids [23] of {CGROUP}" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to a second uid")
+def test_real_eperm_from_another_uid(catchers: Catchers) -> None:
+    target = catchers.spawn()  # owned by root
+    script = textwrap.dedent(
+        f"""
+        import os
+        from pressured.actions.base import ActionContext
+        from pressured.actions.signal import SignalAction
+        from pressured.errors import ActionError
+        from tests.unit.test_actions_core import pressure
+        action = SignalAction({{}}, ActionContext(), "actions[0]")
+        event = pressure("warn", pids=[{target.pid}])
+        # the interpreter's stdlib lives under /root: load what run() needs before dropping
+        assert action.choose([{target.pid}], "/proc") == [{target.pid}]
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            action.run(event)
+        except ActionError as exc:
+            print("ActionError:", exc)
+        else:
+            print("no error")
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.strip()
+        == f"ActionError: signal SIGUSR1 failed in {CGROUP}: pid {target.pid}: EPERM"
+    )
+    assert target.settle() == []
+
+
+def test_a_failed_action_is_counted_and_the_chain_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pressured.daemon import ActionRunner
+
+    proc = tmp_path / "proc"
+    fake_proc(proc, 31, "31")
+
+    def kill_stub(pid: int, sig: int) -> None:
+        """Stub at the edge: the kernel refusing the kill."""
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", kill_stub)
+    out = tmp_path / "events.jsonl"
+    ctx = ActionContext(proc_root=str(proc))
+    failures: list[str] = []
+    runner = ActionRunner(
+        [SignalAction({}, ctx, "actions[0]"), LogAction({"path": str(out)}, ctx, "actions[1]")],
+        reread=lambda _e: True,
+        on_failure=failures.append,
+    )
+    try:
+        runner.run_chain(pressure("warn", pids=[31]))
+    finally:
+        runner.close()
+    assert failures == ["signal"]
+    assert json.loads(out.read_text())["severity"] == "warn"
+
+
+def test_signal_is_destructive_only_with_a_terminating_signal() -> None:
+    assert not SignalAction({}, ActionContext(), "a").destructive
+    assert SignalAction({"critical": "SIGTERM"}, ActionContext(), "a").destructive
+    assert SignalAction({"warn": 9}, ActionContext(), "a").destructive
+
+
+def test_signal_config_errors() -> None:
+    ctx = ActionContext()
+    with pytest.raises(ConfigError, match=r"^actions\[1\]\.warn: not a signal name: 'SIGFOO'"):
+        SignalAction({"warn": "SIGFOO"}, ctx, "actions[1]")
+    with pytest.raises(ConfigError, match=r"^actions\[1\]\.critical: no such signal number: 999"):
+        SignalAction({"critical": 999}, ctx, "actions[1]")
+    with pytest.raises(
+        ConfigError, match=r"^actions\[1\]\.processes: must be 'all' or 'oldest', got 'youngest'"
+    ):
+        SignalAction({"processes": "youngest"}, ctx, "actions[1]")
+    with pytest.raises(ConfigError, match=r"^actions\[1\]\.processes: expected str, got 1$"):
+        SignalAction({"processes": 1}, ctx, "actions[1]")
+    with pytest.raises(
+        ConfigError, match=r"^actions\[1\]\.proceses: unknown option .*did you mean 'processes'"
+    ):
+        SignalAction({"proceses": "all"}, ctx, "actions[1]")
+
+
+# ---------------------------------------------------------------------- exec
+
+REPORT = textwrap.dedent(
+    """
+    import json, os, sys
+    doc = json.load(sys.stdin)
+    env = {k: v for k, v in os.environ.items() if k.startswith("PRESSURED_") or k == "TEAM"}
+    with open(sys.argv[1], "w") as f:
+        json.dump({"stdin": doc, "env": env}, f)
+    """
+)
+
+
+def test_exec_gets_the_event_on_stdin_and_in_the_environment(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    action = ExecAction(
+        {"command": [sys.executable, "-c", REPORT, str(out)], "env": {"TEAM": "shop"}},
+        ActionContext(),
+        "actions[0]",
+    )
+    event = pressure("critical", pids=[7, 8])
+    action.run(event)
+    got = json.loads(out.read_text())
+    assert got["stdin"] == json.loads(json.dumps(event.to_json()))
+    env = got["env"]
+    assert env["TEAM"] == "shop"
+    assert env["PRESSURED_SEVERITY"] == "critical"
+    assert env["PRESSURED_EVENT_TYPE"] == "memory_pressure"
+    assert env["PRESSURED_CGROUP"] == CGROUP
+    assert env["PRESSURED_POD_NAME"] == "web-0"
+    assert env["PRESSURED_USAGE_BYTES"] == str(900 << 20)
+    assert env["PRESSURED_DRY_RUN"] == "false"
+    assert env["PRESSURED_PSI_SOME_AVG10"] == "1.5"
+    assert "PRESSURED_PSI_FULL_AVG10" not in env  # None is left out, not "None"
+    assert "PRESSURED_PIDS" not in env  # lists stay in the JSON
+
+
+def test_exec_command_as_a_string_and_oom_kill_events(tmp_path: Path) -> None:
+    out = tmp_path / "kill.txt"
+    script = 'import os, sys; open(sys.argv[1], "w").write(os.environ["PRESSURED_PID"])'
+    command = f"{sys.executable} -c '{script}' {out}"
+    action = ExecAction({"command": command}, ActionContext(), "actions[0]")
+    action.run(oom_kill())
+    assert out.read_text() == "4242"
+
+
+def test_event_env_of_an_oom_kill() -> None:
+    env = event_env(oom_kill().to_json())
+    assert env["PRESSURED_EVENT_TYPE"] == "oom_killed"
+    assert env["PRESSURED_COMM"] == "python3"
+    assert env["PRESSURED_WARNED_SECONDS_BEFORE"] == "12.5"
+
+
+def test_exec_severities_filter(tmp_path: Path) -> None:
+    out = tmp_path / "ran"
+    action = ExecAction(
+        {"command": ["touch", str(out)], "severities": ["critical"]}, ActionContext(), "a"
+    )
+    action.run(pressure("warn"))
+    assert not out.exists()
+    action.run(pressure("critical"))
+    assert out.exists()
+
+
+def test_exec_timeout_kills_the_whole_command(tmp_path: Path) -> None:
+    pidfile = tmp_path / "sleeper.pid"
+    # the shell starts a grandchild and waits: the timeout must reach both
+    command = ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"]
+    action = ExecAction({"command": command, "timeout_ms": 300}, ActionContext(), "actions[0]")
+    with pytest.raises(ActionError, match=r"^exec sh: killed after timeout 0\.3s$"):
+        action.run(pressure())
+    sleeper = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{sleeper}/stat") as f:
+                return f.read().rpartition(")")[2].split()[0] == "Z"  # killed, not yet reaped
+        except FileNotFoundError:
+            return True
+
+    wait_for(gone, f"the grandchild {sleeper} to be killed")
+
+
+def test_exec_non_zero_exit_reports_the_stderr_tail() -> None:
+    script = "import sys; sys.stderr.write('first line\\nthe real reason\\n'); sys.exit(3)"
+    action = ExecAction({"command": [sys.executable, "-c", script]}, ActionContext(), "a")
+    with pytest.raises(ActionError) as info:
+        action.run(pressure())
+    assert str(info.value) == f"exec {sys.executable}: exit status 3: the real reason"
+
+
+def test_exec_killed_by_a_signal() -> None:
+    script = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    action = ExecAction({"command": [sys.executable, "-c", script]}, ActionContext(), "a")
+    with pytest.raises(ActionError, match=r": killed by SIGTERM: \(no stderr\)$"):
+        action.run(pressure())
+
+
+def test_exec_missing_program() -> None:
+    action = ExecAction({"command": "/nonexistent/hook --now"}, ActionContext(), "a")
+    with pytest.raises(ActionError, match=r"^exec /nonexistent/hook: cannot run: No such file"):
+        action.run(pressure())
+
+
+def test_exec_dry_run_runs_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "ran"
+    action = ExecAction({"command": ["touch", str(out)]}, ActionContext(dry_run=True), "a")
+    with caplog.at_level(logging.INFO, logger="pressured.actions.exec"):
+        action.run(pressure("warn"))
+    assert not out.exists()
+    assert f"dry-run: would run ['touch', '{out}'] for warn {CGROUP}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, r"^actions\[2\]\.command: required for type 'exec'$"),
+        ({"command": ""}, r"^actions\[2\]\.command: must not be empty, got ''$"),
+        ({"command": []}, r"^actions\[2\]\.command: must not be empty, got \[\]$"),
+        ({"command": "echo 'oops"}, r"^actions\[2\]\.command: cannot split \"echo 'oops\""),
+        ({"command": ["ls", {"a": 1}]}, r"^actions\[2\]\.command: expected a list of words"),
+        ({"command": 5}, r"^actions\[2\]\.command: expected str or list, got 5$"),
+        (
+            {"command": "true", "timeout_ms": 0},
+            r"^actions\[2\]\.timeout_ms: must be positive, got 0",
+        ),
+        (
+            {"command": "true", "timeout_ms": "5s"},
+            r"^actions\[2\]\.timeout_ms: expected int, got '5s'",
+        ),
+        (
+            {"command": "true", "timeout_ms": True},
+            r"^actions\[2\]\.timeout_ms: expected int, got True",
+        ),
+        (
+            {"command": "true", "severities": ["warning"]},
+            r"^actions\[2\]\.severities\[0\]: must be one of .* "
+            r"got 'warning' \(did you mean 'warn'\?\)",
+        ),
+        (
+            {"command": "true", "comand": "x"},
+            r"^actions\[2\]\.comand: unknown option for type 'exec' \(did you mean 'command'\?\)",
+        ),
+    ],
+)
+def test_exec_config_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ExecAction(options, ActionContext(), "actions[2]")
+
+
+# ---------------------------------------------------------------------- webhook
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class Receiver:
+    """A real HTTP server on loopback answering with scripted statuses (the last repeats)."""
+
+    def __init__(self, statuses: list[int], delay: float = 0.0) -> None:
+        self.statuses = list(statuses)
+        self.delay = delay
+        self.requests: list[Received] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length))
+                receiver.requests.append(Received(self.path, dict(self.headers), body))
+                status = (
+                    receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                )
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def receiver_factory() -> Iterator[Callable[..., Receiver]]:
+    made: list[Receiver] = []
+
+    def make(statuses: list[int], delay: float = 0.0) -> Receiver:
+        r = Receiver(statuses, delay)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@contextlib.contextmanager
+def webhook(options: dict[str, Any], *, dry_run: bool = False) -> Iterator[WebhookAction]:
+    action = WebhookAction(options, ActionContext(dry_run=dry_run), "actions[3]")
+    try:
+        yield action
+    finally:
+        action.close()
+
+
+def run_webhook(options: dict[str, Any], event: Event, *, dry_run: bool = False) -> None:
+    with webhook(options, dry_run=dry_run) as action:
+        action.run(event)
+
+
+def test_webhook_posts_the_event_json_with_headers(
+    receiver_factory: Callable[..., Receiver],
+) -> None:
+    r = receiver_factory([200])
+    event = pressure("critical")
+    run_webhook({"url": r.url, "headers": {"Authorization": "Bearer t0k", "X-Env": 3}}, event)
+    assert len(r.requests) == 1
+    got = r.requests[0]
+    assert got.path == "/hook"
+    assert got.body == json.loads(json.dumps(event.to_json()))
+    headers = {k.lower(): v for k, v in got.headers.items()}
+    assert headers["authorization"] == "Bearer t0k"
+    assert headers["x-env"] == "3"
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == f"pressured/{__version__}"
+
+
+def test_webhook_retries_5xx_with_backoff_then_succeeds(
+    receiver_factory: Callable[..., Receiver],
+) -> None:
+    r = receiver_factory([500, 503, 204])
+    run_webhook({"url": r.url, "retries": 3, "backoff_ms": 1}, pressure())
+    assert len(r.requests) == 3
+    assert all(x.body["severity"] == "warn" for x in r.requests)
+
+
+def test_webhook_retries_429(receiver_factory: Callable[..., Receiver]) -> None:
+    r = receiver_factory([429, 200])
+    run_webhook({"url": r.url, "retries": 1, "backoff_ms": 1}, pressure())
+    assert len(r.requests) == 2
+
+
+def test_webhook_gives_up_after_the_retries(receiver_factory: Callable[..., Receiver]) -> None:
+    r = receiver_factory([500])
+    with pytest.raises(ActionError) as info:
+        run_webhook({"url": r.url, "retries": 2, "backoff_ms": 1}, pressure())
+    assert str(info.value) == f"webhook {r.url}: HTTP 500 after 3 attempt(s)"
+    assert len(r.requests) == 3
+
+
+def test_webhook_does_not_retry_4xx(receiver_factory: Callable[..., Receiver]) -> None:
+    r = receiver_factory([400, 200])
+    with pytest.raises(ActionError) as info:
+        run_webhook({"url": r.url, "retries": 3, "backoff_ms": 1}, pressure())
+    assert str(info.value) == f"webhook {r.url}: HTTP 400 after 1 attempt(s)"
+    assert len(r.requests) == 1
+
+
+def test_webhook_connection_refused_after_retries() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the port is closed now: nothing listens there
+    url = f"http://127.0.0.1:{port}/hook"
+    with pytest.raises(ActionError) as info:
+        run_webhook({"url": url, "retries": 2, "backoff_ms": 1}, pressure())
+    assert str(info.value).startswith(f"webhook {url}: ConnectError:")
+    assert str(info.value).endswith("after 3 attempt(s)")
+
+
+def test_webhook_timeout(receiver_factory: Callable[..., Receiver]) -> None:
+    r = receiver_factory([200], delay=0.5)
+    with pytest.raises(ActionError, match=r": ReadTimeout: .* after 1 attempt\(s\)$"):
+        run_webhook({"url": r.url, "retries": 0, "timeout_ms": 50}, pressure())
+
+
+def test_webhook_oomhero_body(receiver_factory: Callable[..., Receiver]) -> None:
+    r = receiver_factory([200])
+    run_webhook({"url": r.url, "format": "oomhero"}, pressure("warn"))
+    run_webhook({"url": r.url, "format": "oomhero"}, oom_kill())
+    warn, kill = (x.body for x in r.requests)
+    assert warn == {
+        "pod": "web-0",
+        "namespace": "shop",
+        "container": "app",
+        "cgroup": CGROUP,
+        "severity": "warning",
+        "usage_percent": 78.12,
+        "usage_bytes": 900 << 20,
+        "limit_bytes": 1 << 30,
+        "signal": "SIGUSR1",
+        "time": "2025-11-21T05:22:14.250Z",
+    }
+    assert kill["severity"] == "oom_killed"
+    assert kill["signal"] is None
+    assert oomhero_body(pressure("critical").to_json())["signal"] == "SIGUSR2"
+    assert oomhero_body(pressure("recovered").to_json())["severity"] == "ok"
+
+
+def test_webhook_dry_run_sends_nothing(
+    receiver_factory: Callable[..., Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    r = receiver_factory([200])
+    with caplog.at_level(logging.INFO, logger="pressured.actions.webhook"):
+        run_webhook({"url": r.url}, pressure("critical"), dry_run=True)
+    assert r.requests == []
+    assert f"dry-run: would POST critical event for {CGROUP} to {r.url}" in caplog.text
+
+
+def test_webhook_severities_filter(receiver_factory: Callable[..., Receiver]) -> None:
+    r = receiver_factory([200])
+    with webhook({"url": r.url, "severities": ["oom_killed"]}) as action:
+        action.run(pressure("critical"))
+        action.run(oom_kill())
+    assert [x.body["event_type"] for x in r.requests] == ["oom_killed"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, r"^actions\[3\]\.url: required for type 'webhook'$"),
+        (
+            {"url": "ftp://example.com/x"},
+            r"^actions\[3\]\.url: must be an http\(s\) URL with a host, got 'ftp://example.com/x'$",
+        ),
+        ({"url": "example.com/hook"}, r"^actions\[3\]\.url: must be an http\(s\) URL"),
+        ({"url": "http://"}, r"^actions\[3\]\.url: "),
+        (
+            {"url": "http://h", "retries": 11},
+            r"^actions\[3\]\.retries: must be between 0 and 10, got 11$",
+        ),
+        (
+            {"url": "http://h", "retries": -1},
+            r"^actions\[3\]\.retries: must be between 0 and 10, got -1$",
+        ),
+        (
+            {"url": "http://h", "backoff_ms": -5},
+            r"^actions\[3\]\.backoff_ms: must not be negative, got -5$",
+        ),
+        (
+            {"url": "http://h", "timeout_ms": 0},
+            r"^actions\[3\]\.timeout_ms: must be positive, got 0$",
+        ),
+        (
+            {"url": "http://h", "format": "xml"},
+            r"^actions\[3\]\.format: must be 'pressured' or 'oomhero', got 'xml'$",
+        ),
+        (
+            {"url": "http://h", "headers": ["a"]},
+            r"^actions\[3\]\.headers: expected dict, got \['a'\]$",
+        ),
+        (
+            {"url": "http://h", "headers": {"X": {"y": 1}}},
+            r"^actions\[3\]\.headers\.X: expected a text value",
+        ),
+        (
+            {"url": "http://h", "severities": ["fatal"]},
+            r"^actions\[3\]\.severities\[0\]: must be one of",
+        ),
+        (
+            {"url": "http://h", "header": {}},
+            r"^actions\[3\]\.header: unknown option for type 'webhook' "
+            r"\(did you mean 'headers'\?\)$",
+        ),
+    ],
+)
+def test_webhook_config_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        WebhookAction(options, ActionContext(), "actions[3]")
