@@ -236,6 +236,7 @@ class Daemon:
         self.runner: ActionRunner | None = None
         self.ctx: ActionContext | None = None
         self._noted: set[str] = set()
+        self._pid_owner: dict[int, str] = {}
         self.exit_reason = ""
 
     @staticmethod
@@ -485,9 +486,17 @@ class Daemon:
         if state.spec.ref is None:
             return []
         try:
-            return cgroupfs.read_pids(state.spec.ref)[:MAX_PIDS_IN_EVENT]
+            pids = cgroupfs.read_pids(state.spec.ref)[:MAX_PIDS_IN_EVENT]
         except CgroupFileError:
             return []
+        # who owned which pid when last seen: kmsg's cgroup line is rate-limited (10 per 5 s)
+        # and a reaped victim's /proc/PID/cgroup is gone, so a burst of kills often arrives
+        # with only a pid; the target that held it is still known from here
+        for pid in pids:
+            self._pid_owner[pid] = state.key
+        if len(self._pid_owner) > 65536:
+            self._pid_owner.clear()
+        return pids
 
     def _top_oom_score(self, state: TargetState) -> tuple[int, int] | None:
         best = None
@@ -606,7 +615,13 @@ class Daemon:
             cgroup_id = os.stat(ref.path).st_ino
         except OSError:
             cgroup_id = None
-        record = self.tracker.observe(state.key, ref.relpath, current, cgroup_id=cgroup_id)
+        record = self.tracker.observe(
+            state.key,
+            ref.relpath,
+            current,
+            group_kills=counters.oom_group_kill,
+            cgroup_id=cgroup_id,
+        )
         if record is not None:
             self.reconciler.add(
                 record,
@@ -635,6 +650,8 @@ class Daemon:
             key = attribute(r.cgroup, paths)
             if key is None and r.cgroup_id is not None:
                 key = ids.get(r.cgroup_id)
+            if key is None and r.pid is not None:
+                key = self._pid_owner.get(r.pid)
             state = self.targets.get(key) if key else None
             self.reconciler.add(
                 r,

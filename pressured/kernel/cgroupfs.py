@@ -160,6 +160,8 @@ class KillCounters:
     oom_kill: int
     oom_kill_local: int | None
     under_oom: bool = False
+    oom_group_kill: int | None = None
+    """v2 with memory.oom.group (kubelet >= 1.28): group kills, local where the kernel has it."""
 
 
 def read_usage(ref: CgroupRef) -> int:
@@ -194,10 +196,15 @@ def read_kill_counters(ref: CgroupRef) -> KillCounters:
         path = ref.file("memory.events")
         events = parse.parse_flat_keyed(read_text(path), path)
         local: int | None = None
+        group = events.get("oom_group_kill")
         local_path = ref.file("memory.events.local")
         if os.path.exists(local_path):
-            local = parse.parse_flat_keyed(read_text(local_path), local_path).get("oom_kill", 0)
-        return KillCounters(events.get("oom"), events.get("oom_kill", 0), local)
+            local_events = parse.parse_flat_keyed(read_text(local_path), local_path)
+            local = local_events.get("oom_kill", 0)
+            group = local_events.get("oom_group_kill", group)
+        return KillCounters(
+            events.get("oom"), events.get("oom_kill", 0), local, oom_group_kill=group
+        )
     path = ref.file("memory.oom_control")
     ctl = parse.parse_flat_keyed(read_text(path), path)
     if "oom_kill" not in ctl:

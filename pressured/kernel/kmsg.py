@@ -1,0 +1,465 @@
+"""OOM kills from /dev/kmsg (Documentation/ABI/testing/dev-kmsg).
+
+A /dev/kmsg read returns one record: ``"<prio>,<seq>,<usec>,<flags>[,...];<text>\\n"``
+followed by dictionary lines that start with a space (``" SUBSYSTEM=acpi"``). A read fails
+with EPIPE when the reader's next record was overwritten; the following read returns the
+oldest record still there, and the jump in sequence numbers says how many were lost.
+
+The OOM killer prints, per kill (mm/oom_kill.c):
+
+- ``>= 5.0``: ``"<comm> invoked oom-killer: gfp_mask=..., order=0, oom_score_adj=0"``, the
+  report, ``"oom-kill:constraint=...,oom_memcg=<path>,task_memcg=<path>,task=<comm>,pid=<n>,
+  uid=<n>"`` (4.19+), then ``"Memory cgroup out of memory: Killed process <pid> (<comm>)
+  total-vm:..kB, anon-rss:..kB, file-rss:..kB, shmem-rss:..kB, UID:<n> pgtables:..kB
+  oom_score_adj:<n>"`` ("Out of memory: ..." for a global OOM). With memory.oom.group,
+  ``"Tasks in <path> are going to be killed due to memory.oom.group set"`` follows and one
+  "Killed process" line per member.
+- ``< 5.0``: ``"Task in <path> killed as a result of limit of <path>"`` in the report,
+  ``"Memory cgroup out of memory: Kill process <pid> (<comm>) score <n> or sacrifice child"``
+  and ``"Killed process <pid> (<comm>) total-vm:..."`` (RHEL 7: ``"..., UID 0, total-vm:..."``).
+
+The report (everything up to the oom-kill summary) is rate limited (10 per 5 s); the
+"Killed process" line is not, so a burst yields kills with pid, comm and rss but no cgroup.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pressured.kills import SOURCE_KMSG, KillRecord
+
+log = logging.getLogger("pressured.kernel.kmsg")
+
+KMSG_READ_SIZE = 16384
+"""A record is at most CONSOLE_EXT_LOG_MAX (8 KiB); a smaller buffer makes read() fail EINVAL."""
+
+KERNEL_FACILITY = 0
+"""Only records the kernel printed count: root (or a privileged container) may write
+records to /dev/kmsg, and those carry the user facility (prio >= 8)."""
+
+CONTEXT_MAX_USEC = 10_000_000
+"""How long after "invoked oom-killer" its report may still name a kill. Printing the task
+list to a slow console took seconds on old kernels, whose printk was synchronous."""
+
+GROUP_MAX_GAP_USEC = 1_000_000
+"""memory.oom.group members are killed in one loop; a "Killed process" line further than
+this from the previous one belongs to another kill."""
+
+
+@dataclass(frozen=True)
+class KmsgRecord:
+    prio: int
+    seq: int
+    usec: int
+    flags: str
+    text: str
+    continuation: tuple[str, ...] = ()
+    caller: str | None = None
+
+    @property
+    def facility(self) -> int:
+        return self.prio >> 3
+
+    @property
+    def level(self) -> int:
+        return self.prio & 7
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The dictionary lines ("KEY=value") of the record."""
+        out: dict[str, str] = {}
+        for line in self.continuation:
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key] = value
+        return out
+
+
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def _unescape(text: str) -> str:
+    # the kernel writes bytes < 0x20, >= 0x7f and the backslash itself as \xNN
+    if "\\x" not in text:
+        return text
+    raw = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    return raw.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def parse_kmsg_record(raw: bytes | str) -> KmsgRecord | None:
+    """One record as read from /dev/kmsg; None when it is not one (malformed)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    head, sep, rest = text.partition(";")
+    if not sep:
+        return None
+    parts = head.split(",")
+    if len(parts) < 4:
+        return None
+    try:
+        prio, seq, usec = int(parts[0]), int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    if prio < 0 or seq < 0 or usec < 0:
+        return None
+    caller = None
+    for extra in parts[4:]:
+        if extra.startswith("caller="):
+            caller = extra[len("caller=") :]
+    lines = rest.split("\n")
+    body = lines[0]
+    continuation = tuple(
+        _unescape(line[1:]) for line in lines[1:] if line.startswith(" ") and len(line) > 1
+    )
+    return KmsgRecord(prio, seq, usec, parts[3], _unescape(body), continuation, caller)
+
+
+# --------------------------------------------------------------------------- the OOM parser
+_INVOKED = re.compile(r"^(?P<comm>.*) invoked oom-killer: (?P<rest>.*)$")
+_OOM_KILL = re.compile(
+    r"^oom-kill:constraint=(?P<constraint>[A-Z_]+),(?P<mid>.*?),?task=(?P<task>.*),"
+    r"pid=(?P<pid>\d+),uid=(?P<uid>\d+)\s*$"
+)
+_TASKS_GROUP = re.compile(
+    r"^Tasks in (?P<cgroup>.*) are going to be killed due to memory\.oom\.group set\s*$"
+)
+_TASK_IN = re.compile(r"^Task in (?P<task>.*) killed as a result of limit of (?P<limit>.*?)\s*$")
+_KILL_PROCESS = re.compile(
+    r"^(?:(?P<msg>.*?): )?Kill process (?P<pid>\d+) \((?P<comm>.*)\) score (?P<score>-?\d+)"
+    r" or sacrifice child\s*$"
+)
+_KILLED = re.compile(
+    r"^(?:(?P<msg>.*?): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\)(?P<rest>[^)]*)$"
+)
+_RSS_FIELDS = {
+    "total_vm": re.compile(r"total-vm:(\d+)kB"),
+    "anon_rss": re.compile(r"anon-rss:(\d+)kB"),
+    "file_rss": re.compile(r"file-rss:(\d+)kB"),
+    "shmem_rss": re.compile(r"shmem-rss:(\d+)kB"),
+    "pgtables": re.compile(r"pgtables:(\d+)kB"),
+}
+_UID = re.compile(r"UID[: ](\d+)")
+_ADJ = re.compile(r"oom_score_adj:(-?\d+)")
+
+
+@dataclass
+class _Context:
+    """What the report of one OOM invocation said, until its "Killed process" line."""
+
+    usec: int
+    invoker: str | None = None
+    cgroup: str | None = None
+    oom_memcg: str | None = None
+    constraint: str | None = None
+    pid: int | None = None
+    comm: str | None = None
+    uid: int | None = None
+    chose_pid: int | None = None
+    used: bool = False
+    group: str | None = None
+    group_usec: int = 0
+
+
+@dataclass
+class _Fragment:
+    record: KmsgRecord
+    text: str
+
+
+@dataclass
+class KmsgOomParser:
+    """Stateful across records: turns a stream of KmsgRecords into KillRecords.
+
+    ``gaps`` counts records missed (sequence numbers skipped: overwritten before read).
+    """
+
+    gaps: int = 0
+    ignored_user: int = 0
+    _last_seq: int | None = None
+    _ctx: _Context | None = None
+    _frag: _Fragment | None = field(default=None, repr=False)
+
+    def feed(self, record: KmsgRecord, *, time: float, wall: float) -> list[KillRecord]:
+        if self._last_seq is not None and record.seq > self._last_seq + 1:
+            self.gaps += record.seq - self._last_seq - 1
+            # what was lost may have been this context's kill or its continuation
+            self._ctx = None
+            self._frag = None
+        if self._last_seq is None or record.seq > self._last_seq:
+            self._last_seq = record.seq
+        if record.facility != KERNEL_FACILITY:
+            self.ignored_user += 1
+            return []
+        out: list[KillRecord] = []
+        frag = self._frag
+        if frag is not None:
+            if "+" in record.flags:
+                # before 4.9 every later fragment is '+', the last one too: the line ends
+                # only when a record that is not '+' arrives
+                frag.text += record.text
+                return out
+            if self._continues(frag, record):
+                # since 5.10 every unterminated fragment is 'c' and the last one '-'
+                frag.text += record.text
+                if "c" in record.flags:
+                    return out
+                self._frag = None
+                return self._line(frag.record, frag.text, time, wall)
+            self._frag = None
+            out += self._line(frag.record, frag.text, time, wall)
+        if "c" in record.flags:
+            self._frag = _Fragment(record, record.text)
+            return out
+        out += self._line(record, record.text, time, wall)
+        return out
+
+    def flush(self, *, time: float, wall: float) -> list[KillRecord]:
+        """Process a fragment still waiting for its continuation (end of input)."""
+        frag, self._frag = self._frag, None
+        return [] if frag is None else self._line(frag.record, frag.text, time, wall)
+
+    @staticmethod
+    def _continues(frag: _Fragment, record: KmsgRecord) -> bool:
+        # dev-kmsg: the continuation hints are not always right and other CPUs may print in
+        # between; join only what looks like the rest of the same line
+        if frag.record.caller and record.caller and frag.record.caller != record.caller:
+            return False
+        return frag.text.endswith(("=", " ", ",")) or record.text.startswith((",", " "))
+
+    def _line(self, rec: KmsgRecord, text: str, now: float, wall: float) -> list[KillRecord]:
+        text = text.rstrip("\n")
+        if "Killed process" in text:
+            m = _KILLED.match(text)
+            if m:
+                return [self._killed(rec, m, now, wall)]
+            return []
+        if "invoked oom-killer" in text:
+            m = _INVOKED.match(text)
+            if m:
+                self._ctx = _Context(rec.usec, invoker=m.group("comm"))
+            return []
+        if text.startswith("oom-kill:"):
+            self._oom_kill(rec, text)
+            return []
+        if text.startswith("Task in "):
+            m = _TASK_IN.match(text)
+            if m:
+                ctx = self._ctx_for(rec, starts_report=True)
+                ctx.cgroup, ctx.oom_memcg = m.group("task"), m.group("limit")
+            return []
+        if text.startswith("Tasks in "):
+            m = _TASKS_GROUP.match(text)
+            if m:
+                ctx = self._ctx_for(rec, starts_report=False)
+                ctx.group, ctx.group_usec = m.group("cgroup"), rec.usec
+            return []
+        if "Kill process" in text:
+            m = _KILL_PROCESS.match(text)
+            if m:
+                ctx = self._ctx_for(rec, starts_report=False)
+                ctx.chose_pid = int(m.group("pid"))
+        return []
+
+    def _ctx_for(self, rec: KmsgRecord, *, starts_report: bool) -> _Context:
+        """The context a report line belongs to. A line that only a report prints
+        (``starts_report``) opens a new one after a used context; a line printed for every
+        kill (rate-limited case) gets a used one, so it names no cgroup by itself."""
+        ctx = self._ctx
+        if ctx is None or rec.usec - ctx.usec > CONTEXT_MAX_USEC:
+            ctx = _Context(rec.usec, used=not starts_report)
+            self._ctx = ctx
+        elif ctx.used and starts_report:
+            ctx = _Context(rec.usec)
+            self._ctx = ctx
+        return ctx
+
+    def _oom_kill(self, rec: KmsgRecord, text: str) -> None:
+        m = _OOM_KILL.match(text)
+        if not m:
+            return
+        ctx = self._ctx
+        if ctx is None or ctx.used or rec.usec - ctx.usec > CONTEXT_MAX_USEC:
+            ctx = _Context(rec.usec)
+            self._ctx = ctx
+        ctx.constraint = m.group("constraint")
+        ctx.pid = int(m.group("pid"))
+        ctx.comm = m.group("task")
+        ctx.uid = int(m.group("uid"))
+        mid = m.group("mid")
+        # cgroup names may hold commas: take the memcg paths by their keys, not by splitting
+        task_at = mid.rfind("task_memcg=")
+        if task_at >= 0:
+            ctx.cgroup = mid[task_at + len("task_memcg=") :].rstrip(",") or None
+            head = mid[:task_at].rstrip(",")
+        else:
+            head = mid
+        oom_at = head.rfind("oom_memcg=")
+        if oom_at >= 0:
+            ctx.oom_memcg = head[oom_at + len("oom_memcg=") :] or None
+
+    def _killed(self, rec: KmsgRecord, m: re.Match[str], now: float, wall: float) -> KillRecord:
+        pid = int(m.group("pid"))
+        comm = m.group("comm")
+        rest = m.group("rest")
+        rss = {}
+        for name, rx in _RSS_FIELDS.items():
+            f = rx.search(rest)
+            if f:
+                rss[name] = int(f.group(1)) * 1024
+        uid_m = _UID.search(rest)
+        adj_m = _ADJ.search(rest)
+        extra: dict[str, object] = {"kmsg_seq": rec.seq, "kmsg_usec": rec.usec}
+        if m.group("msg"):
+            extra["message"] = m.group("msg")
+        cgroup: str | None = None
+        ctx = self._ctx
+        if (
+            ctx is not None
+            and rec.usec - ctx.usec <= CONTEXT_MAX_USEC
+            and not ctx.used
+            and (ctx.pid == pid or ctx.pid is None or ctx.chose_pid is not None)
+            and (ctx.cgroup is not None or ctx.pid == pid)
+        ):
+            ctx.used = True
+            cgroup = ctx.cgroup
+            for name in ("oom_memcg", "constraint", "invoker"):
+                value = getattr(ctx, name)
+                if value is not None:
+                    extra[name] = value
+            if ctx.pid is not None and ctx.pid != pid:
+                extra["chosen_pid"] = ctx.pid
+        elif (
+            ctx is not None
+            and ctx.group is not None
+            and rec.usec - ctx.group_usec <= (GROUP_MAX_GAP_USEC)
+        ):
+            cgroup = ctx.group
+            ctx.group_usec = rec.usec
+            extra["oom_group"] = ctx.group
+        return KillRecord(
+            source=SOURCE_KMSG,
+            time=now,
+            wall=wall,
+            cgroup=cgroup,
+            pid=pid,
+            comm=comm,
+            rss=rss,
+            uid=int(uid_m.group(1)) if uid_m else None,
+            oom_score_adj=int(adj_m.group(1)) if adj_m else None,
+            extra=extra,
+        )
+
+
+# --------------------------------------------------------------------------- the reader
+def available(path: str = "/dev/kmsg") -> tuple[bool, str]:
+    """Whether ``path`` can be read, and why not (dmesg_restrict without CAP_SYSLOG, ...)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        hint = ""
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            hint = " (kernel.dmesg_restrict=1 needs CAP_SYSLOG)"
+        return False, f"{path}: {exc.strerror}{hint}"
+    os.close(fd)
+    return True, f"{path} is readable"
+
+
+ReadFn = Callable[[int, int], bytes]
+
+
+class KmsgReader:
+    """Non-blocking /dev/kmsg reader; register ``fd`` for EPOLLIN, then ``read_records()``.
+
+    Starts after the newest record (SEEK_END) unless ``replay``: then every record still in
+    the kernel's buffer is read once, with its time estimated from its timestamp.
+    ``read`` is the read(2) to use; tests pass one that raises EPIPE, which cannot be forced
+    on the real device without flooding the machine's log.
+    """
+
+    def __init__(
+        self,
+        path: str = "/dev/kmsg",
+        replay: bool = False,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        read: ReadFn = os.read,
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._wall = wall_clock
+        self._read = read
+        self.parser = KmsgOomParser()
+        self.overruns = 0
+        self.errors = 0
+        self.malformed = 0
+        self.records_read = 0
+        self._replaying = replay
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not replay:
+            try:
+                os.lseek(self._fd, 0, os.SEEK_END)
+            except OSError:
+                os.close(self._fd)
+                raise
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def lost(self) -> int:
+        """Records overwritten before they could be read."""
+        return self.parser.gaps
+
+    def read_records(self) -> list[KillRecord]:
+        """Drain every record ready now; kills found among them."""
+        out: list[KillRecord] = []
+        while self._fd >= 0:
+            try:
+                data = self._read(self._fd, KMSG_READ_SIZE)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                # dev-kmsg: our position was overwritten; the next read goes on from the
+                # oldest record left, and the sequence gap counts what was lost
+                self.overruns += 1
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                # not one of the documented outcomes: say so once per drain, keep the daemon
+                self.errors += 1
+                log.warning("%s: read failed: %s", self.path, exc.strerror)
+                break
+            if not data:
+                break
+            rec = parse_kmsg_record(data)
+            if rec is None:
+                self.malformed += 1
+                continue
+            self.records_read += 1
+            now, wall = self._clock(), self._wall()
+            if self._replaying:
+                now, wall = self._estimate_past(rec, now, wall)
+            for kill in self.parser.feed(rec, time=now, wall=wall):
+                out.append(kill)
+        self._replaying = False
+        return out
+
+    @staticmethod
+    def _estimate_past(rec: KmsgRecord, now: float, wall: float) -> tuple[float, float]:
+        # printk stamps records with local_clock(), close to CLOCK_MONOTONIC; only a
+        # replayed record needs it (live ones are stamped when read: the two clocks drift)
+        age = max(0.0, time.clock_gettime(time.CLOCK_MONOTONIC) - rec.usec / 1e6)
+        return now - age, wall - age
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

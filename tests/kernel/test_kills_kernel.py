@@ -1,0 +1,89 @@
+"""Real kills on this host: 5 cgroups, 50 kills in quick succession, exactly 50 oom_killed events.
+
+Three cgroups (24 MiB) are covered by a warning rule, two (40 MiB) by none: their kills must
+say warned_seconds_before null, the others a positive lead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.cgroups import Child, leaker_argv
+
+pytestmark = pytest.mark.kernel
+MiB = 1024 * 1024
+KILLS_PER_CGROUP = 10
+
+
+def test_fifty_kills_fifty_events(
+    make_cgroup: Callable[[int | None], Child], tmp_path: Path
+) -> None:
+    warned = [make_cgroup(24 * MiB) for _ in range(3)]
+    unwarned = [make_cgroup(40 * MiB) for _ in range(2)]
+    events, cfg = tmp_path / "events.jsonl", tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "rules:\n"
+        "  warning: 'memory_max < 30000000 && memory_usage > 40'\n"
+        "  critical: '0 > 1'\n"
+        "thresholds: {metric: usage}\n"
+        "metrics: {enabled: false}\n"
+    )
+    argv = [sys.executable, "-m", "pressured", "run", "-c", str(cfg), "--events-out", str(events)]
+    for c in warned + unwarned:
+        argv += ["--cgroup", c.path]
+    daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    victims: dict[int, str] = {}
+    try:
+        time.sleep(2)
+        assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+
+        def kill_round() -> None:
+            procs = [
+                (c, c.spawn(leaker_argv("--rate-mib", "64", "--max-mib", "200")))
+                for c in warned + unwarned
+            ]
+            for c, p in procs:
+                assert p.wait(timeout=30) == -9, "each allocator must die of the OOM killer"
+                victims[p.pid] = c.path
+
+        for _ in range(KILLS_PER_CGROUP):
+            kill_round()
+        kills: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            docs = (
+                [json.loads(x) for x in events.read_text().splitlines()] if events.exists() else []
+            )
+            kills = [d for d in docs if d["event_type"] == "oom_killed"]
+            if len(kills) >= len(victims):
+                time.sleep(6)  # anything counted twice would arrive within the merge window
+                docs = [json.loads(x) for x in events.read_text().splitlines()]
+                kills = [d for d in docs if d["event_type"] == "oom_killed"]
+                break
+            time.sleep(0.5)
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert len(victims) == 50
+    extra = [
+        (k["pid"], k["sources"], k["oom_kill_count"]) for k in kills if k["pid"] not in victims
+    ]
+    assert len(kills) == 50, f"{len(kills)} oom_killed events for 50 kills; extra: {extra}"
+    assert sorted(k["pid"] for k in kills) == sorted(victims)  # type: ignore[type-var]
+    for k in kills:
+        assert k["cgroup"] == victims[k["pid"]]  # type: ignore[index]
+        assert "counters" in k["sources"]  # type: ignore[operator]
+        assert len(k["sources"]) >= 2, k  # type: ignore[arg-type]
+        lead = k["warned_seconds_before"]
+        if k["cgroup"] in {c.path for c in warned}:
+            assert lead is not None and lead > 0, k  # type: ignore[operator]
+        else:
+            assert lead is None, k
