@@ -1,0 +1,91 @@
+"""End to end on this host: a real Go program with net/http/pprof leaks in a limited cgroup;
+`pressured run` warns, captures its heap into storage, finds the leaking function on top, and
+confirms the kernel's kill."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pressured.kernel.child import Child, own_memory_cgroup
+from tests.pprof.conftest import LEAK_FUNCTION
+
+pytestmark = pytest.mark.kernel
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_go_leak_warned_dumped_analysed_and_kill_confirmed(leaky_bin: Path, tmp_path: Path) -> None:
+    base, why = own_memory_cgroup()
+    if base is None:
+        pytest.skip(f"no writable memory cgroup here: {why}")
+    child = Child(f"pressured-e2e-go-{time.monotonic_ns()}", 160 * MiB)
+    port = free_port()
+    storage, events, cfg = tmp_path / "store", tmp_path / "events.jsonl", tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "thresholds: {warn_percent: 45, critical_percent: 95, metric: usage}\n"
+        "actions:\n"
+        "  - {type: log}\n"
+        f"  - {{type: heapdump, port: {port}, severities: [warn]}}\n"
+        f"storage: {{type: local, path: {storage}}}\n"
+        "metrics: {enabled: false}\n"
+    )
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pressured",
+            "run",
+            "-c",
+            str(cfg),
+            "--cgroup",
+            child.path,
+            "--events-out",
+            str(events),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    docs: list[dict[str, Any]] = []
+    try:
+        time.sleep(1.5)
+        go = child.spawn(
+            [str(leaky_bin), "-port", str(port), "-rate", "12", "-cap", "4000"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert go.wait(timeout=120) == -9, "the Go program should end in a real OOM kill"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            docs = (
+                [json.loads(x) for x in events.read_text().splitlines()] if events.exists() else []
+            )
+            if any(d["event_type"] == "oom_killed" for d in docs):
+                break
+            time.sleep(0.3)
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+        child.remove()
+    assert daemon.returncode == 0, err
+    warn = next(d for d in docs if d.get("severity") == "warn")
+    assert warn["pprof_top"][0]["function"] == LEAK_FUNCTION, warn.get("pprof_top")
+    key = warn["heapdump"]["key"]
+    assert key.startswith(f"heaps/local/{Path(child.path).name}/") and key.endswith(".pb.gz")
+    assert (storage / key).stat().st_size > 0
+    assert json.loads((storage / key.replace(".pb.gz", ".json")).read_text())["severity"] == "warn"
+    kill = next(d for d in docs if d["event_type"] == "oom_killed")
+    assert kill["pid"] == go.pid and "counters" in kill["sources"]
+    assert kill["warned_seconds_before"] > 0
