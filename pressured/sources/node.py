@@ -319,9 +319,6 @@ class NodeSource(Source):
         if self._owns_kube and self.kube is not None:
             self.kube.close()
 
-    def notify_fs_change(self) -> None:
-        self.mark_changed()
-
     def watch_dirs(self) -> list[str]:
         return list(self._watch_dirs)
 

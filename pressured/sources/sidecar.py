@@ -193,9 +193,6 @@ class SidecarSource(Source):
         if self._owns_kube and self.kube is not None:
             self.kube.close()
 
-    def notify_fs_change(self) -> None:
-        self.mark_changed()
-
     def watch_dirs(self) -> list[str]:
         if self._used == "cgroupfs" and self._pod_dir is not None:
             return [self._pod_dir]

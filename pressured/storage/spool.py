@@ -37,7 +37,7 @@ from typing import IO
 
 from pressured.errors import StorageError
 from pressured.storage.base import Storage, Writer, validate_key
-from pressured.storage.local import make_dirs
+from pressured.storage.local import _fsync_dir, make_dirs
 
 log = logging.getLogger("pressured.storage.spool")
 
@@ -78,14 +78,6 @@ class _Entry:
     attempts: int = 0
     due: float = 0.0
     busy: bool = False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SpoolWriter(Writer):

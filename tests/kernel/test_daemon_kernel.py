@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.cgroups import Child, leaker_argv
+from tests.support.events import has_kill, kind, wait_for_events
 
 pytestmark = pytest.mark.kernel
 MiB = 1024 * 1024
@@ -54,15 +54,7 @@ def run_leak(
             leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
         )
         assert app.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
-        docs: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            docs = (
-                [json.loads(x) for x in events.read_text().splitlines()] if events.exists() else []
-            )
-            if any(d["event_type"] == "oom_killed" for d in docs):
-                break
-            time.sleep(0.2)
+        docs = wait_for_events(events, has_kill, 15)
     finally:
         daemon.terminate()
         _, err = daemon.communicate(timeout=20)
@@ -75,7 +67,7 @@ def test_warn_and_critical_precede_the_kill_and_signals_arrive(
     make_cgroup: Callable[[int | None], Child], tmp_path: Path
 ) -> None:
     docs, got = run_leak(make_cgroup, tmp_path, dry_run=False)
-    kinds = [d.get("severity") or d["event_type"] for d in docs]
+    kinds = [kind(d) for d in docs]
     assert "warn" in kinds and "critical" in kinds and "oom_killed" in kinds, kinds
     assert kinds.index("warn") < kinds.index("critical") < kinds.index("oom_killed")
     warn = docs[kinds.index("warn")]
@@ -89,7 +81,7 @@ def test_warn_and_critical_precede_the_kill_and_signals_arrive(
 
 def test_dry_run_sends_nothing(make_cgroup: Callable[[int | None], Child], tmp_path: Path) -> None:
     docs, got = run_leak(make_cgroup, tmp_path, dry_run=True)
-    kinds = [d.get("severity") or d["event_type"] for d in docs]
+    kinds = [kind(d) for d in docs]
     assert "warn" in kinds and "critical" in kinds
     assert all(d["dry_run"] for d in docs)
     assert got == []

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pressured.kernel.child import Child, own_memory_cgroup
 from tests.pprof.conftest import LEAK_FUNCTION
+from tests.support.events import has_kill, wait_for_events
 
 pytestmark = pytest.mark.kernel
 MiB = 1024 * 1024
@@ -58,7 +58,6 @@ def test_go_leak_warned_dumped_analysed_and_kill_confirmed(leaky_bin: Path, tmp_
         stderr=subprocess.PIPE,
         text=True,
     )
-    docs: list[dict[str, Any]] = []
     try:
         time.sleep(1.5)
         go = child.spawn(
@@ -67,14 +66,7 @@ def test_go_leak_warned_dumped_analysed_and_kill_confirmed(leaky_bin: Path, tmp_
             stderr=subprocess.DEVNULL,
         )
         assert go.wait(timeout=120) == -9, "the Go program should end in a real OOM kill"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            docs = (
-                [json.loads(x) for x in events.read_text().splitlines()] if events.exists() else []
-            )
-            if any(d["event_type"] == "oom_killed" for d in docs):
-                break
-            time.sleep(0.3)
+        docs = wait_for_events(events, has_kill, 20)
     finally:
         daemon.terminate()
         _, err = daemon.communicate(timeout=30)

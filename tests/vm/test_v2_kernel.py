@@ -16,6 +16,7 @@ from pressured.kernel import cgroupfs
 from pressured.kernel.child import Child, leaker_argv
 from pressured.kernel.procfs import count_open_fds
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
+from tests.support.events import has_kill, kind, wait_for_events
 
 pytestmark = pytest.mark.vm
 MiB = 1024 * 1024
@@ -171,15 +172,8 @@ def test_daemon_warns_and_signals_before_the_kill_on_v2(
             leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
         )
         assert app.wait(timeout=240) == -9
-        deadline = time.monotonic() + 60
-        kinds: list[str] = []
-        while time.monotonic() < deadline:
-            lines = events.read_text().splitlines() if events.exists() else []
-            docs = [json.loads(x) for x in lines]
-            kinds = [d.get("severity") or d["event_type"] for d in docs]
-            if "oom_killed" in kinds:
-                break
-            time.sleep(1)
+        docs = wait_for_events(events, has_kill, 60, poll=1.0)
+        kinds = [kind(d) for d in docs]
         assert "warn" in kinds and "critical" in kinds, kinds
         assert kinds.index("warn") < kinds.index("critical")
         got = signals.read_text().split() if signals.exists() else []
