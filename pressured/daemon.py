@@ -248,10 +248,12 @@ class Daemon:
                 cfg.get("source.psi.stall_us"),
                 cfg.get("source.psi.window_us"),
             )
+        rules = cfg.get("rules") or {}
         return WatchOptions(
             min_interval_s=cfg.get("source.min_interval_ms") / 1000,
             max_interval_s=cfg.get("source.poll_interval_ms") / 1000,
             psi=psi,
+            read_always=bool(rules.get("warning") or rules.get("critical")),
         )
 
     # ------------------------------------------------------------------ set-up
@@ -664,12 +666,30 @@ class Daemon:
                 # the counter moved too: read it now so both records meet inside the window
                 self._observe_counters(state)
 
+    @property
+    def watches_everything(self) -> bool:
+        """Local mode over the whole tree, or a node: a kill outside every target is still a
+        kill on this machine (a global OOM, an unlimited cgroup) and is reported. With named
+        targets (--cgroup, a sidecar's own pod) kernel sources also see the neighbours' kills,
+        which are not ours to report."""
+        if self.cfg.mode == "local":
+            return not self.cfg.get("source.cgroup.paths")
+        return self.cfg.mode == "node"
+
     def _flush_kills(self) -> None:
         if self.reconciler is None:
             return
         for kill in self.reconciler.flush(self._clock()):
-            state = self.targets.get(kill.key) if kill.key else None
-            self.emit(kill, state)
+            self._emit_kill(kill)
+
+    def _emit_kill(self, kill: OomKill) -> None:
+        state = self.targets.get(kill.key) if kill.key else None
+        if state is None and not self.watches_everything:
+            log.debug(
+                "kill of pid %s in %s: not a watched target, not reported", kill.pid, kill.cgroup
+            )
+            return
+        self.emit(kill, state)
 
     # ------------------------------------------------------------------ loop
     _dirs: native.Inotify | None = None
@@ -851,7 +871,7 @@ class Daemon:
     def close(self) -> None:
         if self.reconciler is not None:
             for kill in self.reconciler.drain():
-                self.emit(kill, self.targets.get(kill.key) if kill.key else None)
+                self._emit_kill(kill)
         if self.runner is not None:
             self.runner.close()
             self.runner = None

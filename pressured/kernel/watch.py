@@ -75,6 +75,9 @@ class WatchOptions:
     v1_pressure_level: str | None = "medium"
     change_fraction: float = 0.01
     """A cold adaptive read is reported when usage moved by this fraction of the limit."""
+    read_always: bool = False
+    """Read v1 usage adaptively even below the thresholds: a rule expression has no kernel
+    notifier, so only reads can see it match (and the growth it may depend on)."""
 
 
 @dataclass
@@ -266,6 +269,8 @@ class Watcher:
 
     def _arm_v1_levels(self, t: _Target, armed: list[str], missing: list[str]) -> None:
         assert t.ref is not None
+        if self.options.read_always and t.limit is not None:
+            t.adaptive_always = True
         for level in t.levels:
             try:
                 fd = native.register_v1_event(t.ref.path, "memory.usage_in_bytes", str(level))
