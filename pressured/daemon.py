@@ -776,6 +776,15 @@ class Daemon:
             problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
             log.error("reload refused, keeping the running config: %s", "; ".join(problems))
             return
+        # thresholds, rules, actions and dry_run apply now; what the running loop was built
+        # from (sources, kill sources, the metrics server, storage) needs a restart
+        fixed = [
+            k
+            for k in ("source", "kills", "metrics", "storage", "kubernetes", "state_dir")
+            if new.data.get(k) != self.cfg.data.get(k)
+        ]
+        if fixed:
+            log.warning("reload: changes to %s take effect after a restart", ", ".join(fixed))
         self.cfg = new
         self.engine.update_settings(settings)
         old, self.runner = (
