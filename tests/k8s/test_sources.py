@@ -4,6 +4,7 @@ fake API server; and, on this host, a real kubepods-shaped cgroup through the en
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -625,3 +626,65 @@ def test_status_only_updates_do_not_rescan(
     fake_api.modify_pod(WEB_UID, not_ready)
     wait_for(lambda: src.cache is not None and src.cache.generation > generation, what="MODIFIED")
     assert not src.changed()
+
+
+@pytest.mark.kernel
+def test_node_mode_daemon_end_to_end(
+    kubepods_cgroup: tuple[Path, Path],
+    kubeconfig: Path,
+    fake_api: FakeKube,
+    tmp_path: Path,
+) -> None:
+    """The real daemon in node mode: a process in a kubepods-shaped cgroup on this host, the
+    pod served by the fake API; the event carries the pod's identity, and a k8s-event action
+    posts a MemoryPressureWarning Event on that pod."""
+    from pressured import config as config_mod
+    from pressured.daemon import Daemon
+
+    base, container = kubepods_cgroup
+
+    def tune(pod: dict[str, Any]) -> None:
+        pod["metadata"]["annotations"]["pressured.io/warn-percent"] = "5"
+
+    fake_api.modify_pod(WEB_UID, tune)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(container / "cgroup.procs")], stdout=subprocess.PIPE
+    )
+    events = tmp_path / "events.jsonl"
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"ok"
+        cfg = config_mod.load(
+            None,
+            env={},
+            flags={
+                "source.mode": "node",
+                "source.cgroup.path": str(base),
+                "kubernetes.node_name": "node-1",
+                "kubernetes.kubeconfig": str(kubeconfig),
+                "metrics.enabled": False,
+                "events_out": str(events),
+                "thresholds.metric": "usage",
+            },
+        )
+        cfg.data["actions"] = [{"type": "log"}, {"type": "k8s-event"}]
+        cfg.data["kills"] = {"kmsg": {"enabled": False}, "tracepoint": {"enabled": False}}
+        Daemon(cfg).run(run_for=3.0)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    docs = [json.loads(x) for x in events.read_text().splitlines()]
+    warn = next(d for d in docs if d.get("severity") == "warn")
+    assert (warn["namespace"], warn["pod_name"], warn["pod_uid"], warn["container_name"]) == (
+        "shop",
+        "web-7d4b9c-x2x9q",
+        WEB_UID,
+        "app",
+    )
+    assert warn["node_name"] == "node-1" and warn["pod_ip"] == "10.244.1.17"
+    assert warn["cgroup"] == str(container)
+    posted = [e for e in fake_api.events.values() if e.get("reason") == "MemoryPressureWarning"]
+    assert posted, fake_api.events
+    assert posted[0]["involvedObject"]["uid"] == WEB_UID
