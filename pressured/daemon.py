@@ -311,11 +311,6 @@ class Daemon:
         self._metrics_server = start_http(
             self.metrics.registry, self.cfg.get("metrics.address"), self.cfg.get("metrics.port")
         )
-        log.info(
-            "metrics on http://%s:%d/metrics",
-            self.cfg.get("metrics.address"),
-            self._metrics_server.port,
-        )
 
     def _start_kills(self) -> None:
         from pressured.kills import (  # noqa: PLC0415
