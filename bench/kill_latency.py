@@ -84,9 +84,20 @@ def main() -> None:
 
         daemon.emit = capture  # type: ignore[method-assign]
         deaths: dict[int, float] = {}
+        ready = threading.Event()
+        start = daemon.start
+
+        def start_then_signal() -> None:
+            start()
+            ready.set()
+
+        daemon.start = start_then_signal  # type: ignore[method-assign]
 
         def killer() -> None:
-            time.sleep(1.0)
+            # a kill before the daemon has armed is one it never watched (the VM guest takes
+            # seconds to start it): begin only once it is ready
+            ready.wait(120)
+            time.sleep(0.5)
             for _ in range(a.kills):
                 proc = child.spawn(leaker_argv("--rate-mib", "0", "--max-mib", "200"))
                 proc.wait()
