@@ -822,6 +822,7 @@ class _Sandbox:
         return method, url, opts
 
     def _http_settings(self, opts: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """httpx request keywords (headers, timeout, content, follow_redirects) from opts."""
         headers = {"User-Agent": f"pressured/{__version__}"}
         given = opts.get("headers")
         if given is not None:
@@ -868,14 +869,7 @@ class _Sandbox:
             settings = self._http_settings(opts, "http.fetch")
             max_bytes = _positive(opts.get("max_bytes"), "http.fetch: opts.max_bytes")
             try:
-                with self.owner.http().stream(
-                    method,
-                    url,
-                    headers=settings["headers"],
-                    content=settings["content"],
-                    timeout=settings["timeout"],
-                    follow_redirects=settings["follow_redirects"],
-                ) as resp:
+                with self.owner.http().stream(method, url, **settings) as resp:
                     body = bytearray()
                     for chunk in resp.iter_bytes(_CHUNK):
                         body += chunk
@@ -929,14 +923,7 @@ class _Sandbox:
             settings = self._http_settings(opts, "http.download")
             storage = self.owner.storage()
             try:
-                with self.owner.http().stream(
-                    method,
-                    url,
-                    headers=settings["headers"],
-                    content=settings["content"],
-                    timeout=settings["timeout"],
-                    follow_redirects=settings["follow_redirects"],
-                ) as resp:
+                with self.owner.http().stream(method, url, **settings) as resp:
                     if not 200 <= resp.status_code < 300:
                         return self._result(
                             {
@@ -978,14 +965,7 @@ class _Sandbox:
             settings = self._http_settings(opts, "http.stream")
             chunk_size = _positive(opts.get("chunk_size"), "http.stream: opts.chunk_size")
             try:
-                with self.owner.http().stream(
-                    method,
-                    url,
-                    headers=settings["headers"],
-                    content=settings["content"],
-                    timeout=settings["timeout"],
-                    follow_redirects=settings["follow_redirects"],
-                ) as resp:
+                with self.owner.http().stream(method, url, **settings) as resp:
                     headers = _headers(resp.headers)
                     self._reserve(_estimate(headers))
                     lua_headers = self._to_lua(headers)
