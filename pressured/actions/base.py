@@ -23,6 +23,9 @@ from typing import Any, ClassVar
 from pressured.errors import ConfigError
 from pressured.model import Event
 
+SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
+"""What an event's ``severity`` can be: the engine's three, and a confirmed kill."""
+
 
 @dataclass
 class ActionContext:
@@ -89,6 +92,22 @@ class Action:
         if not isinstance(value, kind):
             raise ConfigError(f"{self.where}.{key}: expected {_kind_name(kind)}, got {value!r}")
         return value
+
+    def severities_opt(self, default: tuple[str, ...] = SEVERITIES) -> set[str]:
+        """The ``severities`` option: which events the action handles, each name checked."""
+        from pressured.config import suggest  # noqa: PLC0415 - config imports actions lazily too
+
+        raw = self.opt("severities", list, list(default))
+        out: set[str] = set()
+        for i, s in enumerate(raw):
+            if s not in SEVERITIES:
+                hint = suggest(str(s), SEVERITIES)
+                raise ConfigError(
+                    f"{self.where}.severities[{i}]: must be one of {', '.join(SEVERITIES)}, "
+                    f"got {s!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                )
+            out.add(s)
+        return out
 
     def reject_unknown(self, known: set[str]) -> None:
         from pressured.config import suggest  # noqa: PLC0415 - config imports actions lazily too

@@ -22,7 +22,6 @@ from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.exec")
 
-SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
 STDERR_TAIL = 200
 
 
@@ -38,23 +37,6 @@ def event_env(doc: Mapping[str, Any]) -> dict[str, str]:
     for key, value in psi.items():
         if value is not None:
             out[f"PRESSURED_PSI_{key.upper()}"] = str(value)
-    return out
-
-
-def parse_severities(action: Action, default: tuple[str, ...] = SEVERITIES) -> set[str]:
-    """The ``severities`` option: which events an action handles, each name checked."""
-    from pressured.config import suggest  # noqa: PLC0415 - config imports actions lazily too
-
-    raw = action.opt("severities", list, list(default))
-    out: set[str] = set()
-    for i, s in enumerate(raw):
-        if s not in SEVERITIES:
-            hint = suggest(str(s), SEVERITIES)
-            raise ConfigError(
-                f"{action.where}.severities[{i}]: must be one of {', '.join(SEVERITIES)}, "
-                f"got {s!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-            )
-        out.add(s)
     return out
 
 
@@ -91,7 +73,7 @@ class ExecAction(Action):
         if timeout_ms <= 0:
             raise ConfigError(f"{where}.timeout_ms: must be positive, got {timeout_ms!r}")
         self.timeout = timeout_ms / 1000
-        self.severities = parse_severities(self)
+        self.severities = self.severities_opt()
         self.env = {str(k): str(v) for k, v in self.opt("env", dict, {}).items()}
 
     def run(self, event: Event) -> None:

@@ -65,7 +65,6 @@ GOROUTINE_PATH = "goroutine?debug=2"
 ANNOTATION_ENABLED = "pressured.io/pprof-enabled"
 ANNOTATION_PORT = "pressured.io/pprof-port"
 ANNOTATION_PATH = "pressured.io/pprof-path"
-SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
 CHUNK_BYTES = 64 * 1024
 TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
 _TRUE = ("true", "1", "yes", "on")
@@ -106,13 +105,7 @@ class HeapdumpAction(Action):
             raise ConfigError(f"{where}.path: must start with '/' (got {self.path!r})")
         self.goroutines: bool = self.opt("goroutines", bool, False)
         self.discover_ports: bool = self.opt("discover_ports", bool, False)
-        severities = self.opt("severities", list, ["critical"])
-        for i, sev in enumerate(severities):
-            if sev not in SEVERITIES:
-                raise ConfigError(
-                    f"{where}.severities[{i}]: must be one of {', '.join(SEVERITIES)} (got {sev!r})"
-                )
-        self.severities: frozenset[str] = frozenset(severities)
+        self.severities: frozenset[str] = frozenset(self.severities_opt(("critical",)))
         self.max_bytes: int = self.opt("max_bytes", int, 256 * 1024 * 1024)
         if self.max_bytes <= 0:
             raise ConfigError(f"{where}.max_bytes: must be positive (got {self.max_bytes!r})")

@@ -20,7 +20,6 @@ import httpx
 
 from pressured import __version__
 from pressured.actions.base import Action, ActionContext
-from pressured.actions.exec import parse_severities
 from pressured.errors import ActionError, ConfigError
 from pressured.model import Event
 
@@ -95,7 +94,7 @@ class WebhookAction(Action):
             raise ConfigError(
                 f"{where}.format: must be 'pressured' or 'oomhero', got {self.format!r}"
             )
-        self.severities = parse_severities(self)
+        self.severities = self.severities_opt()
         self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
 
     def run(self, event: Event) -> None:
