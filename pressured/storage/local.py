@@ -45,6 +45,15 @@ def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
                 raise
 
 
+def _discard(fd: int, path: Path) -> None:
+    """Drop an uncommitted write: close its fd (if still open) and remove its temporary file."""
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def _fsync_dir(path: Path) -> None:
     # The rename is durable only once the directory entry is on disk (fsync(2), "Notes").
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -101,12 +110,8 @@ class LocalWriter(Writer):
         if self._done:
             return
         self._done = True
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        _discard(self._fd, self._tmp)
+        self._fd = -1
 
 
 class LocalStorage(Storage):

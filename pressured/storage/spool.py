@@ -37,7 +37,7 @@ from typing import IO
 
 from pressured.errors import StorageError
 from pressured.storage.base import Storage, Writer, validate_key
-from pressured.storage.local import _fsync_dir, make_dirs
+from pressured.storage.local import _discard, _fsync_dir, make_dirs
 
 log = logging.getLogger("pressured.storage.spool")
 
@@ -139,12 +139,8 @@ class SpoolWriter(Writer):
         if self._done:
             return
         self._done = True
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            self._part.unlink()
+        _discard(self._fd, self._part)
+        self._fd = -1
         self._spool._release(self._written)
 
 
