@@ -108,6 +108,8 @@ class TargetState:
     limit: int | None = None
     levels: list[int] = field(default_factory=list)
     overrides: ThresholdOverride | None = None
+    cgroup_id: int | None = None
+    """Inode of the cgroup directory (the kernel's cgroup id on v2), taken once when armed."""
 
     @property
     def key(self) -> str:
@@ -401,6 +403,7 @@ class Daemon:
                 continue
             state = TargetState(spec, overrides=self._overrides(spec))
             try:
+                state.cgroup_id = os.stat(spec.ref.path).st_ino
                 state.limit = cgroupfs.read_limit(spec.ref)
                 state.levels = self._levels(state)
                 report = self.watcher.add_cgroup(key, spec.ref, state.levels)
@@ -409,7 +412,7 @@ class Daemon:
                 continue
             self.targets[key] = state
             self._log_report(key, report.armed, report.missing)
-            self._observe_counters(state, initial=True)
+            self._observe_counters(state)
             self._refresh(state, "start")
         if self.metrics is not None:
             self.metrics.set_watched(len(self.targets))
@@ -597,7 +600,7 @@ class Daemon:
             self.metrics.action_failed(name)
 
     # ------------------------------------------------------------------ kills
-    def _observe_counters(self, state: TargetState, *, initial: bool = False) -> None:
+    def _observe_counters(self, state: TargetState) -> None:
         ref = state.spec.ref
         if ref is None or self.tracker is None:
             return
@@ -608,16 +611,12 @@ class Daemon:
         current = (
             counters.oom_kill_local if counters.oom_kill_local is not None else counters.oom_kill
         )
-        try:
-            cgroup_id = os.stat(ref.path).st_ino
-        except OSError:
-            cgroup_id = None
         record = self.tracker.observe(
             state.key,
             ref.relpath,
             current,
             group_kills=counters.oom_group_kill,
-            cgroup_id=cgroup_id,
+            cgroup_id=state.cgroup_id,
         )
         if record is not None:
             self.reconciler.add(
@@ -638,11 +637,7 @@ class Daemon:
         if not records:
             return
         paths = self._kill_targets()
-        ids = {}
-        for k, s in self.targets.items():
-            if s.spec.ref is not None:
-                with contextlib.suppress(OSError):
-                    ids[os.stat(s.spec.ref.path).st_ino] = k
+        ids = {s.cgroup_id: k for k, s in self.targets.items() if s.cgroup_id is not None}
         for r in records:
             key = attribute(r.cgroup, paths)
             if key is None and r.cgroup_id is not None:
