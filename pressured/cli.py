@@ -136,7 +136,9 @@ def _check_actions(cfg: Any) -> None:
 
 def _run_daemon(config: str | None, flags: dict[str, Any], run_for: float | None) -> None:
     from pressured.daemon import Daemon  # noqa: PLC0415
+    from pressured.kernel.procfs import own_start_usec  # noqa: PLC0415
 
+    started = own_start_usec()
     cfg = _load(config, flags)
     setup_logging(str(cfg.get("log_level")))
     _check_actions(cfg)
@@ -147,7 +149,7 @@ def _run_daemon(config: str | None, flags: dict[str, Any], run_for: float | None
         return config_mod.load(config, flags=flags)
 
     try:
-        daemon = Daemon(cfg, reload=reload)
+        daemon = Daemon(cfg, reload=reload, started_usec=started)
         code = daemon.run(run_for=run_for)
     except ConfigError as exc:
         raise config_errors(exc) from None

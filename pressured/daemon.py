@@ -10,6 +10,7 @@ it recovered (earlyoom re-checks memory before killing).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import logging
 import os
@@ -217,8 +218,12 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         source: Source | None = None,
+        started_usec: int | None = None,
     ) -> None:
+        """``started_usec``: when the process started, on /dev/kmsg's clock (the CLI passes
+        it): kills from then on are reported even if they happened before arming finished."""
         self.cfg = cfg
+        self._started_usec = started_usec
         self._reload = reload
         self._clock = clock
         self._wall = wall
@@ -240,6 +245,9 @@ class Daemon:
         self._noted: set[str] = set()
         self._pid_owner: dict[int, str] = {}
         self.exit_reason = ""
+        self.ready = False
+        self.kill_status: dict[str, tuple[bool, str]] = {}
+        """True once every target found at start is armed and the kill sources are open."""
 
     @staticmethod
     def _watch_options(cfg: Config) -> WatchOptions:
@@ -292,6 +300,18 @@ class Daemon:
         if self.cfg.get("source.machine") and self.cfg.mode == "local":
             self._add_machine()
         self._sync_targets()
+        self._announce_ready()
+
+    def _announce_ready(self) -> None:
+        """Say once that start-up is over: tests, probes and people wait for this line (or for
+        /healthz to answer 200), never for a guessed time."""
+        self.ready = True
+        active = [name for name, (on, _why) in self.kill_status.items() if on]
+        log.info(
+            "ready: %d target(s) watched, kill sources: %s",
+            len(self.targets),
+            ", ".join(active) or "none",
+        )
 
     _storage_obj: Any = None
 
@@ -311,8 +331,15 @@ class Daemon:
             clock=self._clock,
         )
         self._metrics_server = start_http(
-            self.metrics.registry, self.cfg.get("metrics.address"), self.cfg.get("metrics.port")
+            self.metrics.registry,
+            self.cfg.get("metrics.address"),
+            self.cfg.get("metrics.port"),
+            health=self.health,
         )
+
+    def health(self) -> tuple[bool, str]:
+        """What /healthz answers: not ready (503) until every start-up target is armed."""
+        return (True, "ok") if self.ready else (False, "starting: arming targets")
 
     def _start_kills(self) -> None:
         from pressured.kills import (  # noqa: PLC0415
@@ -327,11 +354,12 @@ class Daemon:
         self.kills = KillSources(
             kcfg, clock=self._clock, wall_clock=self._wall, proc=self.proc_root
         )
-        status = self.kills.start()
+        status = self.kills.start(self._started_usec)
         if self.cfg.mode == "cluster":
             # the kernel of this pod's node is not the one whose kills matter here
             self.kills.close()
             status = {"cluster": (True, "Events OOMKilling and lastState OOMKilled")}
+        self.kill_status = status
         for fd, name in self.kills.fds():
             self._watch_fd(fd, f"kills:{name}", functools.partial(self._on_kill_fd, name))
         state_dir = self.cfg.get("state_dir")
@@ -744,6 +772,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
+        # SIGQUIT prints every thread's stack to stderr and the daemon goes on (as a JVM does):
+        # what a stuck daemon is doing, from its log alone
+        faulthandler.register(signal.SIGQUIT, all_threads=True)
         self._watch_fd(r, "signals", lambda: self._drain_pipe(r))
         return r, w
 
@@ -839,6 +870,7 @@ class Daemon:
             self.close()
             # an in-process caller (demo, benches, tests) gets its own handlers back
             signal.set_wakeup_fd(self._old_wakeup_fd)
+            faulthandler.unregister(signal.SIGQUIT)
             for signum, handler in self._old_handlers.items():
                 signal.signal(signum, handler)
             os.close(r)

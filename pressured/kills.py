@@ -1054,7 +1054,10 @@ class KillSources:
             ),
         }
 
-    def start(self) -> dict[str, tuple[bool, str]]:
+    def start(self, since_usec: int | None = None) -> dict[str, tuple[bool, str]]:
+        """Open every enabled source. ``since_usec`` (kmsg's clock): kmsg records from then
+        on are read back from the kernel's buffer, so a kill while the daemon was starting
+        up is not lost; None starts at the newest record."""
         # here, not at the top: the kernel readers import KillRecord from this module
         from pressured.kernel import kmsg as kmsg_mod  # noqa: PLC0415
         from pressured.kernel import tracepoint as tp_mod  # noqa: PLC0415
@@ -1072,6 +1075,7 @@ class KillSources:
                         replay=cfg.kmsg_replay,
                         clock=self._clock,
                         wall_clock=self._wall,
+                        since_usec=since_usec,
                     )
                     why = f"reading {cfg.kmsg_path}" + (" (replaying)" if cfg.kmsg_replay else "")
                 except OSError as exc:

@@ -310,14 +310,24 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-def _app(registry: CollectorRegistry) -> WSGIApplication:
+Health = Callable[[], tuple[bool, str]]
+"""(healthy, why): /healthz answers 200 with ``why`` when healthy, else 503 with ``why``."""
+
+
+def _always_ok() -> tuple[bool, str]:
+    return True, "ok"
+
+
+def _app(registry: CollectorRegistry, health: Health = _always_ok) -> WSGIApplication:
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok"]
+            ok, why = health()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [why.encode()]
         if path == "/metrics":
             body: Iterable[bytes] = metrics_app(environ, start_response)
             return body
@@ -363,7 +373,11 @@ class MetricsServer:
 
 
 def start_http(
-    registry: CollectorRegistry, address: str = ALL_INTERFACES, port: int = 9000
+    registry: CollectorRegistry,
+    address: str = ALL_INTERFACES,
+    port: int = 9000,
+    *,
+    health: Health = _always_ok,
 ) -> MetricsServer:
     """Serve /metrics and /healthz on a daemon thread. A bind failure raises ConfigError
     naming ``metrics.address``/``metrics.port``."""
@@ -373,7 +387,7 @@ def start_http(
         server_class: type[_ThreadingServer] = type(
             "_Server", (_ThreadingServer,), {"address_family": family}
         )
-        server = make_server(address, port, _app(registry), server_class, _QuietHandler)
+        server = make_server(address, port, _app(registry, health), server_class, _QuietHandler)
     except OSError as exc:
         raise ConfigError(
             f"metrics.address/metrics.port: cannot listen on {address}:{port}: "

@@ -758,12 +758,10 @@ def format_top(result: TopResult) -> str:
     lines.extend(c for c in p.comments if not c.startswith("#"))
     lines.append("Type: " + result.sample_type)
     if p.time_nanos:
+        # current pprof's layout "2006-01-02 15:04:05 MST" in local time (older releases
+        # printed "Jan 2, 2006 at 3:04pm (MST)")
         t = _dt.datetime.fromtimestamp(p.time_nanos / 1e9).astimezone()
-        hour = t.hour % 12 or 12
-        ampm = "am" if t.hour < 12 else "pm"
-        lines.append(
-            f"Time: {t:%b} {t.day}, {t.year} at {hour}:{t:%M}{ampm} ({t.tzname() or 'UTC'})"
-        )
+        lines.append(f"Time: {t:%Y-%m-%d %H:%M:%S} {t.tzname() or 'UTC'}")
     if p.duration_nanos:
         total_ns, total_unit = scale(result.total, result.unit, "nanoseconds")
         ratio = ""

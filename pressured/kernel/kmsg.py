@@ -376,7 +376,10 @@ class KmsgReader:
     """Non-blocking /dev/kmsg reader; register ``fd`` for EPOLLIN, then ``read_records()``.
 
     Starts after the newest record (SEEK_END) unless ``replay``: then every record still in
-    the kernel's buffer is read once, with its time estimated from its timestamp.
+    the kernel's buffer is read once, with its time estimated from its timestamp. With
+    ``since_usec`` (a kmsg timestamp: microseconds of the kernel's clock since boot) only the
+    records from then on are replayed: the daemon passes its own start, so a kill while it was
+    starting (imports, arming hundreds of cgroups) is still reported.
     ``read`` is the read(2) to use; tests pass one that raises EPIPE, which cannot be forced
     on the real device without flooding the machine's log.
     """
@@ -389,6 +392,7 @@ class KmsgReader:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         read: ReadFn = os.read,
+        since_usec: int | None = None,
     ) -> None:
         self.path = path
         self._clock = clock
@@ -399,9 +403,10 @@ class KmsgReader:
         self.errors = 0
         self.malformed = 0
         self.records_read = 0
-        self._replaying = replay
+        self._since = None if replay else since_usec
+        self._replaying = replay or since_usec is not None
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        if not replay:
+        if not self._replaying:
             try:
                 os.lseek(self._fd, 0, os.SEEK_END)
             except OSError:
@@ -443,6 +448,8 @@ class KmsgReader:
             if rec is None:
                 self.malformed += 1
                 continue
+            if self._since is not None and rec.usec < self._since:
+                continue  # before the daemon started: not ours to report
             self.records_read += 1
             now, wall = self._clock(), self._wall()
             if self._replaying:
@@ -450,6 +457,7 @@ class KmsgReader:
             for kill in self.parser.feed(rec, time=now, wall=wall):
                 out.append(kill)
         self._replaying = False
+        self._since = None
         return out
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from pressured.errors import CgroupFileError
@@ -58,6 +59,18 @@ def process_start_ticks(pid: int, proc: str = "/proc") -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def own_start_usec(proc: str = "/proc") -> int | None:
+    """When this process started, on the clock /dev/kmsg stamps records with (microseconds
+    since boot, as CLOCK_MONOTONIC counts them); None when /proc does not say."""
+    ticks = process_start_ticks(os.getpid(), proc)
+    if ticks is None:
+        return None
+    started_boottime = ticks / os.sysconf("SC_CLK_TCK")
+    # /proc counts start times on CLOCK_BOOTTIME, which also runs while suspended
+    offset = time.clock_gettime(time.CLOCK_BOOTTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
+    return max(0, int((started_boottime - offset) * 1e6))
 
 
 def count_open_fds(pid: int | None = None, proc: str = "/proc") -> int:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from pressured.kernel.kmsg import KmsgReader
 from tests.support.cgroups import Child, leaker_argv
+from tests.support.daemon import STOPPED_UNTIL_CONT, PressuredProcess, running, wait_stopped
 from tests.support.events import has_kill, kind, wait_for_events
 
 pytestmark = pytest.mark.kernel
@@ -32,33 +34,16 @@ def run_leak(
         "actions:\n  - {type: log}\n  - {type: signal, warn: SIGUSR1, critical: SIGUSR2}\n"
         "metrics: {enabled: false}\n"
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "pressured",
-        "run",
-        "-c",
-        str(cfg),
-        "--cgroup",
-        child.path,
-        "--events-out",
-        str(events),
-    ]
+    args = ["run", "-c", str(cfg), "--cgroup", child.path, "--events-out", str(events)]
     if dry_run:
-        argv.append("--dry-run")
-    daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(1.5)  # arm before the leak starts
-        assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+        args.append("--dry-run")
+    with running(args) as daemon:
         app = child.spawn(
             leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
         )
         assert app.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
         docs = wait_for_events(events, has_kill, 15)
-    finally:
-        daemon.terminate()
-        _, err = daemon.communicate(timeout=20)
-    assert daemon.returncode == 0, err
+        assert daemon.stop() == 0, daemon.stderr.text()
     got = signals.read_text().split()[::2] if signals.exists() else []
     return docs, got
 
@@ -85,3 +70,53 @@ def test_dry_run_sends_nothing(make_cgroup: Callable[[int | None], Child], tmp_p
     assert "warn" in kinds and "critical" in kinds
     assert all(d["dry_run"] for d in docs)
     assert got == []
+
+
+def test_a_kill_while_the_daemon_starts_is_reported(
+    make_cgroup: Callable[[int | None], Child], tmp_path: Path
+) -> None:
+    """The daemon's process exists, a kill happens before it has armed anything (here: before
+    it has even run), and the kill is still reported once it is up: kmsg is read back from
+    the daemon's own start."""
+    child = make_cgroup(32 * MiB)
+    events = tmp_path / "events.jsonl"
+    args = ["run", "--cgroup", child.path, "--no-metrics", "--events-out", str(events)]
+    with PressuredProcess(args, wrapper=STOPPED_UNTIL_CONT) as daemon:
+        wait_stopped(daemon.proc.pid)
+        victim = kill_with_full_report(child)
+        daemon.proc.send_signal(signal.SIGCONT)
+        daemon.wait_ready()
+        docs = wait_for_events(events, has_kill, 30)
+        kills = [d for d in docs if d["event_type"] == "oom_killed"]
+        assert [(k["pid"], k["cgroup"]) for k in kills] == [(victim, child.path)], (
+            daemon.stderr.text()
+        )
+        assert "kmsg" in kills[0]["sources"]
+        assert kills[0]["warned_seconds_before"] is None
+        assert daemon.stop() == 0
+
+
+OOM_REPORT_RATELIMIT_S = 5  # the kernel prints at most 10 full OOM reports per 5 s (oom_rs)
+
+
+def kill_with_full_report(child: Child) -> int:
+    """A real OOM kill in ``child`` whose kernel report names the cgroup; the pid.
+
+    The lines that name the cgroup ("oom-kill:... task_memcg=") are rate-limited by the
+    kernel; after a burst of kills elsewhere only "Killed process" (a pid) is printed, and a
+    pid alone cannot name the cgroup of a process that is gone. So the test makes sure of its
+    premise: it reads the report back and, if the kernel cut it short, waits out the limit.
+    """
+    for _ in range(3):
+        victim = child.spawn(leaker_argv("--rate-mib", "0", "--max-mib", "200"))
+        assert victim.wait(timeout=30) == -9
+        reader = KmsgReader(replay=True)
+        try:
+            records = reader.read_records()
+        finally:
+            reader.close()
+        name = os.path.basename(child.path)
+        if any(r.pid == victim.pid and r.cgroup and r.cgroup.endswith(name) for r in records):
+            return victim.pid
+        time.sleep(OOM_REPORT_RATELIMIT_S)
+    raise AssertionError("the kernel's OOM reports stayed rate-limited over three kills")

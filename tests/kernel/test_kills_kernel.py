@@ -7,8 +7,6 @@ say warned_seconds_before null, the others a positive lead.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.cgroups import Child, leaker_argv
+from tests.support.daemon import running
 from tests.support.events import has_kill, read_events, wait_for_events
 
 pytestmark = pytest.mark.kernel
 MiB = 1024 * 1024
 KILLS_PER_CGROUP = 10
+WINDOW_S = 5  # kills.window_seconds (the default): records of one kill meet within it
 
 
 def test_fifty_kills_fifty_events(
@@ -34,16 +34,15 @@ def test_fifty_kills_fifty_events(
         "  warning: 'memory_max < 30000000 && memory_usage > 40'\n"
         "  critical: '0 > 1'\n"
         "thresholds: {metric: usage}\n"
+        f"kills: {{window_seconds: {WINDOW_S}}}\n"
         "metrics: {enabled: false}\n"
     )
-    argv = [sys.executable, "-m", "pressured", "run", "-c", str(cfg), "--events-out", str(events)]
+    args = ["run", "-c", str(cfg), "--events-out", str(events)]
     for c in warned + unwarned:
-        argv += ["--cgroup", c.path]
-    daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        args += ["--cgroup", c.path]
     victims: dict[int, str] = {}
-    try:
-        time.sleep(2)
-        assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+    # the daemon's output is drained while it runs: a full pipe would block it
+    with running(args) as daemon:
 
         def kill_round() -> None:
             # slow enough in the warned cgroups that an adaptive read sees the rule match
@@ -71,15 +70,13 @@ def test_fifty_kills_fifty_events(
             )
             kills = [d for d in docs if d["event_type"] == "oom_killed"]
             if len(kills) >= len(victims):
-                time.sleep(6)  # anything counted twice would arrive within the merge window
+                # anything counted twice would arrive within one merge window
+                time.sleep(WINDOW_S + 1)
                 docs = [json.loads(x) for x in events.read_text().splitlines()]
                 kills = [d for d in docs if d["event_type"] == "oom_killed"]
                 break
             time.sleep(0.5)
-    finally:
-        daemon.terminate()
-        _, err = daemon.communicate(timeout=30)
-    assert daemon.returncode == 0, err
+        assert daemon.stop() == 0, daemon.stderr.text()
     assert len(victims) == 50
     extra = [
         (k["pid"], k["sources"], k["oom_kill_count"]) for k in kills if k["pid"] not in victims
@@ -104,33 +101,17 @@ def test_a_neighbour_kill_is_not_reported(
     are reported."""
     watched, neighbour = make_cgroup(24 * MiB), make_cgroup(24 * MiB)
     events = tmp_path / "events.jsonl"
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pressured",
-            "run",
-            "--cgroup",
-            watched.path,
-            "--no-metrics",
-            "--events-out",
-            str(events),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(1.5)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"kills: {{window_seconds: {WINDOW_S}}}\n")
+    args = ["run", "-c", str(cfg), "--cgroup", watched.path, "--no-metrics"]
+    with running([*args, "--events-out", str(events)]) as daemon:
         other = neighbour.spawn(leaker_argv("--rate-mib", "0", "--max-mib", "200"))
         assert other.wait(timeout=30) == -9
         ours = watched.spawn(leaker_argv("--rate-mib", "0", "--max-mib", "200"))
         assert ours.wait(timeout=30) == -9
         docs = wait_for_events(events, has_kill, 15)
-        time.sleep(6)  # the merge window: a neighbour's kill would be out by now
+        time.sleep(WINDOW_S + 1)  # one merge window: a neighbour's kill would be out by now
         docs = read_events(events)
-    finally:
-        daemon.terminate()
-        _, err = daemon.communicate(timeout=30)
-    assert daemon.returncode == 0, err
+        assert daemon.stop() == 0, daemon.stderr.text()
     kills = [d for d in docs if d["event_type"] == "oom_killed"]
     assert [(k["pid"], k["cgroup"]) for k in kills] == [(ours.pid, watched.path)]

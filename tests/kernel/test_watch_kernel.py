@@ -12,6 +12,12 @@ from pressured.kernel import cgroupfs
 from pressured.kernel.procfs import count_open_fds
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from tests.support.cgroups import Child, leaker_argv
+from tests.support.psi import (
+    PSI_WINDOW_US,
+    THRASH_READER,
+    measure_stall_per_window,
+    trigger_threshold_us,
+)
 
 pytestmark = pytest.mark.kernel
 MiB = 1024 * 1024
@@ -93,31 +99,33 @@ def _thrash_file(path: str, size: int) -> None:
 def test_psi_trigger_fires_under_page_cache_thrash(
     make_cgroup: Callable[[int | None], Child], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    import sys
+
     child = make_cgroup(48 * MiB)
     ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
-    if ref.psi_dir is None:
+    psi_file = ref.psi_file("memory")
+    if psi_file is None:
         pytest.skip("kernel offers no per-cgroup memory.pressure for this cgroup")
-    # a block-backed file (not tmpfs): refaults of its pages are what PSI counts as stall
+    # a block-backed file (not tmpfs) four times the limit: refaults of its pages, and the
+    # reclaim that makes room for them, are what PSI counts as memory stall
     data = tmp_path_factory.mktemp("thrash") / "data.bin"
     _thrash_file(str(data), 192 * MiB)
-    w = Watcher(WatchOptions(psi=PsiSpec("some", 50_000, 2_000_000)))
+    child.spawn([sys.executable, "-c", THRASH_READER, str(data)])
+    per_window = measure_stall_per_window(psi_file, at_least_us=20_000, timeout=60)
+    assert per_window > 0, (
+        "the thrash reader caused no memory stall in 60 s: the premise of this test does not "
+        f"hold here ({psi_file})"
+    )
+    threshold_us = trigger_threshold_us(per_window)
+    w = Watcher(WatchOptions(psi=PsiSpec("some", threshold_us, PSI_WINDOW_US)))
     try:
         report = w.add_cgroup("t", ref, [])
         assert any(a.startswith("psi some") for a in report.armed), report
-        reader = (
-            "import os,sys\n"
-            "p=sys.argv[1]\n"
-            "while True:\n"
-            "    fd=os.open(p,os.O_RDONLY)\n"
-            "    os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\n"
-            "    while os.read(fd,1<<20): pass\n"
-            "    os.close(fd)\n"
+        wake = wait_for(w, lambda x: x.cause == "psi", 60)
+        assert wake is not None, (
+            f"PSI trigger (some {threshold_us} us per {PSI_WINDOW_US} us) did not fire while "
+            f"the workload stalled about {per_window:.0f} us per window"
         )
-        import sys
-
-        child.spawn([sys.executable, "-c", reader, str(data)])
-        wake = wait_for(w, lambda x: x.cause == "psi", 40)
-        assert wake is not None, "PSI trigger did not fire under page-cache thrash"
         assert wake.detail.endswith("memory.pressure")
     finally:
         w.close()

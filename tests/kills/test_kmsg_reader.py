@@ -142,6 +142,31 @@ def test_replayed_records_are_dated_in_the_past(tmp_path: Path) -> None:
     reader.close()
 
 
+def test_since_start_replays_only_records_from_then_on(tmp_path: Path) -> None:
+    """A kill while the daemon was starting is in kmsg's buffer: read back from the daemon's
+    start, nothing older."""
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"")
+    started = 5_000_000  # the daemon started 5 s after boot
+    fake = FakeKmsgRead([KILL % (1, 4_000_000, 3), KILL % (2, 6_000_000, 4)])
+    reader = KmsgReader(str(path), since_usec=started, read=fake)
+    assert [k.pid for k in reader.read_records()] == [4]
+    # from then on live, whatever their stamps
+    fake.push(KILL % (3, 1, 5))
+    assert [k.pid for k in reader.read_records()] == [5]
+    reader.close()
+
+
+def test_own_start_is_before_now_on_the_kmsg_clock() -> None:
+    from pressured.kernel.procfs import own_start_usec
+
+    started = own_start_usec()
+    assert started is not None
+    now = time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6
+    # this test process started before now, and not before boot
+    assert 0 < started <= now
+
+
 def test_available_names_the_problem(tmp_path: Path) -> None:
     ok, why = available(str(tmp_path / "missing"))
     assert not ok

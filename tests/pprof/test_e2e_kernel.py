@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from pressured.kernel.child import Child, own_memory_cgroup
 from tests.pprof.conftest import LEAK_FUNCTION
+from tests.support.daemon import running
 from tests.support.events import has_kill, wait_for_events
 
 pytestmark = pytest.mark.kernel
@@ -42,36 +42,20 @@ def test_go_leak_warned_dumped_analysed_and_kill_confirmed(leaky_bin: Path, tmp_
         f"storage: {{type: local, path: {storage}}}\n"
         "metrics: {enabled: false}\n"
     )
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pressured",
-            "run",
-            "-c",
-            str(cfg),
-            "--cgroup",
-            child.path,
-            "--events-out",
-            str(events),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
-        time.sleep(1.5)
-        go = child.spawn(
-            [str(leaky_bin), "-port", str(port), "-rate", "12", "-cap", "4000"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert go.wait(timeout=120) == -9, "the Go program should end in a real OOM kill"
-        docs = wait_for_events(events, has_kill, 20)
+        with running(
+            ["run", "-c", str(cfg), "--cgroup", child.path, "--events-out", str(events)]
+        ) as daemon:
+            go = child.spawn(
+                [str(leaky_bin), "-port", str(port), "-rate", "12", "-cap", "4000"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            assert go.wait(timeout=120) == -9, "the Go program should end in a real OOM kill"
+            docs = wait_for_events(events, has_kill, 20)
+            assert daemon.stop() == 0, daemon.stderr.text()
     finally:
-        daemon.terminate()
-        _, err = daemon.communicate(timeout=30)
         child.remove()
-    assert daemon.returncode == 0, err
     warn = next(d for d in docs if d.get("severity") == "warn")
     assert warn["pprof_top"][0]["function"] == LEAK_FUNCTION, warn.get("pprof_top")
     key = warn["heapdump"]["key"]

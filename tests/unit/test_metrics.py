@@ -213,6 +213,24 @@ def test_healthz_and_unknown_paths(server: MetricsServer) -> None:
     assert httpx.get(f"{base}/nope", timeout=10).status_code == 404
 
 
+def test_healthz_says_503_and_why_until_ready() -> None:
+    state = {"ready": False}
+
+    def health() -> tuple[bool, str]:
+        return (True, "ok") if state["ready"] else (False, "starting: arming targets")
+
+    srv = start_http(Metrics(node=None, pid_labels=False).registry, "127.0.0.1", 0, health=health)
+    try:
+        url = f"http://127.0.0.1:{srv.port}/healthz"
+        r = httpx.get(url, timeout=10)
+        assert (r.status_code, r.text) == (503, "starting: arming targets")
+        state["ready"] = True
+        r = httpx.get(url, timeout=10)
+        assert (r.status_code, r.text) == (200, "ok")
+    finally:
+        srv.close()
+
+
 def test_registry_is_not_the_global_one(metrics: Metrics) -> None:
     assert metrics.registry is not REGISTRY
     assert REGISTRY.get_sample_value("pressured_watched_cgroups") is None

@@ -16,7 +16,14 @@ from pressured.kernel import cgroupfs
 from pressured.kernel.child import Child, leaker_argv
 from pressured.kernel.procfs import count_open_fds
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
+from tests.support.daemon import running
 from tests.support.events import has_kill, kind, wait_for_events
+from tests.support.psi import (
+    PSI_WINDOW_US,
+    THRASH_READER,
+    measure_stall_per_window,
+    trigger_threshold_us,
+)
 
 pytestmark = pytest.mark.vm
 MiB = 1024 * 1024
@@ -87,27 +94,25 @@ def _ext4_thrash_file(size_mib: int) -> str:
     return path
 
 
-READER = (
-    "import os,sys\n"
-    "while True:\n"
-    "    fd=os.open(sys.argv[1],os.O_RDONLY)\n"
-    "    while os.read(fd,1<<20): pass\n"
-    "    os.close(fd)\n"
-)
-
-
 def test_psi_trigger_fires_under_page_cache_thrash(v2_child: Callable[[int], Child]) -> None:
     data = _ext4_thrash_file(192)
     child = v2_child(64 * MiB)
     ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
-    w = Watcher(WatchOptions(psi=PsiSpec("some", 100_000, 1_000_000)))
+    psi_file = ref.file("memory.pressure")
+    child.spawn([sys.executable, "-c", THRASH_READER, data])
+    per_window = measure_stall_per_window(psi_file, timeout=120)
+    assert per_window > 0, f"the thrash reader caused no memory stall in 120 s ({psi_file})"
+    threshold_us = trigger_threshold_us(per_window)
+    w = Watcher(WatchOptions(psi=PsiSpec("some", threshold_us, PSI_WINDOW_US)))
     try:
         report = w.add_cgroup("t", ref, [])
-        assert any(a.startswith("psi some 100000/1000000") for a in report.armed), report
-        child.spawn([sys.executable, "-c", READER, data])
+        assert f"psi some {threshold_us}/{PSI_WINDOW_US}" in report.armed, report
         wake = wait_for(w, lambda x: x.cause == "psi", 120)
-        assert wake is not None, "PSI trigger did not fire under thrash"
-        assert wake.detail == ref.file("memory.pressure")
+        assert wake is not None, (
+            f"PSI trigger (some {threshold_us} us per {PSI_WINDOW_US} us) did not fire while "
+            f"the workload stalled about {per_window:.0f} us per window"
+        )
+        assert wake.detail == psi_file
     finally:
         w.close()
 
@@ -150,24 +155,9 @@ def test_daemon_warns_and_signals_before_the_kill_on_v2(
             }
         )
     )
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pressured",
-            "run",
-            "-c",
-            str(cfg),
-            "--cgroup",
-            child.path,
-            "--events-out",
-            str(events),
-            "-l",
-            "info",
-        ],
-    )
-    try:
-        time.sleep(8)  # the guest is slow: let the daemon arm before the leak starts
+    args = ["run", "-c", str(cfg), "--cgroup", child.path, "--events-out", str(events)]
+    # the guest is slow (software emulation): start-up takes long, readiness says when it is over
+    with running(args, ready_timeout=240) as daemon:
         app = child.spawn(
             leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
         )
@@ -181,6 +171,4 @@ def test_daemon_warns_and_signals_before_the_kill_on_v2(
         assert "oom_killed" in kinds, kinds
         kill = next(d for d in docs if d["event_type"] == "oom_killed")
         assert kill["warned_seconds_before"] is not None and kill["warned_seconds_before"] > 0
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+        assert daemon.stop(60) == 0, daemon.stderr.text()
