@@ -83,6 +83,7 @@ from typing import IO, Any, Literal
 
 from pressured import __version__
 from pressured.actions.base import ActionContext
+from pressured.actions.lua.convert import Converter, as_text, estimate, lua_kind
 from pressured.errors import ConfigError, LuaError, PressuredError
 from pressured.model import Event, rfc3339
 from pressured.storage.base import Storage, Writer, validate_key
@@ -103,7 +104,6 @@ _PUSH_SLACK = 64 * 1024
 """Bytes allowed on top of an estimate when the host pushes values into Lua (table and stack
 overhead the estimate does not count)."""
 _CHUNK = 64 * 1024
-_MAX_DEPTH = 64
 _ENV_PREFIX = "PRESSURED_"
 _OUT_OF_MEMORY = "not enough memory"
 _SOURCE_KEYS = ("script", "scripts_dir", "inline_script")
@@ -207,7 +207,6 @@ class _Sandbox:
         self._deadline: float | None = None
         self._handles: dict[int, Writer | IO[bytes] | _DryWriter] = {}
         self._next_handle = 1
-        self._lua_type: Callable[[Any], str | None] = lupa.lua_type
         self.timeout_message = (
             f"pressured: script {source.name} exceeded timeout_ms={owner.timeout_ms}"
         )
@@ -229,7 +228,8 @@ class _Sandbox:
             attribute_filter=_refuse_attribute,
             max_memory=self._limit,
         )
-        py = self._table(
+        self.convert = Converter(self.lua, lupa.lua_type)
+        py = self.convert.table(
             {
                 "expired": self._expired,
                 "settle": self._settle,
@@ -261,8 +261,8 @@ class _Sandbox:
                 name="pressured",
                 mode="t",
             )
-            self._reserve(_estimate(self.owner.config))
-            self.api.set_config(self._to_lua(self.owner.config))
+            self._reserve(estimate(self.owner.config))
+            self.api.set_config(self.convert.to_lua(self.owner.config))
             text = source.text.encode()
             self._reserve(len(text))
             self._load_result = self.api.load(text, source.chunkname.encode())
@@ -271,8 +271,8 @@ class _Sandbox:
     def run(self, event_json: Mapping[str, Any], ctx: Mapping[str, Any]) -> ScriptFailure | None:
         try:
             with self._budget():
-                self._reserve(_estimate(event_json) + _estimate(ctx))
-                result = self.api.run(self._to_lua(event_json), self._to_lua(ctx))
+                self._reserve(estimate(event_json) + estimate(ctx))
+                result = self.api.run(self.convert.to_lua(event_json), self.convert.to_lua(ctx))
         except Exception as exc:  # a lupa error outside the protected call (memory while pushing)
             result = (False, f"{type(exc).__name__}: {exc}")
         finally:
@@ -285,9 +285,9 @@ class _Sandbox:
         values = result if isinstance(result, tuple) else (result,)
         if values and values[0] is True:
             return None
-        message = _text(values[1]) if len(values) > 1 else "failed"
+        message = as_text(values[1]) if len(values) > 1 else "failed"
         line = values[2] if len(values) > 2 and isinstance(values[2], int) else None
-        src = _text(values[3]) if len(values) > 3 and values[3] is not None else None
+        src = as_text(values[3]) if len(values) > 3 and values[3] is not None else None
         timed_out = len(values) > 4 and values[4] is True
         kind: Literal["error", "timeout", "memory"] = "error"
         if timed_out or message == self.timeout_message:
@@ -343,58 +343,26 @@ class _Sandbox:
         self.lua.gccollect()
         return nbytes <= self._room()
 
-    # -- converting ----------------------------------------------------------------------
-    def _table(self, items: Mapping[str, Any], raw: bool = False) -> Any:
-        t = self.lua.table()
-        for k, v in items.items():
-            t[k.encode()] = v if raw else self._to_lua(v)
-        return t
-
-    def _to_lua(self, value: Any, depth: int = 0) -> Any:
-        if value is None or isinstance(value, bool | float):
-            return value
-        if isinstance(value, int):
-            return value if -(2**63) <= value < 2**63 else float(value)
-        if isinstance(value, str):
-            return value.encode()
-        if isinstance(value, bytes | bytearray | memoryview):
-            return bytes(value)
-        if depth > _MAX_DEPTH:
-            return b"(nested too deep)"
-        if isinstance(value, Mapping):
-            t = self.lua.table()
-            for k, v in value.items():
-                if v is not None:
-                    key = k if isinstance(k, int) and not isinstance(k, bool) else str(k).encode()
-                    t[key] = self._to_lua(v, depth + 1)
-            return t
-        if isinstance(value, list | tuple | set | frozenset):
-            t = self.lua.table()
-            for i, v in enumerate(value, 1):
-                if v is not None:
-                    t[i] = self._to_lua(v, depth + 1)
-            return t
-        return str(value).encode()
-
-    def _is_table(self, value: Any) -> bool:
-        return self._lua_type(value) == "table"
-
+    # -- arguments ---------------------------------------------------------------------
     def _opts(self, value: Any, what: str) -> dict[str, Any]:
         if value is None:
             return {}
-        if not self._is_table(value):
-            raise _ScriptMistake(f"{what}: options must be a table (got {_lua_kind(value)})")
-        return {_text(k): v for k, v in value.items() if isinstance(k, bytes)}
+        if not self.convert.is_table(value):
+            raise _ScriptMistake(f"{what}: options must be a table (got {lua_kind(value)})")
+        return {as_text(k): v for k, v in value.items() if isinstance(k, bytes)}
 
     # -- host functions ------------------------------------------------------------------
     def _log(self, level: Any, message: Any) -> None:
         log.log(
-            _LOG_LEVELS.get(_text(level), logging.INFO), "%s: %s", self.source.name, _text(message)
+            _LOG_LEVELS.get(as_text(level), logging.INFO),
+            "%s: %s",
+            self.source.name,
+            as_text(message),
         )
 
     def _find_module(self, name: Any) -> tuple[Any, ...]:
         def find() -> tuple[Any, ...]:
-            modname = _text(name)
+            modname = as_text(name)
             if not _MODULE_NAME.match(modname):
                 raise _ScriptMistake(f"require({modname!r}): not a module name")
             if self.source.module_dir is None:
@@ -421,7 +389,7 @@ class _Sandbox:
             if when is None:
                 return (True, rfc3339(time.time()).encode())
             if isinstance(when, bool) or not isinstance(when, int | float):
-                raise _ScriptMistake(f"ctx.time_iso: expected epoch seconds, got {_lua_kind(when)}")
+                raise _ScriptMistake(f"ctx.time_iso: expected epoch seconds, got {lua_kind(when)}")
             try:
                 return (True, rfc3339(float(when)).encode())
             except (ValueError, OverflowError, OSError) as exc:
@@ -432,8 +400,8 @@ class _Sandbox:
     def _getenv(self, name: Any) -> tuple[Any, ...]:
         def get() -> tuple[Any, ...]:
             if not isinstance(name, bytes):
-                raise _ScriptMistake(f"ctx.getenv: expected a name, got {_lua_kind(name)}")
-            key = _text(name)
+                raise _ScriptMistake(f"ctx.getenv: expected a name, got {lua_kind(name)}")
+            key = as_text(name)
             if not (key.startswith(_ENV_PREFIX) or key in self.owner.env_allow):
                 log.debug(
                     "%s: ctx.getenv(%r) refused: not PRESSURED_* nor in env_allow",
@@ -450,14 +418,14 @@ class _Sandbox:
     def _request_args(self, args: tuple[Any, ...], what: str) -> tuple[str, str, dict[str, Any]]:
         if len(args) >= 2 and isinstance(args[1], bytes):
             method, url, opts = (
-                _text(args[0]).upper(),
-                _text(args[1]),
+                as_text(args[0]).upper(),
+                as_text(args[1]),
                 self._opts(args[2] if len(args) > 2 else None, what),
             )
         elif args and isinstance(args[0], bytes):
-            url = _text(args[0])
+            url = as_text(args[0])
             opts = self._opts(args[1] if len(args) > 1 else None, what)
-            method = _text(opts.get("method", b"GET")).upper()
+            method = as_text(opts.get("method", b"GET")).upper()
         else:
             raise _ScriptMistake(f"{what}: expected (url [, opts]) or (method, url [, opts])")
         return method, url, opts
@@ -467,10 +435,10 @@ class _Sandbox:
         headers = {"User-Agent": f"pressured/{__version__}"}
         given = opts.get("headers")
         if given is not None:
-            if not self._is_table(given):
+            if not self.convert.is_table(given):
                 raise _ScriptMistake(f"{what}: opts.headers must be a table")
             for k, v in given.items():
-                headers[_text(k)] = _text(v) if isinstance(v, bytes) else str(v)
+                headers[as_text(k)] = as_text(v) if isinstance(v, bytes) else str(v)
         timeout_ms = opts.get("timeout_ms")
         remaining = self._remaining()
         if remaining <= 0:
@@ -550,9 +518,9 @@ class _Sandbox:
 
             if len(args) < 2 or not isinstance(args[0], bytes) or not isinstance(args[1], bytes):
                 raise _ScriptMistake("http.download: expected (url, key [, opts])")
-            url, key = _text(args[0]), _text(args[1])
+            url, key = as_text(args[0]), as_text(args[1])
             opts = self._opts(args[2] if len(args) > 2 else None, "http.download")
-            method = _text(opts.get("method", b"GET")).upper()
+            method = as_text(opts.get("method", b"GET")).upper()
             dry = self._dry_request(url, method, "http.download")
             if dry is not None:
                 return dry
@@ -597,9 +565,9 @@ class _Sandbox:
 
             if not isinstance(url_arg, bytes):
                 raise _ScriptMistake("http.stream: expected (url, callback [, opts])")
-            url = _text(url_arg)
+            url = as_text(url_arg)
             opts = self._opts(opts_arg, "http.stream")
-            method = _text(opts.get("method", b"GET")).upper()
+            method = as_text(opts.get("method", b"GET")).upper()
             dry = self._dry_request(url, method, "http.stream")
             if dry is not None:
                 return dry
@@ -608,13 +576,15 @@ class _Sandbox:
             try:
                 with self.owner.http().stream(method, url, **settings) as resp:
                     headers = _headers(resp.headers)
-                    self._reserve(_estimate(headers))
-                    lua_headers = self._to_lua(headers)
+                    self._reserve(estimate(headers))
+                    lua_headers = self.convert.to_lua(headers)
                     total = 0
                     for chunk in resp.iter_bytes(chunk_size or _CHUNK):
                         total += len(chunk)
                         self._reserve(len(chunk) + 256)
-                        info = self._to_lua({"status": resp.status_code, "bytes_so_far": total})
+                        info = self.convert.to_lua(
+                            {"status": resp.status_code, "bytes_so_far": total}
+                        )
                         info[b"headers"] = lua_headers
                         try:
                             go_on = callback(chunk, info)
@@ -645,8 +615,8 @@ class _Sandbox:
 
     def _key(self, value: Any, what: str) -> str:
         if not isinstance(value, bytes):
-            raise _ScriptMistake(f"storage.{what}: expected a key string, got {_lua_kind(value)}")
-        return validate_key(_text(value))
+            raise _ScriptMistake(f"storage.{what}: expected a key string, got {lua_kind(value)}")
+        return validate_key(as_text(value))
 
     def _dry(self, what: str) -> bool:
         if self.owner.dry_run:
@@ -718,7 +688,7 @@ class _Sandbox:
     def _open(self, key: Any = None, mode: Any = None) -> tuple[Any, ...]:
         def open_(storage: Storage) -> tuple[Any, ...]:
             k = self._key(key, "open")
-            m = _text(mode) if isinstance(mode, bytes) else "r" if mode is None else None
+            m = as_text(mode) if isinstance(mode, bytes) else "r" if mode is None else None
             handle: Writer | IO[bytes] | _DryWriter
             if m in ("r", "rb"):
                 handle = storage.open_read(k)
@@ -748,7 +718,7 @@ class _Sandbox:
                 data = self._read_limited(handle, None)
                 return (True, None, self._too_big("h:read()")) if data is None else (True, data)
             if isinstance(n, bool) or not isinstance(n, int | float) or n < 0:
-                raise _ScriptMistake(f'h:read: expected a byte count or "a" (got {_text(n)!r})')
+                raise _ScriptMistake(f'h:read: expected a byte count or "a" (got {as_text(n)!r})')
             chunk = self._read_limited(handle, int(n))
             if chunk is None:
                 return (True, None, self._too_big(f"h:read({int(n)})"))
@@ -795,8 +765,8 @@ class _Sandbox:
 
     # -- plumbing ------------------------------------------------------------------------
     def _result(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        self._reserve(_estimate(values))
-        return (True, self._to_lua(values))
+        self._reserve(estimate(values))
+        return (True, self.convert.to_lua(values))
 
     def _guard(self, fn: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
         try:
@@ -1010,43 +980,10 @@ def _positive(value: Any, what: str) -> int | None:
     return int(value)
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
 def _data(value: Any, what: str) -> bytes:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value).encode()
-    raise _ScriptMistake(f"{what}: expected a string (got {_lua_kind(value)})")
-
-
-def _lua_kind(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, bytes):
-        return "string"
-    return "a table or function"
-
-
-def _estimate(value: Any, depth: int = 0) -> int:
-    """Rough bytes Lua needs to hold ``value`` as strings and tables."""
-    if isinstance(value, str | bytes | bytearray):
-        return len(value) + 40
-    if depth > _MAX_DEPTH:
-        return 64
-    if isinstance(value, Mapping):
-        return 64 + sum(
-            _estimate(k, depth + 1) + _estimate(v, depth + 1) + 32 for k, v in value.items()
-        )
-    if isinstance(value, list | tuple | set | frozenset):
-        return 64 + sum(_estimate(v, depth + 1) + 16 for v in value)
-    return 16
+    raise _ScriptMistake(f"{what}: expected a string (got {lua_kind(value)})")
 
 
 def _headers(headers: Any) -> dict[str, str]:
