@@ -43,23 +43,7 @@ Refused, each with a Lua error that names what is not available: io, debug, pack
 loadfile, os.execute and every other os function, string.dump, binary chunks, C modules,
 ``python``, and ``__gc`` metamethods (a finalizer would run outside the script's time budget).
 
-Limits. ``timeout_ms`` (default 5000) bounds each call of a script (its top level at start and
-each on_event): a count hook checks a monotonic deadline every HOOK_INSTRUCTIONS VM instructions
-and raises "pressured: script <name> exceeded timeout_ms=<N>". Lua hooks are per coroutine, so
-coroutine.create/wrap install the same hook in every coroutine they make; pcall, xpcall and
-coroutine.resume re-raise the timeout, so a script cannot catch it and go on. Two corners of
-Lua 5.4 are closed by hand: a message handler runs with hooks off when the error came from a
-hook, so after the timeout xpcall skips the script's handler; and near the C-stack limit the
-hook cannot be called at all (Lua raises "C stack overflow" instead), so those wrappers also
-check the deadline on every error they catch. HTTP calls take their timeout from what is left
-of the budget. A single long C call (a pathological
-string.find) is not interruptible by a hook; the memory cap bounds the string functions that
-could run long. ``memory_mb`` (default 64) caps each script's interpreter (lupa's allocator
-limit); exceeding it is a Lua "not enough memory" error in that script. Data the host hands to
-Lua is sized first, because lupa cannot recover from a failed allocation while Python pushes
-values (it aborts the process or deadlocks; measured with lupa 2.8): the host raises the
-interpreter's limit by exactly what it is about to push and lowers it back as soon as the script
-has the value, so a script that is already over its cap fails at its next allocation.
+Limits (``timeout_ms``, ``memory_mb``): budget.py.
 
 A failing handler (error, timeout, memory) is logged with the script name and line and reported
 in ``LuaScripts.run``'s result; the other handlers and later events run normally.
@@ -83,6 +67,14 @@ from typing import IO, Any, Literal
 
 from pressured import __version__
 from pressured.actions.base import ActionContext
+from pressured.actions.lua.budget import (
+    DEFAULT_MEMORY_MB,
+    DEFAULT_TIMEOUT_MS,
+    HOOK_INSTRUCTIONS,
+    MIB,
+    PUSH_SLACK,
+    Budget,
+)
 from pressured.actions.lua.convert import Converter, as_text, estimate, lua_kind
 from pressured.errors import ConfigError, LuaError, PressuredError
 from pressured.model import Event, rfc3339
@@ -90,19 +82,9 @@ from pressured.storage.base import Storage, Writer, validate_key
 
 log = logging.getLogger("pressured.lua")
 
-DEFAULT_TIMEOUT_MS = 5000
-DEFAULT_MEMORY_MB = 64
-HOOK_INSTRUCTIONS = 1000
-"""VM instructions between deadline checks: one Python call per ~1000 instructions costs a few
-per cent of a tight loop and stops a runaway script within a fraction of a millisecond."""
-
 TRACE = 5
 """Level of log.trace, below DEBUG."""
 
-_MIB = 1024 * 1024
-_PUSH_SLACK = 64 * 1024
-"""Bytes allowed on top of an estimate when the host pushes values into Lua (table and stack
-overhead the estimate does not count)."""
 _CHUNK = 64 * 1024
 _ENV_PREFIX = "PRESSURED_"
 _OUT_OF_MEMORY = "not enough memory"
@@ -203,18 +185,13 @@ class _Sandbox:
         lupa = _lupa()
         self.source = source
         self.owner = owner
-        self._limit = owner.memory_mb * _MIB
-        self._deadline: float | None = None
         self._handles: dict[int, Writer | IO[bytes] | _DryWriter] = {}
         self._next_handle = 1
-        self.timeout_message = (
-            f"pressured: script {source.name} exceeded timeout_ms={owner.timeout_ms}"
-        )
         try:
             self._start(source, lupa)
         except Exception as exc:  # lupa's errors: the sandbox itself could not be set up
             raise LuaError(f"{source.name}: cannot set up the Lua sandbox: {exc}") from exc
-        self._settle()
+        self.budget.settle()
         failure = self._outcome(self._load_result)
         if failure is not None:
             raise LuaError(str(failure))
@@ -226,13 +203,14 @@ class _Sandbox:
             register_eval=False,
             register_builtins=False,
             attribute_filter=_refuse_attribute,
-            max_memory=self._limit,
+            max_memory=self.owner.memory_mb * MIB,
         )
+        self.budget = Budget(self.lua, source.name, self.owner.timeout_ms, self.owner.memory_mb)
         self.convert = Converter(self.lua, lupa.lua_type)
         py = self.convert.table(
             {
-                "expired": self._expired,
-                "settle": self._settle,
+                "expired": self.budget.expired,
+                "settle": self.budget.settle,
                 "log": self._log,
                 "find_module": self._find_module,
                 "fetch": self._fetch,
@@ -252,32 +230,32 @@ class _Sandbox:
             },
             raw=True,
         )
-        with self._budget():
+        with self.budget.entry():
             self.api = self.lua.execute(
                 _prelude(),
                 py,
-                self.timeout_message.encode(),
+                self.budget.timeout_message.encode(),
                 HOOK_INSTRUCTIONS,
                 name="pressured",
                 mode="t",
             )
-            self._reserve(estimate(self.owner.config))
+            self.budget.reserve(estimate(self.owner.config))
             self.api.set_config(self.convert.to_lua(self.owner.config))
             text = source.text.encode()
-            self._reserve(len(text))
+            self.budget.reserve(len(text))
             self._load_result = self.api.load(text, source.chunkname.encode())
 
     # -- running --------------------------------------------------------------------------
     def run(self, event_json: Mapping[str, Any], ctx: Mapping[str, Any]) -> ScriptFailure | None:
         try:
-            with self._budget():
-                self._reserve(estimate(event_json) + estimate(ctx))
+            with self.budget.entry():
+                self.budget.reserve(estimate(event_json) + estimate(ctx))
                 result = self.api.run(self.convert.to_lua(event_json), self.convert.to_lua(ctx))
         except Exception as exc:  # a lupa error outside the protected call (memory while pushing)
             result = (False, f"{type(exc).__name__}: {exc}")
         finally:
             self._close_leftovers()
-            self._settle()
+            self.budget.settle()
             self.lua.gccollect()
         return self._outcome(result)
 
@@ -290,7 +268,7 @@ class _Sandbox:
         src = as_text(values[3]) if len(values) > 3 and values[3] is not None else None
         timed_out = len(values) > 4 and values[4] is True
         kind: Literal["error", "timeout", "memory"] = "error"
-        if timed_out or message == self.timeout_message:
+        if timed_out or message == self.budget.timeout_message:
             kind = "timeout"
         elif message == _OUT_OF_MEMORY or message.endswith(_OUT_OF_MEMORY):
             kind = "memory"
@@ -311,37 +289,6 @@ class _Sandbox:
 
     def close(self) -> None:
         self._close_leftovers()
-
-    # -- budget: time and memory --------------------------------------------------------
-    def _budget(self) -> _Budget:
-        return _Budget(self)
-
-    def _expired(self) -> bool:
-        return self._deadline is not None and time.monotonic() > self._deadline
-
-    def _remaining(self) -> float:
-        if self._deadline is None:
-            return self.owner.timeout_ms / 1000
-        return self._deadline - time.monotonic()
-
-    def _reserve(self, nbytes: int) -> None:
-        """Let the interpreter take ``nbytes`` more than it uses now, whatever its cap."""
-        used = self.lua.get_memory_used() or 0
-        self.lua.set_max_memory(max(self._limit, used + nbytes + _PUSH_SLACK))
-
-    def _settle(self) -> None:
-        self.lua.set_max_memory(self._limit)
-
-    def _room(self) -> int:
-        """Bytes the script may still allocate under its own cap."""
-        used = self.lua.get_memory_used() or 0
-        return max(0, self._limit - used)
-
-    def _fits(self, nbytes: int) -> bool:
-        if nbytes <= self._room():
-            return True
-        self.lua.gccollect()
-        return nbytes <= self._room()
 
     # -- arguments ---------------------------------------------------------------------
     def _opts(self, value: Any, what: str) -> dict[str, Any]:
@@ -379,7 +326,7 @@ class _Sandbox:
                     "available in the Lua sandbox"
                 )
             data = path.read_bytes()
-            self._reserve(len(data) + len(str(path)))
+            self.budget.reserve(len(data) + len(str(path)))
             return (True, data, str(path).encode())
 
         return self._guard(find)
@@ -440,7 +387,7 @@ class _Sandbox:
             for k, v in given.items():
                 headers[as_text(k)] = as_text(v) if isinstance(v, bytes) else str(v)
         timeout_ms = opts.get("timeout_ms")
-        remaining = self._remaining()
+        remaining = self.budget.remaining()
         if remaining <= 0:
             raise _Timeout
         timeout = remaining
@@ -482,7 +429,7 @@ class _Sandbox:
                     body = bytearray()
                     for chunk in resp.iter_bytes(_CHUNK):
                         body += chunk
-                        if self._expired():
+                        if self.budget.expired():
                             raise _Timeout
                         if max_bytes is not None and len(body) > max_bytes:
                             return self._result(
@@ -492,7 +439,7 @@ class _Sandbox:
                                     "status": resp.status_code,
                                 }
                             )
-                        if not self._fits(len(body) + _PUSH_SLACK):
+                        if not self.budget.fits(len(body) + PUSH_SLACK):
                             return self._result(
                                 {
                                     "error": f"response from {url} does not fit in memory_mb="
@@ -545,7 +492,7 @@ class _Sandbox:
                     try:
                         for chunk in resp.iter_bytes(_CHUNK):
                             total += writer.write(chunk)
-                            if self._expired():
+                            if self.budget.expired():
                                 raise _Timeout
                     except BaseException:
                         writer.abort()
@@ -576,12 +523,12 @@ class _Sandbox:
             try:
                 with self.owner.http().stream(method, url, **settings) as resp:
                     headers = _headers(resp.headers)
-                    self._reserve(estimate(headers))
+                    self.budget.reserve(estimate(headers))
                     lua_headers = self.convert.to_lua(headers)
                     total = 0
                     for chunk in resp.iter_bytes(chunk_size or _CHUNK):
                         total += len(chunk)
-                        self._reserve(len(chunk) + 256)
+                        self.budget.reserve(len(chunk) + 256)
                         info = self.convert.to_lua(
                             {"status": resp.status_code, "bytes_so_far": total}
                         )
@@ -589,11 +536,11 @@ class _Sandbox:
                         try:
                             go_on = callback(chunk, info)
                         except Exception as exc:  # lupa's LuaError: the trampoline itself failed
-                            if self._expired():
+                            if self.budget.expired():
                                 raise _Timeout from exc
                             raise _ScriptMistake(f"http.stream: callback failed: {exc}") from exc
-                        self._settle()
-                        if self._expired():
+                        self.budget.settle()
+                        if self.budget.expired():
                             raise _Timeout
                         if go_on is not True:
                             break
@@ -647,15 +594,15 @@ class _Sandbox:
 
     def _read_limited(self, f: IO[bytes], count: int | None) -> bytes | None:
         """Read ``count`` bytes (all when None) if they fit under the script's cap, else None."""
-        room = max(self._room() - _PUSH_SLACK, 0)
+        room = max(self.budget.room() - PUSH_SLACK, 0)
         if count is None or count > room:
             self.lua.gccollect()
-            room = max(self._room() - _PUSH_SLACK, 0)
+            room = max(self.budget.room() - PUSH_SLACK, 0)
         want = room + 1 if count is None else min(count, room + 1)
         data = f.read(want)
         if len(data) > room:
             return None
-        self._reserve(len(data))
+        self.budget.reserve(len(data))
         return data
 
     def _too_big(self, what: str) -> bytes:
@@ -765,16 +712,16 @@ class _Sandbox:
 
     # -- plumbing ------------------------------------------------------------------------
     def _result(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        self._reserve(estimate(values))
+        self.budget.reserve(estimate(values))
         return (True, self.convert.to_lua(values))
 
     def _guard(self, fn: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
         try:
-            if self._expired():
+            if self.budget.expired():
                 raise _Timeout
             return fn()
         except _Timeout:
-            return (False, self.timeout_message.encode(), True)
+            return (False, self.budget.timeout_message.encode(), True)
         except _ScriptMistake as exc:
             return (False, str(exc).encode())
         except (PressuredError, OSError) as exc:
@@ -783,22 +730,6 @@ class _Sandbox:
             # anything else is a host bug; the script still gets a string, never the exception
             log.exception("%s: host function failed", self.source.name)
             return (False, f"pressured: internal error: {type(exc).__name__}: {exc}".encode())
-
-
-class _Budget:
-    """The time budget of one entry into Lua; nested entries keep the outer deadline."""
-
-    def __init__(self, box: _Sandbox) -> None:
-        self.box = box
-        self.outer: float | None = None
-
-    def __enter__(self) -> None:
-        self.outer = self.box._deadline
-        if self.outer is None:
-            self.box._deadline = time.monotonic() + self.box.owner.timeout_ms / 1000
-
-    def __exit__(self, *exc: object) -> None:
-        self.box._deadline = self.outer
 
 
 class _DryWriter:
