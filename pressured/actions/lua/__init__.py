@@ -6,8 +6,8 @@ sandbox     the scripts, their interpreters and limits
 
 from pressured.actions.lua.action import LuaAction
 from pressured.actions.lua.budget import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, HOOK_INSTRUCTIONS
+from pressured.actions.lua.host_ctx import TRACE
 from pressured.actions.lua.sandbox import (
-    TRACE,
     LuaScripts,
     ScriptFailure,
     ScriptSource,

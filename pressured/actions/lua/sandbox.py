@@ -57,7 +57,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -76,33 +75,21 @@ from pressured.actions.lua.budget import (
     Budget,
 )
 from pressured.actions.lua.convert import Converter, as_text, estimate, lua_kind
+from pressured.actions.lua.host import Host, ScriptMistake, Timeout
+from pressured.actions.lua.host_ctx import CtxApi
 from pressured.errors import ConfigError, LuaError, PressuredError
-from pressured.model import Event, rfc3339
+from pressured.model import Event
 from pressured.storage.base import Storage, Writer, validate_key
 
 log = logging.getLogger("pressured.lua")
 
-TRACE = 5
-"""Level of log.trace, below DEBUG."""
-
 _CHUNK = 64 * 1024
-_ENV_PREFIX = "PRESSURED_"
 _OUT_OF_MEMORY = "not enough memory"
 _SOURCE_KEYS = ("script", "scripts_dir", "inline_script")
 _KNOWN_KEYS = {*_SOURCE_KEYS, "timeout_ms", "memory_mb", "env_allow"}
 _POSITION = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+): (?P<rest>.*)$", re.DOTALL)
 """The "<chunk>:<line>: " prefix Lua puts on error messages."""
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_LOG_LEVELS = {
-    "trace": TRACE,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-}
-
-if logging.getLevelName(TRACE) == f"Level {TRACE}":
-    logging.addLevelName(TRACE, "TRACE")
 
 
 @dataclass(frozen=True)
@@ -207,11 +194,13 @@ class _Sandbox:
         )
         self.budget = Budget(self.lua, source.name, self.owner.timeout_ms, self.owner.memory_mb)
         self.convert = Converter(self.lua, lupa.lua_type)
+        self.host = Host(source.name, self.owner, self.budget, self.convert)
+        ctx_api = CtxApi(self.host)
         py = self.convert.table(
             {
                 "expired": self.budget.expired,
                 "settle": self.budget.settle,
-                "log": self._log,
+                **ctx_api.functions(),
                 "find_module": self._find_module,
                 "fetch": self._fetch,
                 "download": self._download,
@@ -225,8 +214,6 @@ class _Sandbox:
                 "h_read": self._h_read,
                 "h_write": self._h_write,
                 "h_close": self._h_close,
-                "time_iso": self._time_iso,
-                "getenv": self._getenv,
             },
             raw=True,
         )
@@ -290,37 +277,20 @@ class _Sandbox:
     def close(self) -> None:
         self._close_leftovers()
 
-    # -- arguments ---------------------------------------------------------------------
-    def _opts(self, value: Any, what: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not self.convert.is_table(value):
-            raise _ScriptMistake(f"{what}: options must be a table (got {lua_kind(value)})")
-        return {as_text(k): v for k, v in value.items() if isinstance(k, bytes)}
-
-    # -- host functions ------------------------------------------------------------------
-    def _log(self, level: Any, message: Any) -> None:
-        log.log(
-            _LOG_LEVELS.get(as_text(level), logging.INFO),
-            "%s: %s",
-            self.source.name,
-            as_text(message),
-        )
-
     def _find_module(self, name: Any) -> tuple[Any, ...]:
         def find() -> tuple[Any, ...]:
             modname = as_text(name)
             if not _MODULE_NAME.match(modname):
-                raise _ScriptMistake(f"require({modname!r}): not a module name")
+                raise ScriptMistake(f"require({modname!r}): not a module name")
             if self.source.module_dir is None:
-                raise _ScriptMistake(
+                raise ScriptMistake(
                     f"require({modname!r}): module not found: an inline script can require "
                     "only string, table, math, utf8, coroutine and os; C modules are not "
                     "available in the Lua sandbox"
                 )
             path = Path(self.source.module_dir, *modname.split(".")).with_suffix(".lua")
             if not path.is_file():
-                raise _ScriptMistake(
+                raise ScriptMistake(
                     f"require({modname!r}): module not found ({path} does not exist): the "
                     "sandbox loads only Lua files beside the script; C modules are not "
                     "available in the Lua sandbox"
@@ -329,37 +299,7 @@ class _Sandbox:
             self.budget.reserve(len(data) + len(str(path)))
             return (True, data, str(path).encode())
 
-        return self._guard(find)
-
-    def _time_iso(self, when: Any = None) -> tuple[Any, ...]:
-        def fmt() -> tuple[Any, ...]:
-            if when is None:
-                return (True, rfc3339(time.time()).encode())
-            if isinstance(when, bool) or not isinstance(when, int | float):
-                raise _ScriptMistake(f"ctx.time_iso: expected epoch seconds, got {lua_kind(when)}")
-            try:
-                return (True, rfc3339(float(when)).encode())
-            except (ValueError, OverflowError, OSError) as exc:
-                raise _ScriptMistake(f"ctx.time_iso({when!r}): {exc}") from exc
-
-        return self._guard(fmt)
-
-    def _getenv(self, name: Any) -> tuple[Any, ...]:
-        def get() -> tuple[Any, ...]:
-            if not isinstance(name, bytes):
-                raise _ScriptMistake(f"ctx.getenv: expected a name, got {lua_kind(name)}")
-            key = as_text(name)
-            if not (key.startswith(_ENV_PREFIX) or key in self.owner.env_allow):
-                log.debug(
-                    "%s: ctx.getenv(%r) refused: not PRESSURED_* nor in env_allow",
-                    self.source.name,
-                    key,
-                )
-                return (True, None)
-            value = os.environ.get(key)
-            return (True, None if value is None else value.encode())
-
-        return self._guard(get)
+        return self.host.guard(find)
 
     # http ---------------------------------------------------------------------------------
     def _request_args(self, args: tuple[Any, ...], what: str) -> tuple[str, str, dict[str, Any]]:
@@ -367,14 +307,14 @@ class _Sandbox:
             method, url, opts = (
                 as_text(args[0]).upper(),
                 as_text(args[1]),
-                self._opts(args[2] if len(args) > 2 else None, what),
+                self.host.opts(args[2] if len(args) > 2 else None, what),
             )
         elif args and isinstance(args[0], bytes):
             url = as_text(args[0])
-            opts = self._opts(args[1] if len(args) > 1 else None, what)
+            opts = self.host.opts(args[1] if len(args) > 1 else None, what)
             method = as_text(opts.get("method", b"GET")).upper()
         else:
-            raise _ScriptMistake(f"{what}: expected (url [, opts]) or (method, url [, opts])")
+            raise ScriptMistake(f"{what}: expected (url [, opts]) or (method, url [, opts])")
         return method, url, opts
 
     def _http_settings(self, opts: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -383,17 +323,17 @@ class _Sandbox:
         given = opts.get("headers")
         if given is not None:
             if not self.convert.is_table(given):
-                raise _ScriptMistake(f"{what}: opts.headers must be a table")
+                raise ScriptMistake(f"{what}: opts.headers must be a table")
             for k, v in given.items():
                 headers[as_text(k)] = as_text(v) if isinstance(v, bytes) else str(v)
         timeout_ms = opts.get("timeout_ms")
         remaining = self.budget.remaining()
         if remaining <= 0:
-            raise _Timeout
+            raise Timeout
         timeout = remaining
         if timeout_ms is not None:
             if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float):
-                raise _ScriptMistake(f"{what}: opts.timeout_ms must be a number")
+                raise ScriptMistake(f"{what}: opts.timeout_ms must be a number")
             timeout = min(timeout, max(float(timeout_ms), 1.0) / 1000)
         body = opts.get("body")
         if body is not None and not isinstance(body, bytes):
@@ -408,10 +348,10 @@ class _Sandbox:
     def _dry_request(self, url: str, method: str, what: str) -> tuple[Any, ...] | None:
         """Refuse a non-http URL; in dry-run mode, the answer to a request with side effects."""
         if not url.startswith(("http://", "https://")):
-            raise _ScriptMistake(f"{what}: only http:// and https:// URLs (got {url!r})")
+            raise ScriptMistake(f"{what}: only http:// and https:// URLs (got {url!r})")
         if self.owner.dry_run and method not in ("GET", "HEAD"):
             log.info("%s: dry run: %s %s not sent", self.source.name, method, url)
-            return self._result({"error": f"dry run: {method} {url} not sent", "dry_run": True})
+            return self.host.result({"error": f"dry run: {method} {url} not sent", "dry_run": True})
         return None
 
     def _fetch(self, *args: Any) -> tuple[Any, ...]:
@@ -430,9 +370,9 @@ class _Sandbox:
                     for chunk in resp.iter_bytes(_CHUNK):
                         body += chunk
                         if self.budget.expired():
-                            raise _Timeout
+                            raise Timeout
                         if max_bytes is not None and len(body) > max_bytes:
-                            return self._result(
+                            return self.host.result(
                                 {
                                     "error": f"response from {url} is larger than max_bytes="
                                     f"{max_bytes}",
@@ -440,14 +380,14 @@ class _Sandbox:
                                 }
                             )
                         if not self.budget.fits(len(body) + PUSH_SLACK):
-                            return self._result(
+                            return self.host.result(
                                 {
                                     "error": f"response from {url} does not fit in memory_mb="
                                     f"{self.owner.memory_mb}",
                                     "status": resp.status_code,
                                 }
                             )
-                    return self._result(
+                    return self.host.result(
                         {
                             "status": resp.status_code,
                             "body": bytes(body),
@@ -455,18 +395,18 @@ class _Sandbox:
                         }
                     )
             except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-                return self._result({"error": _http_error(exc, url)})
+                return self.host.result({"error": _http_error(exc, url)})
 
-        return self._guard(fetch)
+        return self.host.guard(fetch)
 
     def _download(self, *args: Any) -> tuple[Any, ...]:
         def download() -> tuple[Any, ...]:
             import httpx  # noqa: PLC0415
 
             if len(args) < 2 or not isinstance(args[0], bytes) or not isinstance(args[1], bytes):
-                raise _ScriptMistake("http.download: expected (url, key [, opts])")
+                raise ScriptMistake("http.download: expected (url, key [, opts])")
             url, key = as_text(args[0]), as_text(args[1])
-            opts = self._opts(args[2] if len(args) > 2 else None, "http.download")
+            opts = self.host.opts(args[2] if len(args) > 2 else None, "http.download")
             method = as_text(opts.get("method", b"GET")).upper()
             dry = self._dry_request(url, method, "http.download")
             if dry is not None:
@@ -475,13 +415,13 @@ class _Sandbox:
                 log.info(
                     "%s: dry run: would download %s into storage key %r", self.source.name, url, key
                 )
-                return self._result({"status": 0, "bytes": 0, "dry_run": True})
+                return self.host.result({"status": 0, "bytes": 0, "dry_run": True})
             settings = self._http_settings(opts, "http.download")
             storage = self.owner.storage()
             try:
                 with self.owner.http().stream(method, url, **settings) as resp:
                     if not 200 <= resp.status_code < 300:
-                        return self._result(
+                        return self.host.result(
                             {
                                 "status": resp.status_code,
                                 "error": f"HTTP {resp.status_code} from {url}; nothing stored",
@@ -493,16 +433,16 @@ class _Sandbox:
                         for chunk in resp.iter_bytes(_CHUNK):
                             total += writer.write(chunk)
                             if self.budget.expired():
-                                raise _Timeout
+                                raise Timeout
                     except BaseException:
                         writer.abort()
                         raise
                     writer.close()
-                    return self._result({"status": resp.status_code, "bytes": total})
+                    return self.host.result({"status": resp.status_code, "bytes": total})
             except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-                return self._result({"error": _http_error(exc, url)})
+                return self.host.result({"error": _http_error(exc, url)})
 
-        return self._guard(download)
+        return self.host.guard(download)
 
     def _stream(
         self, url_arg: Any = None, callback: Any = None, opts_arg: Any = None
@@ -511,9 +451,9 @@ class _Sandbox:
             import httpx  # noqa: PLC0415
 
             if not isinstance(url_arg, bytes):
-                raise _ScriptMistake("http.stream: expected (url, callback [, opts])")
+                raise ScriptMistake("http.stream: expected (url, callback [, opts])")
             url = as_text(url_arg)
-            opts = self._opts(opts_arg, "http.stream")
+            opts = self.host.opts(opts_arg, "http.stream")
             method = as_text(opts.get("method", b"GET")).upper()
             dry = self._dry_request(url, method, "http.stream")
             if dry is not None:
@@ -537,18 +477,18 @@ class _Sandbox:
                             go_on = callback(chunk, info)
                         except Exception as exc:  # lupa's LuaError: the trampoline itself failed
                             if self.budget.expired():
-                                raise _Timeout from exc
-                            raise _ScriptMistake(f"http.stream: callback failed: {exc}") from exc
+                                raise Timeout from exc
+                            raise ScriptMistake(f"http.stream: callback failed: {exc}") from exc
                         self.budget.settle()
                         if self.budget.expired():
-                            raise _Timeout
+                            raise Timeout
                         if go_on is not True:
                             break
-                    return self._result({"status": resp.status_code, "bytes": total})
+                    return self.host.result({"status": resp.status_code, "bytes": total})
             except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-                return self._result({"error": _http_error(exc, url)})
+                return self.host.result({"error": _http_error(exc, url)})
 
-        return self._guard(stream)
+        return self.host.guard(stream)
 
     # storage ------------------------------------------------------------------------------
     def _storage_call(self, what: str, fn: Callable[[Storage], tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -558,11 +498,11 @@ class _Sandbox:
             except (PressuredError, OSError) as exc:
                 return (True, None, f"storage.{what}: {exc}".encode())
 
-        return self._guard(call)
+        return self.host.guard(call)
 
     def _key(self, value: Any, what: str) -> str:
         if not isinstance(value, bytes):
-            raise _ScriptMistake(f"storage.{what}: expected a key string, got {lua_kind(value)}")
+            raise ScriptMistake(f"storage.{what}: expected a key string, got {lua_kind(value)}")
         return validate_key(as_text(value))
 
     def _dry(self, what: str) -> bool:
@@ -642,7 +582,7 @@ class _Sandbox:
             elif m in ("w", "wb"):
                 handle = _DryWriter(k) if self.owner.dry_run else storage.open_write(k)
             else:
-                raise _ScriptMistake(f'storage.open: mode must be "r" or "w" (got {mode!r})')
+                raise ScriptMistake(f'storage.open: mode must be "r" or "w" (got {mode!r})')
             hid = self._next_handle
             self._next_handle += 1
             self._handles[hid] = handle
@@ -653,19 +593,19 @@ class _Sandbox:
     def _handle(self, hid: Any) -> Writer | IO[bytes] | _DryWriter:
         handle = self._handles.get(hid) if isinstance(hid, int) else None
         if handle is None:
-            raise _ScriptMistake("storage handle is closed")
+            raise ScriptMistake("storage handle is closed")
         return handle
 
     def _h_read(self, hid: Any = None, n: Any = None) -> tuple[Any, ...]:
         def read(_storage: Storage) -> tuple[Any, ...]:
             handle = self._handle(hid)
             if isinstance(handle, Writer | _DryWriter):
-                raise _ScriptMistake("h:read on a handle opened for writing")
+                raise ScriptMistake("h:read on a handle opened for writing")
             if n is None or n in (b"a", b"*a"):
                 data = self._read_limited(handle, None)
                 return (True, None, self._too_big("h:read()")) if data is None else (True, data)
             if isinstance(n, bool) or not isinstance(n, int | float) or n < 0:
-                raise _ScriptMistake(f'h:read: expected a byte count or "a" (got {as_text(n)!r})')
+                raise ScriptMistake(f'h:read: expected a byte count or "a" (got {as_text(n)!r})')
             chunk = self._read_limited(handle, int(n))
             if chunk is None:
                 return (True, None, self._too_big(f"h:read({int(n)})"))
@@ -679,7 +619,7 @@ class _Sandbox:
         def write(_storage: Storage) -> tuple[Any, ...]:
             handle = self._handle(hid)
             if not isinstance(handle, Writer | _DryWriter):
-                raise _ScriptMistake("h:write on a handle opened for reading")
+                raise ScriptMistake("h:write on a handle opened for reading")
             payload = data if isinstance(data, bytes) else _data(data, "h:write")
             handle.write(payload)
             return (True, True)
@@ -710,27 +650,6 @@ class _Sandbox:
                 log.warning("%s: closing a leftover storage handle: %s", self.source.name, exc)
         self._handles.clear()
 
-    # -- plumbing ------------------------------------------------------------------------
-    def _result(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        self.budget.reserve(estimate(values))
-        return (True, self.convert.to_lua(values))
-
-    def _guard(self, fn: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
-        try:
-            if self.budget.expired():
-                raise _Timeout
-            return fn()
-        except _Timeout:
-            return (False, self.budget.timeout_message.encode(), True)
-        except _ScriptMistake as exc:
-            return (False, str(exc).encode())
-        except (PressuredError, OSError) as exc:
-            return (False, f"{type(exc).__name__}: {exc}".encode())
-        except Exception as exc:
-            # anything else is a host bug; the script still gets a string, never the exception
-            log.exception("%s: host function failed", self.source.name)
-            return (False, f"pressured: internal error: {type(exc).__name__}: {exc}".encode())
-
 
 class _DryWriter:
     """A write handle in dry-run mode: counts bytes, logs, stores nothing."""
@@ -748,14 +667,6 @@ class _DryWriter:
 
     def abort(self) -> None:
         pass
-
-
-class _ScriptMistake(Exception):
-    """A script called a host function wrongly; becomes a Lua error with this message."""
-
-
-class _Timeout(Exception):
-    """The script's deadline passed while the host was working for it."""
 
 
 def _refuse_attribute(obj: object, name: object, is_setting: bool) -> str:
@@ -857,7 +768,7 @@ class LuaScripts:
     def storage(self) -> Storage:
         if self._storage is None:
             if self.ctx.storage_factory is None:
-                raise _ScriptMistake("storage is not configured")
+                raise ScriptMistake("storage is not configured")
             self._storage = self.ctx.storage_factory()
         return self._storage
 
@@ -907,14 +818,14 @@ def _positive(value: Any, what: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise _ScriptMistake(f"{what} must be a positive number")
+        raise ScriptMistake(f"{what} must be a positive number")
     return int(value)
 
 
 def _data(value: Any, what: str) -> bytes:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value).encode()
-    raise _ScriptMistake(f"{what}: expected a string (got {lua_kind(value)})")
+    raise ScriptMistake(f"{what}: expected a string (got {lua_kind(value)})")
 
 
 def _headers(headers: Any) -> dict[str, str]:
