@@ -57,12 +57,12 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from pressured.actions.base import ActionContext
 from pressured.actions.lua.budget import (
@@ -70,16 +70,16 @@ from pressured.actions.lua.budget import (
     DEFAULT_TIMEOUT_MS,
     HOOK_INSTRUCTIONS,
     MIB,
-    PUSH_SLACK,
     Budget,
 )
-from pressured.actions.lua.convert import Converter, as_text, estimate, lua_kind
+from pressured.actions.lua.convert import Converter, as_text, estimate
 from pressured.actions.lua.host import Host, ScriptMistake
 from pressured.actions.lua.host_ctx import CtxApi
 from pressured.actions.lua.host_http import HttpApi
-from pressured.errors import ConfigError, LuaError, PressuredError
+from pressured.actions.lua.host_storage import StorageApi
+from pressured.errors import ConfigError, LuaError
 from pressured.model import Event
-from pressured.storage.base import Storage, Writer, validate_key
+from pressured.storage.base import Storage
 
 log = logging.getLogger("pressured.lua")
 
@@ -171,8 +171,6 @@ class _Sandbox:
         lupa = _lupa()
         self.source = source
         self.owner = owner
-        self._handles: dict[int, Writer | IO[bytes] | _DryWriter] = {}
-        self._next_handle = 1
         try:
             self._start(source, lupa)
         except Exception as exc:  # lupa's errors: the sandbox itself could not be set up
@@ -195,6 +193,7 @@ class _Sandbox:
         self.convert = Converter(self.lua, lupa.lua_type)
         self.host = Host(source.name, self.owner, self.budget, self.convert)
         ctx_api = CtxApi(self.host)
+        self.storage = StorageApi(self.host)
         py = self.convert.table(
             {
                 "expired": self.budget.expired,
@@ -202,15 +201,7 @@ class _Sandbox:
                 **ctx_api.functions(),
                 "find_module": self._find_module,
                 **HttpApi(self.host).functions(),
-                "write": self._write,
-                "read": self._read,
-                "remove": self._remove,
-                "exists": self._exists,
-                "rename": self._rename,
-                "open": self._open,
-                "h_read": self._h_read,
-                "h_write": self._h_write,
-                "h_close": self._h_close,
+                **self.storage.functions(),
             },
             raw=True,
         )
@@ -238,7 +229,7 @@ class _Sandbox:
         except Exception as exc:  # a lupa error outside the protected call (memory while pushing)
             result = (False, f"{type(exc).__name__}: {exc}")
         finally:
-            self._close_leftovers()
+            self.storage.close_leftovers()
             self.budget.settle()
             self.lua.gccollect()
         return self._outcome(result)
@@ -272,7 +263,7 @@ class _Sandbox:
         )
 
     def close(self) -> None:
-        self._close_leftovers()
+        self.storage.close_leftovers()
 
     def _find_module(self, name: Any) -> tuple[Any, ...]:
         def find() -> tuple[Any, ...]:
@@ -297,184 +288,6 @@ class _Sandbox:
             return (True, data, str(path).encode())
 
         return self.host.guard(find)
-
-    # storage ------------------------------------------------------------------------------
-    def _storage_call(self, what: str, fn: Callable[[Storage], tuple[Any, ...]]) -> tuple[Any, ...]:
-        def call() -> tuple[Any, ...]:
-            try:
-                return fn(self.owner.storage())
-            except (PressuredError, OSError) as exc:
-                return (True, None, f"storage.{what}: {exc}".encode())
-
-        return self.host.guard(call)
-
-    def _key(self, value: Any, what: str) -> str:
-        if not isinstance(value, bytes):
-            raise ScriptMistake(f"storage.{what}: expected a key string, got {lua_kind(value)}")
-        return validate_key(as_text(value))
-
-    def _dry(self, what: str) -> bool:
-        if self.owner.dry_run:
-            log.info("%s: dry run: would %s", self.source.name, what)
-            return True
-        return False
-
-    def _write(self, key: Any = None, data: Any = None) -> tuple[Any, ...]:
-        def write(storage: Storage) -> tuple[Any, ...]:
-            k = self._key(key, "write")
-            payload = data if isinstance(data, bytes) else _data(data, "storage.write")
-            if not self._dry(f"write {len(payload)} bytes to storage key {k!r}"):
-                storage.write(k, payload)
-            return (True, True)
-
-        return self._storage_call("write", write)
-
-    def _read(self, key: Any = None) -> tuple[Any, ...]:
-        def read(storage: Storage) -> tuple[Any, ...]:
-            k = self._key(key, "read")
-            with storage.open_read(k) as f:
-                data = self._read_limited(f, None)
-            if data is None:
-                return (True, None, self._too_big(f"storage.read({k!r})"))
-            return (True, data)
-
-        return self._storage_call("read", read)
-
-    def _read_limited(self, f: IO[bytes], count: int | None) -> bytes | None:
-        """Read ``count`` bytes (all when None) if they fit under the script's cap, else None."""
-        room = max(self.budget.room() - PUSH_SLACK, 0)
-        if count is None or count > room:
-            self.lua.gccollect()
-            room = max(self.budget.room() - PUSH_SLACK, 0)
-        want = room + 1 if count is None else min(count, room + 1)
-        data = f.read(want)
-        if len(data) > room:
-            return None
-        self.budget.reserve(len(data))
-        return data
-
-    def _too_big(self, what: str) -> bytes:
-        return f"{what}: does not fit in memory_mb={self.owner.memory_mb}".encode()
-
-    def _remove(self, key: Any = None) -> tuple[Any, ...]:
-        def remove(storage: Storage) -> tuple[Any, ...]:
-            k = self._key(key, "remove")
-            if not self._dry(f"remove storage key {k!r}"):
-                storage.remove(k)
-            return (True, True)
-
-        return self._storage_call("remove", remove)
-
-    def _exists(self, key: Any = None) -> tuple[Any, ...]:
-        def exists(storage: Storage) -> tuple[Any, ...]:
-            return (True, storage.exists(self._key(key, "exists")))
-
-        return self._storage_call("exists", exists)
-
-    def _rename(self, src: Any = None, dst: Any = None) -> tuple[Any, ...]:
-        def rename(storage: Storage) -> tuple[Any, ...]:
-            s, d = self._key(src, "rename"), self._key(dst, "rename")
-            if not self._dry(f"rename storage key {s!r} to {d!r}"):
-                storage.rename(s, d)
-            return (True, True)
-
-        return self._storage_call("rename", rename)
-
-    def _open(self, key: Any = None, mode: Any = None) -> tuple[Any, ...]:
-        def open_(storage: Storage) -> tuple[Any, ...]:
-            k = self._key(key, "open")
-            m = as_text(mode) if isinstance(mode, bytes) else "r" if mode is None else None
-            handle: Writer | IO[bytes] | _DryWriter
-            if m in ("r", "rb"):
-                handle = storage.open_read(k)
-            elif m in ("w", "wb"):
-                handle = _DryWriter(k) if self.owner.dry_run else storage.open_write(k)
-            else:
-                raise ScriptMistake(f'storage.open: mode must be "r" or "w" (got {mode!r})')
-            hid = self._next_handle
-            self._next_handle += 1
-            self._handles[hid] = handle
-            return (True, hid)
-
-        return self._storage_call("open", open_)
-
-    def _handle(self, hid: Any) -> Writer | IO[bytes] | _DryWriter:
-        handle = self._handles.get(hid) if isinstance(hid, int) else None
-        if handle is None:
-            raise ScriptMistake("storage handle is closed")
-        return handle
-
-    def _h_read(self, hid: Any = None, n: Any = None) -> tuple[Any, ...]:
-        def read(_storage: Storage) -> tuple[Any, ...]:
-            handle = self._handle(hid)
-            if isinstance(handle, Writer | _DryWriter):
-                raise ScriptMistake("h:read on a handle opened for writing")
-            if n is None or n in (b"a", b"*a"):
-                data = self._read_limited(handle, None)
-                return (True, None, self._too_big("h:read()")) if data is None else (True, data)
-            if isinstance(n, bool) or not isinstance(n, int | float) or n < 0:
-                raise ScriptMistake(f'h:read: expected a byte count or "a" (got {as_text(n)!r})')
-            chunk = self._read_limited(handle, int(n))
-            if chunk is None:
-                return (True, None, self._too_big(f"h:read({int(n)})"))
-            if n > 0 and not chunk:
-                return (True, None)
-            return (True, chunk)
-
-        return self._storage_call("read", read)
-
-    def _h_write(self, hid: Any = None, data: Any = None) -> tuple[Any, ...]:
-        def write(_storage: Storage) -> tuple[Any, ...]:
-            handle = self._handle(hid)
-            if not isinstance(handle, Writer | _DryWriter):
-                raise ScriptMistake("h:write on a handle opened for reading")
-            payload = data if isinstance(data, bytes) else _data(data, "h:write")
-            handle.write(payload)
-            return (True, True)
-
-        return self._storage_call("write", write)
-
-    def _h_close(self, hid: Any = None) -> tuple[Any, ...]:
-        def close(_storage: Storage) -> tuple[Any, ...]:
-            handle = self._handles.pop(hid, None) if isinstance(hid, int) else None
-            if handle is None:
-                return (True, True)  # closing twice is harmless, as with io
-            handle.close()
-            return (True, True)
-
-        return self._storage_call("close", close)
-
-    def _close_leftovers(self) -> None:
-        for handle in self._handles.values():
-            try:
-                if isinstance(handle, Writer | _DryWriter):
-                    log.warning(
-                        "%s: a storage write handle was left open; discarded", self.source.name
-                    )
-                    handle.abort()
-                else:
-                    handle.close()
-            except (PressuredError, OSError) as exc:
-                log.warning("%s: closing a leftover storage handle: %s", self.source.name, exc)
-        self._handles.clear()
-
-
-class _DryWriter:
-    """A write handle in dry-run mode: counts bytes, logs, stores nothing."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.size += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        log.info("dry run: would write %d bytes to storage key %r", self.size, self.key)
-
-    def abort(self) -> None:
-        pass
 
 
 def _refuse_attribute(obj: object, name: object, is_setting: bool) -> str:
@@ -620,9 +433,3 @@ def _int_option(section: Mapping[str, Any], key: str, default: int, where: str) 
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{where}.{key}: expected a positive integer (got {value!r})")
     return value
-
-
-def _data(value: Any, what: str) -> bytes:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value).encode()
-    raise ScriptMistake(f"{what}: expected a string (got {lua_kind(value)})")
