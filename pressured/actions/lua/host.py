@@ -18,6 +18,7 @@ from pressured.errors import PressuredError
 from pressured.storage.base import Storage
 
 log = logging.getLogger("pressured.lua")
+"""What scripts log and what the host logs about them."""
 
 HostAnswer = tuple[Any, ...]
 """``(True, values...)`` or ``(False, message[, timed_out])``."""

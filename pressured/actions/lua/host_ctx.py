@@ -10,10 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pressured.actions.lua.convert import as_text, lua_kind
-from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake
+from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, log
 from pressured.model import rfc3339
-
-log = logging.getLogger("pressured.lua")
 
 TRACE = 5
 """Level of log.trace, below DEBUG."""

@@ -9,16 +9,13 @@ accepts only http:// and https:// URLs. In dry-run mode only GET and HEAD reques
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from pressured import __version__
 from pressured.actions.lua.budget import PUSH_SLACK
 from pressured.actions.lua.convert import as_text, estimate
-from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, Timeout
-
-log = logging.getLogger("pressured.lua")
+from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, Timeout, log
 
 _CHUNK = 64 * 1024
 

@@ -10,17 +10,14 @@ an unclosed write is discarded, never committed half-done.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import IO, Any
 
 from pressured.actions.lua.budget import PUSH_SLACK
 from pressured.actions.lua.convert import as_text, lua_kind
-from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake
+from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, log
 from pressured.errors import PressuredError
 from pressured.storage.base import Storage, Writer, validate_key
-
-log = logging.getLogger("pressured.lua")
 
 
 class StorageApi:
@@ -192,6 +189,7 @@ class StorageApi:
         return self._call("close", close)
 
     def close_leftovers(self) -> None:
+        """Close what the script left open: readers are closed, writers discarded."""
         for handle in self._handles.values():
             try:
                 if isinstance(handle, Writer | _DryWriter):

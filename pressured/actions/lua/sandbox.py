@@ -1,49 +1,10 @@
-"""Lua scripts run on events, in a sandbox (lupa, Lua 5.4).
+"""The scripts of one ``lua`` section and their interpreters (the package docstring says what a
+script sees).
 
-A script defines ``on_event(event, ctx)``. Scripts come from exactly one of
-``plugins.lua.script`` (a file), ``plugins.lua.scripts_dir`` (every ``*.lua`` in it, in name
-order, each handler called) or ``plugins.lua.inline_script`` (text). Every script is compiled
-and its top level run at start, so a syntax error is a ConfigError naming the file and line.
-
-What a script sees (nothing else; each script has its own interpreter and environment table):
-
-    event           the event contract (``Event.to_json()``) as nested tables; ``annotations``
-                    is a table, ``pprof_top`` is there when the heapdump action added it; JSON
-                    nulls are absent (nil)
-    ctx.dry_run     true when pressured runs dry (then storage writes are logged, not done, and
-                    only GET/HEAD requests are sent)
-    ctx.time_iso([t])  RFC 3339 UTC time of now (or of epoch seconds t)
-    ctx.getenv(name)   only PRESSURED_* names and the names listed in ``plugins.lua.env_allow``;
-                    any other name reads as nil, so cloud credentials in the daemon's environment
-                    never reach a script unless named
-    ctx.script      the script's name
-    config          the whole effective configuration, read-only nested tables
-    log.trace/debug/info/warn/error(...)   logger "pressured.lua"; print() logs at info
-    http.fetch(url [, opts]) or http.fetch(method, url [, opts])
-                    -> {status=, body=, headers={lower-case name = value}} or {error=}
-                    opts: method, headers, body, timeout_ms, max_bytes, follow_redirects.
-                    The given headers are always sent, plus User-Agent: pressured/<version>
-    http.download(url, key [, opts]) -> {status=, bytes=} or {error=[, status=]}: streams the
-                    body into storage; a non-2xx answer stores nothing
-    http.stream(url, callback(chunk, info) -> bool [, opts]) -> {status=, bytes=} or {error=}
-                    info = {status=, headers=, bytes_so_far=}; returning false stops the transfer
-    storage.write(key, data) / read(key) / remove(key) / exists(key) / rename(src, dst)
-    storage.open(key, "r"|"w") -> handle: h:read([n|"a"]), h:write(data), h:close()
-                    h:read(n) returns nil at the end, h:read("a") the rest ("" at the end).
-                    Storage failures (bad key, missing key, backend error) are returned Lua
-                    style: nil, "message". A handle left open when on_event returns is closed;
-                    an unclosed write is discarded, never committed half-done.
-    safe globals    assert error ipairs next pairs pcall select tonumber tostring type xpcall
-                    rawequal rawlen rawget rawset setmetatable getmetatable print _G _VERSION,
-                    string (no dump), table, math, utf8, coroutine, os.time/clock/date/difftime,
-                    collectgarbage("count"|"collect"|"step"), load (text chunks only, the
-                    script's environment by default), require (Lua files beside the script)
-
-Refused, each with a Lua error that names what is not available: io, debug, package, dofile,
-loadfile, os.execute and every other os function, string.dump, binary chunks, C modules,
-``python``, and ``__gc`` metamethods (a finalizer would run outside the script's time budget).
-
-Limits (``timeout_ms``, ``memory_mb``): budget.py.
+LuaScripts validates a ``plugins.lua``-shaped section, loads its scripts and calls every
+handler per event. Each script gets a Sandbox: its own lupa LuaRuntime (Lua 5.4), in which
+prelude.lua builds the script's environment from the host functions (host_*.py), within the
+script's budget (budget.py). require() finds Lua files beside the script.
 
 A failing handler (error, timeout, memory) is logged with the script name and line and reported
 in ``LuaScripts.run``'s result; the other handlers and later events run normally.
@@ -53,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import logging
 import os
 import re
 import threading
@@ -73,15 +33,13 @@ from pressured.actions.lua.budget import (
     Budget,
 )
 from pressured.actions.lua.convert import Converter, as_text, estimate
-from pressured.actions.lua.host import Host, ScriptMistake
+from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, log
 from pressured.actions.lua.host_ctx import CtxApi
 from pressured.actions.lua.host_http import HttpApi
 from pressured.actions.lua.host_storage import StorageApi
 from pressured.errors import ConfigError, LuaError
 from pressured.model import Event
 from pressured.storage.base import Storage
-
-log = logging.getLogger("pressured.lua")
 
 _OUT_OF_MEMORY = "not enough memory"
 _SOURCE_KEYS = ("script", "scripts_dir", "inline_script")
@@ -162,10 +120,9 @@ def _prelude() -> bytes:
     return (resources.files("pressured.actions.lua") / "prelude.lua").read_bytes()
 
 
-class _Sandbox:
-    """One script's interpreter. Every host function answers ``(True, values...)`` or
-    ``(False, message[, timed_out])`` and never raises into Lua: lupa would hand a Python
-    exception object to the script."""
+class Sandbox:
+    """One script's interpreter: set up with the prelude and the script's top level run at
+    start (a failure is a LuaError), then one ``run`` per event."""
 
     def __init__(self, source: ScriptSource, owner: LuaScripts) -> None:
         lupa = _lupa()
@@ -220,7 +177,6 @@ class _Sandbox:
             self.budget.reserve(len(text))
             self._load_result = self.api.load(text, source.chunkname.encode())
 
-    # -- running --------------------------------------------------------------------------
     def run(self, event_json: Mapping[str, Any], ctx: Mapping[str, Any]) -> ScriptFailure | None:
         try:
             with self.budget.entry():
@@ -247,7 +203,7 @@ class _Sandbox:
             kind = "timeout"
         elif message == _OUT_OF_MEMORY or message.endswith(_OUT_OF_MEMORY):
             kind = "memory"
-            message = f"{_OUT_OF_MEMORY} (memory_mb={self.owner.memory_mb})"
+            message = f"{_OUT_OF_MEMORY} (memory_mb={self.budget.memory_mb})"
         file = src[1:] if src and src[:1] in ("@", "=") else src
         # The position Lua wrote into the message is where the error was raised; the message
         # handler sees where it surfaced (a rethrow by pcall, http.stream or require).
@@ -265,8 +221,10 @@ class _Sandbox:
     def close(self) -> None:
         self.storage.close_leftovers()
 
-    def _find_module(self, name: Any) -> tuple[Any, ...]:
-        def find() -> tuple[Any, ...]:
+    def _find_module(self, name: Any) -> HostAnswer:
+        """require()'s host side: the text and path of a Lua file beside the script."""
+
+        def find() -> HostAnswer:
             modname = as_text(name)
             if not _MODULE_NAME.match(modname):
                 raise ScriptMistake(f"require({modname!r}): not a module name")
@@ -317,10 +275,10 @@ class LuaScripts:
         self._lock = threading.Lock()
         self.dry_run = ctx.dry_run
         """Dry run of the event being handled (the daemon's or the event's own flag)."""
-        self.sandboxes: list[_Sandbox] = []
+        self.sandboxes: list[Sandbox] = []
         try:
             for source in sources:
-                self.sandboxes.append(_Sandbox(source, self))
+                self.sandboxes.append(Sandbox(source, self))
         except Exception:
             self.close()
             raise
