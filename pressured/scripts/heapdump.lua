@@ -7,8 +7,8 @@
 --   pressured.io/pprof-port   (default 6060)
 --   pressured.io/pprof-path   (default /debug/pprof/heap)
 -- Use it with:  plugins: {lua: {script: <path of this file>}}  and  actions: [{type: lua}]
--- (pressured.lua.bundled_script("heapdump.lua") gives the path). A failed fetch or store is
--- a Lua error, so the lua action reports it and counts it as failed.
+-- (pressured.actions.lua.bundled_script("heapdump.lua") gives the path). A failed fetch or
+-- store is a Lua error, so the lua action reports it and counts it as failed.
 
 local DEFAULT_PORT = "6060"
 local DEFAULT_PATH = "/debug/pprof/heap"

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("lupa", reason="lupa (pressured[lua]) is not installed")
 
 from pressured.actions.base import ActionContext
-from pressured.lua import LuaScripts, ScriptSource
+from pressured.actions.lua import LuaScripts, ScriptSource
 from pressured.storage.local import LocalStorage
 from tests.lua import LoopbackServer
 

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from pressured.actions.base import ActionContext
-from pressured.actions.lua import LuaAction
+from pressured.actions.lua import LuaAction, bundled_script
 from pressured.errors import ActionError, ConfigError
-from pressured.lua import bundled_script
 from pressured.model import Identity, rfc3339
 from pressured.storage.local import LocalStorage
 from tests.lua import EVENT_TIME, LoopbackServer, Route, oom_kill, pressure

@@ -11,7 +11,7 @@ import pytest
 
 from pressured import __version__
 from pressured.actions.base import ActionContext
-from pressured.lua import TRACE, LuaScripts, ScriptFailure
+from pressured.actions.lua import TRACE, LuaScripts, ScriptFailure
 from pressured.model import Event, rfc3339
 from pressured.storage.local import LocalStorage
 from tests.lua import EVENT_TIME, LoopbackServer, Route, oom_kill, pressure

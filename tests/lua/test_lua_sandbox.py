@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pressured.actions.base import ActionContext
+from pressured.actions.lua import LuaScripts
 from pressured.errors import ConfigError
-from pressured.lua import LuaScripts
 from pressured.model import PressureEvent
 from pressured.storage.local import LocalStorage
 from tests.lua import LoopbackServer, Route, pressure

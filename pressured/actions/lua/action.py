@@ -1,14 +1,14 @@
-"""The ``lua`` action: call every loaded script's ``on_event(event, ctx)`` (pressured.lua).
+"""The ``lua`` action: call every loaded script's ``on_event(event, ctx)``.
 
 Options come from the action entry when it names any (``{type: lua, script: ...}``; the entry is
 then complete in itself and errors name ``actions[i].key``), else from ``plugins.lua`` of the
 configuration. Both take the same keys: exactly one of ``script``, ``scripts_dir``,
 ``inline_script``, and ``timeout_ms``, ``memory_mb``, ``env_allow``.
 
-Every handler runs, even after another one failed; each failure is logged by pressured.lua with
-the script name and line. Then ``run`` raises ActionError naming the failed scripts, so the
-daemon counts the action as failed. In dry-run mode the scripts still run, with
-``ctx.dry_run = true``; the host then skips storage writes and non-GET requests.
+Every handler runs, even after another one failed; each failure is logged (logger
+"pressured.lua") with the script name and line. Then ``run`` raises ActionError naming the
+failed scripts, so the daemon counts the action as failed. In dry-run mode the scripts still
+run, with ``ctx.dry_run = true``; the host then skips storage writes and non-GET requests.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pressured.actions.base import Action, ActionContext
+from pressured.actions.lua.sandbox import LuaScripts
 from pressured.errors import ActionError, ConfigError
 from pressured.model import Event
 
@@ -28,8 +29,6 @@ class LuaAction(Action):
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
     ) -> None:
         super().__init__(options, ctx, where)
-        from pressured.lua import LuaScripts  # noqa: PLC0415 - imports lupa lazily
-
         section, section_where = self._section()
         self.scripts = LuaScripts.from_config(section, section_where, ctx=ctx)
 

@@ -1,0 +1,95 @@
+"""The limits of one script's interpreter: its time budget and its memory cap.
+
+``timeout_ms`` (default 5000) bounds each call of a script (its top level at start and each
+on_event): a count hook checks a monotonic deadline every HOOK_INSTRUCTIONS VM instructions and
+raises "pressured: script <name> exceeded timeout_ms=<N>". Lua hooks are per coroutine, so
+coroutine.create/wrap install the same hook in every coroutine they make; pcall, xpcall and
+coroutine.resume re-raise the timeout, so a script cannot catch it and go on. Two corners of Lua
+5.4 are closed by hand: a message handler runs with hooks off when the error came from a hook,
+so after the timeout xpcall skips the script's handler; and near the C-stack limit the hook
+cannot be called at all (Lua raises "C stack overflow" instead), so those wrappers also check
+the deadline on every error they catch. HTTP calls take their timeout from what is left of the
+budget. A single long C call (a pathological string.find) is not interruptible by a hook; the
+memory cap bounds the string functions that could run long. ``memory_mb`` (default 64) caps each
+script's interpreter (lupa's allocator limit); exceeding it is a Lua "not enough memory" error
+in that script. Data the host hands to Lua is sized first, because lupa cannot recover from a
+failed allocation while Python pushes values (it aborts the process or deadlocks; measured with
+lupa 2.8): the host raises the interpreter's limit by exactly what it is about to push and
+lowers it back as soon as the script has the value, so a script that is already over its cap
+fails at its next allocation.
+
+The hook and the wrappers that re-raise the timeout are Lua, in prelude.lua; Budget is the host's
+side: the deadline, the cap, and the reserve made before each push.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+DEFAULT_TIMEOUT_MS = 5000
+DEFAULT_MEMORY_MB = 64
+HOOK_INSTRUCTIONS = 1000
+"""VM instructions between deadline checks: one Python call per ~1000 instructions costs a few
+per cent of a tight loop and stops a runaway script within a fraction of a millisecond."""
+
+MIB = 1024 * 1024
+PUSH_SLACK = 64 * 1024
+"""Bytes allowed on top of an estimate when the host pushes values into Lua (table and stack
+overhead the estimate does not count)."""
+
+
+class Budget:
+    """The deadline and the memory cap of one interpreter (``lua``, a lupa LuaRuntime)."""
+
+    def __init__(self, lua: Any, script: str, timeout_ms: int, memory_mb: int) -> None:
+        self.lua = lua
+        self.timeout_ms = timeout_ms
+        self.memory_mb = memory_mb
+        self.limit = memory_mb * MIB
+        self.timeout_message = f"pressured: script {script} exceeded timeout_ms={timeout_ms}"
+        self._deadline: float | None = None
+
+    # -- time ------------------------------------------------------------------------------
+    @contextmanager
+    def entry(self) -> Iterator[None]:
+        """The time budget of one entry into Lua; nested entries keep the outer deadline."""
+        outer = self._deadline
+        if outer is None:
+            self._deadline = time.monotonic() + self.timeout_ms / 1000
+        try:
+            yield
+        finally:
+            self._deadline = outer
+
+    def expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def remaining(self) -> float:
+        if self._deadline is None:
+            return self.timeout_ms / 1000
+        return self._deadline - time.monotonic()
+
+    # -- memory ----------------------------------------------------------------------------
+    def reserve(self, nbytes: int) -> None:
+        """Let the interpreter take ``nbytes`` more than it uses now, whatever its cap."""
+        used = self.lua.get_memory_used() or 0
+        self.lua.set_max_memory(max(self.limit, used + nbytes + PUSH_SLACK))
+
+    def settle(self) -> None:
+        """Back to the script's own cap."""
+        self.lua.set_max_memory(self.limit)
+
+    def room(self) -> int:
+        """Bytes the script may still allocate under its own cap."""
+        used = self.lua.get_memory_used() or 0
+        return max(0, self.limit - used)
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more fit under the cap, after a garbage collection if needed."""
+        if nbytes <= self.room():
+            return True
+        self.lua.gccollect()
+        return nbytes <= self.room()

@@ -1,0 +1,393 @@
+"""The scripts of one ``lua`` section and their interpreters (the package docstring says what a
+script sees).
+
+LuaScripts validates a ``plugins.lua``-shaped section, loads its scripts and calls every
+handler per event. Each script gets a Sandbox: its own lupa LuaRuntime (Lua 5.4), in which
+prelude.lua builds the script's environment from the host functions (host_*.py), within the
+script's budget (budget.py). require() finds Lua files beside the script.
+
+A failing handler (error, timeout, memory) is logged with the script name and line and reported
+in ``LuaScripts.run``'s result; the other handlers and later events run normally.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+from pressured.actions.base import ActionContext
+from pressured.actions.lua.budget import (
+    DEFAULT_MEMORY_MB,
+    DEFAULT_TIMEOUT_MS,
+    HOOK_INSTRUCTIONS,
+    MIB,
+    Budget,
+)
+from pressured.actions.lua.convert import Converter, as_text, estimate
+from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, log
+from pressured.actions.lua.host_ctx import CtxApi
+from pressured.actions.lua.host_http import HttpApi
+from pressured.actions.lua.host_storage import StorageApi
+from pressured.errors import ConfigError, LuaError
+from pressured.model import Event
+from pressured.storage.base import Storage
+
+_OUT_OF_MEMORY = "not enough memory"
+_SOURCE_KEYS = ("script", "scripts_dir", "inline_script")
+_KNOWN_KEYS = {*_SOURCE_KEYS, "timeout_ms", "memory_mb", "env_allow"}
+_POSITION = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+): (?P<rest>.*)$", re.DOTALL)
+"""The "<chunk>:<line>: " prefix Lua puts on error messages."""
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class ScriptSource:
+    """One script: ``name`` is what logs and errors show (the file path or "inline_script")."""
+
+    name: str
+    text: str
+    chunkname: str
+    """Lua chunk name: "@<path>" for files, "=inline_script" for inline text."""
+    module_dir: str | None
+    """Where require() finds Lua files; None for inline text."""
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ScriptSource:
+        p = Path(path)
+        text = p.read_text(encoding="utf-8")
+        return cls(name=str(p), text=text, chunkname=f"@{p}", module_dir=str(p.parent))
+
+    @classmethod
+    def inline(cls, text: str, name: str = "inline_script") -> ScriptSource:
+        return cls(name=name, text=text, chunkname=f"={name}", module_dir=None)
+
+
+@dataclass(frozen=True)
+class ScriptFailure:
+    """One handler that did not finish: ``kind`` is "error", "timeout" or "memory"."""
+
+    script: str
+    message: str
+    kind: Literal["error", "timeout", "memory"] = "error"
+    line: int | None = None
+    file: str | None = None
+    """The file ``line`` is in: the script itself, or a module it required."""
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.script}: {self.message}"
+        if self.file is not None and self.file != self.script:
+            return f"{self.script}: {self.file}:{self.line}: {self.message}"
+        return f"{self.script}:{self.line}: {self.message}"
+
+
+def bundled_script(name: str = "heapdump.lua") -> Path:
+    """Path of a script shipped with pressured (pressured/scripts/<name>)."""
+    path = Path(str(resources.files("pressured") / "scripts" / name))
+    if not path.is_file():
+        raise LuaError(f"no bundled Lua script {name!r} (looked in {path.parent})")
+    return path
+
+
+def _lupa() -> ModuleType:
+    # Lua 5.4 on purpose: the default lupa module may be LuaJIT (no allocator limit on 64-bit)
+    # or a newer Lua whose language changed; 5.4 is what the scripts and the prelude target.
+    try:
+        from lupa import lua54  # noqa: PLC0415 - heavy, optional dependency
+    except ImportError as exc:
+        raise LuaError(
+            "Lua actions need lupa >= 2.0 with Lua 5.4 (pip install 'pressured[lua]')"
+        ) from exc
+    module: ModuleType = lua54
+    return module
+
+
+@functools.cache
+def _prelude() -> bytes:
+    """The Lua text of prelude.lua (package data). It runs once per interpreter with the full
+    standard library, keeps what the host needs in locals, builds the script's environment and
+    then strips the globals. Scripts never see _G, debug or any Python object: every host
+    function is wrapped in a Lua closure."""
+    return (resources.files("pressured.actions.lua") / "prelude.lua").read_bytes()
+
+
+class Sandbox:
+    """One script's interpreter: set up with the prelude and the script's top level run at
+    start (a failure is a LuaError), then one ``run`` per event."""
+
+    def __init__(self, source: ScriptSource, owner: LuaScripts) -> None:
+        lupa = _lupa()
+        self.source = source
+        self.owner = owner
+        try:
+            self._start(source, lupa)
+        except Exception as exc:  # lupa's errors: the sandbox itself could not be set up
+            raise LuaError(f"{source.name}: cannot set up the Lua sandbox: {exc}") from exc
+        self.budget.settle()
+        failure = self._outcome(self._load_result)
+        if failure is not None:
+            raise LuaError(str(failure))
+
+    def _start(self, source: ScriptSource, lupa: ModuleType) -> None:
+        self.lua = lupa.LuaRuntime(
+            encoding=None,
+            unpack_returned_tuples=True,
+            register_eval=False,
+            register_builtins=False,
+            attribute_filter=_refuse_attribute,
+            max_memory=self.owner.memory_mb * MIB,
+        )
+        self.budget = Budget(self.lua, source.name, self.owner.timeout_ms, self.owner.memory_mb)
+        self.convert = Converter(self.lua, lupa.lua_type)
+        self.host = Host(source.name, self.owner, self.budget, self.convert)
+        ctx_api = CtxApi(self.host)
+        self.storage = StorageApi(self.host)
+        py = self.convert.table(
+            {
+                "expired": self.budget.expired,
+                "settle": self.budget.settle,
+                **ctx_api.functions(),
+                "find_module": self._find_module,
+                **HttpApi(self.host).functions(),
+                **self.storage.functions(),
+            },
+            raw=True,
+        )
+        with self.budget.entry():
+            self.api = self.lua.execute(
+                _prelude(),
+                py,
+                self.budget.timeout_message.encode(),
+                HOOK_INSTRUCTIONS,
+                name="pressured",
+                mode="t",
+            )
+            self.budget.reserve(estimate(self.owner.config))
+            self.api.set_config(self.convert.to_lua(self.owner.config))
+            text = source.text.encode()
+            self.budget.reserve(len(text))
+            self._load_result = self.api.load(text, source.chunkname.encode())
+
+    def run(self, event_json: Mapping[str, Any], ctx: Mapping[str, Any]) -> ScriptFailure | None:
+        try:
+            with self.budget.entry():
+                self.budget.reserve(estimate(event_json) + estimate(ctx))
+                result = self.api.run(self.convert.to_lua(event_json), self.convert.to_lua(ctx))
+        except Exception as exc:  # a lupa error outside the protected call (memory while pushing)
+            result = (False, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.storage.close_leftovers()
+            self.budget.settle()
+            self.lua.gccollect()
+        return self._outcome(result)
+
+    def _outcome(self, result: Any) -> ScriptFailure | None:
+        values = result if isinstance(result, tuple) else (result,)
+        if values and values[0] is True:
+            return None
+        message = as_text(values[1]) if len(values) > 1 else "failed"
+        line = values[2] if len(values) > 2 and isinstance(values[2], int) else None
+        src = as_text(values[3]) if len(values) > 3 and values[3] is not None else None
+        timed_out = len(values) > 4 and values[4] is True
+        kind: Literal["error", "timeout", "memory"] = "error"
+        if timed_out or message == self.budget.timeout_message:
+            kind = "timeout"
+        elif message == _OUT_OF_MEMORY or message.endswith(_OUT_OF_MEMORY):
+            kind = "memory"
+            message = f"{_OUT_OF_MEMORY} (memory_mb={self.budget.memory_mb})"
+        file = src[1:] if src and src[:1] in ("@", "=") else src
+        # The position Lua wrote into the message is where the error was raised; the message
+        # handler sees where it surfaced (a rethrow by pcall, http.stream or require).
+        at = _POSITION.match(message)
+        if at:
+            file, line, message = at.group("file"), int(at.group("line")), at.group("rest")
+            if file.startswith("...") and self.source.name.endswith(file[3:]):
+                file = self.source.name  # Lua shortens long chunk names to "...<tail>"
+        elif file == self.source.chunkname[1:]:
+            file = self.source.name
+        return ScriptFailure(
+            script=self.source.name, message=message, kind=kind, line=line, file=file
+        )
+
+    def close(self) -> None:
+        self.storage.close_leftovers()
+
+    def _find_module(self, name: Any) -> HostAnswer:
+        """require()'s host side: the text and path of a Lua file beside the script."""
+
+        def find() -> HostAnswer:
+            modname = as_text(name)
+            if not _MODULE_NAME.match(modname):
+                raise ScriptMistake(f"require({modname!r}): not a module name")
+            if self.source.module_dir is None:
+                raise ScriptMistake(
+                    f"require({modname!r}): module not found: an inline script can require "
+                    "only string, table, math, utf8, coroutine and os; C modules are not "
+                    "available in the Lua sandbox"
+                )
+            path = Path(self.source.module_dir, *modname.split(".")).with_suffix(".lua")
+            if not path.is_file():
+                raise ScriptMistake(
+                    f"require({modname!r}): module not found ({path} does not exist): the "
+                    "sandbox loads only Lua files beside the script; C modules are not "
+                    "available in the Lua sandbox"
+                )
+            data = path.read_bytes()
+            self.budget.reserve(len(data) + len(str(path)))
+            return (True, data, str(path).encode())
+
+        return self.host.guard(find)
+
+
+def _refuse_attribute(obj: object, name: object, is_setting: bool) -> str:
+    raise AttributeError("pressured: Python objects are not accessible from Lua")
+
+
+class LuaScripts:
+    """The loaded scripts of one ``plugins.lua``-shaped section, each in its own sandbox."""
+
+    def __init__(
+        self,
+        sources: Sequence[ScriptSource],
+        *,
+        ctx: ActionContext,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        env_allow: Sequence[str] = (),
+    ) -> None:
+        """Compile and run the top level of every script; raises LuaError naming the script."""
+        self.ctx = ctx
+        self.timeout_ms = timeout_ms
+        self.memory_mb = memory_mb
+        self.env_allow = frozenset(env_allow)
+        self.config: Mapping[str, Any] = ctx.config
+        self._http: Any = None
+        self._storage: Storage | None = None
+        self._lock = threading.Lock()
+        self.dry_run = ctx.dry_run
+        """Dry run of the event being handled (the daemon's or the event's own flag)."""
+        self.sandboxes: list[Sandbox] = []
+        try:
+            for source in sources:
+                self.sandboxes.append(Sandbox(source, self))
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def names(self) -> list[str]:
+        return [box.source.name for box in self.sandboxes]
+
+    @classmethod
+    def from_config(
+        cls, section: Mapping[str, Any], where: str = "plugins.lua", *, ctx: ActionContext
+    ) -> LuaScripts:
+        """Validate a ``plugins.lua`` section (or a ``{type: lua}`` action entry) and load its
+        scripts; every problem is a ConfigError naming ``where.key``."""
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: expected a mapping (got {section!r})")
+        for key in section:
+            if key not in _KNOWN_KEYS and key != "type":
+                hint = difflib.get_close_matches(str(key), sorted(_KNOWN_KEYS), n=1)
+                raise ConfigError(
+                    f"{where}.{key}: unknown option"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
+        given = [k for k in _SOURCE_KEYS if section.get(k) is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                f"{where}: set exactly one of script, scripts_dir, inline_script "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        timeout_ms = _int_option(section, "timeout_ms", DEFAULT_TIMEOUT_MS, where)
+        memory_mb = _int_option(section, "memory_mb", DEFAULT_MEMORY_MB, where)
+        env_allow = section.get("env_allow", [])
+        if not isinstance(env_allow, list) or not all(isinstance(n, str) for n in env_allow):
+            raise ConfigError(f"{where}.env_allow: expected a list of names (got {env_allow!r})")
+        key = given[0]
+        sources = _sources(key, section[key], f"{where}.{key}")
+        try:
+            return cls(
+                sources, ctx=ctx, timeout_ms=timeout_ms, memory_mb=memory_mb, env_allow=env_allow
+            )
+        except LuaError as exc:
+            raise ConfigError(f"{where}.{key}: {exc}") from exc
+
+    def run(self, event: Event) -> list[ScriptFailure]:
+        """Call every script's on_event; a failure is logged and returned, never raised."""
+        event_json = event.to_json()
+        dry_run = bool(self.ctx.dry_run or event.dry_run)
+        ctx = {"dry_run": dry_run}
+        failures: list[ScriptFailure] = []
+        with self._lock:
+            self.dry_run = dry_run
+            for box in self.sandboxes:
+                failure = box.run(event_json, {**ctx, "script": box.source.name})
+                if failure is not None:
+                    log.error("%s", failure)
+                    failures.append(failure)
+        return failures
+
+    def http(self) -> Any:
+        if self._http is None:
+            import httpx  # noqa: PLC0415
+
+            self._http = httpx.Client()
+        return self._http
+
+    def storage(self) -> Storage:
+        if self._storage is None:
+            if self.ctx.storage_factory is None:
+                raise ScriptMistake("storage is not configured")
+            self._storage = self.ctx.storage_factory()
+        return self._storage
+
+    def close(self) -> None:
+        for box in self.sandboxes:
+            box.close()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+
+def _sources(key: str, value: Any, where: str) -> list[ScriptSource]:
+    if key == "inline_script":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: expected Lua source text (got {value!r})")
+        return [ScriptSource.inline(value)]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a path (got {value!r})")
+    path = Path(value)
+    if key == "script":
+        if not path.is_file():
+            raise ConfigError(f"{where}: no such file (got {value!r})")
+        files = [path]
+    else:
+        if not path.is_dir():
+            raise ConfigError(f"{where}: no such directory (got {value!r})")
+        files = sorted(p for p in path.glob("*.lua") if p.is_file())
+        if not files:
+            raise ConfigError(f"{where}: no *.lua files in {value!r}")
+    out = []
+    for file in files:
+        try:
+            out.append(ScriptSource.from_file(file))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: cannot read {file}: {exc}") from exc
+    return out
+
+
+def _int_option(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}.{key}: expected a positive integer (got {value!r})")
+    return value
