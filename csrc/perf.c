@@ -13,10 +13,11 @@
 #include "pressured_native.h"
 
 struct pn_perf {
-    int fd;
-    void *base;
-    size_t map_len;
-    size_t data_len;
+    int fd;          /* -1 for a ring over caller memory (pn_perf_attach_buffer) */
+    void *base;      /* the struct perf_event_mmap_page, then the data area */
+    size_t map_len;  /* 0 when base is not ours to unmap */
+    size_t data_off;
+    size_t data_len; /* a power of two */
     uint64_t lost;
 };
 
@@ -52,6 +53,7 @@ int pn_perf_open(uint64_t tracepoint_id, int cpu, int ring_pages, struct pn_perf
     p->fd = fd;
     p->base = base;
     p->map_len = map_len;
+    p->data_off = (size_t)page;
     p->data_len = (size_t)page * (size_t)ring_pages;
     if (ioctl(fd, PERF_EVENT_IOC_ENABLE, 0) < 0) {
         int rc = -errno;
@@ -60,6 +62,31 @@ int pn_perf_open(uint64_t tracepoint_id, int cpu, int ring_pages, struct pn_perf
     }
     *out = p;
     *fd_out = fd;
+    return 0;
+}
+
+/* A ring over caller memory laid out like the perf mmap: a struct perf_event_mmap_page whose
+ * data_offset and data_size say where the data area is, within len bytes. pn_perf_next reads
+ * it as it reads a kernel ring; the memory stays the caller's. Tests use it to write records a
+ * real kernel never writes. */
+int pn_perf_attach_buffer(void *base, size_t len, struct pn_perf **out)
+{
+    const struct perf_event_mmap_page *meta = base;
+    if (!base || ((uintptr_t)base & 7) != 0 || len < sizeof(*meta))
+        return -EINVAL;
+    uint64_t off = meta->data_offset;
+    uint64_t size = meta->data_size;
+    if (off < sizeof(*meta) || (off & 7) != 0 || off > len || size == 0 ||
+        (size & (size - 1)) != 0 || size > len - off)
+        return -EINVAL;
+    struct pn_perf *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->fd = -1;
+    p->base = base;
+    p->data_off = (size_t)off;
+    p->data_len = (size_t)size;
+    *out = p;
     return 0;
 }
 
@@ -78,7 +105,7 @@ static void ring_copy(const struct pn_perf *p, const char *data, uint64_t pos, v
 int pn_perf_next(struct pn_perf *p, char *buf, size_t size, size_t *len_out, uint64_t *lost_out)
 {
     struct perf_event_mmap_page *meta = p->base;
-    const char *data = (const char *)p->base + meta->data_offset;
+    const char *data = (const char *)p->base + p->data_off;
     *len_out = 0;
     for (;;) {
         uint64_t head = __atomic_load_n(&meta->data_head, __ATOMIC_ACQUIRE);
@@ -123,8 +150,10 @@ int pn_perf_close(struct pn_perf *p)
 {
     if (!p)
         return 0;
-    munmap(p->base, p->map_len);
-    close(p->fd);
+    if (p->map_len)
+        munmap(p->base, p->map_len);
+    if (p->fd >= 0)
+        close(p->fd);
     free(p);
     return 0;
 }

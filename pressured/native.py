@@ -194,8 +194,30 @@ class PerfTracepoint:
             "perf_event_open",
             f"tracepoint id {tracepoint_id} cpu {cpu}",
         )
-        self._handle: Any = handle[0]
-        self.fd = int(fd[0])
+        self._setup(handle[0], int(fd[0]), cpu)
+
+    @classmethod
+    def over_buffer(cls, buf: Any, cpu: int = -1) -> PerfTracepoint:
+        """For tests: a ring over ``buf``, writable memory laid out like the perf mmap (a
+        struct perf_event_mmap_page, then the data area where its data_offset and data_size
+        say), 8-byte aligned (an anonymous mmap). Read exactly as a kernel ring is, so a test
+        can write records a real kernel never writes. ``buf`` stays in use until ``close()``.
+        """
+        keep = _ffi.from_buffer(buf, require_writable=True)
+        handle = _ffi.new("struct pn_perf **")
+        rc = _lib.pn_perf_attach_buffer(keep, _ffi.sizeof(keep), handle)
+        if rc < 0:
+            _ffi.release(keep)
+            _check(rc, "perf ring", "caller buffer")
+        self = cls.__new__(cls)
+        self._setup(handle[0], -1, cpu)
+        self._keep = keep
+        return self
+
+    def _setup(self, handle: Any, fd: int, cpu: int) -> None:
+        self._handle: Any = handle
+        self._keep: Any = None
+        self.fd = fd
         self.cpu = cpu
         self._buf = _ffi.new("char[]", 4096)
         self._len = _ffi.new("size_t *")
@@ -222,6 +244,9 @@ class PerfTracepoint:
             _lib.pn_perf_close(self._handle)
             self._handle = None
             self.fd = -1
+        if self._keep is not None:
+            _ffi.release(self._keep)
+            self._keep = None
 
 
 IN_CREATE: int = _lib.IN_CREATE
