@@ -27,13 +27,17 @@ PSI_WINDOW_UNPRIVILEGED_US = 2_000_000
 """psi.rst: without CAP_SYS_RESOURCE the window must be a multiple of 2 s (measured: EINVAL)."""
 
 
+def _error(rc: int, syscall: str, path: str | None = None, detail: str = "") -> OSError:
+    code = -rc
+    msg = f"{detail or os.strerror(code)} (from {syscall})"
+    if path is None:
+        return OSError(code, msg)
+    return OSError(code, msg, path)
+
+
 def _check(rc: int, syscall: str, path: str | None = None) -> None:
     if rc < 0:
-        code = -rc
-        msg = f"{os.strerror(code)} (from {syscall})"
-        if path is None:
-            raise OSError(code, msg)
-        raise OSError(code, msg, path)
+        raise _error(rc, syscall, path)
 
 
 def _b(path: str) -> bytes:
@@ -223,17 +227,29 @@ class PerfTracepoint:
         self._len = _ffi.new("size_t *")
         self._lost = _ffi.new("uint64_t *")
 
-    def samples(self) -> list[bytes]:
-        """Raw payloads of every sample waiting in the ring."""
+    def samples(self) -> tuple[list[bytes], OSError | None]:
+        """Raw payloads of every sample waiting in the ring, and the error that ended the
+        drain early (None when it ran to the end).
+
+        The samples read before an error are always returned with it. A malformed record is
+        EIO: the reader cannot find the next record's start, so the rest of the ring (the
+        records published so far) is skipped and the next drain starts clean.
+        """
         out: list[bytes] = []
         while self._handle is not None:
-            _check(
-                _lib.pn_perf_next(self._handle, self._buf, 4096, self._len, self._lost), "perf ring"
-            )
+            rc = _lib.pn_perf_next(self._handle, self._buf, 4096, self._len, self._lost)
+            if rc < 0:
+                return out, self._ring_error(rc)
             if self._len[0] == 0:
                 break
             out.append(bytes(_ffi.buffer(self._buf, self._len[0])))
-        return out
+        return out, None
+
+    def _ring_error(self, rc: int) -> OSError:
+        detail = ""
+        if rc == -_errno.EIO:
+            detail = f"malformed record, skipped the rest of the ring ({self._len[0]} bytes)"
+        return _error(rc, "perf ring", f"cpu {self.cpu}", detail)
 
     @property
     def lost(self) -> int:

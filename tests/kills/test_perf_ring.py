@@ -6,13 +6,18 @@ a real kernel never writes."""
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pressured import native
+from pressured.kernel.tracepoint import MarkVictimSource
+
+from .test_tracepoint import FORMAT_6_18, raw_6_18
 
 PAGE = 4096
 # struct perf_event_mmap_page (linux/perf_event.h): where the ring's positions and area are
@@ -58,7 +63,10 @@ class FakeRing:
         )
 
     def publish(self, head: int | None = None) -> None:
-        struct.pack_into("<Q", self.mem, DATA_HEAD, self.head if head is None else head)
+        """Make the records written so far visible (or move data_head to ``head``)."""
+        if head is not None:
+            self.head = head
+        struct.pack_into("<Q", self.mem, DATA_HEAD, self.head)
 
     @property
     def tail(self) -> int:
@@ -82,15 +90,25 @@ def payload(n: int, fill: int) -> bytes:
 
 
 def test_fake_ring_samples_and_lost_counts(ring: FakeRing) -> None:
-    assert ring.reader.samples() == []
+    assert ring.reader.samples() == ([], None)
     ring.sample(payload(12, 1))
     ring.record(PERF_RECORD_LOST, struct.pack("<QQ", 77, 3))
     ring.sample(payload(100, 2))
     ring.publish()
-    assert ring.reader.samples() == [payload(12, 1), payload(100, 2)]
+    assert ring.reader.samples() == ([payload(12, 1), payload(100, 2)], None)
     assert ring.reader.lost == 3
     assert ring.tail == ring.head
-    assert ring.reader.samples() == []
+    assert ring.reader.samples() == ([], None)
+
+
+def test_fake_empty_sample_does_not_end_the_drain(ring: FakeRing) -> None:
+    """A sample without raw bytes (fake: the tracepoint always has some) is passed over, not
+    taken for the end of the ring."""
+    ring.sample(payload(12, 1))
+    ring.record(PERF_RECORD_SAMPLE, struct.pack("<II", 0, 0))
+    ring.sample(payload(12, 2))
+    ring.publish()
+    assert ring.reader.samples() == ([payload(12, 1), payload(12, 2)], None)
 
 
 @pytest.mark.parametrize("back", [4, 12, 30])
@@ -102,7 +120,7 @@ def test_fake_ring_records_across_the_end_of_the_area(ring: FakeRing, back: int)
     ring.sample(payload(28, 3))
     ring.sample(payload(60, 4))
     ring.publish()
-    assert ring.reader.samples() == [payload(28, 3), payload(60, 4)]
+    assert ring.reader.samples() == ([payload(28, 3), payload(60, 4)], None)
     assert ring.tail == ring.head == start + 40 + 72
 
 
@@ -116,3 +134,123 @@ def test_fake_ring_layout_is_checked() -> None:
             assert info.value.errno == errno.EINVAL
     finally:
         mem.close()  # a refused buffer is released: the mmap closes
+
+
+# ------------------------------------------------------------------- records no kernel writes
+# The kernel publishes data_head only after whole, well-formed records, so these faults exist
+# only in the fake ring. They check that no length read from the ring takes a copy past its
+# record or the data area, that the rest of the ring is skipped (data_tail moved to data_head,
+# so it is not stuck), and that the samples read before the fault are kept.
+
+STARTS = [0, PAGE - 20]  # at the start of the data area, and wrapping past its end
+GOOD = payload(12, 0xAA)
+
+
+def assert_skipped(
+    ring: FakeRing, got: tuple[list[bytes], OSError | None], kept: list[bytes]
+) -> None:
+    samples, err = got
+    assert samples == kept
+    assert err is not None and err.errno == errno.EIO
+    assert "malformed record, skipped the rest of the ring" in str(err)
+    assert "(from perf ring)" in str(err) and err.filename == "cpu 0"
+    assert ring.tail == ring.head
+    # the ring reads on: the next record the kernel writes comes back
+    ring.sample(payload(20, 0xBB))
+    ring.publish()
+    assert ring.reader.samples() == ([payload(20, 0xBB)], None)
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_fake_record_larger_than_the_data_area(ring: FakeRing, start: int) -> None:
+    ring.start_at(start)
+    ring.sample(GOOD)
+    ring.sample(payload(12, 1), size=2 * ring.data_len)
+    ring.publish(start + ring.data_len)  # the whole area published: the size is still too big
+    assert_skipped(ring, ring.reader.samples(), [GOOD])
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_fake_record_smaller_than_its_header(ring: FakeRing, start: int) -> None:
+    ring.start_at(start)
+    ring.sample(GOOD)
+    ring.record(PERF_RECORD_SAMPLE, struct.pack("<I", 12) + payload(12, 1), size=4)
+    ring.sample(payload(12, 2))
+    ring.publish()
+    assert_skipped(ring, ring.reader.samples(), [GOOD])
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_fake_raw_size_past_the_record_end(ring: FakeRing, start: int) -> None:
+    ring.start_at(start)
+    ring.sample(GOOD)
+    ring.sample(payload(12, 1), raw_size=200)  # the next record's bytes are not its payload
+    ring.sample(payload(60, 2))
+    ring.publish()
+    assert_skipped(ring, ring.reader.samples(), [GOOD])
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_fake_record_past_data_head(ring: FakeRing, start: int) -> None:
+    ring.start_at(start)
+    ring.sample(GOOD)
+    ring.sample(payload(12, 1), size=64)  # 24 bytes written and published, 64 claimed
+    ring.publish()
+    assert_skipped(ring, ring.reader.samples(), [GOOD])
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_fake_lost_record_without_its_counts(ring: FakeRing, start: int) -> None:
+    ring.start_at(start)
+    ring.record(PERF_RECORD_LOST, b"")  # the header alone: no id, no count
+    ring.sample(payload(12, 1))
+    ring.publish()
+    assert_skipped(ring, ring.reader.samples(), [])
+    assert ring.reader.lost == 0
+
+
+def test_fake_head_further_ahead_than_the_area(ring: FakeRing) -> None:
+    ring.sample(GOOD)
+    ring.publish(ring.data_len + 8)
+    assert_skipped(ring, ring.reader.samples(), [])
+
+
+def victim(pid: int) -> bytes:
+    return raw_6_18(pid, b"java", [100, 60, 30, 2, 8], 0, 0)
+
+
+def test_drain_keeps_kills_before_a_malformed_record_and_reads_the_other_rings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = tmp_path / "tracing" / "events" / "oom" / "mark_victim"
+    events.mkdir(parents=True)
+    (events / "format").write_text(FORMAT_6_18)
+    rings = {cpu: FakeRing(cpu=cpu) for cpu in (0, 1, 2)}
+    source = MarkVictimSource(
+        str(tmp_path / "tracing"),
+        rings,
+        proc=str(tmp_path / "proc"),
+        open_ring=lambda _id, cpu, _pages: rings[cpu].reader,
+    )
+    try:
+        rings[0].sample(victim(100))
+        rings[0].sample(victim(101), raw_size=500)  # fake: no kernel writes this
+        rings[0].sample(victim(102))
+        for cpu, pid in ((0, None), (1, 200), (2, 300)):
+            if pid is not None:
+                rings[cpu].sample(victim(pid))
+            rings[cpu].publish()
+        with caplog.at_level(logging.WARNING, logger="pressured.kernel.tracepoint"):
+            kills = source.drain()
+        assert [k.pid for k in kills] == [100, 200, 300]
+        assert source.ring_errors == 1 and source.decode_errors == 0
+        (msg,) = [r.getMessage() for r in caplog.records]
+        assert msg.startswith("oom:mark_victim ring on cpu 0: malformed record")
+        assert msg.endswith("kept the 1 samples read before it")
+        rings[0].sample(victim(103))
+        rings[0].publish()
+        assert [k.pid for k in source.drain()] == [103]
+    finally:
+        source.close()
+        for r in rings.values():
+            r.close()
