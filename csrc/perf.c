@@ -154,12 +154,14 @@ int pn_perf_next(struct pn_perf *p, char *buf, size_t size, size_t *len_out, uin
                 break;
             }
             if (raw_size > size) {
-                rc = -EMSGSIZE;
-            } else {
-                ring_copy(p, data, tail + hsize + sizeof(raw_size), buf, raw_size);
+                /* left in the ring for a call with a buffer of *len_out bytes */
                 *len_out = raw_size;
-                found = raw_size > 0; /* an empty one carries nothing: 0 means "ring empty" */
+                rc = -EMSGSIZE;
+                break;
             }
+            ring_copy(p, data, tail + hsize + sizeof(raw_size), buf, raw_size);
+            *len_out = raw_size;
+            found = raw_size > 0; /* an empty one carries nothing: 0 means "ring empty" */
         } else if (hdr.type == PERF_RECORD_LOST) {
             uint64_t rec[2]; /* id, lost */
             if (body < sizeof(rec)) {
@@ -170,7 +172,7 @@ int pn_perf_next(struct pn_perf *p, char *buf, size_t size, size_t *len_out, uin
             p->lost += rec[1];
         }
         __atomic_store_n(&meta->data_tail, tail + hdr.size, __ATOMIC_RELEASE);
-        if (rc < 0 || found)
+        if (found)
             break;
     }
     *lost_out = p->lost;

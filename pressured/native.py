@@ -223,7 +223,8 @@ class PerfTracepoint:
         self._keep: Any = None
         self.fd = fd
         self.cpu = cpu
-        self._buf = _ffi.new("char[]", 4096)
+        self._size = 4096  # grows for a larger sample (bounded by a record's u16 size)
+        self._buf = _ffi.new("char[]", self._size)
         self._len = _ffi.new("size_t *")
         self._lost = _ffi.new("uint64_t *")
 
@@ -237,7 +238,11 @@ class PerfTracepoint:
         """
         out: list[bytes] = []
         while self._handle is not None:
-            rc = _lib.pn_perf_next(self._handle, self._buf, 4096, self._len, self._lost)
+            rc = _lib.pn_perf_next(self._handle, self._buf, self._size, self._len, self._lost)
+            if rc == -_errno.EMSGSIZE:
+                self._size = max(int(self._len[0]), 2 * self._size)
+                self._buf = _ffi.new("char[]", self._size)
+                continue
             if rc < 0:
                 return out, self._ring_error(rc)
             if self._len[0] == 0:

@@ -111,6 +111,23 @@ def test_fake_empty_sample_does_not_end_the_drain(ring: FakeRing) -> None:
     assert ring.reader.samples() == ([payload(12, 1), payload(12, 2)], None)
 
 
+def test_sample_larger_than_the_read_buffer_is_read_whole() -> None:
+    """The reader starts with a 4 KiB buffer; a larger sample (a tracepoint with long strings)
+    is read again with a larger one instead of being consumed and lost."""
+    ring = FakeRing(data_pages=4)
+    try:
+        big = payload(3 * PAGE - 4, 2)
+        ring.start_at(ring.data_len - 100)  # and across the end of the area
+        ring.sample(payload(12, 1))
+        ring.sample(big)
+        ring.sample(payload(12, 3))
+        ring.publish()
+        assert ring.reader.samples() == ([payload(12, 1), big, payload(12, 3)], None)
+        assert ring.tail == ring.head
+    finally:
+        ring.close()
+
+
 @pytest.mark.parametrize("back", [4, 12, 30])
 def test_fake_ring_records_across_the_end_of_the_area(ring: FakeRing, back: int) -> None:
     """Records that wrap past the end of the data area (header split, size word split,
