@@ -64,15 +64,23 @@ def pread(fd: int, size: int = 4096, path: str | None = None) -> bytes:
 class BatchReader:
     """Reads many small kept-open files in one native call (pread at offset 0 each)."""
 
+    MAX_WHOLE = 1 << 24
+    """A file that does not fit its slot is read again whole, up to this many bytes."""
+
     def __init__(self, stride: int = 512) -> None:
         self._stride = stride
         self._cap = 0
         self._buf: Any = None
         self._lens: Any = None
         self._fds: Any = None
+        self._n = _ffi.new("ssize_t *")
 
     def read(self, fds: Sequence[int]) -> list[bytes | int]:
-        """Contents per fd, or a positive errno for a file that failed."""
+        """Contents per fd, or a positive errno for a file that failed.
+
+        A file longer than the stride allows is read again on its own with a buffer large
+        enough for all of it (EFBIG past ``MAX_WHOLE``): contents are never cut short.
+        """
         n = len(fds)
         if n == 0:
             return []
@@ -88,12 +96,26 @@ class BatchReader:
         raw = _ffi.buffer(self._buf, n * self._stride)
         for i in range(n):
             ln = int(self._lens[i])
-            if ln < 0:
+            if ln == -_errno.EFBIG:
+                out.append(self._read_whole(fds[i]))
+            elif ln < 0:
                 out.append(-ln)
             else:
                 start = i * self._stride
                 out.append(bytes(raw[start : start + ln]))
         return out
+
+    def _read_whole(self, fd: int) -> bytes | int:
+        size = 2 * self._stride
+        while size <= self.MAX_WHOLE:
+            buf = _ffi.new("char[]", size)
+            rc = int(_lib.pn_pread(fd, buf, size, self._n))
+            if rc < 0:
+                return -rc
+            if self._n[0] < size:
+                return bytes(_ffi.buffer(buf, self._n[0]))
+            size *= 2
+        return _errno.EFBIG
 
 
 class Epoll:
