@@ -35,6 +35,8 @@ int pn_pread(int fd, char *buf, size_t size, ssize_t *len_out)
     return 0;
 }
 
+/* Each slot holds stride - 1 bytes and a NUL. A whole slot is asked for, so a file that does
+ * not fit shows as a full read: that file gets -EFBIG instead of a cut-short count. */
 int pn_read_batch(const int *fds, int n, char *buf, size_t stride, ssize_t *lens)
 {
     if (n < 0 || stride < 2)
@@ -43,10 +45,13 @@ int pn_read_batch(const int *fds, int n, char *buf, size_t stride, ssize_t *lens
         ssize_t got;
         char *slot = buf + (size_t)i * stride;
         do {
-            got = pread(fds[i], slot, stride - 1, 0);
+            got = pread(fds[i], slot, stride, 0);
         } while (got < 0 && errno == EINTR);
         if (got < 0) {
             lens[i] = -errno;
+            slot[0] = '\0';
+        } else if ((size_t)got >= stride) {
+            lens[i] = -EFBIG;
             slot[0] = '\0';
         } else {
             lens[i] = got;

@@ -33,6 +33,7 @@ int pn_v1_register(const char *event_control_path, const char *target_path,
 int pn_eventfd_drain(int fd, uint64_t *value_out);
 
 int pn_perf_open(uint64_t tracepoint_id, int cpu, int ring_pages, struct pn_perf **out, int *fd_out);
+int pn_perf_attach_buffer(void *base, size_t len, struct pn_perf **out);
 int pn_perf_next(struct pn_perf *p, char *buf, size_t size, size_t *len_out, uint64_t *lost_out);
 int pn_perf_close(struct pn_perf *p);
 

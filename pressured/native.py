@@ -27,13 +27,17 @@ PSI_WINDOW_UNPRIVILEGED_US = 2_000_000
 """psi.rst: without CAP_SYS_RESOURCE the window must be a multiple of 2 s (measured: EINVAL)."""
 
 
+def _error(rc: int, syscall: str, path: str | None = None, detail: str = "") -> OSError:
+    code = -rc
+    msg = f"{detail or os.strerror(code)} (from {syscall})"
+    if path is None:
+        return OSError(code, msg)
+    return OSError(code, msg, path)
+
+
 def _check(rc: int, syscall: str, path: str | None = None) -> None:
     if rc < 0:
-        code = -rc
-        msg = f"{os.strerror(code)} (from {syscall})"
-        if path is None:
-            raise OSError(code, msg)
-        raise OSError(code, msg, path)
+        raise _error(rc, syscall, path)
 
 
 def _b(path: str) -> bytes:
@@ -60,15 +64,23 @@ def pread(fd: int, size: int = 4096, path: str | None = None) -> bytes:
 class BatchReader:
     """Reads many small kept-open files in one native call (pread at offset 0 each)."""
 
+    MAX_WHOLE = 1 << 24
+    """A file that does not fit its slot is read again whole, up to this many bytes."""
+
     def __init__(self, stride: int = 512) -> None:
         self._stride = stride
         self._cap = 0
         self._buf: Any = None
         self._lens: Any = None
         self._fds: Any = None
+        self._n = _ffi.new("ssize_t *")
 
     def read(self, fds: Sequence[int]) -> list[bytes | int]:
-        """Contents per fd, or a positive errno for a file that failed."""
+        """Contents per fd, or a positive errno for a file that failed.
+
+        A file longer than the stride allows is read again on its own with a buffer large
+        enough for all of it (EFBIG past ``MAX_WHOLE``): contents are never cut short.
+        """
         n = len(fds)
         if n == 0:
             return []
@@ -84,12 +96,26 @@ class BatchReader:
         raw = _ffi.buffer(self._buf, n * self._stride)
         for i in range(n):
             ln = int(self._lens[i])
-            if ln < 0:
+            if ln == -_errno.EFBIG:
+                out.append(self._read_whole(fds[i]))
+            elif ln < 0:
                 out.append(-ln)
             else:
                 start = i * self._stride
                 out.append(bytes(raw[start : start + ln]))
         return out
+
+    def _read_whole(self, fd: int) -> bytes | int:
+        size = 2 * self._stride
+        while size <= self.MAX_WHOLE:
+            buf = _ffi.new("char[]", size)
+            rc = int(_lib.pn_pread(fd, buf, size, self._n))
+            if rc < 0:
+                return -rc
+            if self._n[0] < size:
+                return bytes(_ffi.buffer(buf, self._n[0]))
+            size *= 2
+        return _errno.EFBIG
 
 
 class Epoll:
@@ -194,24 +220,63 @@ class PerfTracepoint:
             "perf_event_open",
             f"tracepoint id {tracepoint_id} cpu {cpu}",
         )
-        self._handle: Any = handle[0]
-        self.fd = int(fd[0])
+        self._setup(handle[0], int(fd[0]), cpu)
+
+    @classmethod
+    def over_buffer(cls, buf: Any, cpu: int = -1) -> PerfTracepoint:
+        """For tests: a ring over ``buf``, writable memory laid out like the perf mmap (a
+        struct perf_event_mmap_page, then the data area where its data_offset and data_size
+        say), 8-byte aligned (an anonymous mmap). Read exactly as a kernel ring is, so a test
+        can write records a real kernel never writes. ``buf`` stays in use until ``close()``.
+        """
+        keep = _ffi.from_buffer(buf, require_writable=True)
+        handle = _ffi.new("struct pn_perf **")
+        rc = _lib.pn_perf_attach_buffer(keep, _ffi.sizeof(keep), handle)
+        if rc < 0:
+            _ffi.release(keep)
+            _check(rc, "perf ring", "caller buffer")
+        self = cls.__new__(cls)
+        self._setup(handle[0], -1, cpu)
+        self._keep = keep
+        return self
+
+    def _setup(self, handle: Any, fd: int, cpu: int) -> None:
+        self._handle: Any = handle
+        self._keep: Any = None
+        self.fd = fd
         self.cpu = cpu
-        self._buf = _ffi.new("char[]", 4096)
+        self._size = 4096  # grows for a larger sample (bounded by a record's u16 size)
+        self._buf = _ffi.new("char[]", self._size)
         self._len = _ffi.new("size_t *")
         self._lost = _ffi.new("uint64_t *")
 
-    def samples(self) -> list[bytes]:
-        """Raw payloads of every sample waiting in the ring."""
+    def samples(self) -> tuple[list[bytes], OSError | None]:
+        """Raw payloads of every sample waiting in the ring, and the error that ended the
+        drain early (None when it ran to the end).
+
+        The samples read before an error are always returned with it. A malformed record is
+        EIO: the reader cannot find the next record's start, so the rest of the ring (the
+        records published so far) is skipped and the next drain starts clean.
+        """
         out: list[bytes] = []
         while self._handle is not None:
-            _check(
-                _lib.pn_perf_next(self._handle, self._buf, 4096, self._len, self._lost), "perf ring"
-            )
+            rc = _lib.pn_perf_next(self._handle, self._buf, self._size, self._len, self._lost)
+            if rc == -_errno.EMSGSIZE:
+                self._size = max(int(self._len[0]), 2 * self._size)
+                self._buf = _ffi.new("char[]", self._size)
+                continue
+            if rc < 0:
+                return out, self._ring_error(rc)
             if self._len[0] == 0:
                 break
             out.append(bytes(_ffi.buffer(self._buf, self._len[0])))
-        return out
+        return out, None
+
+    def _ring_error(self, rc: int) -> OSError:
+        detail = ""
+        if rc == -_errno.EIO:
+            detail = f"malformed record, skipped the rest of the ring ({self._len[0]} bytes)"
+        return _error(rc, "perf ring", f"cpu {self.cpu}", detail)
 
     @property
     def lost(self) -> int:
@@ -222,6 +287,9 @@ class PerfTracepoint:
             _lib.pn_perf_close(self._handle)
             self._handle = None
             self.fd = -1
+        if self._keep is not None:
+            _ffi.release(self._keep)
+            self._keep = None
 
 
 IN_CREATE: int = _lib.IN_CREATE

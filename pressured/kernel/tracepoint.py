@@ -276,6 +276,7 @@ class MarkVictimSource:
 
     Every online CPU, not only this process's affinity: the tracepoint fires on the CPU of
     the task that ran out of memory. CPUs brought online later are not covered.
+    ``open_ring(tracepoint_id, cpu, ring_pages)`` opens one CPU's ring (tests pass fakes).
     """
 
     def __init__(
@@ -287,6 +288,7 @@ class MarkVictimSource:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         ring_pages: int = 8,
+        open_ring: Callable[[int, int, int], native.PerfTracepoint] = native.PerfTracepoint,
     ) -> None:
         self.tracefs = tracefs
         self.format = read_format(tracefs, "oom", "mark_victim")
@@ -295,9 +297,10 @@ class MarkVictimSource:
         self._wall = wall_clock
         self._readers: list[native.PerfTracepoint] = []
         self.decode_errors = 0
+        self.ring_errors = 0
         for cpu in online_cpus() if cpus is None else cpus:
             try:
-                self._readers.append(native.PerfTracepoint(self.format.id, cpu, ring_pages))
+                self._readers.append(open_ring(self.format.id, cpu, ring_pages))
             except OSError as exc:
                 self.close()
                 hint = ""
@@ -317,12 +320,17 @@ class MarkVictimSource:
     def drain(self) -> list[KillRecord]:
         out: list[KillRecord] = []
         for reader in self._readers:
-            try:
-                samples = reader.samples()
-            except OSError as exc:
-                self.decode_errors += 1
-                log.warning("oom:mark_victim ring on cpu %d: %s", reader.cpu, exc)
-                continue
+            samples, err = reader.samples()
+            if err is not None:
+                # the samples before the fault are kills all the same; the other rings are
+                # not affected
+                self.ring_errors += 1
+                log.warning(
+                    "oom:mark_victim ring on cpu %d: %s; kept the %d samples read before it",
+                    reader.cpu,
+                    err.strerror,
+                    len(samples),
+                )
             for raw in samples:
                 rec = self._decode(raw)
                 if rec is not None:

@@ -3,7 +3,9 @@ after a warm-up, repeating each call thousands of times must not grow the proces
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from collections.abc import Callable
 
 import pytest
@@ -73,6 +75,21 @@ def test_eventfd_and_inotify(tmp_path: object) -> None:
         assert_no_leak(cycle)
     finally:
         ino.close()
+
+
+def test_perf_ring_over_a_buffer() -> None:
+    mem = mmap.mmap(-1, 2 * 4096)
+    struct.pack_into("<QQ", mem, 1040, 4096, 4096)  # perf_event_mmap_page data_offset, size
+    try:
+
+        def cycle() -> None:
+            ring = native.PerfTracepoint.over_buffer(mem)
+            ring.samples()
+            ring.close()
+
+        assert_no_leak(cycle)
+    finally:
+        mem.close()
 
 
 def test_errors_name_syscall_and_path() -> None:
