@@ -97,7 +97,6 @@ def main() -> None:
             # a kill before the daemon has armed is one it never watched (the VM guest takes
             # seconds to start it): begin only once it is ready
             ready.wait(120)
-            time.sleep(0.5)
             for _ in range(a.kills):
                 proc = child.spawn(leaker_argv("--rate-mib", "0", "--max-mib", "200"))
                 proc.wait()

@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pressured.kernel import cgroupfs
 from pressured.kernel.child import Child, leaker_argv, own_memory_cgroup
 from pressured.kernel.watch import Watcher, WatchOptions
+from tests.support.daemon import PressuredProcess
 
 MiB = 1024 * 1024
 POLL_S = 0.100
@@ -130,33 +131,10 @@ def action_trial(n: int, threshold_pct: int, limit: int, events_dir: str) -> tup
     results = []
     for who in ("pressured", "poller"):
         child = Child(f"pressured-bench-act-{os.getpid()}-{n}-{who}", limit)
-        daemon = None
+        daemon: PressuredProcess | None = None
         try:
             ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
             sig_file = os.path.join(events_dir, f"sig-{n}-{who}")
-            proc = child.spawn(
-                leaker_argv(
-                    "--rate-mib",
-                    "64",
-                    "--max-mib",
-                    str(threshold // MiB + 32),
-                    "--hold",
-                    "--usage-file",
-                    ref.usage_file,
-                    "--stamp-at",
-                    str(threshold),
-                    "--signals-out",
-                    sig_file,
-                    "--start-after",
-                    "2.5" if who == "pressured" else "0.3",
-                ),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert proc.stdout is not None
-            proc.stdout.readline()
-            polled: dict[str, float] = {}
-            stop = threading.Event()
             if who == "pressured":
                 cfg = os.path.join(events_dir, "bench.yaml")
                 with open(cfg, "w") as f:
@@ -176,23 +154,35 @@ def action_trial(n: int, threshold_pct: int, limit: int, events_dir: str) -> tup
                         },
                         f,
                     )
-                daemon = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pressured",
-                        "run",
-                        "-c",
-                        cfg,
-                        "--cgroup",
-                        ref.path,
-                        "--events-out",
-                        os.devnull,
-                        "-l",
-                        "warning",
-                    ],
+                # the leak starts once the daemon says it has armed, not after a guessed time
+                daemon = PressuredProcess(
+                    ["run", "-c", cfg, "--cgroup", ref.path, "--events-out", os.devnull]
                 )
-            else:
+                daemon.wait_ready()
+            proc = child.spawn(
+                leaker_argv(
+                    "--rate-mib",
+                    "64",
+                    "--max-mib",
+                    str(threshold // MiB + 32),
+                    "--hold",
+                    "--usage-file",
+                    ref.usage_file,
+                    "--stamp-at",
+                    str(threshold),
+                    "--signals-out",
+                    sig_file,
+                    "--start-after",
+                    "0.3",
+                ),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            polled: dict[str, float] = {}
+            stop = threading.Event()
+            if who == "poller":
                 threading.Thread(
                     target=poller,
                     args=(ref.usage_file, threshold, polled, stop, proc.pid),
@@ -220,8 +210,7 @@ def action_trial(n: int, threshold_pct: int, limit: int, events_dir: str) -> tup
             results.append((got - crossed) * 1000)
         finally:
             if daemon is not None:
-                daemon.terminate()
-                daemon.wait(timeout=10)
+                daemon.stop()
             child.remove()
     return results[0], results[1]
 
