@@ -4,7 +4,8 @@ Everything waits in the Watcher's epoll: kernel notifications, the adaptive-read
 the signal pipe (SIGTERM/SIGINT stop, SIGHUP reloads), kmsg and perf rings, the local source's
 inotify. Actions run on one worker thread in the configured order, so a slow webhook never
 delays the next wake-up; destructive actions re-read their target first and are skipped when
-it recovered (earlyoom re-checks memory before killing).
+the event no longer holds for that reading (Engine.still_holds; earlyoom re-checks memory
+before killing).
 """
 
 from __future__ import annotations
@@ -574,26 +575,11 @@ class Daemon:
             return None
 
     def _still_valid(self, event: Event) -> bool:
-        """Re-read before a destructive action: is the target still at the event's severity?"""
+        """Re-read before a destructive action: does what raised the event still hold?"""
         if not isinstance(event, PressureEvent):
             return True
-        key = event.key or event.cgroup
-        state = self.targets.get(key)
-        sample = self._reread_sample(key)
-        if sample is None or state is None:
-            return False
-        if not sample.limit_bytes:
-            return True  # a rule on PSI fired; nothing to compare usage against
-        warn, critical, _ = self.engine.thresholds(state.overrides)
-        value = (
-            sample.usage_bytes
-            if self.engine.settings.metric == "usage"
-            else sample.working_set_bytes
-        )
-        pct = 100.0 * value / sample.limit_bytes
-        level = critical if event.severity == "critical" else warn
-        band = self.engine.settings.hysteresis_percent
-        return pct >= level - band
+        sample = self._reread_sample(event.key or event.cgroup)
+        return sample is not None and self.engine.still_holds(event, sample)
 
     def _action_failed(self, name: str) -> None:
         if self.metrics is not None:

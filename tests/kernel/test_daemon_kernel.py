@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +86,74 @@ def test_dry_run_sends_nothing(make_cgroup: Callable[[int | None], Child], tmp_p
     assert "warn" in kinds and "critical" in kinds
     assert all(d["dry_run"] for d in docs)
     assert got == []
+
+
+class Daemon:
+    """``pressured run`` as a subprocess; a thread collects its stderr lines."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        """Until a stderr line contains ``text``; fails when the daemon exits or time is up."""
+        with self._new_line:
+            seen = self._new_line.wait_for(
+                lambda: any(text in x for x in self.lines) or not self._reader.is_alive(),
+                timeout,
+            )
+        assert seen and any(text in x for x in self.lines), f"no {text!r} in:\n{self.log}"
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(timeout=20)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
+
+
+def test_rule_based_critical_terminates_the_leak_before_the_kernel_does(
+    make_cgroup: Callable[[int | None], Child], tmp_path: Path
+) -> None:
+    """A critical decided by a rule far below critical_percent: the re-check before the
+    destructive SIGTERM asks the same rule, so the signal is sent, not skipped."""
+    child = make_cgroup(224 * MiB)
+    events, cfg = tmp_path / "events.jsonl", tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "rules: {critical: 'memory_usage > 30 && growth_bytes_per_s > 3000000'}\n"
+        "actions:\n  - {type: log}\n  - {type: signal, warn: false, critical: SIGTERM}\n"
+        "metrics: {enabled: false}\n"
+    )
+    argv = [sys.executable, "-m", "pressured", "run", "-c", str(cfg), "--cgroup", child.path]
+    daemon = Daemon([*argv, "--events-out", str(events)])
+    try:
+        daemon.wait_for_line(f"watching {child.path}:", 30)  # armed before the leak starts
+        app = child.spawn(leaker_argv("--rate-mib", "12", "--max-mib", "448"))
+        status = app.wait(timeout=60)
+        docs = wait_for_events(events, lambda d: "critical" in [kind(x) for x in d], 10)
+    finally:
+        code = daemon.stop()
+    log = daemon.log
+    assert status == -15, f"the leak should end by SIGTERM, not {status}:\n{log}"
+    assert child.oom_kills() == 0, log
+    crit = next(d for d in docs if kind(d) == "critical")
+    assert crit["rule"] == "rules.critical" and crit["usage_percent"] < 75, crit
+    assert "sent SIGTERM to pids" in log and "skipped" not in log, log
+    assert code == 0, log

@@ -42,17 +42,26 @@ class Driver:
         **kwargs: Any,
     ) -> list[PressureEvent]:
         self.now += dt
-        sample = Sample(
+        sample = self.sample(used, at=self.now, psi=psi, usage=usage)
+        return self.engine.feed(
+            sample, self.now, WALL0 + self.now, cgroup=f"/kubepods/{self.key}", **kwargs
+        )
+
+    def sample(
+        self, used: int, *, at: float, psi: Psi | None = None, usage: int | None = None
+    ) -> Sample:
+        return Sample(
             key=self.key,
-            time=self.now,
+            time=at,
             usage_bytes=used if usage is None else usage,
             working_set_bytes=used,
             limit_bytes=self.limit,
             memory_psi=psi,
         )
-        return self.engine.feed(
-            sample, self.now, WALL0 + self.now, cgroup=f"/kubepods/{self.key}", **kwargs
-        )
+
+    def holds(self, event: PressureEvent, used: int, *, dt: float = 0.5, **kw: Any) -> bool:
+        """Whether ``event`` still holds for a fresh reading ``dt`` later (nothing is fed)."""
+        return self.engine.still_holds(event, self.sample(used, at=self.now + dt, **kw))
 
     def severities(self, used: int, **kwargs: Any) -> list[tuple[str, str]]:
         return [(e.severity, e.previous_severity) for e in self.feed(used, **kwargs)]
@@ -319,6 +328,81 @@ def test_prediction_window_drops_old_samples() -> None:
     (e,) = d.feed(800, dt=3)
     assert e.growth_bytes_per_s == 0.0
     assert e.eta_seconds is None
+
+
+# --- the re-check before a destructive action ---------------------------------------------------
+
+
+def test_still_holds_a_threshold_event_down_to_the_band() -> None:
+    d = Driver(Engine())
+    (warn,) = d.feed(72)
+    assert d.holds(warn, 72) and d.holds(warn, 65)  # warn is held down to 65
+    assert not d.holds(warn, 64)
+    (crit,) = d.feed(86)
+    assert d.holds(crit, 80)  # critical is held down to 80, as feed would
+    assert not d.holds(crit, 79)
+    assert d.holds(warn, 79)  # still above ok
+
+
+def test_still_holds_uses_the_capped_band_and_the_targets_overrides() -> None:
+    d = Driver(Engine(EngineSettings(hysteresis_percent=5)))
+    ov = ThresholdOverride(warn_percent=4, critical_percent=90)
+    (warn,) = d.feed(5, overrides=ov)
+    assert d.holds(warn, 2)  # the band is capped at half of the 4 % level
+    assert not d.holds(warn, 1)
+    assert d.feed(1, overrides=ov)[0].severity == "recovered"  # the same verdict as feed
+
+
+def test_still_holds_evaluates_the_rule_with_the_growth_fit() -> None:
+    # 12 MiB/s into 224 MiB, critical by rule from 30 %: far below critical_percent's band.
+    settings_ = rules(critical="memory_usage > 30 && growth_bytes_per_s > 3000000")
+    d = Driver(Engine(settings_), limit=224 * MiB)
+    events: list[PressureEvent] = []
+    used = 40 * MiB
+    while not events:
+        used += 3 * MiB
+        events = d.feed(used, dt=0.25)
+    (crit,) = events
+    assert (crit.severity, crit.rule) == ("critical", "rules.critical")
+    assert crit.usage_percent < 40
+    assert d.holds(crit, used + 6 * MiB)  # still growing: the rule still matches
+    assert d.holds(crit, used)  # one flat reading does not undo the fit
+    assert not d.holds(crit, 60 * MiB)  # below 30 %
+    assert not d.holds(crit, used, dt=120)  # the growth is no longer known
+    # The re-check recorded nothing: a twin engine fed the same sees the same next event.
+    twin = Driver(Engine(settings_), limit=224 * MiB)
+    for u in range(43 * MiB, used + 1, 3 * MiB):
+        twin.feed(u, dt=0.25)
+    assert d.feed(used + 3 * MiB, dt=0.25) == twin.feed(used + 3 * MiB, dt=0.25)
+
+
+def test_still_holds_a_rule_on_pressure_without_a_limit() -> None:
+    d = Driver(Engine(rules(critical="memory_pressure_full_avg10 > 20")), limit=None)
+    (crit,) = d.feed(100, psi=Psi(full_avg10=30))
+    assert d.holds(crit, 100, psi=Psi(full_avg10=25))
+    assert not d.holds(crit, 100, psi=Psi(full_avg10=5))
+
+
+def test_still_holds_a_predicted_warning_while_the_eta_is_short() -> None:
+    d = Driver(Engine(EngineSettings(predict_seconds=120)), limit=10_000)
+    events: list[PressureEvent] = []
+    used = 3000
+    while not events:
+        used += 200
+        events = d.feed(used)
+    (warn,) = events
+    assert warn.rule == "predict eta<120s" and warn.usage_percent < 65
+    assert d.holds(warn, used + 200)
+    assert not d.holds(warn, used, dt=61)  # out of the window: no growth, no ETA
+
+
+def test_still_holds_a_recovery_while_below_the_exit_level() -> None:
+    d = Driver(Engine())
+    d.feed(72)
+    (rec,) = d.feed(60)
+    assert rec.severity == "recovered"
+    assert d.holds(rec, 64)
+    assert not d.holds(rec, 66)
 
 
 # --- overrides, levels, settings ----------------------------------------------------------------
