@@ -18,7 +18,10 @@ Prediction. The growth rate (bytes/s) is the Theil-Sen slope (median of pairwise
 the metric over the last ``predict_samples`` samples within ``predict_window_seconds``; one
 spike among them moves it little. ``eta_seconds`` is the time left to the limit while growing,
 None otherwise. With ``predict_seconds`` set, a target below every threshold is raised to warn
-(rule ``predict eta<120s``) while its ETA is shorter.
+(rule ``predict eta<120s``) while its ETA is shorter. The fit restarts from the current sample
+when the sample's oom-kill counter rose, or when the metric dropped by more than the hysteresis
+band (capped as for the warn level) below both previous points: what grew before is gone, and
+its slope would report memory being freed as growth.
 
 Events. An event is emitted while severity is above ok when the severity changed, or when
 ``cooldown_seconds`` have passed since the target's last event (so a held severity repeats
@@ -352,6 +355,8 @@ class _Target:
     episode_start: float | None = None
     last_seen: float = 0.0
     overrides: ThresholdOverride | None = None
+    oom_kills: int | None = None
+    """The oom-kill counter of the last sample that had one."""
 
 
 @dataclass(frozen=True)
@@ -505,8 +510,10 @@ class Engine:
         target.overrides = overrides
         self._prune_ended(now)
 
-        reading = self._read(sample, target.history)
+        reading = self._read(sample, target.history, target.oom_kills, overrides)
         target.history = reading.points
+        if sample.oom_kill_count is not None:
+            target.oom_kills = sample.oom_kill_count
 
         warn, critical, cooldown = self.thresholds(overrides)
         previous = target.severity
@@ -562,26 +569,35 @@ class Engine:
 
         The sample is classified as ``feed`` would with the target in the event's severity:
         the percent levels lowered by the same capped hysteresis band, a rule evaluated on this
-        sample with the growth and ETA fitted over the target's history plus this sample, and
-        the prediction. A warn or critical event holds while that verdict is at least its
-        severity, so a critical event needs the critical condition (its rule, or
-        critical_percent held down to the band) and a warn event any reason to be above ok. A
-        recovered event holds while the verdict is ok. The thresholds are those of the
-        target's last fed sample (its overrides).
+        sample with the growth and ETA fitted over the target's history plus this sample
+        (restarted as feed would after a kill or a release), and the prediction. A warn or
+        critical event holds while that verdict is at least its severity, so a critical event
+        needs the critical condition (its rule, or critical_percent held down to the band) and
+        a warn event any reason to be above ok. A recovered event holds while the verdict is
+        ok. The thresholds are those of the target's last fed sample (its overrides).
         """
         target = self._targets.get(sample.key)
-        overrides = None if target is None else target.overrides
+        if target is None:
+            target = _Target()
+        overrides = target.overrides
         # Only points older than the sample: the loop may have fed a newer one meanwhile.
-        history = () if target is None else tuple(p for p in target.history if p[0] < sample.time)
-        reading = self._read(sample, history)
+        history = tuple(p for p in target.history if p[0] < sample.time)
+        reading = self._read(sample, history, target.oom_kills, overrides)
         warn, critical, _ = self.thresholds(overrides)
         if event.severity == "recovered":
             return self._classify(reading, event.previous_severity, warn, critical).severity == "ok"
         verdict = self._classify(reading, event.severity, warn, critical)
         return SEVERITY_RANK[verdict.severity] >= SEVERITY_RANK[event.severity]
 
-    def _read(self, sample: Sample, history: Points) -> _Reading:
-        """``sample`` as the engine sees it, its point added to ``history`` (not stored)."""
+    def _read(
+        self,
+        sample: Sample,
+        history: Points,
+        kills: int | None,
+        overrides: ThresholdOverride | None,
+    ) -> _Reading:
+        """``sample`` as the engine sees it, its point added to ``history`` (not stored);
+        ``kills`` is the target's oom-kill counter before this sample."""
         s = self._settings
         limit = (
             sample.limit_bytes
@@ -590,8 +606,27 @@ class Engine:
         )
         value = float(sample.working_set_bytes if s.metric == "working_set" else sample.usage_bytes)
         percent = value * 100.0 / limit if limit is not None else 0.0
-        points = self._fit_points(history, sample.time, value)
+        count = sample.oom_kill_count
+        killed = kills is not None and count is not None and count > kills
+        restart = killed or self._released(history, value, limit, overrides)
+        points = self._fit_points(() if restart else history, sample.time, value)
         return _Reading(sample, limit, value, percent, points)
+
+    def _released(
+        self,
+        history: Points,
+        value: float,
+        limit: int | None,
+        overrides: ThresholdOverride | None,
+    ) -> bool:
+        """Whether ``value`` is more than the hysteresis band (capped as for the warn level)
+        below both of the last two points: memory was given back, and points from before
+        describe memory that is gone. One spike up and back is not a release."""
+        if not history or limit is None:
+            return False
+        warn, _, _ = self.thresholds(overrides)
+        before = min(v for _t, v in history[-2:])
+        return (before - value) * 100.0 / limit > _band(self._settings.hysteresis_percent, warn)
 
     def _classify(
         self, reading: _Reading, previous: Severity, warn: float, critical: float

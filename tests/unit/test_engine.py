@@ -39,16 +39,23 @@ class Driver:
         dt: float = 1.0,
         psi: Psi | None = None,
         usage: int | None = None,
+        kills: int | None = None,
         **kwargs: Any,
     ) -> list[PressureEvent]:
         self.now += dt
-        sample = self.sample(used, at=self.now, psi=psi, usage=usage)
+        sample = self.sample(used, at=self.now, psi=psi, usage=usage, kills=kills)
         return self.engine.feed(
             sample, self.now, WALL0 + self.now, cgroup=f"/kubepods/{self.key}", **kwargs
         )
 
     def sample(
-        self, used: int, *, at: float, psi: Psi | None = None, usage: int | None = None
+        self,
+        used: int,
+        *,
+        at: float,
+        psi: Psi | None = None,
+        usage: int | None = None,
+        kills: int | None = None,
     ) -> Sample:
         return Sample(
             key=self.key,
@@ -57,6 +64,7 @@ class Driver:
             working_set_bytes=used,
             limit_bytes=self.limit,
             memory_psi=psi,
+            oom_kill_count=kills,
         )
 
     def holds(self, event: PressureEvent, used: int, *, dt: float = 0.5, **kw: Any) -> bool:
@@ -316,6 +324,57 @@ def test_predict_warns_below_the_warn_level() -> None:
     assert first.usage_percent < 70
     assert first.eta_seconds is not None
     assert first.eta_seconds < 120
+
+
+def test_an_oom_kill_restarts_the_growth_fit() -> None:
+    d = Driver(Engine(EngineSettings(cooldown_seconds=0)), limit=1000)
+    for used in range(700, 900, 10):  # +10 B/s up to 89 %
+        d.feed(used, kills=0)
+    # The kernel killed the leaker; its memory is being freed (a drop within the band).
+    (e,) = d.feed(860, kills=1)
+    assert (e.severity, e.previous_severity) == ("critical", "critical")
+    assert e.growth_bytes_per_s is None or e.growth_bytes_per_s <= 0
+    assert e.eta_seconds is None
+    (e,) = d.feed(750, kills=1)  # still being freed: no growth from the dead process's samples
+    assert e.severity == "warn"
+    assert e.growth_bytes_per_s is None and e.eta_seconds is None
+    for used in (760, 770, 780):  # a new life grows: a new fit
+        (e,) = d.feed(used, kills=1)
+    assert e.growth_bytes_per_s == pytest.approx(10.0)
+    assert e.eta_seconds == pytest.approx((1000 - 780) / 10.0)
+
+
+def test_a_drop_larger_than_the_band_restarts_the_growth_fit() -> None:
+    d = Driver(Engine(EngineSettings(cooldown_seconds=0, hysteresis_percent=5)), limit=1000)
+    for used in range(700, 900, 10):  # no kill counter here (None): only the drop tells
+        d.feed(used)
+    (e,) = d.feed(850)  # 4 % down: within the band, the fit goes on
+    assert e.growth_bytes_per_s is not None and e.growth_bytes_per_s > 0
+    (e,) = d.feed(780)  # 7 % down: memory was given back
+    assert e.growth_bytes_per_s is None and e.eta_seconds is None
+
+
+def test_one_spike_up_and_back_does_not_restart_the_fit() -> None:
+    d = Driver(Engine(EngineSettings(cooldown_seconds=0)), limit=1000)
+    for used in range(700, 800, 10):
+        d.feed(used)
+    d.feed(950)  # a spike
+    (e,) = d.feed(810)
+    assert e.growth_bytes_per_s == pytest.approx(10.0, rel=0.3)
+    assert e.eta_seconds is not None
+
+
+def test_still_holds_sees_a_kill_since_the_event() -> None:
+    settings_ = rules(critical="memory_usage > 30 && growth_bytes_per_s > 100")
+    d = Driver(Engine(settings_), limit=10_000)
+    events: list[PressureEvent] = []
+    used = 2000
+    while not events:
+        used += 500
+        events = d.feed(used, kills=0)
+    (crit,) = events
+    assert d.holds(crit, used + 500, kills=0)
+    assert not d.holds(crit, used + 500, kills=1)  # killed since: the growth is not known
 
 
 def test_prediction_window_drops_old_samples() -> None:
