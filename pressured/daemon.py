@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import queue
@@ -483,21 +484,26 @@ class Daemon:
             else (kills.oom_kill if kills else None),
         )
 
-    def pids(self, state: TargetState) -> list[int]:
+    def pids(self, state: TargetState, *, live: bool = False) -> list[int]:
+        """The target's processes now (cgroup.procs), at most MAX_PIDS_IN_EVENT. With ``live``
+        only those alive: an OOM victim is listed there while its memory is being freed."""
         if state.spec.ref is None:
             return []
         try:
-            pids = cgroupfs.read_pids(state.spec.ref)[:MAX_PIDS_IN_EVENT]
+            pids = cgroupfs.read_pids(state.spec.ref)
         except CgroupFileError:
             return []
         # who owned which pid when last seen: kmsg's cgroup line is rate-limited (10 per 5 s)
         # and a reaped victim's /proc/PID/cgroup is gone, so a burst of kills often arrives
         # with only a pid; the target that held it is still known from here
-        for pid in pids:
+        for pid in pids[:MAX_PIDS_IN_EVENT]:
             self._pid_owner[pid] = state.key
         if len(self._pid_owner) > 65536:
             self._pid_owner.clear()
-        return pids
+        if live:
+            alive = (p for p in pids if procfs.process_alive(p, self.proc_root))
+            return list(itertools.islice(alive, MAX_PIDS_IN_EVENT))
+        return pids[:MAX_PIDS_IN_EVENT]
 
     def _top_oom_score(self, state: TargetState) -> tuple[int, int] | None:
         best = None
@@ -551,7 +557,7 @@ class Daemon:
 
     def emit(self, event: Event, state: TargetState | None) -> None:
         if state is not None:
-            event.extra.setdefault("pids", self.pids(state))
+            event.extra.setdefault("pids", self.pids(state, live=True))
             if state.spec.pids_root:
                 event.extra.setdefault("proc_root", state.spec.pids_root)
         if isinstance(event, PressureEvent) and event.key == "":

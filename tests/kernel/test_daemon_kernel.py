@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 
 from tests.support.cgroups import Child, leaker_argv
-from tests.support.events import has_kill, kind, wait_for_events
+from tests.support.events import Event, has_kill, kind, wait_for_events
 
 pytestmark = pytest.mark.kernel
 MiB = 1024 * 1024
+
+
+def recovered(docs: list[Event]) -> bool:
+    return any(kind(d) == "recovered" for d in docs)
 
 
 def run_leak(
@@ -55,7 +59,7 @@ def run_leak(
             leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
         )
         assert app.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
-        docs = wait_for_events(events, has_kill, 15)
+        docs = wait_for_events(events, lambda d: has_kill(d) and recovered(d), 15)
     finally:
         daemon.terminate()
         _, err = daemon.communicate(timeout=20)
@@ -78,6 +82,13 @@ def test_warn_and_critical_precede_the_kill_and_signals_arrive(
     kill = docs[kinds.index("oom_killed")]
     assert kill["pid"] is not None and "counters" in kill["sources"]
     assert kill["warned_seconds_before"] > 0
+    # After the kill, while the victim's memory is freed: neither its growth nor its pid.
+    after = [d for d in docs if d["event_type"] == "memory_pressure" and d["time"] > kill["time"]]
+    assert recovered(after), kinds
+    for d in after:
+        assert kill["pid"] not in d["pids"], d
+        assert d["growth_bytes_per_s"] is None or d["growth_bytes_per_s"] <= 0, d
+        assert d["eta_seconds"] is None, d
 
 
 def test_dry_run_sends_nothing(make_cgroup: Callable[[int | None], Child], tmp_path: Path) -> None:
