@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,49 @@ MiB = 1024 * 1024
 
 def recovered(docs: list[Event]) -> bool:
     return any(kind(d) == "recovered" for d in docs)
+
+
+class DaemonProcess:
+    """``pressured run`` as a subprocess; a thread collects its stderr lines."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._eof = False
+        self._new_line = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self._eof = True
+            self._new_line.notify_all()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        """Until a stderr line contains ``text``; fails when the daemon exits or time is up."""
+        with self._new_line:
+            seen = self._new_line.wait_for(
+                lambda: self._eof or any(text in x for x in self.lines),
+                timeout,
+            )
+        assert seen and any(text in x for x in self.lines), f"no {text!r} in:\n{self.log}"
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(timeout=20)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code
 
 
 def run_leak(
@@ -51,19 +93,17 @@ def run_leak(
     ]
     if dry_run:
         argv.append("--dry-run")
-    daemon = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    daemon = DaemonProcess(argv)
     try:
-        time.sleep(1.5)  # arm before the leak starts
-        assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+        daemon.wait_for_line(f"watching {child.path}:", 30)  # armed before the leak starts
         app = child.spawn(
             leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
         )
         assert app.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
         docs = wait_for_events(events, lambda d: has_kill(d) and recovered(d), 15)
     finally:
-        daemon.terminate()
-        _, err = daemon.communicate(timeout=20)
-    assert daemon.returncode == 0, err
+        code = daemon.stop()
+    assert code == 0, daemon.log
     got = signals.read_text().split()[::2] if signals.exists() else []
     return docs, got
 
@@ -99,47 +139,6 @@ def test_dry_run_sends_nothing(make_cgroup: Callable[[int | None], Child], tmp_p
     assert got == []
 
 
-class Daemon:
-    """``pressured run`` as a subprocess; a thread collects its stderr lines."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._new_line = threading.Condition()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._new_line:
-                self.lines.append(line)
-                self._new_line.notify_all()
-        with self._new_line:
-            self._new_line.notify_all()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_line(self, text: str, timeout: float) -> None:
-        """Until a stderr line contains ``text``; fails when the daemon exits or time is up."""
-        with self._new_line:
-            seen = self._new_line.wait_for(
-                lambda: any(text in x for x in self.lines) or not self._reader.is_alive(),
-                timeout,
-            )
-        assert seen and any(text in x for x in self.lines), f"no {text!r} in:\n{self.log}"
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        code = self.proc.wait(timeout=20)
-        self._reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-        return code
-
-
 def test_rule_based_critical_terminates_the_leak_before_the_kernel_does(
     make_cgroup: Callable[[int | None], Child], tmp_path: Path
 ) -> None:
@@ -153,7 +152,7 @@ def test_rule_based_critical_terminates_the_leak_before_the_kernel_does(
         "metrics: {enabled: false}\n"
     )
     argv = [sys.executable, "-m", "pressured", "run", "-c", str(cfg), "--cgroup", child.path]
-    daemon = Daemon([*argv, "--events-out", str(events)])
+    daemon = DaemonProcess([*argv, "--events-out", str(events)])
     try:
         daemon.wait_for_line(f"watching {child.path}:", 30)  # armed before the leak starts
         app = child.spawn(leaker_argv("--rate-mib", "12", "--max-mib", "448"))
