@@ -4,7 +4,8 @@ Everything waits in the Watcher's epoll: kernel notifications, the adaptive-read
 the signal pipe (SIGTERM/SIGINT stop, SIGHUP reloads), kmsg and perf rings, the local source's
 inotify. Actions run on one worker thread in the configured order, so a slow webhook never
 delays the next wake-up; destructive actions re-read their target first and are skipped when
-it recovered (earlyoom re-checks memory before killing).
+the event no longer holds for that reading (Engine.still_holds; earlyoom re-checks memory
+before killing).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import functools
+import itertools
 import logging
 import os
 import queue
@@ -510,21 +512,26 @@ class Daemon:
             else (kills.oom_kill if kills else None),
         )
 
-    def pids(self, state: TargetState) -> list[int]:
+    def pids(self, state: TargetState, *, live: bool = False) -> list[int]:
+        """The target's processes now (cgroup.procs), at most MAX_PIDS_IN_EVENT. With ``live``
+        only those alive: an OOM victim is listed there while its memory is being freed."""
         if state.spec.ref is None:
             return []
         try:
-            pids = cgroupfs.read_pids(state.spec.ref)[:MAX_PIDS_IN_EVENT]
+            pids = cgroupfs.read_pids(state.spec.ref)
         except CgroupFileError:
             return []
         # who owned which pid when last seen: kmsg's cgroup line is rate-limited (10 per 5 s)
         # and a reaped victim's /proc/PID/cgroup is gone, so a burst of kills often arrives
         # with only a pid; the target that held it is still known from here
-        for pid in pids:
+        for pid in pids[:MAX_PIDS_IN_EVENT]:
             self._pid_owner[pid] = state.key
         if len(self._pid_owner) > 65536:
             self._pid_owner.clear()
-        return pids
+        if live:
+            alive = (p for p in pids if procfs.process_alive(p, self.proc_root))
+            return list(itertools.islice(alive, MAX_PIDS_IN_EVENT))
+        return pids[:MAX_PIDS_IN_EVENT]
 
     def _top_oom_score(self, state: TargetState) -> tuple[int, int] | None:
         best = None
@@ -578,7 +585,7 @@ class Daemon:
 
     def emit(self, event: Event, state: TargetState | None) -> None:
         if state is not None:
-            event.extra.setdefault("pids", self.pids(state))
+            event.extra.setdefault("pids", self.pids(state, live=True))
             if state.spec.pids_root:
                 event.extra.setdefault("proc_root", state.spec.pids_root)
         if isinstance(event, PressureEvent) and event.key == "":
@@ -602,26 +609,11 @@ class Daemon:
             return None
 
     def _still_valid(self, event: Event) -> bool:
-        """Re-read before a destructive action: is the target still at the event's severity?"""
+        """Re-read before a destructive action: does what raised the event still hold?"""
         if not isinstance(event, PressureEvent):
             return True
-        key = event.key or event.cgroup
-        state = self.targets.get(key)
-        sample = self._reread_sample(key)
-        if sample is None or state is None:
-            return False
-        if not sample.limit_bytes:
-            return True  # a rule on PSI fired; nothing to compare usage against
-        warn, critical, _ = self.engine.thresholds(state.overrides)
-        value = (
-            sample.usage_bytes
-            if self.engine.settings.metric == "usage"
-            else sample.working_set_bytes
-        )
-        pct = 100.0 * value / sample.limit_bytes
-        level = critical if event.severity == "critical" else warn
-        band = self.engine.settings.hysteresis_percent
-        return pct >= level - band
+        sample = self._reread_sample(event.key or event.cgroup)
+        return sample is not None and self.engine.still_holds(event, sample)
 
     def _action_failed(self, name: str) -> None:
         if self.metrics is not None:

@@ -18,13 +18,20 @@ Prediction. The growth rate (bytes/s) is the Theil-Sen slope (median of pairwise
 the metric over the last ``predict_samples`` samples within ``predict_window_seconds``; one
 spike among them moves it little. ``eta_seconds`` is the time left to the limit while growing,
 None otherwise. With ``predict_seconds`` set, a target below every threshold is raised to warn
-(rule ``predict eta<120s``) while its ETA is shorter.
+(rule ``predict eta<120s``) while its ETA is shorter. The fit restarts from the current sample
+when the sample's oom-kill counter rose, or when the metric dropped by more than the hysteresis
+band (capped as for the warn level) below both previous points: what grew before is gone, and
+its slope would report memory being freed as growth.
 
 Events. An event is emitted while severity is above ok when the severity changed, or when
 ``cooldown_seconds`` have passed since the target's last event (so a held severity repeats
 once per cooldown, and a change is reported at once). Returning to ok emits ``recovered``
 (unless ``recovered_events`` is false). Targets without a limit never trip percent thresholds;
 rules may still match on PSI.
+
+Re-check. ``still_holds(event, sample)`` answers, for a fresh sample of the event's target,
+whether the engine would still be at the event's severity (same band, rules, growth fit and
+prediction) without recording anything: the daemon asks it before a destructive action.
 
 Episodes. An episode runs from the first sample above ok to the sample that returns to ok.
 ``first_warn_time(key, at=t)`` answers for the episode in progress at monotonic time ``t``, and
@@ -37,7 +44,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal
@@ -335,13 +342,21 @@ def expression_variables(
     return out
 
 
+Points = tuple[tuple[float, float], ...]
+"""(monotonic time, metric bytes) of the samples the growth fit uses, oldest first."""
+
+
 @dataclass
 class _Target:
-    history: deque[tuple[float, float]]
+    history: Points = ()
+    """Replaced, never changed in place: the action thread's re-check reads it unlocked."""
     severity: Severity = "ok"
     last_event_time: float | None = None
     episode_start: float | None = None
     last_seen: float = 0.0
+    overrides: ThresholdOverride | None = None
+    oom_kills: int | None = None
+    """The oom-kill counter of the last sample that had one."""
 
 
 @dataclass(frozen=True)
@@ -358,7 +373,7 @@ class _Reading:
     limit: int | None  # None also for a zero or negative limit
     value: float  # the chosen metric, bytes
     percent: float
-    points: Sequence[tuple[float, float]]
+    points: Points
     _done: bool = False
     _growth: float | None = None
     _eta: float | None = None
@@ -398,8 +413,8 @@ class Engine:
             settings.predict_window_seconds,
         ):
             for target in self._targets.values():
-                keep = list(target.history) if old.metric == settings.metric else []
-                target.history = deque(keep, maxlen=settings.predict_samples)
+                keep = old.metric == settings.metric
+                target.history = target.history[-settings.predict_samples :] if keep else ()
 
     def severity(self, key: str) -> Severity:
         target = self._targets.get(key)
@@ -489,20 +504,16 @@ class Engine:
         s = self._settings
         target = self._targets.get(sample.key)
         if target is None:
-            target = _Target(history=deque(maxlen=s.predict_samples))
+            target = _Target()
             self._targets[sample.key] = target
         target.last_seen = now
+        target.overrides = overrides
         self._prune_ended(now)
 
-        limit = (
-            sample.limit_bytes
-            if sample.limit_bytes is not None and sample.limit_bytes > 0
-            else None
-        )
-        value = float(sample.working_set_bytes if s.metric == "working_set" else sample.usage_bytes)
-        percent = value * 100.0 / limit if limit is not None else 0.0
-        self._remember(target, sample.time, value)
-        reading = _Reading(sample, limit, value, percent, tuple(target.history))
+        reading = self._read(sample, target.history, target.oom_kills, overrides)
+        target.history = reading.points
+        if sample.oom_kill_count is not None:
+            target.oom_kills = sample.oom_kill_count
 
         warn, critical, cooldown = self.thresholds(overrides)
         previous = target.severity
@@ -538,7 +549,7 @@ class Engine:
                 usage_bytes=sample.usage_bytes,
                 working_set_bytes=sample.working_set_bytes,
                 limit_bytes=sample.limit_bytes,
-                usage_percent=percent,
+                usage_percent=reading.percent,
                 growth_bytes_per_s=g,
                 eta_seconds=eta,
                 psi_some_avg10=None if memory_psi is None else memory_psi.some_avg10,
@@ -550,6 +561,72 @@ class Engine:
                 dry_run=dry_run,
             )
         ]
+
+    def still_holds(self, event: PressureEvent, sample: Sample) -> bool:
+        """Whether ``event`` is still true of ``sample``, a fresh reading of its target: the
+        re-check before a destructive action. Pure: nothing is recorded, the clock is
+        ``sample.time``.
+
+        The sample is classified as ``feed`` would with the target in the event's severity:
+        the percent levels lowered by the same capped hysteresis band, a rule evaluated on this
+        sample with the growth and ETA fitted over the target's history plus this sample
+        (restarted as feed would after a kill or a release), and the prediction. A warn or
+        critical event holds while that verdict is at least its severity, so a critical event
+        needs the critical condition (its rule, or critical_percent held down to the band) and
+        a warn event any reason to be above ok. A recovered event holds while the verdict is
+        ok. The thresholds are those of the target's last fed sample (its overrides).
+        """
+        target = self._targets.get(sample.key)
+        if target is None:
+            target = _Target()
+        overrides = target.overrides
+        # Only points older than the sample: the loop may have fed a newer one meanwhile.
+        history = tuple(p for p in target.history if p[0] < sample.time)
+        reading = self._read(sample, history, target.oom_kills, overrides)
+        warn, critical, _ = self.thresholds(overrides)
+        if event.severity == "recovered":
+            return self._classify(reading, event.previous_severity, warn, critical).severity == "ok"
+        verdict = self._classify(reading, event.severity, warn, critical)
+        return SEVERITY_RANK[verdict.severity] >= SEVERITY_RANK[event.severity]
+
+    def _read(
+        self,
+        sample: Sample,
+        history: Points,
+        kills: int | None,
+        overrides: ThresholdOverride | None,
+    ) -> _Reading:
+        """``sample`` as the engine sees it, its point added to ``history`` (not stored);
+        ``kills`` is the target's oom-kill counter before this sample."""
+        s = self._settings
+        limit = (
+            sample.limit_bytes
+            if sample.limit_bytes is not None and sample.limit_bytes > 0
+            else None
+        )
+        value = float(sample.working_set_bytes if s.metric == "working_set" else sample.usage_bytes)
+        percent = value * 100.0 / limit if limit is not None else 0.0
+        count = sample.oom_kill_count
+        killed = kills is not None and count is not None and count > kills
+        restart = killed or self._released(history, value, limit, overrides)
+        points = self._fit_points(() if restart else history, sample.time, value)
+        return _Reading(sample, limit, value, percent, points)
+
+    def _released(
+        self,
+        history: Points,
+        value: float,
+        limit: int | None,
+        overrides: ThresholdOverride | None,
+    ) -> bool:
+        """Whether ``value`` is more than the hysteresis band (capped as for the warn level)
+        below both of the last two points: memory was given back, and points from before
+        describe memory that is gone. One spike up and back is not a release."""
+        if not history or limit is None:
+            return False
+        warn, _, _ = self.thresholds(overrides)
+        before = min(v for _t, v in history[-2:])
+        return (before - value) * 100.0 / limit > _band(self._settings.hysteresis_percent, warn)
 
     def _classify(
         self, reading: _Reading, previous: Severity, warn: float, critical: float
@@ -586,18 +663,17 @@ class Engine:
                 return _Verdict("warn", f"predict eta<{s.predict_seconds:g}s")
         return _Verdict("ok", "")
 
-    def _remember(self, target: _Target, t: float, value: float) -> None:
+    def _fit_points(self, history: Points, t: float, value: float) -> Points:
+        """``history`` with the point (t, value) added, kept to the window and sample count."""
         s = self._settings
-        history = target.history
         if history and t < history[-1][0]:
             # The sample clock went backwards (a reused key): older points describe another life.
-            history.clear()
+            history = ()
         elif history and t == history[-1][0]:
-            history.pop()
-        history.append((t, value))
+            history = history[:-1]
         horizon = t - s.predict_window_seconds
-        while history and history[0][0] < horizon:
-            history.popleft()
+        kept = tuple(p for p in history if p[0] >= horizon)
+        return (*kept, (t, value))[-s.predict_samples :]
 
     def _end_episode(self, key: str, start: float, end: float) -> None:
         self._ended[key] = (start, end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -45,6 +46,61 @@ def read_comm(pid: int, proc: str = "/proc") -> str | None:
         return read_text(os.path.join(proc, str(pid), "comm")).strip()
     except CgroupFileError:
         return None
+
+
+PF_EXITING = 0x4
+"""Task flag (field 9 of /proc/PID/stat): the task is in do_exit."""
+_SIGKILL = 1 << (signal.SIGKILL - 1)
+
+
+def process_alive(pid: int, proc: str = "/proc") -> bool:
+    """Whether a process exists and is not on its way out.
+
+    An OOM victim stays in its cgroup's cgroup.procs while the kernel frees its memory: first
+    with SIGKILL pending, then exiting (PF_EXITING); a zombie keeps its /proc entry until it is
+    reaped. None of them is a process to report or signal. A process whose first thread exited
+    is alive while another of its threads is.
+    """
+    base = os.path.join(proc, str(pid))
+    try:
+        status = read_text(os.path.join(base, "status"))
+    except CgroupFileError:
+        return False
+    pending, threads = 0, 1
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        try:
+            if key in ("SigPnd", "ShdPnd"):
+                pending |= int(value.strip(), 16)
+            elif key == "Threads":
+                threads = int(value)
+        except ValueError:
+            continue
+    if pending & _SIGKILL:
+        return False
+    if not _task_exiting(os.path.join(base, "stat")):
+        return True
+    if threads <= 1:
+        return False
+    try:
+        tids = os.listdir(os.path.join(base, "task"))
+    except OSError:
+        return False
+    others = [tid for tid in tids if tid != str(pid)]
+    return any(not _task_exiting(os.path.join(base, "task", tid, "stat")) for tid in others)
+
+
+def _task_exiting(stat_path: str) -> bool:
+    """A task that is gone, a zombie, or in do_exit; an unparsable stat counts as running."""
+    try:
+        raw = read_text(stat_path)
+    except CgroupFileError:
+        return True
+    fields = raw.rpartition(")")[2].split()
+    try:
+        return fields[0] in ("Z", "X", "x") or bool(int(fields[6]) & PF_EXITING)
+    except (IndexError, ValueError):
+        return False
 
 
 def process_start_ticks(pid: int, proc: str = "/proc") -> int | None:

@@ -14,10 +14,14 @@ import pytest
 from pressured.kernel.kmsg import KmsgReader
 from tests.support.cgroups import Child, leaker_argv
 from tests.support.daemon import STOPPED_UNTIL_CONT, PressuredProcess, running, wait_stopped
-from tests.support.events import has_kill, kind, wait_for_events
+from tests.support.events import Event, has_kill, kind, wait_for_events
 
 pytestmark = pytest.mark.kernel
 MiB = 1024 * 1024
+
+
+def recovered(docs: list[Event]) -> bool:
+    return any(kind(d) == "recovered" for d in docs)
 
 
 def run_leak(
@@ -42,7 +46,7 @@ def run_leak(
             leaker_argv("--rate-mib", "16", "--max-mib", "400", "--signals-out", str(signals))
         )
         assert app.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
-        docs = wait_for_events(events, has_kill, 15)
+        docs = wait_for_events(events, lambda d: has_kill(d) and recovered(d), 15)
         assert daemon.stop() == 0, daemon.stderr.text()
     got = signals.read_text().split()[::2] if signals.exists() else []
     return docs, got
@@ -62,6 +66,13 @@ def test_warn_and_critical_precede_the_kill_and_signals_arrive(
     kill = docs[kinds.index("oom_killed")]
     assert kill["pid"] is not None and "counters" in kill["sources"]
     assert kill["warned_seconds_before"] > 0
+    # After the kill, while the victim's memory is freed: neither its growth nor its pid.
+    after = [d for d in docs if d["event_type"] == "memory_pressure" and d["time"] > kill["time"]]
+    assert recovered(after), kinds
+    for d in after:
+        assert kill["pid"] not in d["pids"], d
+        assert d["growth_bytes_per_s"] is None or d["growth_bytes_per_s"] <= 0, d
+        assert d["eta_seconds"] is None, d
 
 
 def test_dry_run_sends_nothing(make_cgroup: Callable[[int | None], Child], tmp_path: Path) -> None:
@@ -70,6 +81,33 @@ def test_dry_run_sends_nothing(make_cgroup: Callable[[int | None], Child], tmp_p
     assert "warn" in kinds and "critical" in kinds
     assert all(d["dry_run"] for d in docs)
     assert got == []
+
+
+def test_rule_based_critical_terminates_the_leak_before_the_kernel_does(
+    make_cgroup: Callable[[int | None], Child], tmp_path: Path
+) -> None:
+    """A critical decided by a rule far below critical_percent: the re-check before the
+    destructive SIGTERM asks the same rule, so the signal is sent, not skipped."""
+    child = make_cgroup(224 * MiB)
+    events, cfg = tmp_path / "events.jsonl", tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "rules: {critical: 'memory_usage > 30 && growth_bytes_per_s > 3000000'}\n"
+        "actions:\n  - {type: log}\n  - {type: signal, warn: false, critical: SIGTERM}\n"
+        "metrics: {enabled: false}\n"
+    )
+    args = ["run", "-c", str(cfg), "--cgroup", child.path, "--events-out", str(events)]
+    with running(args) as daemon:
+        app = child.spawn(leaker_argv("--rate-mib", "12", "--max-mib", "448"))
+        status = app.wait(timeout=60)
+        docs = wait_for_events(events, lambda d: "critical" in [kind(x) for x in d], 10)
+        code = daemon.stop()
+        log = daemon.stderr.text()
+    assert status == -15, f"the leak should end by SIGTERM, not {status}:\n{log}"
+    assert child.oom_kills() == 0, log
+    crit = next(d for d in docs if kind(d) == "critical")
+    assert crit["rule"] == "rules.critical" and crit["usage_percent"] < 75, crit
+    assert "sent SIGTERM to pids" in log and "skipped" not in log, log
+    assert code == 0, log
 
 
 def test_a_kill_while_the_daemon_starts_is_reported(

@@ -191,3 +191,38 @@ def test_machine_from_a_fake_proc(tmp_path: Path) -> None:
     write(tmp_path, "meminfo", "MemTotal: 1 kB\n")
     with pytest.raises(CgroupFileError, match="no MemAvailable line"):
         procfs.read_machine(str(tmp_path))
+
+
+def fake_task(
+    proc: Path, rel: str, *, state: str = "S", flags: int = 0x400000, sigkill: bool = False
+) -> None:
+    """/proc/<rel>/stat and status as the kernel writes them (state, flags, pending)."""
+    pid = rel.rsplit("/", 1)[-1]
+    stat = [state, "1", pid, pid, "0", "-1", str(flags), *("0" for _ in range(40))]
+    write(proc, f"{rel}/stat", f"{pid} (a (b) c) " + " ".join(stat) + "\n")
+    pending = f"{1 << 8:016x}" if sigkill else "0" * 16
+    threads = sum(1 for _ in (proc / rel / "task").glob("*")) or 1
+    write(
+        proc,
+        f"{rel}/status",
+        f"Name:\tapp\nState:\t{state}\nThreads:\t{threads}\n"
+        f"SigPnd:\t{'0' * 16}\nShdPnd:\t{pending}\n",
+    )
+
+
+def test_process_alive_tells_a_dying_process_from_a_live_one(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_task(proc, "10")
+    fake_task(proc, "11", sigkill=True)  # OOM-killed, not yet exiting
+    fake_task(proc, "12", state="R", flags=0x40040C)  # exiting: its memory being freed
+    fake_task(proc, "13", state="Z", flags=0x40040C)  # a zombie not reaped yet
+    # A process whose first thread exited lives on in its other thread.
+    fake_task(proc, "14/task/15")
+    fake_task(proc, "14/task/14", state="Z", flags=0x40044C)
+    fake_task(proc, "14", state="Z", flags=0x40044C)
+    # A process whose every thread is exiting does not.
+    fake_task(proc, "16/task/17", state="R", flags=0x40040C)
+    fake_task(proc, "16/task/16", state="R", flags=0x40040C)
+    fake_task(proc, "16", state="R", flags=0x40040C)
+    alive = {pid: procfs.process_alive(pid, str(proc)) for pid in (10, 11, 12, 13, 14, 16, 99)}
+    assert alive == {10: True, 11: False, 12: False, 13: False, 14: True, 16: False, 99: False}

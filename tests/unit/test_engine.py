@@ -39,20 +39,37 @@ class Driver:
         dt: float = 1.0,
         psi: Psi | None = None,
         usage: int | None = None,
+        kills: int | None = None,
         **kwargs: Any,
     ) -> list[PressureEvent]:
         self.now += dt
-        sample = Sample(
+        sample = self.sample(used, at=self.now, psi=psi, usage=usage, kills=kills)
+        return self.engine.feed(
+            sample, self.now, WALL0 + self.now, cgroup=f"/kubepods/{self.key}", **kwargs
+        )
+
+    def sample(
+        self,
+        used: int,
+        *,
+        at: float,
+        psi: Psi | None = None,
+        usage: int | None = None,
+        kills: int | None = None,
+    ) -> Sample:
+        return Sample(
             key=self.key,
-            time=self.now,
+            time=at,
             usage_bytes=used if usage is None else usage,
             working_set_bytes=used,
             limit_bytes=self.limit,
             memory_psi=psi,
+            oom_kill_count=kills,
         )
-        return self.engine.feed(
-            sample, self.now, WALL0 + self.now, cgroup=f"/kubepods/{self.key}", **kwargs
-        )
+
+    def holds(self, event: PressureEvent, used: int, *, dt: float = 0.5, **kw: Any) -> bool:
+        """Whether ``event`` still holds for a fresh reading ``dt`` later (nothing is fed)."""
+        return self.engine.still_holds(event, self.sample(used, at=self.now + dt, **kw))
 
     def severities(self, used: int, **kwargs: Any) -> list[tuple[str, str]]:
         return [(e.severity, e.previous_severity) for e in self.feed(used, **kwargs)]
@@ -309,6 +326,57 @@ def test_predict_warns_below_the_warn_level() -> None:
     assert first.eta_seconds < 120
 
 
+def test_an_oom_kill_restarts_the_growth_fit() -> None:
+    d = Driver(Engine(EngineSettings(cooldown_seconds=0)), limit=1000)
+    for used in range(700, 900, 10):  # +10 B/s up to 89 %
+        d.feed(used, kills=0)
+    # The kernel killed the leaker; its memory is being freed (a drop within the band).
+    (e,) = d.feed(860, kills=1)
+    assert (e.severity, e.previous_severity) == ("critical", "critical")
+    assert e.growth_bytes_per_s is None or e.growth_bytes_per_s <= 0
+    assert e.eta_seconds is None
+    (e,) = d.feed(750, kills=1)  # still being freed: no growth from the dead process's samples
+    assert e.severity == "warn"
+    assert e.growth_bytes_per_s is None and e.eta_seconds is None
+    for used in (760, 770, 780):  # a new life grows: a new fit
+        (e,) = d.feed(used, kills=1)
+    assert e.growth_bytes_per_s == pytest.approx(10.0)
+    assert e.eta_seconds == pytest.approx((1000 - 780) / 10.0)
+
+
+def test_a_drop_larger_than_the_band_restarts_the_growth_fit() -> None:
+    d = Driver(Engine(EngineSettings(cooldown_seconds=0, hysteresis_percent=5)), limit=1000)
+    for used in range(700, 900, 10):  # no kill counter here (None): only the drop tells
+        d.feed(used)
+    (e,) = d.feed(850)  # 4 % down: within the band, the fit goes on
+    assert e.growth_bytes_per_s is not None and e.growth_bytes_per_s > 0
+    (e,) = d.feed(780)  # 7 % down: memory was given back
+    assert e.growth_bytes_per_s is None and e.eta_seconds is None
+
+
+def test_one_spike_up_and_back_does_not_restart_the_fit() -> None:
+    d = Driver(Engine(EngineSettings(cooldown_seconds=0)), limit=1000)
+    for used in range(700, 800, 10):
+        d.feed(used)
+    d.feed(950)  # a spike
+    (e,) = d.feed(810)
+    assert e.growth_bytes_per_s == pytest.approx(10.0, rel=0.3)
+    assert e.eta_seconds is not None
+
+
+def test_still_holds_sees_a_kill_since_the_event() -> None:
+    settings_ = rules(critical="memory_usage > 30 && growth_bytes_per_s > 100")
+    d = Driver(Engine(settings_), limit=10_000)
+    events: list[PressureEvent] = []
+    used = 2000
+    while not events:
+        used += 500
+        events = d.feed(used, kills=0)
+    (crit,) = events
+    assert d.holds(crit, used + 500, kills=0)
+    assert not d.holds(crit, used + 500, kills=1)  # killed since: the growth is not known
+
+
 def test_prediction_window_drops_old_samples() -> None:
     s = EngineSettings(predict_window_seconds=10, predict_samples=5, cooldown_seconds=0)
     d = Driver(Engine(s), limit=1000)
@@ -319,6 +387,81 @@ def test_prediction_window_drops_old_samples() -> None:
     (e,) = d.feed(800, dt=3)
     assert e.growth_bytes_per_s == 0.0
     assert e.eta_seconds is None
+
+
+# --- the re-check before a destructive action ---------------------------------------------------
+
+
+def test_still_holds_a_threshold_event_down_to_the_band() -> None:
+    d = Driver(Engine())
+    (warn,) = d.feed(72)
+    assert d.holds(warn, 72) and d.holds(warn, 65)  # warn is held down to 65
+    assert not d.holds(warn, 64)
+    (crit,) = d.feed(86)
+    assert d.holds(crit, 80)  # critical is held down to 80, as feed would
+    assert not d.holds(crit, 79)
+    assert d.holds(warn, 79)  # still above ok
+
+
+def test_still_holds_uses_the_capped_band_and_the_targets_overrides() -> None:
+    d = Driver(Engine(EngineSettings(hysteresis_percent=5)))
+    ov = ThresholdOverride(warn_percent=4, critical_percent=90)
+    (warn,) = d.feed(5, overrides=ov)
+    assert d.holds(warn, 2)  # the band is capped at half of the 4 % level
+    assert not d.holds(warn, 1)
+    assert d.feed(1, overrides=ov)[0].severity == "recovered"  # the same verdict as feed
+
+
+def test_still_holds_evaluates_the_rule_with_the_growth_fit() -> None:
+    # 12 MiB/s into 224 MiB, critical by rule from 30 %: far below critical_percent's band.
+    settings_ = rules(critical="memory_usage > 30 && growth_bytes_per_s > 3000000")
+    d = Driver(Engine(settings_), limit=224 * MiB)
+    events: list[PressureEvent] = []
+    used = 40 * MiB
+    while not events:
+        used += 3 * MiB
+        events = d.feed(used, dt=0.25)
+    (crit,) = events
+    assert (crit.severity, crit.rule) == ("critical", "rules.critical")
+    assert crit.usage_percent < 40
+    assert d.holds(crit, used + 6 * MiB)  # still growing: the rule still matches
+    assert d.holds(crit, used)  # one flat reading does not undo the fit
+    assert not d.holds(crit, 60 * MiB)  # below 30 %
+    assert not d.holds(crit, used, dt=120)  # the growth is no longer known
+    # The re-check recorded nothing: a twin engine fed the same sees the same next event.
+    twin = Driver(Engine(settings_), limit=224 * MiB)
+    for u in range(43 * MiB, used + 1, 3 * MiB):
+        twin.feed(u, dt=0.25)
+    assert d.feed(used + 3 * MiB, dt=0.25) == twin.feed(used + 3 * MiB, dt=0.25)
+
+
+def test_still_holds_a_rule_on_pressure_without_a_limit() -> None:
+    d = Driver(Engine(rules(critical="memory_pressure_full_avg10 > 20")), limit=None)
+    (crit,) = d.feed(100, psi=Psi(full_avg10=30))
+    assert d.holds(crit, 100, psi=Psi(full_avg10=25))
+    assert not d.holds(crit, 100, psi=Psi(full_avg10=5))
+
+
+def test_still_holds_a_predicted_warning_while_the_eta_is_short() -> None:
+    d = Driver(Engine(EngineSettings(predict_seconds=120)), limit=10_000)
+    events: list[PressureEvent] = []
+    used = 3000
+    while not events:
+        used += 200
+        events = d.feed(used)
+    (warn,) = events
+    assert warn.rule == "predict eta<120s" and warn.usage_percent < 65
+    assert d.holds(warn, used + 200)
+    assert not d.holds(warn, used, dt=61)  # out of the window: no growth, no ETA
+
+
+def test_still_holds_a_recovery_while_below_the_exit_level() -> None:
+    d = Driver(Engine())
+    d.feed(72)
+    (rec,) = d.feed(60)
+    assert rec.severity == "recovered"
+    assert d.holds(rec, 64)
+    assert not d.holds(rec, 66)
 
 
 # --- overrides, levels, settings ----------------------------------------------------------------
