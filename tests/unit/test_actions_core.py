@@ -9,7 +9,6 @@ EPERM case needs a second uid and runs only as root.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import signal
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from pressured.actions.base import ActionContext
-from pressured.actions.log import LogAction
 from pressured.actions.signal import SignalAction, is_namespace_init
 from pressured.errors import ActionError, ConfigError
 from pressured.kernel.procfs import process_start_ticks
@@ -291,35 +289,6 @@ def test_real_eperm_from_another_uid(catchers: Catchers) -> None:
         == f"ActionError: signal SIGUSR1 failed in {CGROUP}: pid {target.pid}: EPERM"
     )
     assert target.settle() == []
-
-
-def test_a_failed_action_is_counted_and_the_chain_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from pressured.daemon import ActionRunner
-
-    proc = tmp_path / "proc"
-    fake_proc(proc, 31, "31")
-
-    def kill_stub(pid: int, sig: int) -> None:
-        """Stub at the edge: the kernel refusing the kill."""
-        raise PermissionError(errno.EPERM, "Operation not permitted")
-
-    monkeypatch.setattr(os, "kill", kill_stub)
-    out = tmp_path / "events.jsonl"
-    ctx = ActionContext(proc_root=str(proc))
-    failures: list[str] = []
-    runner = ActionRunner(
-        [SignalAction({}, ctx, "actions[0]"), LogAction({"path": str(out)}, ctx, "actions[1]")],
-        reread=lambda _e: True,
-        on_failure=failures.append,
-    )
-    try:
-        runner.run_chain(pressure("warn", pids=[31]))
-    finally:
-        runner.close()
-    assert failures == ["signal"]
-    assert json.loads(out.read_text())["severity"] == "warn"
 
 
 def test_signal_is_destructive_only_with_a_terminating_signal() -> None:
