@@ -1,9 +1,9 @@
-"""The core actions (log, signal, exec, webhook) against real files, processes and HTTP.
+"""The signal action against real child processes that record what they receive.
 
-Signals go to real child processes that record what they receive; exec runs real commands;
-the webhook posts to a real HTTP server on loopback started here. The one stub is os.kill
-raising EPERM/ESRCH in ``test_kill_failures_are_collected_not_fatal`` (named there): the real
-EPERM case needs a second uid and runs only as root.
+Which processes get a signal is checked on fake /proc trees too (namespace inits, start
+times). The one stub is os.kill raising EPERM/ESRCH in
+``test_kill_failures_are_collected_not_fatal`` (named there): the real EPERM case needs a
+second uid and runs only as root.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from pressured.actions.signal import SignalAction, is_namespace_init
 from pressured.errors import ActionError, ConfigError
 from pressured.kernel.procfs import process_start_ticks
 from tests.unit.actions.conftest import CGROUP, fake_proc, oom_kill, pressure, wait_for
-
-# ---------------------------------------------------------------------- signal
 
 CATCHER = textwrap.dedent(
     """
@@ -258,7 +256,7 @@ def test_real_eperm_from_another_uid(catchers: Catchers) -> None:
         from pressured.actions.base import ActionContext
         from pressured.actions.signal import SignalAction
         from pressured.errors import ActionError
-        from tests.unit.test_actions_core import pressure
+        from tests.unit.actions.conftest import pressure
         action = SignalAction({{}}, ActionContext(), "actions[0]")
         event = pressure("warn", pids=[{target.pid}])
         # the interpreter's stdlib lives under /root: load what run() needs before dropping
@@ -274,7 +272,7 @@ def test_real_eperm_from_another_uid(catchers: Catchers) -> None:
             print("no error")
         """
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
