@@ -1,0 +1,313 @@
+"""The signal action against real child processes that record what they receive.
+
+Which processes get a signal is checked on fake /proc trees too (namespace inits, start
+times). The one stub is os.kill raising EPERM/ESRCH in
+``test_kill_failures_are_collected_not_fatal`` (named there): the real EPERM case needs a
+second uid and runs only as root.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pressured.actions.base import ActionContext
+from pressured.actions.signal import SignalAction, is_namespace_init
+from pressured.errors import ActionError, ConfigError
+from pressured.kernel.procfs import process_start_ticks
+from tests.unit.actions.conftest import CGROUP, fake_proc, oom_kill, pressure, wait_for
+
+CATCHER = textwrap.dedent(
+    """
+    import signal, sys
+    out = sys.argv[1]
+    wanted = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGWINCH}
+    # blocked and taken with sigwaitinfo: recorded one at a time, in the kernel's order
+    # (pending standard signals leave lowest number first), never interleaved by handlers
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    print("ready", flush=True)
+    while True:
+        info = signal.sigwaitinfo(wanted)
+        with open(out, "a") as f:
+            f.write(signal.Signals(info.si_signo).name + "\\n")
+    """
+)
+
+
+@dataclass
+class Catcher:
+    """A child process that appends the name of every signal it gets to a file."""
+
+    proc: subprocess.Popen[str]
+    record: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def got(self) -> list[str]:
+        return self.record.read_text().split() if self.record.exists() else []
+
+    def settle(self) -> list[str]:
+        """Everything received so far. SIGWINCH is a barrier: sent after the action returned
+        and numbered above the others, it is taken after any signal the action sent."""
+        before = len(self.got())
+        os.kill(self.pid, signal.SIGWINCH)
+        wait_for(lambda: "SIGWINCH" in self.got()[before:], f"pid {self.pid} to see SIGWINCH")
+        return [s for s in self.got() if s != "SIGWINCH"]
+
+
+@dataclass
+class Catchers:
+    tmp_path: Path
+    started: list[Catcher] = field(default_factory=list)
+
+    def spawn(self) -> Catcher:
+        record = self.tmp_path / f"signals-{len(self.started)}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CATCHER, str(record)], stdout=subprocess.PIPE, text=True
+        )
+        catcher = Catcher(proc, record)
+        self.started.append(catcher)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        return catcher
+
+
+@pytest.fixture
+def catchers(tmp_path: Path) -> Iterator[Catchers]:
+    made = Catchers(tmp_path)
+    yield made
+    for c in made.started:
+        c.proc.kill()
+        c.proc.wait()
+        if c.proc.stdout is not None:
+            c.proc.stdout.close()
+
+
+@pytest.fixture
+def own_signals() -> Iterator[list[int]]:
+    """Record SIGUSR1/SIGUSR2 sent to the test process itself instead of dying of them."""
+    got: list[int] = []
+    old = {
+        s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGUSR1, signal.SIGUSR2)
+    }
+    yield got
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
+def test_signal_defaults_usr1_for_warn_usr2_for_critical_to_every_process(
+    catchers: Catchers,
+) -> None:
+    a, b = catchers.spawn(), catchers.spawn()
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[a.pid, b.pid]))
+    action.run(pressure("critical", pids=[a.pid, b.pid]))
+    assert a.settle() == ["SIGUSR1", "SIGUSR2"]
+    assert b.settle() == ["SIGUSR1", "SIGUSR2"]
+
+
+def test_signal_recovered_and_kills_send_nothing_by_default(catchers: Catchers) -> None:
+    a = catchers.spawn()
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("recovered", pids=[a.pid]))
+    action.run(oom_kill())
+    assert a.settle() == []
+
+
+def test_signal_configured_per_severity(catchers: Catchers) -> None:
+    a = catchers.spawn()
+    action = SignalAction(
+        {"warn": False, "critical": "HUP", "recovered": "SIGUSR2"}, ActionContext(), "actions[0]"
+    )
+    action.run(pressure("warn", pids=[a.pid]))
+    action.run(pressure("critical", pids=[a.pid]))
+    action.run(pressure("recovered", pids=[a.pid]))
+    assert a.settle() == ["SIGHUP", "SIGUSR2"]
+
+
+def test_signal_oldest_only(catchers: Catchers) -> None:
+    older = catchers.spawn()
+    younger = catchers.spawn()  # spawned after the first said "ready": a later start tick
+    older_ticks, younger_ticks = process_start_ticks(older.pid), process_start_ticks(younger.pid)
+    assert older_ticks is not None and younger_ticks is not None and older_ticks < younger_ticks
+    action = SignalAction({"processes": "oldest"}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[younger.pid, older.pid]))
+    assert older.settle() == ["SIGUSR1"]
+    assert younger.settle() == []
+
+
+def test_signal_never_sends_to_itself(catchers: Catchers, own_signals: list[int]) -> None:
+    a = catchers.spawn()
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[os.getpid(), a.pid]))
+    assert a.settle() == ["SIGUSR1"]
+    assert own_signals == []
+    # nor to pid 0 or -1, which kill() reads as "my process group" and "everyone"
+    assert action.choose([0, -1, os.getpid(), a.pid], "/proc") == [a.pid]
+
+
+def test_signal_dry_run_sends_nothing(catchers: Catchers, caplog: pytest.LogCaptureFixture) -> None:
+    a = catchers.spawn()
+    action = SignalAction({}, ActionContext(dry_run=True), "actions[0]")
+    with caplog.at_level(logging.INFO, logger="pressured.actions.signal"):
+        action.run(pressure("critical", pids=[a.pid]))
+    assert a.settle() == []
+    assert f"dry-run: would send SIGUSR2 to pids [{a.pid}] of {CGROUP}" in caplog.text
+
+
+def test_signal_skips_a_process_that_exited(catchers: Catchers) -> None:
+    a, gone = catchers.spawn(), catchers.spawn()
+    gone.proc.kill()
+    gone.proc.wait()  # reaped: its pid has no /proc entry now
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[gone.pid, a.pid]))  # no error for the missing one
+    assert a.settle() == ["SIGUSR1"]
+
+
+def test_is_namespace_init_on_a_fake_proc_tree(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_proc(proc, 4242, "4242\t1")  # a container's init seen from the host
+    fake_proc(proc, 4243, "4243\t7")  # another process of that container
+    fake_proc(proc, 1, "1")  # the host's own init
+    fake_proc(proc, 17, "17")  # a host process
+    fake_proc(proc, 18, None)  # a kernel without NSpid (before 4.1)
+    assert is_namespace_init(4242, str(proc))
+    assert not is_namespace_init(4243, str(proc))
+    assert is_namespace_init(1, str(proc))
+    assert not is_namespace_init(17, str(proc))
+    assert not is_namespace_init(18, str(proc))
+    assert not is_namespace_init(99, str(proc))  # no such process
+
+
+def test_choose_skips_namespace_init_and_gone_pids_and_picks_the_oldest(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    fake_proc(proc, 10, "10\t1", start_ticks=5)  # the pod's init: oldest, never chosen
+    fake_proc(proc, 11, "11\t2", start_ticks=300)
+    fake_proc(proc, 13, "13\t3", start_ticks=200)
+    # 12 has no /proc entry
+    every = SignalAction({}, ActionContext(), "actions[0]")
+    assert every.choose([10, 11, 12, 13], str(proc)) == [11, 13]
+    oldest = SignalAction({"processes": "oldest"}, ActionContext(), "actions[0]")
+    assert oldest.choose([10, 11, 12, 13], str(proc)) == [13]
+    assert oldest.choose([10, 12], str(proc)) == []
+
+
+def test_signal_looks_pids_up_under_the_events_proc_root(
+    tmp_path: Path, catchers: Catchers
+) -> None:
+    # sidecar mode: the event names the /proc its pids belong to. Here the real child's pid
+    # appears in a fake tree as a namespace init, so it must be left alone.
+    a = catchers.spawn()
+    proc = tmp_path / "proc"
+    fake_proc(proc, a.pid, f"{a.pid}\t1")
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(pressure("warn", pids=[a.pid], proc_root=str(proc)))
+    assert a.settle() == []
+    action.run(pressure("warn", pids=[a.pid]))  # the context's /proc: a normal process
+    assert a.settle() == ["SIGUSR1"]
+
+
+def test_kill_failures_are_collected_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    proc = tmp_path / "proc"
+    for pid in (21, 22, 23):
+        fake_proc(proc, pid, str(pid))
+    sent: list[tuple[int, int]] = []
+
+    def kill_stub(pid: int, sig: int) -> None:
+        """Stub at the edge: the kernel's EPERM/ESRCH for pids that exist only on paper."""
+        if pid == 21:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        if pid == 22:
+            raise ProcessLookupError(errno.ESRCH, "No such process")
+        sent.append((pid, sig))
+
+    monkeypatch.setattr(os, "kill", kill_stub)
+    action = SignalAction({}, ActionContext(proc_root=str(proc)), "actions[0]")
+    with (
+        caplog.at_level(logging.INFO, logger="pressured.actions.signal"),
+        pytest.raises(ActionError) as info,
+    ):
+        action.run(pressure("warn", pids=[21, 22, 23]))
+    assert str(info.value) == f"signal SIGUSR1 failed in {CGROUP}: pid 21: EPERM"
+    assert sent == [(23, signal.SIGUSR1)]  # the failure did not stop the others
+    assert f"sent SIGUSR1 to pids [23] of {CGROUP}" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to a second uid")
+def test_real_eperm_from_another_uid(catchers: Catchers) -> None:
+    target = catchers.spawn()  # owned by root
+    script = textwrap.dedent(
+        f"""
+        import os
+        from pressured.actions.base import ActionContext
+        from pressured.actions.signal import SignalAction
+        from pressured.errors import ActionError
+        from tests.unit.actions.conftest import pressure
+        action = SignalAction({{}}, ActionContext(), "actions[0]")
+        event = pressure("warn", pids=[{target.pid}])
+        # the interpreter's stdlib lives under /root: load what run() needs before dropping
+        assert action.choose([{target.pid}], "/proc") == [{target.pid}]
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            action.run(event)
+        except ActionError as exc:
+            print("ActionError:", exc)
+        else:
+            print("no error")
+        """
+    )
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.strip()
+        == f"ActionError: signal SIGUSR1 failed in {CGROUP}: pid {target.pid}: EPERM"
+    )
+    assert target.settle() == []
+
+
+def test_signal_is_destructive_only_with_a_terminating_signal() -> None:
+    assert not SignalAction({}, ActionContext(), "a").destructive
+    assert SignalAction({"critical": "SIGTERM"}, ActionContext(), "a").destructive
+    assert SignalAction({"warn": 9}, ActionContext(), "a").destructive
+
+
+def test_signal_config_errors() -> None:
+    ctx = ActionContext()
+    with pytest.raises(ConfigError, match=r"^actions\[1\]\.warn: not a signal name: 'SIGFOO'"):
+        SignalAction({"warn": "SIGFOO"}, ctx, "actions[1]")
+    with pytest.raises(ConfigError, match=r"^actions\[1\]\.critical: no such signal number: 999"):
+        SignalAction({"critical": 999}, ctx, "actions[1]")
+    with pytest.raises(
+        ConfigError, match=r"^actions\[1\]\.processes: must be 'all' or 'oldest', got 'youngest'"
+    ):
+        SignalAction({"processes": "youngest"}, ctx, "actions[1]")
+    with pytest.raises(ConfigError, match=r"^actions\[1\]\.processes: expected str, got 1$"):
+        SignalAction({"processes": 1}, ctx, "actions[1]")
+    with pytest.raises(
+        ConfigError, match=r"^actions\[1\]\.proceses: unknown option .*did you mean 'processes'"
+    ):
+        SignalAction({"proceses": "all"}, ctx, "actions[1]")
