@@ -23,7 +23,6 @@ by its class when the daemon builds it.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, suggest
 
 MODES = ("local", "sidecar", "node", "cluster")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -133,11 +132,6 @@ OOMHERO_KEYS: dict[str, str] = {
 
 # Keys whose values are free-form mappings (not checked key by key here).
 OPAQUE = {"actions"}
-
-
-def suggest(key: str, known: Iterable[str]) -> str | None:
-    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return match[0] if match else None
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")

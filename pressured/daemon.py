@@ -29,7 +29,14 @@ from pressured import native
 from pressured.actions.base import Action, ActionContext
 from pressured.config import Config
 from pressured.engine import Engine, EngineSettings, ThresholdOverride
-from pressured.errors import ActionError, CgroupError, CgroupFileError, ConfigError, PressuredError
+from pressured.errors import (
+    ActionError,
+    CgroupError,
+    CgroupFileError,
+    ConfigError,
+    PressuredError,
+    did_you_mean,
+)
 from pressured.kernel import cgroupfs, procfs
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from pressured.model import MACHINE, Event, OomKill, PressureEvent, Psi, Sample
@@ -75,12 +82,9 @@ def build_actions(cfg: Config, ctx: ActionContext) -> list[Action]:
         kind = entry.get("type")
         cls = classes.get(str(kind))
         if cls is None:
-            from pressured.config import suggest  # noqa: PLC0415
-
-            hint = suggest(str(kind), classes)
             problems.append(
                 f"{where}.type: unknown action {kind!r}; known: {', '.join(sorted(classes))}"
-                + (f" (did you mean {hint!r}?)" if hint else "")
+                f"{did_you_mean(str(kind), classes)}"
             )
             continue
         options = {k: v for k, v in entry.items() if k != "type"}

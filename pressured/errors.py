@@ -1,4 +1,4 @@
-"""One exception tree for pressured (DESIGN.md rule 8).
+"""One exception tree for pressured, and the one "did you mean" for mistyped names.
 
     PressuredError                  base of everything pressured raises on purpose
     ├── ConfigError                 bad configuration: names the key path and the value
@@ -6,7 +6,6 @@
     │   └── CgroupFileError         a cgroup/proc file missing or malformed: names the file
     ├── KernelFeatureError          the kernel lacks something (no PSI, no tracepoint, no tracefs)
     ├── ActionError                 an action failed at run time (the daemon goes on)
-    │   └── PluginError             a plugin could not be loaded or validated
     ├── StorageError                a storage backend could not write, read or list a key
     ├── KubernetesError             the API server or kubelet refused or answered garbage
     ├── LuaError                    a Lua script failed to load or run (names script and line)
@@ -15,9 +14,25 @@
 Low-level calls into the native core raise OSError (errno, message naming the syscall and the
 path); callers that own a path translate it into the tree above with ``raise X from exc``.
 Foreign errors (boto3, httpx, lupa, lightkube) are translated where they are caught.
+A plugin that cannot be loaded is not an error: it is skipped with a warning naming it.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def suggest(word: str, known: Iterable[str]) -> str | None:
+    """The one "did you mean": the closest of ``known`` to a mistyped ``word``, or None."""
+    match = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of ``known``, or '' when nothing is close."""
+    match = suggest(word, known)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 class PressuredError(Exception):
@@ -51,10 +66,6 @@ class KernelFeatureError(PressuredError):
 
 class ActionError(PressuredError):
     """An action failed at run time."""
-
-
-class PluginError(ActionError):
-    """A plugin could not be loaded or validated."""
 
 
 class StorageError(PressuredError):

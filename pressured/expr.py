@@ -40,14 +40,13 @@ and a caret line under the expression.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, did_you_mean
 
 __all__ = ["BINARY_OPERATORS", "Binary", "Expr", "Node", "Num", "Unary", "Var", "compile_expr"]
 
@@ -382,8 +381,7 @@ class _Parser:
         if tok.text in _WORD_OPERATORS:
             hint = f" (use {_WORD_OPERATORS[tok.text]!r})"
         else:
-            close = difflib.get_close_matches(tok.text, sorted(self.known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(tok.text, self.known)
         raise _Failure(tok.pos, f"unknown variable {tok.text!r}{hint}")
 
 

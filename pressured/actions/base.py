@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, did_you_mean
 from pressured.model import Event
 
 SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
@@ -95,29 +95,23 @@ class Action:
 
     def severities_opt(self, default: tuple[str, ...] = SEVERITIES) -> set[str]:
         """The ``severities`` option: which events the action handles, each name checked."""
-        from pressured.config import suggest  # noqa: PLC0415 - config imports actions lazily too
-
         raw = self.opt("severities", list, list(default))
         out: set[str] = set()
         for i, s in enumerate(raw):
             if s not in SEVERITIES:
-                hint = suggest(str(s), SEVERITIES)
                 raise ConfigError(
                     f"{self.where}.severities[{i}]: must be one of {', '.join(SEVERITIES)}, "
-                    f"got {s!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                    f"got {s!r}{did_you_mean(str(s), SEVERITIES)}"
                 )
             out.add(s)
         return out
 
     def reject_unknown(self, known: set[str]) -> None:
-        from pressured.config import suggest  # noqa: PLC0415 - config imports actions lazily too
-
         for key in self.options:
             if key not in known and key != "type":
-                hint = suggest(key, known)
                 raise ConfigError(
                     f"{self.where}.{key}: unknown option for type {self.type!r}"
-                    + (f" (did you mean {hint!r}?)" if hint else "")
+                    f"{did_you_mean(key, known)}"
                 )
 
 

@@ -11,13 +11,12 @@ an unreachable bucket never loses a capture.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pressured.errors import ConfigError, StorageError
+from pressured.errors import ConfigError, StorageError, suggest
 from pressured.storage.base import Storage, validate_key
 from pressured.storage.local import DEFAULT_ROOT, LocalStorage
 from pressured.storage.s3 import S3Storage
@@ -51,8 +50,8 @@ class StorageConfig:
 
 
 def _suggest(word: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, known, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+    close = suggest(word, known)
+    return f"did you mean {close!r}?" if close else f"known: {', '.join(known)}"
 
 
 class _Checker:
@@ -94,8 +93,8 @@ def parse_storage_config(
 
     kind = top.get("type", "local")
     if kind not in TYPES:
-        close = difflib.get_close_matches(str(kind).lower(), TYPES, n=1)
-        hint = f", did you mean {close[0]!r}?" if close else ""
+        close = suggest(str(kind).lower(), TYPES)
+        hint = f", did you mean {close!r}?" if close else ""
         check.bad(f"{where}.type", f"must be one of {', '.join(TYPES)}{hint}", kind)
         kind = "local"
     path = check.text(top, "path", where, DEFAULT_ROOT) or DEFAULT_ROOT

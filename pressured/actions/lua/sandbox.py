@@ -12,7 +12,6 @@ in ``LuaScripts.run``'s result; the other handlers and later events run normally
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
@@ -37,7 +36,7 @@ from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, log
 from pressured.actions.lua.host_ctx import CtxApi
 from pressured.actions.lua.host_http import HttpApi
 from pressured.actions.lua.host_storage import StorageApi
-from pressured.errors import ConfigError, LuaError
+from pressured.errors import ConfigError, LuaError, did_you_mean
 from pressured.model import Event
 from pressured.storage.base import Storage
 
@@ -297,10 +296,8 @@ class LuaScripts:
             raise ConfigError(f"{where}: expected a mapping (got {section!r})")
         for key in section:
             if key not in _KNOWN_KEYS and key != "type":
-                hint = difflib.get_close_matches(str(key), sorted(_KNOWN_KEYS), n=1)
                 raise ConfigError(
-                    f"{where}.{key}: unknown option"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    f"{where}.{key}: unknown option{did_you_mean(str(key), _KNOWN_KEYS)}"
                 )
         given = [k for k in _SOURCE_KEYS if section.get(k) is not None]
         if len(given) != 1:
