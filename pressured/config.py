@@ -15,7 +15,7 @@ Environment:
   most specific name wins: PRESSURED__A__B over PRESSURED_<NAME> over OOMHero's. An empty
   variable counts as unset.
 
-Sections owned by a subsystem are validated by it (DESIGN.md rule 7): thresholds and rules by
+Sections owned by a subsystem are validated by it: thresholds and rules by
 pressured.engine, metrics by pressured.metrics, storage by pressured.storage.factory, each action
 by its class when the daemon builds it.
 """

@@ -1,4 +1,4 @@
-"""The only importer of pressured._native (DESIGN.md rule 3).
+"""The only importer of pressured._native (one FFI gate: everything else is typed).
 
 Typed wrappers over the C shim. Every C function returns 0 or -errno; here a negative return
 becomes ``OSError(errno, "<what> (from <syscall>)", path)``.

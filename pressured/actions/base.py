@@ -1,4 +1,4 @@
-"""The action plugin contract (DESIGN.md rule 7: validate at start, act at run time).
+"""The action plugin contract (validate at start, act at run time).
 
 An action class is registered in the ``pressured.actions.v1`` entry-point group under its
 ``type`` name. The daemon builds one instance per entry of ``actions:`` at start:

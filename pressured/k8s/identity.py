@@ -1,4 +1,4 @@
-"""Pod and container identity from a kubelet cgroup path alone (KERNEL.md "Kubelet cgroup paths").
+"""Pod and container identity from a kubelet cgroup path alone (cgroupfs and systemd drivers).
 
     systemd:  kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid, _>.slice/
               cri-containerd-<id>.scope        (crio-<id>.scope, docker-<id>.scope)

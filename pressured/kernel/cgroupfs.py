@@ -1,7 +1,7 @@
 """cgroup v1, v2 and hybrid hierarchies: what each cgroup offers, and its memory readings.
 
-Every root is a parameter (DESIGN.md rule 5): tests build fake trees, kernel tests pass the
-real /sys/fs/cgroup. Layouts (KERNEL.md):
+Every root is a parameter: tests build fake trees, kernel tests pass the
+real /sys/fs/cgroup. Layouts:
 
 - v2:     <root>/cgroup.controllers lists "memory"; memory.current, memory.max, memory.pressure
 - v1:     <root>/memory/ holds memory.usage_in_bytes, memory.limit_in_bytes, memory.oom_control

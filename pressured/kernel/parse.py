@@ -6,7 +6,7 @@ from pressured.errors import CgroupFileError
 from pressured.model import Psi
 
 V1_UNLIMITED_MIN = 9223372036854771712
-"""cgroup v1 reports "unlimited" as PAGE_COUNTER_MAX pages in bytes (KERNEL.md)."""
+"""cgroup v1 reports "unlimited" as PAGE_COUNTER_MAX pages in bytes (mm/page_counter.c)."""
 
 
 def parse_int(text: str, path: str) -> int:

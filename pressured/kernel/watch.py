@@ -1,6 +1,7 @@
 """The Watcher: one epoll set over every kernel notification pressured can arm.
 
-For each target it arms what the kernel offers (KERNEL.md):
+For each target it arms what the kernel offers (Documentation/admin-guide/cgroup-v2.rst,
+cgroup-v1/memory.rst, accounting/psi.rst):
 
 - cgroup v1: eventfd usage thresholds at the given byte levels (several per cgroup), an
   eventfd on memory.oom_control, one on memory.pressure_level; the eventfds are also signalled
