@@ -50,56 +50,29 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pressured.errors import ConfigError
-from pressured.model import Identity, OomKill
-
-if TYPE_CHECKING:
-    from pressured.kernel.bcc_probe import BccProbe
-    from pressured.kernel.kmsg import KmsgReader
-    from pressured.kernel.tracepoint import MarkVictimSource
+from pressured.kernel import kmsg as kmsg_mod
+from pressured.kernel import tracepoint as tp_mod
+from pressured.kernel.bcc_probe import BccProbe
+from pressured.model import (
+    SOURCE_BCC,
+    SOURCE_COUNTERS,
+    SOURCE_COUNTERS_RESTART,
+    SOURCE_KMSG,
+    SOURCE_TRACEPOINT,
+    Identity,
+    KillRecord,
+    OomKill,
+)
 
 log = logging.getLogger("pressured.kills")
-
-SOURCE_COUNTERS = "counters"
-SOURCE_COUNTERS_RESTART = "counters:restart"
-SOURCE_KMSG = "kmsg"
-SOURCE_TRACEPOINT = "tracepoint"
-SOURCE_BCC = "bcc"
 
 Clock = Callable[[], float]
 
 SWAP_NEIGHBOURS = 16
 NEAREST = 32
-
-
-@dataclass(frozen=True)
-class KillRecord:
-    """What one source saw of one kill (or, for counters, of ``count_delta`` kills).
-
-    ``time`` is monotonic (the daemon's clock) when the record was read, ``wall`` the wall
-    clock of the kill as well as the source knows it. ``cgroup`` is a cgroup path as the
-    kernel names it, relative to the root of its hierarchy ("/kubepods/pod.../abc"), or None.
-    ``rss`` holds bytes: anon_rss, file_rss, shmem_rss, total_vm, pgtables.
-    """
-
-    source: str
-    time: float
-    wall: float
-    cgroup: str | None = None
-    cgroup_id: int | None = None
-    pid: int | None = None
-    comm: str | None = None
-    count_delta: int = 1
-    rss: dict[str, int] = field(default_factory=dict)
-    uid: int | None = None
-    oom_score_adj: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def restart(self) -> bool:
-        return self.source == SOURCE_COUNTERS_RESTART
 
 
 def attribute(cgroup: str | None, targets: Mapping[str, str]) -> str | None:
@@ -1044,8 +1017,8 @@ class KillSources:
         self._clock = clock
         self._wall = wall_clock
         self._proc = proc
-        self.kmsg: KmsgReader | None = None
-        self.tracepoint: MarkVictimSource | None = None
+        self.kmsg: kmsg_mod.KmsgReader | None = None
+        self.tracepoint: tp_mod.MarkVictimSource | None = None
         self.bcc: BccProbe | None = None
         self._status: dict[str, tuple[bool, str]] = {
             SOURCE_COUNTERS: (
@@ -1058,11 +1031,6 @@ class KillSources:
         """Open every enabled source. ``since_usec`` (kmsg's clock): kmsg records from then
         on are read back from the kernel's buffer, so a kill while the daemon was starting
         up is not lost; None starts at the newest record."""
-        # here, not at the top: the kernel readers import KillRecord from this module
-        from pressured.kernel import kmsg as kmsg_mod  # noqa: PLC0415
-        from pressured.kernel import tracepoint as tp_mod  # noqa: PLC0415
-        from pressured.kernel.bcc_probe import BccProbe  # noqa: PLC0415
-
         cfg = self.config
         if not cfg.kmsg_enabled:
             self._status[SOURCE_KMSG] = (False, "disabled in config (kills.kmsg.enabled)")

@@ -39,7 +39,7 @@ from pressured.kernel.tracepoint import (
     pid_cgroup,
     read_format,
 )
-from pressured.kills import SOURCE_BCC, KillRecord
+from pressured.model import SOURCE_BCC, KillRecord
 
 log = logging.getLogger("pressured.kernel.bcc_probe")
 

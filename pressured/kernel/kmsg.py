@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pressured.kills import SOURCE_KMSG, KillRecord
+from pressured.model import SOURCE_KMSG, KillRecord
 
 log = logging.getLogger("pressured.kernel.kmsg")
 

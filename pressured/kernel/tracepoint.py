@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from pressured import native
 from pressured.errors import KernelFeatureError
-from pressured.kills import SOURCE_TRACEPOINT, KillRecord
+from pressured.model import SOURCE_TRACEPOINT, KillRecord
 
 log = logging.getLogger("pressured.kernel.tracepoint")
 

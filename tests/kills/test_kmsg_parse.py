@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pressured.kernel.kmsg import KmsgOomParser, parse_kmsg_record
-from pressured.kills import KillRecord
+from pressured.model import KillRecord
 
 from . import fixture_records
 

@@ -12,7 +12,7 @@ import pytest
 
 from pressured import native
 from pressured.kernel.kmsg import KmsgReader, available
-from pressured.kills import KillRecord
+from pressured.model import KillRecord
 
 from . import oom_kill_in, v1_child, v1_oom_skip_reason
 

@@ -18,13 +18,12 @@ from pressured.errors import ConfigError
 from pressured.kernel.kmsg import KmsgOomParser, parse_kmsg_record
 from pressured.kills import (
     CounterTracker,
-    KillRecord,
     KillsConfig,
     KillState,
     Reconciler,
     attribute,
 )
-from pressured.model import Identity, OomKill
+from pressured.model import Identity, KillRecord, OomKill
 
 from . import fixture_records
 

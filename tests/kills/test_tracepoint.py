@@ -27,7 +27,8 @@ from pressured.kernel.tracepoint import (
     pid_cgroup,
     read_format,
 )
-from pressured.kills import KillRecord, KillsConfig, KillSources
+from pressured.kills import KillsConfig, KillSources
+from pressured.model import KillRecord
 
 from . import FIXTURES, start_allocator, v1_child, v1_oom_skip_reason, victim_of
 

@@ -17,7 +17,8 @@ import pytest
 from pressured import native
 from pressured.kernel.bcc_probe import BccProbe
 from pressured.kernel.kmsg import KmsgReader
-from pressured.kills import CounterTracker, KillRecord, Reconciler, attribute
+from pressured.kills import CounterTracker, Reconciler, attribute
+from pressured.model import KillRecord
 
 pytestmark = [
     pytest.mark.vm,
