@@ -7,10 +7,10 @@ Sources (each optional; each says whether it is active and, if not, why):
                  pid: a delta of n stands for n kills. :class:`CounterTracker` turns readings
                  into records and, with a state directory, reports the kills that happened
                  while the daemon was down (source ``counters:restart``).
-- ``kmsg``       /dev/kmsg records (:mod:`pressured.kernel.kmsg`).
-- ``tracepoint`` oom:mark_victim through perf_event_open (:mod:`pressured.kernel.tracepoint`).
+- ``kmsg``       /dev/kmsg records (:mod:`.readers.kmsg`).
+- ``tracepoint`` oom:mark_victim through perf_event_open (:mod:`.readers.tracepoint`).
 - ``bcc``        a kprobe on oom_kill_process, or a BPF tracepoint program when the kprobe
-                 cannot attach (:mod:`pressured.kernel.bcc_probe`); replaces ``tracepoint``.
+                 cannot attach (:mod:`.readers.bcc`); replaces ``tracepoint``.
 
 Every source yields :class:`~pressured.model.KillRecord`. The daemon attributes each record to
 a watched target (``attribute`` by kernel cgroup path, ``cgroup_id`` by directory inode, else

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from pressured.kernel import kmsg as kmsg_mod
-from pressured.kernel import tracepoint as tp_mod
-from pressured.kernel.bcc_probe import BccProbe
 from pressured.kills.base import Clock
 from pressured.kills.config import KillsConfig
+from pressured.kills.readers import kmsg as kmsg_mod
+from pressured.kills.readers import tracepoint as tp_mod
+from pressured.kills.readers.bcc import BccProbe
 from pressured.model import (
     SOURCE_BCC,
     SOURCE_COUNTERS,

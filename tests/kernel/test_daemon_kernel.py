@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pressured.kernel.kmsg import KmsgReader
+from pressured.kills.readers.kmsg import KmsgReader
 from tests.support.cgroups import Child, leaker_argv
 from tests.support.daemon import STOPPED_UNTIL_CONT, PressuredProcess, running, wait_stopped
 from tests.support.events import has_kill, kind, wait_for_events

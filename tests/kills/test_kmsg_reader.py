@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pressured import native
-from pressured.kernel.kmsg import KmsgReader, available
+from pressured.kills.readers.kmsg import KmsgReader, available
 from pressured.model import KillRecord
 
 from . import oom_kill_in, v1_child, v1_oom_skip_reason

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pressured.errors import ConfigError
-from pressured.kernel.kmsg import KmsgOomParser, parse_kmsg_record
 from pressured.kills import (
     CounterTracker,
     KillsConfig,
@@ -23,6 +22,7 @@ from pressured.kills import (
     Reconciler,
     attribute,
 )
+from pressured.kills.readers.kmsg_parse import KmsgOomParser, parse_kmsg_record
 from pressured.model import Identity, KillRecord, OomKill
 
 from . import fixture_records

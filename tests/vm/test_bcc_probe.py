@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from pressured import native
-from pressured.kernel.bcc_probe import BccProbe
-from pressured.kernel.kmsg import KmsgReader
 from pressured.kills import CounterTracker, Reconciler, attribute
+from pressured.kills.readers.bcc import BccProbe
+from pressured.kills.readers.kmsg import KmsgReader
 from pressured.model import KillRecord
 
 pytestmark = [

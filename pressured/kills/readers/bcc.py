@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pressured.kernel.tracepoint import (
+from pressured.kills.readers.tracepoint import (
     TRACEFS_CANDIDATES,
     TracepointUnavailable,
     find_tracefs,
@@ -41,7 +41,7 @@ from pressured.kernel.tracepoint import (
 )
 from pressured.model import SOURCE_BCC, KillRecord
 
-log = logging.getLogger("pressured.kernel.bcc_probe")
+log = logging.getLogger("pressured.kills.readers.bcc")
 
 PROGRAM_NAME = "oom_kill.c"
 KPROBE_FUNCTION = "oom_kill_process"
@@ -120,7 +120,7 @@ def decode_event(data: bytes) -> dict[str, Any]:
 def program_path() -> Path:
     """bpf/oom_kill.c: at the top of a source checkout, or where a wheel installs it
     (<prefix>/share/pressured/bpf, pyproject's data-files), or packaged as pressured/bpf/."""
-    checkout = Path(__file__).resolve().parents[2] / "bpf" / PROGRAM_NAME
+    checkout = Path(__file__).resolve().parents[3] / "bpf" / PROGRAM_NAME
     if checkout.is_file():
         return checkout
     shared = Path(sys.prefix) / "share" / "pressured" / "bpf" / PROGRAM_NAME

@@ -28,7 +28,7 @@ from pressured import native
 from pressured.errors import KernelFeatureError
 from pressured.model import SOURCE_TRACEPOINT, KillRecord
 
-log = logging.getLogger("pressured.kernel.tracepoint")
+log = logging.getLogger("pressured.kills.readers.tracepoint")
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KB_FIELDS = ("total_vm", "anon_rss", "file_rss", "shmem_rss", "pgtables")
