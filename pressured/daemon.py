@@ -856,8 +856,8 @@ class Daemon:
                 if self.source.changed():
                     self._sync_targets()
                     self._watch_source_dirs()
-                if self.kills is not None and self.kills.poll_interval():
-                    for name in ("bcc",):
+                if self.kills is not None:
+                    for name in self.kills.polled():
                         self._on_kill_fd(name)
                 self._flush_kills()
                 if self.metrics is not None:

@@ -19,9 +19,12 @@ compatible target, within ``window_s``) into one :class:`~pressured.model.OomKil
 source that saw it. Counter deltas are matched against pid-bearing kills of the same target;
 what they cannot match becomes pid-less kills, one per kill.
 
-Modules: ``config`` (:class:`KillsConfig`), ``sources`` (:class:`KillSources`, opening the
-kernel sources), ``counters`` (:class:`CounterTracker`, :class:`KillState`), ``reconciler``
-(:class:`Reconciler`, :func:`attribute`). Wiring, in the daemon loop::
+Modules: ``readers/`` (the kernel sources: kmsg, tracepoint, bcc), ``base`` (the
+:class:`~pressured.kills.base.KillSource` protocol every open reader follows: ``name``,
+``status``, ``fds()``, ``read()``, ``poll_interval``, ``close()``), ``sources``
+(:class:`KillSources`: opens the enabled readers), ``config`` (:class:`KillsConfig`),
+``counters`` (:class:`CounterTracker`, :class:`KillState`), ``reconciler`` (:class:`Reconciler`,
+:func:`attribute`). Wiring, in the daemon loop::
 
     sources = KillSources(KillsConfig.from_mapping(cfg["kills"]), clock=clock)
     sources.start()                        # status(): {name: (active, why)}, logged
@@ -30,6 +33,7 @@ kernel sources), ``counters`` (:class:`CounterTracker`, :class:`KillState`), ``r
     tracker = CounterTracker(KillState(state_dir) if state_dir else None, clock=clock)
     for fd, name in sources.fds(): epoll.add(fd, EPOLLIN, token_for(name))
     on EPOLLIN for name  -> for r in sources.read(name): rec.add(r, key=..., cgroup=...)
+    every loop turn      -> the same for each name in sources.polled() (no fd to wait on)
     at start and on a counter wake-up of a target ->
         r = tracker.observe(key, cgroup, oom_kill_local, group_kills=..., cgroup_id=inode)
         if r: rec.add(r, key=key, cgroup=cgroup, identity=..., annotations=...)
@@ -43,6 +47,7 @@ record's ``cgroup_id`` is the inode of the victim's v2 cgroup directory. A recor
 no watched target is added with key None.
 """
 
+from pressured.kills.base import KillSource
 from pressured.kills.config import KillsConfig
 from pressured.kills.counters import CounterTracker, KillState
 from pressured.kills.reconciler import Reconciler, attribute
@@ -50,6 +55,7 @@ from pressured.kills.sources import KillSources
 
 __all__ = [
     "CounterTracker",
+    "KillSource",
     "KillSources",
     "KillState",
     "KillsConfig",

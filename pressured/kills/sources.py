@@ -1,22 +1,16 @@
-"""Opening the configured kernel kill sources."""
+"""Opening the configured kernel kill sources; reading them through the KillSource protocol."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from pressured.kills.base import Clock
+from pressured.kills.base import Clock, KillSource
 from pressured.kills.config import KillsConfig
-from pressured.kills.readers import kmsg as kmsg_mod
-from pressured.kills.readers import tracepoint as tp_mod
 from pressured.kills.readers.bcc import BccProbe
-from pressured.model import (
-    SOURCE_BCC,
-    SOURCE_COUNTERS,
-    SOURCE_KMSG,
-    SOURCE_TRACEPOINT,
-    KillRecord,
-)
+from pressured.kills.readers.kmsg import KmsgReader, available
+from pressured.kills.readers.tracepoint import TracepointUnavailable, open_mark_victim
+from pressured.model import SOURCE_BCC, SOURCE_COUNTERS, SOURCE_KMSG, SOURCE_TRACEPOINT, KillRecord
 
 log = logging.getLogger("pressured.kills.sources")
 
@@ -25,7 +19,8 @@ class KillSources:
     """Opens the configured kernel kill sources and says which are active and why not.
 
     Nothing here is fatal: a source the machine lacks (no /dev/kmsg access, no tracefs, no
-    bcc) is reported inactive with the reason and the daemon goes on with the others.
+    bcc) is reported inactive with the reason and the daemon goes on with the others. The
+    open sources are read by name (the name their records carry).
     """
 
     def __init__(
@@ -40,9 +35,7 @@ class KillSources:
         self._clock = clock
         self._wall = wall_clock
         self._proc = proc
-        self.kmsg: kmsg_mod.KmsgReader | None = None
-        self.tracepoint: tp_mod.MarkVictimSource | None = None
-        self.bcc: BccProbe | None = None
+        self._open: dict[str, KillSource] = {}
         self._status: dict[str, tuple[bool, str]] = {
             SOURCE_COUNTERS: (
                 True,
@@ -58,34 +51,33 @@ class KillSources:
         if not cfg.kmsg_enabled:
             self._status[SOURCE_KMSG] = (False, "disabled in config (kills.kmsg.enabled)")
         else:
-            ok, why = kmsg_mod.available(cfg.kmsg_path)
-            if ok:
+            ok, why = available(cfg.kmsg_path)
+            if not ok:
+                self._status[SOURCE_KMSG] = (False, why)
+            else:
                 try:
-                    self.kmsg = kmsg_mod.KmsgReader(
+                    reader = KmsgReader(
                         cfg.kmsg_path,
                         replay=cfg.kmsg_replay,
                         clock=self._clock,
                         wall_clock=self._wall,
                         since_usec=since_usec,
                     )
-                    why = f"reading {cfg.kmsg_path}" + (" (replaying)" if cfg.kmsg_replay else "")
                 except OSError as exc:
-                    ok, why = False, f"{cfg.kmsg_path}: {exc.strerror}"
-            self._status[SOURCE_KMSG] = (ok, why)
+                    self._status[SOURCE_KMSG] = (False, f"{cfg.kmsg_path}: {exc.strerror}")
+                else:
+                    self.add(reader)
 
         if cfg.bcc_enabled:
-            self.bcc = BccProbe(
+            probe = BccProbe(
                 True,
                 tracefs=cfg.tracefs,
                 clock=self._clock,
                 wall_clock=self._wall,
                 proc=self._proc,
             )
-            self.bcc.start()
-            self._status[SOURCE_BCC] = (self.bcc.active, self.bcc.reason)
-            if not self.bcc.active:
-                self.bcc.close()
-                self.bcc = None
+            probe.start()
+            self.add(probe)
         else:
             self._status[SOURCE_BCC] = (False, "disabled in config (kills.bcc.enabled)")
 
@@ -94,28 +86,37 @@ class KillSources:
                 False,
                 "disabled in config (kills.tracepoint.enabled)",
             )
-        elif self.bcc is not None:
+        elif SOURCE_BCC in self._open:
             self._status[SOURCE_TRACEPOINT] = (
                 False,
                 "the bcc probe is active and reports oom:mark_victim itself",
             )
         else:
             try:
-                self.tracepoint = tp_mod.open_mark_victim(
+                tracepoint = open_mark_victim(
                     cfg.tracefs, clock=self._clock, wall_clock=self._wall, proc=self._proc
                 )
-                self._status[SOURCE_TRACEPOINT] = (
-                    True,
-                    f"oom:mark_victim via perf_event_open on {len(self.tracepoint.fds())} CPUs "
-                    f"({self.tracepoint.tracefs})",
-                )
-            except tp_mod.TracepointUnavailable as exc:
+            except TracepointUnavailable as exc:
                 self._status[SOURCE_TRACEPOINT] = (False, str(exc))
+            else:
+                self.add(tracepoint)
         for name, (active, why) in self._status.items():
             log.info("kill source %s: %s (%s)", name, "active" if active else "inactive", why)
         return self.status()
 
+    def add(self, source: KillSource) -> bool:
+        """Take an opened source. One that says it is inactive is closed at once; only its
+        status (why not) is kept."""
+        active, why = source.status
+        self._status[source.name] = (active, why)
+        if not active:
+            source.close()
+            return False
+        self._open[source.name] = source
+        return True
+
     def status(self) -> dict[str, tuple[bool, str]]:
+        """{source: (active, why)} as found at start."""
         return dict(self._status)
 
     def expected(self, key: str | None) -> frozenset[str]:
@@ -127,35 +128,28 @@ class KillSources:
 
     def fds(self) -> list[tuple[int, str]]:
         """(fd, source) pairs to register for EPOLLIN."""
-        out: list[tuple[int, str]] = []
-        if self.kmsg is not None:
-            out.append((self.kmsg.fd, SOURCE_KMSG))
-        if self.tracepoint is not None:
-            out += [(fd, SOURCE_TRACEPOINT) for fd in self.tracepoint.fds()]
-        if self.bcc is not None:
-            out += [(fd, SOURCE_BCC) for fd in self.bcc.fds()]
-        return out
+        return [(fd, name) for name, source in self._open.items() for fd in source.fds()]
+
+    def polled(self) -> list[str]:
+        """Sources that no fd wakes the loop for: read them on every wake-up, and at least
+        every ``poll_interval()``."""
+        return [name for name, source in self._open.items() if source.poll_interval is not None]
 
     def poll_interval(self) -> float | None:
-        """Seconds between reads for a source without a pollable fd (a bcc without reader
-        fds); None when every active source wakes epoll itself."""
-        if self.bcc is not None and not self.bcc.fds():
-            return 0.5
-        return None
+        """The shortest poll interval of the ``polled()`` sources; None when every open source
+        wakes epoll itself."""
+        intervals = [s.poll_interval for s in self._open.values() if s.poll_interval is not None]
+        return min(intervals) if intervals else None
 
     def read(self, source: str | None = None) -> list[KillRecord]:
         """Drain one source (or all). Never blocks."""
         out: list[KillRecord] = []
-        if self.kmsg is not None and source in (None, SOURCE_KMSG):
-            out += self.kmsg.read_records()
-        if self.tracepoint is not None and source in (None, SOURCE_TRACEPOINT):
-            out += self.tracepoint.drain()
-        if self.bcc is not None and source in (None, SOURCE_BCC):
-            out += self.bcc.poll()
+        for name, src in self._open.items():
+            if source in (None, name):
+                out += src.read()
         return out
 
     def close(self) -> None:
-        for src in (self.kmsg, self.tracepoint, self.bcc):
-            if src is not None:
-                src.close()
-        self.kmsg = self.tracepoint = self.bcc = None
+        for source in self._open.values():
+            source.close()
+        self._open = {}

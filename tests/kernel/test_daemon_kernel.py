@@ -112,7 +112,7 @@ def kill_with_full_report(child: Child) -> int:
         assert victim.wait(timeout=30) == -9
         reader = KmsgReader(replay=True)
         try:
-            records = reader.read_records()
+            records = reader.read()
         finally:
             reader.close()
         name = os.path.basename(child.path)

@@ -258,7 +258,7 @@ def test_drain_keeps_kills_before_a_malformed_record_and_reads_the_other_rings(
                 rings[cpu].sample(victim(pid))
             rings[cpu].publish()
         with caplog.at_level(logging.WARNING, logger="pressured.kills.readers.tracepoint"):
-            kills = source.drain()
+            kills = source.read()
         assert [k.pid for k in kills] == [100, 200, 300]
         assert source.ring_errors == 1 and source.decode_errors == 0
         (msg,) = [r.getMessage() for r in caplog.records]
@@ -266,7 +266,7 @@ def test_drain_keeps_kills_before_a_malformed_record_and_reads_the_other_rings(
         assert msg.endswith("kept the 1 samples read before it")
         rings[0].sample(victim(103))
         rings[0].publish()
-        assert [k.pid for k in source.drain()] == [103]
+        assert [k.pid for k in source.read()] == [103]
     finally:
         source.close()
         for r in rings.values():

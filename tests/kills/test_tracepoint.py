@@ -300,7 +300,7 @@ def test_bcc_disabled_or_missing() -> None:
     p = BccProbe(True)
     assert not p.start()
     assert "python3-bpfcc" in p.reason
-    assert p.fds() == [] and p.poll() == []
+    assert p.fds() == [] and p.read() == []
 
 
 def test_program_ships() -> None:
@@ -329,7 +329,7 @@ def test_real_mark_victim_through_epoll() -> None:
         assert len(source.fds()) == len(online_cpus())
         for i, fd in enumerate(source.fds()):
             ep.add(fd, native.EPOLLIN, i + 1)
-        assert source.drain() == []
+        assert source.read() == []
         with v1_child("pk-tp") as cg:
             proc = start_allocator(cg)
             found: list[KillRecord] = []
@@ -337,7 +337,7 @@ def test_real_mark_victim_through_epoll() -> None:
             while time.monotonic() < deadline and not found:
                 if ep.wait(1000):
                     # drained while the victim is a zombie (not reaped: we are its parent)
-                    found = [r for r in source.drain() if r.pid == proc.pid]
+                    found = [r for r in source.read() if r.pid == proc.pid]
             victim = victim_of(proc, cg)
         assert victim.returncode == -9
         (rec,) = found

@@ -13,9 +13,9 @@ Modes, chosen once at start:
 
 bcc is Debian's python3-bpfcc (not the unrelated PyPI package named "bcc"); the program is
 compiled once at start (~30 s in a slow guest with memcontrol.h: ``compile_seconds`` says how
-long it took). Polling: ``fds()`` are bcc's perf reader fds, to register for EPOLLIN; on a
-wake-up call ``poll()``. When bcc offers no reader fds, call ``poll()`` on every other wake-up
-and on a short timer while the probe is active.
+long it took). Reading: ``fds()`` are bcc's perf reader fds, to register for EPOLLIN; on a
+wake-up call ``read()``. When bcc offers no reader fds, ``poll_interval`` says how often to
+call ``read()`` instead (and on every other wake-up) while the probe is active.
 """
 
 from __future__ import annotations
@@ -183,8 +183,11 @@ def merge_events(kp: dict[str, Any] | None, mv: dict[str, Any] | None) -> dict[s
 
 
 class BccProbe:
-    """bcc probe for OOM kills. ``start()`` never raises for a missing feature: ``active``
-    and ``reason`` say what happened, ``mode`` is "kprobe", "tracepoint" or None."""
+    """bcc probe for OOM kills (a KillSource once started). ``start()`` never raises for a
+    missing feature: ``active`` and ``reason`` (together ``status``) say what happened,
+    ``mode`` is "kprobe", "tracepoint" or None."""
+
+    name = SOURCE_BCC
 
     def __init__(
         self,
@@ -325,6 +328,15 @@ class BccProbe:
         return True
 
     # ------------------------------------------------------------------ reading
+    @property
+    def status(self) -> tuple[bool, str]:
+        return self.active, self.reason
+
+    @property
+    def poll_interval(self) -> float | None:
+        """Without reader fds nothing wakes the loop for the probe: read it this often."""
+        return 0.5 if self._bpf is not None and not self.fds() else None
+
     def fds(self) -> list[int]:
         """bcc's perf reader fds (one per CPU) to register for EPOLLIN; [] if unavailable."""
         if self._bpf is None:
@@ -336,7 +348,7 @@ class BccProbe:
         readers = getattr(self._bpf, "perf_buffers", {})
         return [int(lib.perf_reader_fd(r)) for r in readers.values()]
 
-    def poll(self) -> list[KillRecord]:
+    def read(self) -> list[KillRecord]:
         """Read what the perf buffer holds now (never blocks) and return confirmed kills."""
         if self._bpf is None:
             return []

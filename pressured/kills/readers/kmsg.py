@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from pressured.kills.readers.kmsg_parse import KmsgOomParser, KmsgRecord, parse_kmsg_record
-from pressured.model import KillRecord
+from pressured.model import SOURCE_KMSG, KillRecord
 
 log = logging.getLogger("pressured.kills.readers.kmsg")
 
@@ -39,16 +39,20 @@ ReadFn = Callable[[int, int], bytes]
 
 
 class KmsgReader:
-    """Non-blocking /dev/kmsg reader; register ``fd`` for EPOLLIN, then ``read_records()``.
+    """Non-blocking /dev/kmsg reader (a KillSource): register ``fds()`` for EPOLLIN, then
+    ``read()``.
 
     Starts after the newest record (SEEK_END) unless ``replay``: then every record still in
     the kernel's buffer is read once, with its time estimated from its timestamp. With
     ``since_usec`` (a kmsg timestamp: microseconds of the kernel's clock since boot) only the
     records from then on are replayed: the daemon passes its own start, so a kill while it was
     starting (imports, arming hundreds of cgroups) is still reported.
-    ``read`` is the read(2) to use; tests pass one that raises EPIPE, which cannot be forced
-    on the real device without flooding the machine's log.
+    The ``read`` argument is the read(2) to use; tests pass one that raises EPIPE, which
+    cannot be forced on the real device without flooding the machine's log.
     """
+
+    name = SOURCE_KMSG
+    poll_interval: float | None = None
 
     def __init__(
         self,
@@ -61,6 +65,7 @@ class KmsgReader:
         since_usec: int | None = None,
     ) -> None:
         self.path = path
+        self.replay = replay
         self._clock = clock
         self._wall = wall_clock
         self._read = read
@@ -80,15 +85,20 @@ class KmsgReader:
                 raise
 
     @property
-    def fd(self) -> int:
-        return self._fd
+    def status(self) -> tuple[bool, str]:
+        if self._fd < 0:
+            return False, f"{self.path}: closed"
+        return True, f"reading {self.path}" + (" (replaying)" if self.replay else "")
+
+    def fds(self) -> list[int]:
+        return [self._fd] if self._fd >= 0 else []
 
     @property
     def lost(self) -> int:
         """Records overwritten before they could be read."""
         return self.parser.gaps
 
-    def read_records(self) -> list[KillRecord]:
+    def read(self) -> list[KillRecord]:
         """Drain every record ready now; kills found among them."""
         out: list[KillRecord] = []
         while self._fd >= 0:
