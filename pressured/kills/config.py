@@ -1,4 +1,5 @@
-"""The ``kills`` section of the configuration."""
+"""The ``kills`` section of the configuration, and the one rule it is checked by: at load
+(pressured.config delegates the section here) and when the daemon opens its kill sources."""
 
 from __future__ import annotations
 
