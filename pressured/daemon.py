@@ -919,8 +919,4 @@ class Daemon:
         self.watcher.close()
 
 
-def oom_killed_from(kill: OomKill) -> dict[str, Any]:
-    return kill.to_json()
-
-
 __all__ = ["Daemon", "build_actions", "load_action_classes", "native"]
