@@ -299,7 +299,8 @@ class Daemon:
         self._start_kills()
         if self.cfg.get("source.machine") and self.cfg.mode == "local":
             self._add_machine()
-        self._sync_targets()
+        with self.tracker.batch():  # the state file is written once for every target found
+            self._sync_targets()
         self._announce_ready()
 
     def _announce_ready(self) -> None:

@@ -34,7 +34,7 @@ Modules: ``readers/`` (the kernel sources: kmsg, tracepoint, bcc), ``base`` (the
     for fd, name in sources.fds(): epoll.add(fd, EPOLLIN, token_for(name))
     on EPOLLIN for name  -> for r in sources.read(name): rec.add(r, key=..., cgroup=...)
     every loop turn      -> the same for each name in sources.polled() (no fd to wait on)
-    at start and on a counter wake-up of a target ->
+    at start (all targets in one tracker.batch()) and on a counter wake-up of a target ->
         r = tracker.observe(key, cgroup, oom_kill_local, group_kills=..., cgroup_id=inode)
         if r: rec.add(r, key=key, cgroup=cgroup, identity=..., annotations=...)
     a target gone     -> tracker.forget(cgroup)
