@@ -30,6 +30,14 @@ from pressured.engine import Engine, EngineSettings, ThresholdOverride
 from pressured.errors import ActionError, CgroupError, CgroupFileError, ConfigError, PressuredError
 from pressured.kernel import cgroupfs, procfs
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
+from pressured.kills import (
+    CounterTracker,
+    KillsConfig,
+    KillSources,
+    KillState,
+    Reconciler,
+    attribute,
+)
 from pressured.model import MACHINE, Event, OomKill, PressureEvent, Psi, Sample
 from pressured.sources.base import Source, TargetSpec
 
@@ -343,14 +351,6 @@ class Daemon:
         return (True, "ok") if self.ready else (False, "starting: arming targets")
 
     def _start_kills(self) -> None:
-        from pressured.kills import (  # noqa: PLC0415
-            CounterTracker,
-            KillsConfig,
-            KillSources,
-            KillState,
-            Reconciler,
-        )
-
         kcfg = KillsConfig.from_mapping(self.cfg.get("kills"))
         self.kills = KillSources(
             kcfg, clock=self._clock, wall_clock=self._wall, proc=self.proc_root
@@ -660,8 +660,6 @@ class Daemon:
         return {k: s.spec.ref.relpath for k, s in self.targets.items() if s.spec.ref is not None}
 
     def _on_kill_fd(self, name: str) -> None:
-        from pressured.kills import attribute  # noqa: PLC0415
-
         records = self.kills.read(name)
         if not records:
             return
