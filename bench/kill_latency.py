@@ -37,7 +37,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 def bcc_compile_seconds() -> tuple[float | None, str]:
     try:
-        from pressured.kernel.bcc_probe import BccProbe
+        from pressured.kills.readers.bcc import BccProbe
     except ImportError as exc:
         return None, f"bcc probe module unavailable: {exc}"
     probe = BccProbe(True)

@@ -10,7 +10,7 @@
  *                (only pid before 6.9/6.6); they come from the tracefs format file.
  *
  * Both feed one perf buffer, "events", with one struct pk_event per hit; pressured decodes
- * it with the layout in pressured/kernel/bcc_probe.py (EVENT_LAYOUT): keep the two in step.
+ * it with the layout in pressured/kills/readers/bcc.py (EVENT_LAYOUT): keep the two in step.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>

@@ -17,7 +17,8 @@ Environment:
 
 Sections owned by a subsystem are validated by it: thresholds and rules by
 pressured.engine, metrics by pressured.metrics, storage by pressured.storage.factory, each action
-by its class when the daemon builds it.
+by its class when the daemon builds it, kills by pressured.kills.config (the rules the daemon
+opens its kill sources with).
 """
 
 from __future__ import annotations
@@ -537,10 +538,6 @@ def check(cfg: Config) -> list[str]:
         "source.machine",
         "source.psi.enabled",
         "dry_run",
-        "kills.kmsg.enabled",
-        "kills.kmsg.replay",
-        "kills.tracepoint.enabled",
-        "kills.bcc.enabled",
         "metrics.enabled",
         "metrics.pid_labels",
     ):
@@ -549,8 +546,6 @@ def check(cfg: Config) -> list[str]:
         "source.proc_root",
         "source.kubelet.namespace_filter",
         "source.kubelet.label_selector",
-        "kills.kmsg.path",
-        "kills.tracepoint.tracefs",
         "metrics.address",
     ):
         _want(cfg, key, (str,), p)
@@ -583,11 +578,6 @@ def check(cfg: Config) -> list[str]:
                     f"source.cgroup.paths[{i}]: must be an absolute path, got {x!r} "
                     f"{_from(cfg, 'source.cgroup.paths')}"
                 )
-    kw = _want(cfg, "kills.window_seconds", (int, float), p)
-    if kw is not None and kw <= 0:
-        p.append(
-            f"kills.window_seconds: must be positive, got {kw} {_from(cfg, 'kills.window_seconds')}"
-        )
     level = cfg.get("log_level")
     if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
         p.append(
@@ -626,6 +616,12 @@ def _delegate(cfg: Config) -> list[str]:
         from pressured.metrics import MetricsSettings  # noqa: PLC0415
 
         MetricsSettings.from_config(cfg.data)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        from pressured.kills.config import KillsConfig  # noqa: PLC0415
+
+        KillsConfig.from_mapping(cfg.get("kills"), "kills")
     except ConfigError as exc:
         problems.extend(exc.problems)
     uses_storage = any(

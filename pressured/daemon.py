@@ -39,6 +39,14 @@ from pressured.errors import (
 )
 from pressured.kernel import cgroupfs, procfs
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
+from pressured.kills import (
+    CounterTracker,
+    KillsConfig,
+    KillSources,
+    KillState,
+    Reconciler,
+    attribute,
+)
 from pressured.model import MACHINE, Event, OomKill, PressureEvent, Psi, Sample
 from pressured.sources.base import Source, TargetSpec
 
@@ -305,7 +313,8 @@ class Daemon:
         self._start_kills()
         if self.cfg.get("source.machine") and self.cfg.mode == "local":
             self._add_machine()
-        self._sync_targets()
+        with self.tracker.batch():  # the state file is written once for every target found
+            self._sync_targets()
         self._announce_ready()
 
     def _announce_ready(self) -> None:
@@ -348,14 +357,6 @@ class Daemon:
         return (True, "ok") if self.ready else (False, "starting: arming targets")
 
     def _start_kills(self) -> None:
-        from pressured.kills import (  # noqa: PLC0415
-            CounterTracker,
-            KillsConfig,
-            KillSources,
-            KillState,
-            Reconciler,
-        )
-
         kcfg = KillsConfig.from_mapping(self.cfg.get("kills"))
         self.kills = KillSources(
             kcfg, clock=self._clock, wall_clock=self._wall, proc=self.proc_root
@@ -655,8 +656,6 @@ class Daemon:
         return {k: s.spec.ref.relpath for k, s in self.targets.items() if s.spec.ref is not None}
 
     def _on_kill_fd(self, name: str) -> None:
-        from pressured.kills import attribute  # noqa: PLC0415
-
         records = self.kills.read(name)
         if not records:
             return
@@ -852,8 +851,8 @@ class Daemon:
                 if self.source.changed():
                     self._sync_targets()
                     self._watch_source_dirs()
-                if self.kills is not None and self.kills.poll_interval():
-                    for name in ("bcc",):
+                if self.kills is not None:
+                    for name in self.kills.polled():
                         self._on_kill_fd(name)
                 self._flush_kills()
                 if self.metrics is not None:
@@ -913,10 +912,6 @@ class Daemon:
         if self._storage_obj is not None:
             self._storage_obj.close()
         self.watcher.close()
-
-
-def oom_killed_from(kill: OomKill) -> dict[str, Any]:
-    return kill.to_json()
 
 
 __all__ = ["Daemon", "build_actions", "load_action_classes", "native"]

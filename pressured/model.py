@@ -3,6 +3,7 @@
 Target        who is watched: a cgroup (or the machine) and, in Kubernetes, its pod identity
 Sample        one reading of a target at one instant
 PressureEvent the engine's verdict (event_type "memory_pressure")
+KillRecord    what one kill source saw of one kill, the kill reconciler's input
 OomKill       a confirmed kill (event_type "oom_killed"), built by the kill reconciler
 """
 
@@ -128,6 +129,43 @@ class PressureEvent:
         }
         out.update(self.extra)
         return out
+
+
+SOURCE_COUNTERS = "counters"
+"""The oom_kill counters of memory.events(.local) (v2) and memory.oom_control (v1)."""
+SOURCE_COUNTERS_RESTART = "counters:restart"
+"""Counter deltas since the last run: kills while the daemon was down."""
+SOURCE_KMSG = "kmsg"
+SOURCE_TRACEPOINT = "tracepoint"
+SOURCE_BCC = "bcc"
+
+
+@dataclass(frozen=True)
+class KillRecord:
+    """What one source saw of one kill (or, for counters, of ``count_delta`` kills).
+
+    ``time`` is monotonic (the daemon's clock) when the record was read, ``wall`` the wall
+    clock of the kill as well as the source knows it. ``cgroup`` is a cgroup path as the
+    kernel names it, relative to the root of its hierarchy ("/kubepods/pod.../abc"), or None.
+    ``rss`` holds bytes: anon_rss, file_rss, shmem_rss, total_vm, pgtables.
+    """
+
+    source: str
+    time: float
+    wall: float
+    cgroup: str | None = None
+    cgroup_id: int | None = None
+    pid: int | None = None
+    comm: str | None = None
+    count_delta: int = 1
+    rss: dict[str, int] = field(default_factory=dict)
+    uid: int | None = None
+    oom_score_adj: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def restart(self) -> bool:
+        return self.source == SOURCE_COUNTERS_RESTART
 
 
 @dataclass(frozen=True)

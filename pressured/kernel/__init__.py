@@ -1,2 +1,3 @@
-"""Kernel-facing readers and the Watcher. Every root (cgroup, proc, kmsg, tracefs) is a
-parameter."""
+"""Kernel interfaces other than the kill readers (those are in pressured.kills.readers):
+cgroupfs, procfs, the parsers of their files, the Watcher, child cgroups. Every root (cgroup,
+proc) is a parameter."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pressured.kernel.cgroupfs import CgroupRef
-from pressured.model import Identity, Sample
+from pressured.model import Identity, KillRecord, Sample
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Polled:
     """What a polling source (cluster mode) found in one round."""
 
     samples: list[tuple[TargetSpec, Sample]] = field(default_factory=list)
-    kills: list[Any] = field(default_factory=list)  # pressured.kills.KillRecord
+    kills: list[KillRecord] = field(default_factory=list)
 
 
 class Source:

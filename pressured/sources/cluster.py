@@ -27,8 +27,7 @@ from pressured.k8s.annotations import event_annotations, parse_annotations
 from pressured.k8s.client import SERVICE_ACCOUNT_DIR, KubeClient, parse_time
 from pressured.k8s.identity import split_container_id
 from pressured.k8s.podcache import PodInfo, pod_info
-from pressured.kills import KillRecord
-from pressured.model import Identity, Sample
+from pressured.model import Identity, KillRecord, Sample
 from pressured.sources.base import Polled, Source, TargetSpec
 from pressured.sources.node import AnnotationChecker
 

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pressured.errors import ConfigError, KubernetesError
 from pressured.k8s.client import KubeClient
-from pressured.kills import KillRecord
+from pressured.model import KillRecord
 from pressured.sources.cluster import SOURCE_K8S_EVENT, SOURCE_K8S_STATUS, ClusterSource
 from tests.k8s.conftest import write_kubeconfig
 from tests.k8s.fake_apiserver import FakeKube

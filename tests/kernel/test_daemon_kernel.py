@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pressured.kernel.kmsg import KmsgReader
+from pressured.kills.readers.kmsg import KmsgReader
 from tests.support.cgroups import Child, leaker_argv
 from tests.support.daemon import STOPPED_UNTIL_CONT, PressuredProcess, running, wait_stopped
 from tests.support.events import Event, has_kill, kind, wait_for_events
@@ -150,7 +150,7 @@ def kill_with_full_report(child: Child) -> int:
         assert victim.wait(timeout=30) == -9
         reader = KmsgReader(replay=True)
         try:
-            records = reader.read_records()
+            records = reader.read()
         finally:
             reader.close()
         name = os.path.basename(child.path)

@@ -1,18 +1,24 @@
 """Real kills on this host: 5 cgroups, 50 kills in quick succession, exactly 50 oom_killed events.
 
 Three cgroups (24 MiB) are covered by a warning rule, two (40 MiB) by none: their kills must
-say warned_seconds_before null, the others a positive lead.
+say warned_seconds_before null, the others a positive lead. Also: a neighbour's kill is not
+reported, and the start-up sweep writes the kill counters' state file once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from pressured import config
+from pressured import daemon as daemon_mod
+from pressured.daemon import Daemon
+from pressured.kills import KillState
 from tests.support.cgroups import Child, leaker_argv
 from tests.support.daemon import running
 from tests.support.events import has_kill, read_events, wait_for_events
@@ -117,3 +123,45 @@ def test_a_neighbour_kill_is_not_reported(
         assert daemon.stop() == 0, daemon.stderr.text()
     kills = [d for d in docs if d["event_type"] == "oom_killed"]
     assert [(k["pid"], k["cgroup"]) for k in kills] == [(ours.pid, watched.path)]
+
+
+def test_start_up_saves_the_kill_counters_once(
+    make_cgroup: Callable[[int | None], Child], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The oom_kill counter of every target found at start is kept in kills.json, written
+    (and fsynced) once for all of them rather than once per target."""
+    children = [make_cgroup(64 * MiB) for _ in range(3)]
+    saved: list[int] = []
+    save = KillState.save
+
+    def counted(self: KillState, wall: float | None = None) -> None:
+        saved.append(len(self.entries))
+        save(self, wall)
+
+    monkeypatch.setattr(KillState, "save", counted)
+    # the daemon lowers its own oom_score_adj: in this process the victims of later tests
+    # would inherit it
+    monkeypatch.setattr(daemon_mod, "protect_self", lambda: "oom_score_adj left alone")
+    state_dir = tmp_path / "state"
+    cfg = config.load(
+        None,
+        env={},
+        flags={
+            "source.cgroup.paths": [c.path for c in children],
+            "source.machine": False,
+            "state_dir": str(state_dir),
+            "metrics.enabled": False,
+            "events_out": os.devnull,
+            "kills.kmsg.enabled": False,
+            "kills.tracepoint.enabled": False,
+        },
+    )
+    daemon = Daemon(cfg)
+    try:
+        daemon.start()
+        assert daemon.ready and len(daemon.targets) == 3
+    finally:
+        daemon.close()
+    assert saved == [3]
+    kept = json.loads((state_dir / "kills.json").read_text())["cgroups"]
+    assert sorted(entry["key"] for entry in kept.values()) == sorted(daemon.targets)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pressured.kernel.kmsg import KmsgOomParser, parse_kmsg_record
-from pressured.kills import KillRecord
+from pressured.kills.readers.kmsg_parse import KmsgOomParser, parse_kmsg_record
+from pressured.model import KillRecord
 
 from . import fixture_records
 

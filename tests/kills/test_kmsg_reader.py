@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pressured import native
-from pressured.kernel.kmsg import KmsgReader, available
-from pressured.kills import KillRecord
+from pressured.kills.readers.kmsg import KmsgReader, available
+from pressured.model import KillRecord
 
 from . import oom_kill_in, v1_child, v1_oom_skip_reason
 
@@ -60,10 +60,10 @@ def test_drains_until_eagain(tmp_path: Path) -> None:
         ]
     )
     reader = reader_with(tmp_path, fake)
-    kills = reader.read_records()
+    kills = reader.read()
     assert [k.pid for k in kills] == [41, 42]
     assert reader.records_read == 3
-    assert reader.read_records() == []
+    assert reader.read() == []
     assert all(size >= 8192 for size in fake.sizes)  # a record can be 8 KiB: no EINVAL
     reader.close()
 
@@ -77,7 +77,7 @@ def test_epipe_counts_and_goes_on(tmp_path: Path) -> None:
         ]
     )
     reader = reader_with(tmp_path, fake)
-    assert [k.pid for k in reader.read_records()] == [1, 2]
+    assert [k.pid for k in reader.read()] == [1, 2]
     assert reader.overruns == 1
     assert reader.lost == 4
     reader.close()
@@ -87,9 +87,9 @@ def test_malformed_records_are_skipped(tmp_path: Path) -> None:
     fake = FakeKmsgRead([b"nonsense", b"", KILL % (1, 1, 9)])
     reader = reader_with(tmp_path, fake)
     # an empty read ends the drain (end of file on a non-kmsg path); the next drain goes on
-    assert reader.read_records() == []
+    assert reader.read() == []
     assert reader.malformed == 1
-    assert [k.pid for k in reader.read_records()] == [9]
+    assert [k.pid for k in reader.read()] == [9]
     reader.close()
 
 
@@ -103,12 +103,12 @@ def test_a_fragment_waits_for_the_next_wakeup(tmp_path: Path) -> None:
         ]
     )
     reader = reader_with(tmp_path, fake)
-    assert reader.read_records() == []
+    assert reader.read() == []
     fake.push(
         b"6,3,210,-;/a/b,task=app,pid=5,uid=0\n",
         b"3,4,300,-;Memory cgroup out of memory: Killed process 5 (app) total-vm:1kB\n",
     )
-    kills = reader.read_records()
+    kills = reader.read()
     assert [(k.pid, k.cgroup) for k in kills] == [(5, "/a/b")]
     reader.close()
 
@@ -118,7 +118,7 @@ def test_times_come_from_the_clocks(tmp_path: Path) -> None:
     path.write_bytes(b"")
     fake = FakeKmsgRead([KILL % (1, 1, 3)])
     reader = KmsgReader(str(path), clock=lambda: 42.0, wall_clock=lambda: 1e9, read=fake)
-    (kill,) = reader.read_records()
+    (kill,) = reader.read()
     assert (kill.time, kill.wall) == (42.0, 1e9)
     reader.close()
 
@@ -132,12 +132,12 @@ def test_replayed_records_are_dated_in_the_past(tmp_path: Path) -> None:
     reader = KmsgReader(
         str(path), replay=True, clock=lambda: boot_s, wall_clock=lambda: 1e9, read=fake
     )
-    (kill,) = reader.read_records()
+    (kill,) = reader.read()
     assert kill.time == pytest.approx(1.0, abs=0.5)
     assert kill.wall == pytest.approx(1e9 - boot_s + 1.0, abs=0.5)
     # after the first drain, records are live: stamped when read
     fake.push(KILL % (2, 2_000_000, 4))
-    (live,) = reader.read_records()
+    (live,) = reader.read()
     assert live.time == boot_s
     reader.close()
 
@@ -150,10 +150,10 @@ def test_since_start_replays_only_records_from_then_on(tmp_path: Path) -> None:
     started = 5_000_000  # the daemon started 5 s after boot
     fake = FakeKmsgRead([KILL % (1, 4_000_000, 3), KILL % (2, 6_000_000, 4)])
     reader = KmsgReader(str(path), since_usec=started, read=fake)
-    assert [k.pid for k in reader.read_records()] == [4]
+    assert [k.pid for k in reader.read()] == [4]
     # from then on live, whatever their stamps
     fake.push(KILL % (3, 1, 5))
-    assert [k.pid for k in reader.read_records()] == [5]
+    assert [k.pid for k in reader.read()] == [5]
     reader.close()
 
 
@@ -187,7 +187,7 @@ def test_real_kmsg_starts_at_the_end() -> None:
     reader = KmsgReader("/dev/kmsg")
     try:
         before = reader.records_read
-        reader.read_records()
+        reader.read()
         # whatever the kernel printed since the open, never the whole buffer
         assert reader.records_read - before < 50
     finally:
@@ -198,7 +198,7 @@ def test_real_kmsg_starts_at_the_end() -> None:
 def test_real_kmsg_replay_parses_everything() -> None:
     reader = KmsgReader("/dev/kmsg", replay=True)
     try:
-        kills = reader.read_records()
+        kills = reader.read()
         assert reader.records_read > 0
         assert reader.malformed == 0
         for k in kills:
@@ -217,7 +217,8 @@ def test_real_oom_kill_read_through_epoll() -> None:
     reader = KmsgReader("/dev/kmsg")
     ep = native.Epoll()
     try:
-        ep.add(reader.fd, native.EPOLLIN, 1)
+        (fd,) = reader.fds()
+        ep.add(fd, native.EPOLLIN, 1)
         with v1_child("pk-kmsg") as cg:
             victim = oom_kill_in(cg)
             assert victim.returncode == -9
@@ -225,7 +226,7 @@ def test_real_oom_kill_read_through_epoll() -> None:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not found:
                 if ep.wait(1000):
-                    found = [k for k in reader.read_records() if k.pid == victim.pid]
+                    found = [k for k in reader.read() if k.pid == victim.pid]
         (kill,) = found
         assert kill.comm == victim.comm
         assert kill.cgroup == victim.relpath

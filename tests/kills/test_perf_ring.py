@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pressured import native
-from pressured.kernel.tracepoint import MarkVictimSource
+from pressured.kills.readers.tracepoint import MarkVictimSource
 
 from .test_tracepoint import FORMAT_6_18, raw_6_18
 
@@ -257,8 +257,8 @@ def test_drain_keeps_kills_before_a_malformed_record_and_reads_the_other_rings(
             if pid is not None:
                 rings[cpu].sample(victim(pid))
             rings[cpu].publish()
-        with caplog.at_level(logging.WARNING, logger="pressured.kernel.tracepoint"):
-            kills = source.drain()
+        with caplog.at_level(logging.WARNING, logger="pressured.kills.readers.tracepoint"):
+            kills = source.read()
         assert [k.pid for k in kills] == [100, 200, 300]
         assert source.ring_errors == 1 and source.decode_errors == 0
         (msg,) = [r.getMessage() for r in caplog.records]
@@ -266,7 +266,7 @@ def test_drain_keeps_kills_before_a_malformed_record_and_reads_the_other_rings(
         assert msg.endswith("kept the 1 samples read before it")
         rings[0].sample(victim(103))
         rings[0].publish()
-        assert [k.pid for k in source.drain()] == [103]
+        assert [k.pid for k in source.read()] == [103]
     finally:
         source.close()
         for r in rings.values():

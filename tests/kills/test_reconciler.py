@@ -15,16 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pressured.errors import ConfigError
-from pressured.kernel.kmsg import KmsgOomParser, parse_kmsg_record
 from pressured.kills import (
     CounterTracker,
-    KillRecord,
     KillsConfig,
     KillState,
     Reconciler,
     attribute,
 )
-from pressured.model import Identity, OomKill
+from pressured.kills.readers.kmsg_parse import KmsgOomParser, parse_kmsg_record
+from pressured.model import Identity, KillRecord, OomKill
 
 from . import fixture_records
 

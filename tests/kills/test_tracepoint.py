@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from pressured import native
-from pressured.kernel import bcc_probe
-from pressured.kernel.bcc_probe import BccProbe, decode_event, merge_events
-from pressured.kernel.tracepoint import (
+from pressured.kills import KillsConfig, KillSources
+from pressured.kills.readers import bcc
+from pressured.kills.readers.bcc import BccProbe, decode_event, merge_events
+from pressured.kills.readers.tracepoint import (
     MarkVictimSource,
     TracepointUnavailable,
     find_tracefs,
@@ -27,7 +28,7 @@ from pressured.kernel.tracepoint import (
     pid_cgroup,
     read_format,
 )
-from pressured.kills import KillRecord, KillsConfig, KillSources
+from pressured.model import KillRecord
 
 from . import FIXTURES, start_allocator, v1_child, v1_oom_skip_reason, victim_of
 
@@ -162,7 +163,7 @@ def test_find_tracefs_without_mounting(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- bcc, pure parts
 def pk_event(kind: int, pid: int, tgid: int = 0, **kw: Any) -> dict[str, Any]:
-    data = bcc_probe.EVENT_LAYOUT.pack(
+    data = bcc.EVENT_LAYOUT.pack(
         kind,
         pid,
         tgid,
@@ -186,16 +187,10 @@ def pk_event(kind: int, pid: int, tgid: int = 0, **kw: Any) -> dict[str, Any]:
     return decode_event(data + b"\0" * 4)  # perf pads samples to 8 bytes
 
 
-KP = bcc_probe.KIND_KPROBE
-MV = bcc_probe.KIND_MARK_VICTIM
-MV_ALL = (
-    bcc_probe.HAVE_COMM
-    | bcc_probe.HAVE_RSS
-    | bcc_probe.HAVE_UID
-    | bcc_probe.HAVE_PGTABLES
-    | bcc_probe.HAVE_ADJ
-)
-KP_ALL = bcc_probe.HAVE_COMM | bcc_probe.HAVE_MEMCG | bcc_probe.HAVE_CGROUP
+KP = bcc.KIND_KPROBE
+MV = bcc.KIND_MARK_VICTIM
+MV_ALL = bcc.HAVE_COMM | bcc.HAVE_RSS | bcc.HAVE_UID | bcc.HAVE_PGTABLES | bcc.HAVE_ADJ
+KP_ALL = bcc.HAVE_COMM | bcc.HAVE_MEMCG | bcc.HAVE_CGROUP
 
 
 def kprobe_hit(pid: int) -> dict[str, Any]:
@@ -258,7 +253,7 @@ def test_event_layout_and_merge() -> None:
         556,
     )
     # a global OOM: no memcg; a pre-6.9 tracepoint: only the pid
-    bare = merge_events(pk_event(KP, 71, 71, have=bcc_probe.HAVE_COMM, comm=b"x"), pk_event(MV, 71))
+    bare = merge_events(pk_event(KP, 71, 71, have=bcc.HAVE_COMM, comm=b"x"), pk_event(MV, 71))
     assert "memcg_id" not in bare and "rss" not in bare and bare["comm"] == "x"
 
 
@@ -305,11 +300,11 @@ def test_bcc_disabled_or_missing() -> None:
     p = BccProbe(True)
     assert not p.start()
     assert "python3-bpfcc" in p.reason
-    assert p.fds() == [] and p.poll() == []
+    assert p.fds() == [] and p.read() == []
 
 
 def test_program_ships() -> None:
-    text = bcc_probe.program_path().read_text()
+    text = bcc.program_path().read_text()
     assert "pk_oom_kill_process" in text and "TRACEPOINT_PROBE(oom, mark_victim)" in text
 
 
@@ -334,7 +329,7 @@ def test_real_mark_victim_through_epoll() -> None:
         assert len(source.fds()) == len(online_cpus())
         for i, fd in enumerate(source.fds()):
             ep.add(fd, native.EPOLLIN, i + 1)
-        assert source.drain() == []
+        assert source.read() == []
         with v1_child("pk-tp") as cg:
             proc = start_allocator(cg)
             found: list[KillRecord] = []
@@ -342,7 +337,7 @@ def test_real_mark_victim_through_epoll() -> None:
             while time.monotonic() < deadline and not found:
                 if ep.wait(1000):
                     # drained while the victim is a zombie (not reaped: we are its parent)
-                    found = [r for r in source.drain() if r.pid == proc.pid]
+                    found = [r for r in source.read() if r.pid == proc.pid]
             victim = victim_of(proc, cg)
         assert victim.returncode == -9
         (rec,) = found

@@ -400,6 +400,18 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     }
 
 
+def test_kills_are_checked_by_the_rules_the_daemon_runs_by(tmp_path: Path) -> None:
+    msg = one_problem(write(tmp_path, "kills:\n  window_seconds: 301\n"))
+    assert msg == "kills.window_seconds: expected a number of seconds in (0, 300] (got 301)"
+    msg = one_problem(write(tmp_path, "kills:\n  window_seconds: 0\n"))
+    assert msg.startswith("kills.window_seconds:") and "(got 0)" in msg
+    found = problems(write(tmp_path, "kills:\n  kmsg: {enabled: yes please, path: dev/kmsg}\n"))
+    assert found == [
+        "kills.kmsg.enabled: expected true or false (got 'yes please')",
+        "kills.kmsg.path: expected an absolute path (got 'dev/kmsg')",
+    ]
+
+
 def test_validate_false_skips_the_checks() -> None:
     cfg = load(None, env={}, flags={"source.mode": "nowhere"}, validate=False)
     assert cfg.mode == "nowhere"

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from pressured import native
-from pressured.kernel.bcc_probe import BccProbe
-from pressured.kernel.kmsg import KmsgReader
-from pressured.kills import CounterTracker, KillRecord, Reconciler, attribute
+from pressured.kills import CounterTracker, Reconciler, attribute
+from pressured.kills.readers.bcc import BccProbe
+from pressured.kills.readers.kmsg import KmsgReader
+from pressured.model import KillRecord
 
 pytestmark = [
     pytest.mark.vm,
@@ -117,7 +118,8 @@ def test_kprobe_kill_reconciled_with_kmsg_and_counters(kprobe: BccProbe) -> None
         try:
             for fd in fds:
                 ep.add(fd, native.EPOLLIN, 1)
-            ep.add(kmsg.fd, native.EPOLLIN, 2)
+            for fd in kmsg.fds():
+                ep.add(fd, native.EPOLLIN, 2)
             ep.add(ev_fd, native.EPOLLPRI, 3)
             start = _events(events_path)
             assert tracker.observe("child", rel, start["oom_kill"], cgroup_id=inode) is None
@@ -133,9 +135,9 @@ def test_kprobe_kill_reconciled_with_kmsg_and_counters(kprobe: BccProbe) -> None
             ):
                 for token, _mask in ep.wait(1000):
                     if token == 1:
-                        records += kprobe.poll()
+                        records += kprobe.read()
                     elif token == 2:
-                        records += kmsg.read_records()
+                        records += kmsg.read()
                     else:
                         native.pread(ev_fd, 4096, events_path)
                         counts = _events(events_path)
@@ -191,7 +193,7 @@ def test_tracepoint_fallback_when_the_kprobe_is_not_used() -> None:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and not found:
                 time.sleep(0.5)
-                found = [r for r in probe.poll() if r.pid == proc.pid]
+                found = [r for r in probe.read() if r.pid == proc.pid]
             assert proc.wait(timeout=60) == -9
         (rec,) = found
         assert rec.source == "bcc"

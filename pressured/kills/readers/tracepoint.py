@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from pressured import native
 from pressured.errors import KernelFeatureError
-from pressured.kills import SOURCE_TRACEPOINT, KillRecord
+from pressured.model import SOURCE_TRACEPOINT, KillRecord
 
-log = logging.getLogger("pressured.kernel.tracepoint")
+log = logging.getLogger("pressured.kills.readers.tracepoint")
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KB_FIELDS = ("total_vm", "anon_rss", "file_rss", "shmem_rss", "pgtables")
@@ -272,12 +272,16 @@ def record_from_fields(
 
 
 class MarkVictimSource:
-    """oom:mark_victim on every online CPU: register ``fds()`` for EPOLLIN, then ``drain()``.
+    """oom:mark_victim on every online CPU (a KillSource): register ``fds()`` for EPOLLIN,
+    then ``read()``.
 
     Every online CPU, not only this process's affinity: the tracepoint fires on the CPU of
     the task that ran out of memory. CPUs brought online later are not covered.
     ``open_ring(tracepoint_id, cpu, ring_pages)`` opens one CPU's ring (tests pass fakes).
     """
+
+    name = SOURCE_TRACEPOINT
+    poll_interval: float | None = None
 
     def __init__(
         self,
@@ -310,6 +314,14 @@ class MarkVictimSource:
                     f"perf_event_open(oom:mark_victim, cpu {cpu}): {exc.strerror}{hint}"
                 ) from exc
 
+    @property
+    def status(self) -> tuple[bool, str]:
+        if not self._readers:
+            return False, "oom:mark_victim: closed"
+        return True, (
+            f"oom:mark_victim via perf_event_open on {len(self._readers)} CPUs ({self.tracefs})"
+        )
+
     def fds(self) -> list[int]:
         return [r.fd for r in self._readers]
 
@@ -317,7 +329,7 @@ class MarkVictimSource:
     def lost(self) -> int:
         return sum(r.lost for r in self._readers)
 
-    def drain(self) -> list[KillRecord]:
+    def read(self) -> list[KillRecord]:
         out: list[KillRecord] = []
         for reader in self._readers:
             samples, err = reader.samples()

@@ -1,9 +1,9 @@
-"""OOM kills from /dev/kmsg (Documentation/ABI/testing/dev-kmsg).
+"""/dev/kmsg records and the OOM killer's messages in them, parsed (no I/O here).
 
-A /dev/kmsg read returns one record: ``"<prio>,<seq>,<usec>,<flags>[,...];<text>\\n"``
-followed by dictionary lines that start with a space (``" SUBSYSTEM=acpi"``). A read fails
-with EPIPE when the reader's next record was overwritten; the following read returns the
-oldest record still there, and the jump in sequence numbers says how many were lost.
+A /dev/kmsg read returns one record (Documentation/ABI/testing/dev-kmsg):
+``"<prio>,<seq>,<usec>,<flags>[,...];<text>\\n"`` followed by dictionary lines that start
+with a space (``" SUBSYSTEM=acpi"``). A jump in sequence numbers says how many records were
+lost (overwritten before they were read).
 
 The OOM killer prints, per kill (mm/oom_kill.c):
 
@@ -24,20 +24,10 @@ The report (everything up to the oom-kill summary) is rate limited (10 per 5 s);
 
 from __future__ import annotations
 
-import errno
-import logging
-import os
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pressured.kills import SOURCE_KMSG, KillRecord
-
-log = logging.getLogger("pressured.kernel.kmsg")
-
-KMSG_READ_SIZE = 16384
-"""A record is at most CONSOLE_EXT_LOG_MAX (8 KiB); a smaller buffer makes read() fail EINVAL."""
+from pressured.model import SOURCE_KMSG, KillRecord
 
 KERNEL_FACILITY = 0
 """Only records the kernel printed count: root (or a privileged container) may write
@@ -119,7 +109,6 @@ def parse_kmsg_record(raw: bytes | str) -> KmsgRecord | None:
     return KmsgRecord(prio, seq, usec, parts[3], _unescape(body), continuation, caller)
 
 
-# --------------------------------------------------------------------------- the OOM parser
 _INVOKED = re.compile(r"^(?P<comm>.*) invoked oom-killer: (?P<rest>.*)$")
 _OOM_KILL = re.compile(
     r"^oom-kill:constraint=(?P<constraint>[A-Z_]+),(?P<mid>.*?),?task=(?P<task>.*),"
@@ -353,121 +342,3 @@ class KmsgOomParser:
             oom_score_adj=int(adj_m.group(1)) if adj_m else None,
             extra=extra,
         )
-
-
-# --------------------------------------------------------------------------- the reader
-def available(path: str = "/dev/kmsg") -> tuple[bool, str]:
-    """Whether ``path`` can be read, and why not (dmesg_restrict without CAP_SYSLOG, ...)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        hint = ""
-        if exc.errno in (errno.EPERM, errno.EACCES):
-            hint = " (kernel.dmesg_restrict=1 needs CAP_SYSLOG)"
-        return False, f"{path}: {exc.strerror}{hint}"
-    os.close(fd)
-    return True, f"{path} is readable"
-
-
-ReadFn = Callable[[int, int], bytes]
-
-
-class KmsgReader:
-    """Non-blocking /dev/kmsg reader; register ``fd`` for EPOLLIN, then ``read_records()``.
-
-    Starts after the newest record (SEEK_END) unless ``replay``: then every record still in
-    the kernel's buffer is read once, with its time estimated from its timestamp. With
-    ``since_usec`` (a kmsg timestamp: microseconds of the kernel's clock since boot) only the
-    records from then on are replayed: the daemon passes its own start, so a kill while it was
-    starting (imports, arming hundreds of cgroups) is still reported.
-    ``read`` is the read(2) to use; tests pass one that raises EPIPE, which cannot be forced
-    on the real device without flooding the machine's log.
-    """
-
-    def __init__(
-        self,
-        path: str = "/dev/kmsg",
-        replay: bool = False,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        read: ReadFn = os.read,
-        since_usec: int | None = None,
-    ) -> None:
-        self.path = path
-        self._clock = clock
-        self._wall = wall_clock
-        self._read = read
-        self.parser = KmsgOomParser()
-        self.overruns = 0
-        self.errors = 0
-        self.malformed = 0
-        self.records_read = 0
-        self._since = None if replay else since_usec
-        self._replaying = replay or since_usec is not None
-        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        if not self._replaying:
-            try:
-                os.lseek(self._fd, 0, os.SEEK_END)
-            except OSError:
-                os.close(self._fd)
-                raise
-
-    @property
-    def fd(self) -> int:
-        return self._fd
-
-    @property
-    def lost(self) -> int:
-        """Records overwritten before they could be read."""
-        return self.parser.gaps
-
-    def read_records(self) -> list[KillRecord]:
-        """Drain every record ready now; kills found among them."""
-        out: list[KillRecord] = []
-        while self._fd >= 0:
-            try:
-                data = self._read(self._fd, KMSG_READ_SIZE)
-            except BlockingIOError:
-                break
-            except BrokenPipeError:
-                # dev-kmsg: our position was overwritten; the next read goes on from the
-                # oldest record left, and the sequence gap counts what was lost
-                self.overruns += 1
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                # not one of the documented outcomes: say so once per drain, keep the daemon
-                self.errors += 1
-                log.warning("%s: read failed: %s", self.path, exc.strerror)
-                break
-            if not data:
-                break
-            rec = parse_kmsg_record(data)
-            if rec is None:
-                self.malformed += 1
-                continue
-            if self._since is not None and rec.usec < self._since:
-                continue  # before the daemon started: not ours to report
-            self.records_read += 1
-            now, wall = self._clock(), self._wall()
-            if self._replaying:
-                now, wall = self._estimate_past(rec, now, wall)
-            for kill in self.parser.feed(rec, time=now, wall=wall):
-                out.append(kill)
-        self._replaying = False
-        self._since = None
-        return out
-
-    @staticmethod
-    def _estimate_past(rec: KmsgRecord, now: float, wall: float) -> tuple[float, float]:
-        # printk stamps records with local_clock(), close to CLOCK_MONOTONIC; only a
-        # replayed record needs it (live ones are stamped when read: the two clocks drift)
-        age = max(0.0, time.clock_gettime(time.CLOCK_MONOTONIC) - rec.usec / 1e6)
-        return now - age, wall - age
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1

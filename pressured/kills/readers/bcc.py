@@ -13,9 +13,9 @@ Modes, chosen once at start:
 
 bcc is Debian's python3-bpfcc (not the unrelated PyPI package named "bcc"); the program is
 compiled once at start (~30 s in a slow guest with memcontrol.h: ``compile_seconds`` says how
-long it took). Polling: ``fds()`` are bcc's perf reader fds, to register for EPOLLIN; on a
-wake-up call ``poll()``. When bcc offers no reader fds, call ``poll()`` on every other wake-up
-and on a short timer while the probe is active.
+long it took). Reading: ``fds()`` are bcc's perf reader fds, to register for EPOLLIN; on a
+wake-up call ``read()``. When bcc offers no reader fds, ``poll_interval`` says how often to
+call ``read()`` instead (and on every other wake-up) while the probe is active.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pressured.kernel.tracepoint import (
+from pressured.kills.readers.tracepoint import (
     TRACEFS_CANDIDATES,
     TracepointUnavailable,
     find_tracefs,
     pid_cgroup,
     read_format,
 )
-from pressured.kills import SOURCE_BCC, KillRecord
+from pressured.model import SOURCE_BCC, KillRecord
 
-log = logging.getLogger("pressured.kernel.bcc_probe")
+log = logging.getLogger("pressured.kills.readers.bcc")
 
 PROGRAM_NAME = "oom_kill.c"
 KPROBE_FUNCTION = "oom_kill_process"
@@ -120,7 +120,7 @@ def decode_event(data: bytes) -> dict[str, Any]:
 def program_path() -> Path:
     """bpf/oom_kill.c: at the top of a source checkout, or where a wheel installs it
     (<prefix>/share/pressured/bpf, pyproject's data-files), or packaged as pressured/bpf/."""
-    checkout = Path(__file__).resolve().parents[2] / "bpf" / PROGRAM_NAME
+    checkout = Path(__file__).resolve().parents[3] / "bpf" / PROGRAM_NAME
     if checkout.is_file():
         return checkout
     shared = Path(sys.prefix) / "share" / "pressured" / "bpf" / PROGRAM_NAME
@@ -183,8 +183,11 @@ def merge_events(kp: dict[str, Any] | None, mv: dict[str, Any] | None) -> dict[s
 
 
 class BccProbe:
-    """bcc probe for OOM kills. ``start()`` never raises for a missing feature: ``active``
-    and ``reason`` say what happened, ``mode`` is "kprobe", "tracepoint" or None."""
+    """bcc probe for OOM kills (a KillSource once started). ``start()`` never raises for a
+    missing feature: ``active`` and ``reason`` (together ``status``) say what happened,
+    ``mode`` is "kprobe", "tracepoint" or None."""
+
+    name = SOURCE_BCC
 
     def __init__(
         self,
@@ -325,6 +328,15 @@ class BccProbe:
         return True
 
     # ------------------------------------------------------------------ reading
+    @property
+    def status(self) -> tuple[bool, str]:
+        return self.active, self.reason
+
+    @property
+    def poll_interval(self) -> float | None:
+        """Without reader fds nothing wakes the loop for the probe: read it this often."""
+        return 0.5 if self._bpf is not None and not self.fds() else None
+
     def fds(self) -> list[int]:
         """bcc's perf reader fds (one per CPU) to register for EPOLLIN; [] if unavailable."""
         if self._bpf is None:
@@ -336,7 +348,7 @@ class BccProbe:
         readers = getattr(self._bpf, "perf_buffers", {})
         return [int(lib.perf_reader_fd(r)) for r in readers.values()]
 
-    def poll(self) -> list[KillRecord]:
+    def read(self) -> list[KillRecord]:
         """Read what the perf buffer holds now (never blocks) and return confirmed kills."""
         if self._bpf is None:
             return []
