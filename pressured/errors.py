@@ -9,7 +9,9 @@
     ├── StorageError                a storage backend could not write, read or list a key
     ├── KubernetesError             the API server or kubelet refused or answered garbage
     ├── LuaError                    a Lua script failed to load or run (names script and line)
-    └── PprofError                  a profile that cannot be parsed
+    ├── PprofError                  a profile that cannot be parsed
+    └── HttpGetError                an HTTP transfer failed or broke a limit: names the method,
+                                    the URL and what was exceeded (subclasses in pressured.httpget)
 
 Low-level calls into the native core raise OSError (errno, message naming the syscall and the
 path); callers that own a path translate it into the tree above with ``raise X from exc``.
@@ -82,3 +84,15 @@ class LuaError(PressuredError):
 
 class PprofError(PressuredError):
     """A pprof profile that cannot be parsed."""
+
+
+class HttpGetError(PressuredError):
+    """An HTTP transfer (pressured.httpget) that failed or broke one of its limits."""
+
+    def __init__(self, method: str, url: str, detail: str, *, status: int | None = None) -> None:
+        self.method = method
+        self.url = url
+        self.detail = detail
+        self.status = status
+        """The reply's status when one came, else None."""
+        super().__init__(f"{method} {url}: {detail}")
