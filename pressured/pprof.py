@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
-from pressured.errors import PprofError
+from pressured import httpget
+from pressured.errors import HttpGetError, PprofError
 
 log = logging.getLogger("pressured.pprof")
 
@@ -161,25 +162,23 @@ def load_profile(data: bytes, source: str, *, max_bytes: int = MAX_PROFILE_BYTES
 def read_source(
     source: str, *, timeout_s: float = 30.0, max_bytes: int = MAX_PROFILE_BYTES
 ) -> bytes:
-    """The bytes of a profile file or http(s) URL; PprofError naming the source on failure."""
-    if source.startswith(("http://", "https://")):
-        import httpx  # noqa: PLC0415 - only the URL case needs it
+    """The bytes of a profile file or http(s) URL; PprofError naming the source on failure.
 
+    A URL must answer 200 within ``timeout_s`` for the whole download; a gzip body is inflated
+    as it arrives (pressured.httpget), so neither it nor what it inflates to exceeds ``max_bytes``
+    in memory.
+    """
+    if source.startswith(("http://", "https://")):
         try:
-            with (
-                httpx.Client(timeout=timeout_s, follow_redirects=True) as client,
-                client.stream("GET", source) as resp,
-            ):
-                if resp.status_code != 200:
-                    raise PprofError(f"{source}: HTTP {resp.status_code} {resp.reason_phrase}")
-                buf = bytearray()
-                for chunk in resp.iter_bytes():
-                    buf += chunk
-                    if len(buf) > max_bytes:
-                        raise PprofError(f"{source}: more than {max_bytes} bytes; refused")
-                return bytes(buf)
-        except httpx.HTTPError as exc:
-            raise PprofError(f"{source}: download failed: {exc}") from exc
+            return httpget.get(
+                source,
+                deadline_s=timeout_s,
+                max_bytes=max_bytes,
+                gunzip="auto",
+                follow_redirects=True,
+            ).body
+        except HttpGetError as exc:
+            raise PprofError(str(exc)) from exc
     try:
         with open(source, "rb") as f:
             data = f.read(max_bytes + 1)

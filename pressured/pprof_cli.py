@@ -69,7 +69,8 @@ def top_command(
         ),
     ] = 0.005,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="seconds to wait for a URL")
+        float,
+        typer.Option("--timeout", min=0.1, help="seconds the whole download of a URL may take"),
     ] = 30.0,
 ) -> None:
     """Per-function flat and cum values, as `go tool pprof -top` prints them."""
