@@ -9,7 +9,7 @@
         severities: [critical]              # event severities that trigger a dump
         max_bytes: 268435456                # a bigger reply is aborted, nothing is stored
         cooldown_seconds: 300               # at most one dump per target in this window
-        timeout_ms: 10000                   # per HTTP request
+        timeout_ms: 10000                   # per HTTP request, for the whole transfer
         analyze: true                       # run pprof top on the dump
         top_n: 3                            # functions put into the event
 
@@ -28,8 +28,8 @@ action reads ``<proc_root>/<pid>/net/tcp`` and ``tcp6``, keeps the sockets in st
 that one of those processes holds open (``<proc_root>/<pid>/fd``), and asks each port in turn,
 the configured one first, until one answers 200 (as the Go heap-dumper sidecar does).
 
-The reply is streamed into storage chunk by chunk (never whole in memory unless ``analyze``,
-which keeps at most ``max_bytes``) under::
+The reply is streamed into storage chunk by chunk through pressured.httpget (never whole in
+memory unless ``analyze``, which keeps at most ``max_bytes``) under::
 
     heaps/<namespace or "local">/<pod name or cgroup name>/<UTC %Y%m%dT%H%M%SZ>-<container or
     "none">-<pid or 0>.pb.gz
@@ -53,8 +53,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pressured import httpget
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError, PprofError, StorageError
+from pressured.errors import ActionError, ConfigError, HttpGetError, PprofError, StorageError
 from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.heapdump")
@@ -70,10 +71,6 @@ TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class HeapdumpAction(Action):
@@ -239,9 +236,8 @@ class HeapdumpAction(Action):
             import httpx  # noqa: PLC0415 - lazy: most events never dump
 
             # trust_env=False: a pod IP must be reached directly, never through HTTP(S)_PROXY.
-            self._client = httpx.Client(
-                timeout=self.timeout_ms / 1000, follow_redirects=False, trust_env=False
-            )
+            # Timeouts are set per request, from what is left of timeout_ms (httpget).
+            self._client = httpx.Client(follow_redirects=False, trust_env=False)
         return self._client
 
     def _capture(self, event: Event, host: str, ports: list[int], path: str, key: str) -> None:
@@ -272,26 +268,19 @@ class HeapdumpAction(Action):
     def _fetch_into(
         self, storage: Any, url: str, key: str, *, keep: bool
     ) -> tuple[int, bytes | None]:
-        """Stream GET ``url`` into ``key``; abort (nothing stored) past max_bytes."""
-        import httpx  # noqa: PLC0415
-
+        """Stream GET ``url`` into ``key``; abort (nothing stored) past max_bytes or timeout_ms."""
         kept = bytearray() if keep else None
-        total = 0
         try:
-            with self._http().stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise _FetchFailed(f"GET {url}: HTTP {resp.status_code} {resp.reason_phrase}")
-                length = resp.headers.get("content-length")
-                if length and length.isdigit() and int(length) > self.max_bytes:
-                    raise _FetchFailed(
-                        f"GET {url}: reply of {length} bytes exceeds max_bytes {self.max_bytes}"
-                    )
+            with httpget.stream(
+                url,
+                deadline_s=self.timeout_ms / 1000,
+                max_bytes=self.max_bytes,
+                chunk_size=CHUNK_BYTES,
+                client=self._http(),
+            ) as reply:
                 writer = storage.open_write(key)
                 try:
-                    for chunk in resp.iter_bytes(CHUNK_BYTES):
-                        total += len(chunk)
-                        if total > self.max_bytes:
-                            raise _TooLarge
+                    for chunk in reply:
                         writer.write(chunk)
                         if kept is not None:
                             kept += chunk
@@ -299,12 +288,11 @@ class HeapdumpAction(Action):
                     writer.abort()
                     raise
                 writer.close()
-        except _TooLarge:
-            raise _FetchFailed(
-                f"GET {url}: reply exceeds max_bytes {self.max_bytes}; aborted, nothing stored"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise _FetchFailed(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+                total = reply.received
+        except httpget.TooLarge as exc:
+            raise _FetchFailed(f"{exc}; aborted, nothing stored") from exc
+        except HttpGetError as exc:
+            raise _FetchFailed(str(exc)) from exc
         except StorageError as exc:
             raise ActionError(f"heapdump: GET {url}: storing {key} failed: {exc}") from exc
         return total, None if kept is None else bytes(kept)
