@@ -259,6 +259,7 @@ class Stream:
         length = resp.headers.get("content-length", "")
         if (
             self.max_bytes is not None
+            and self.method != "HEAD"  # the length of a body that is not sent
             and not self._gzip_body
             and length.isdigit()
             and int(length) > self.max_bytes

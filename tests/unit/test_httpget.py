@@ -48,7 +48,8 @@ def _send(
         if length:  # without: HTTP/1.0, the body ends when the connection closes
             h.send_header("Content-Length", str(len(body)))
         h.end_headers()
-        h.wfile.write(body)
+        if h.command != "HEAD":
+            h.wfile.write(body)
 
     return route
 
@@ -86,6 +87,8 @@ class Server:
                 route = server.routes.get(self.path, _send(404, b"no such route"))
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     route(self, server.stop)
+
+            do_HEAD = do_GET
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -208,6 +211,12 @@ def test_oversize_body_is_refused_by_its_length(server: Server) -> None:
     assert str(info.value) == (
         f"GET {url}: Content-Length {len(GOOD)} is more than max_bytes={MIB}"
     )
+
+
+def test_head_is_not_refused_for_the_length_it_announces(server: Server) -> None:
+    server.routes["/big"] = _send(200, GOOD)
+    got = httpget.get(server.url("/big"), method="HEAD", deadline_s=10, max_bytes=MIB)
+    assert (got.status, got.headers["content-length"], got.body) == (200, str(len(GOOD)), b"")
 
 
 def test_oversize_body_without_length_is_cut(server: Server) -> None:
