@@ -20,13 +20,15 @@ What a script sees (nothing else; each script has its own interpreter and enviro
     config          the whole effective configuration, read-only nested tables
     log.trace/debug/info/warn/error(...)   logger "pressured.lua"; print() logs at info
     http.fetch(url [, opts]) or http.fetch(method, url [, opts])
-                    -> {status=, body=, headers={lower-case name = value}} or {error=}
-                    opts: method, headers, body, timeout_ms, max_bytes, follow_redirects.
-                    The given headers are always sent, plus User-Agent: pressured/<version>
+                    -> {status=, body=, headers={lower-case name = value}} or {error=[, status=]}
+                    opts: method, headers, body, timeout_ms (the whole transfer), max_bytes,
+                    follow_redirects. The given headers are always sent, plus
+                    User-Agent: pressured/<version>
     http.download(url, key [, opts]) -> {status=, bytes=} or {error=[, status=]}: streams the
                     body into storage; a non-2xx answer stores nothing
-    http.stream(url, callback(chunk, info) -> bool [, opts]) -> {status=, bytes=} or {error=}
-                    info = {status=, headers=, bytes_so_far=}; returning false stops the transfer
+    http.stream(url, callback(chunk, info) -> bool [, opts]) -> {status=, bytes=} or
+                    {error=[, status=]}; info = {status=, headers=, bytes_so_far=}; returning
+                    false stops the transfer
     storage.write(key, data) / read(key) / remove(key) / exists(key) / rename(src, dst)
     storage.open(key, "r"|"w") -> handle: h:read([n|"a"]), h:write(data), h:close()
                     h:read(n) returns nil at the end, h:read("a") the rest ("" at the end).

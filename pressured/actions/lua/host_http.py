@@ -1,10 +1,12 @@
 """The ``http`` host functions of a script: ``http.fetch``, ``http.download`` and
-``http.stream`` (httpx, one client shared by the scripts of an action).
+``http.stream`` (pressured.httpget over one httpx client shared by the scripts of an action).
 
-Every request sends the given headers plus ``User-Agent: pressured/<version>``, takes its timeout
-from what is left of the script's time budget (``opts.timeout_ms`` can only shorten it), and
-accepts only http:// and https:// URLs. In dry-run mode only GET and HEAD requests are sent and
-``http.download`` stores nothing. A transport error is an answer (``{error=}``), not a Lua error.
+Every request sends the given headers plus ``User-Agent: pressured/<version>``, must be done
+within a deadline for the whole transfer, what is left of the script's time budget
+(``opts.timeout_ms`` can only shorten it), and accepts only http:// and https:// URLs. In dry-run
+mode only GET and HEAD requests are sent and ``http.download`` stores nothing. A failed transfer
+is an answer (``{error=[, status=]}``, the message naming the URL), not a Lua error; a transfer
+cut because the script's own time is up ends the script as its timeout.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pressured import __version__
+from pressured import __version__, httpget
 from pressured.actions.lua.budget import PUSH_SLACK
 from pressured.actions.lua.convert import as_text, estimate
 from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, Timeout, log
+from pressured.errors import HttpGetError
 
 _CHUNK = 64 * 1024
 
@@ -47,7 +50,7 @@ class HttpApi:
         return method, url, opts
 
     def _settings(self, opts: Mapping[str, Any], what: str) -> dict[str, Any]:
-        """httpx request keywords (headers, timeout, content, follow_redirects) from opts."""
+        """httpget keywords (headers, deadline_s, content, follow_redirects) from opts."""
         headers = {"User-Agent": f"pressured/{__version__}"}
         given = opts.get("headers")
         if given is not None:
@@ -59,20 +62,30 @@ class HttpApi:
         remaining = self.budget.remaining()
         if remaining <= 0:
             raise Timeout
-        timeout = remaining
+        deadline = remaining
         if timeout_ms is not None:
             if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float):
                 raise ScriptMistake(f"{what}: opts.timeout_ms must be a number")
-            timeout = min(timeout, max(float(timeout_ms), 1.0) / 1000)
+            deadline = min(deadline, max(float(timeout_ms), 1.0) / 1000)
         body = opts.get("body")
         if body is not None and not isinstance(body, bytes):
             body = str(body).encode()
         return {
             "headers": headers,
-            "timeout": timeout,
+            "deadline_s": deadline,
             "content": body,
             "follow_redirects": opts.get("follow_redirects") is True,
+            "client": self.host.owner.http(),
         }
+
+    def _failed(self, exc: HttpGetError) -> HostAnswer:
+        """The answer to a transfer that failed; a Timeout when the script's own time is up."""
+        if isinstance(exc, httpget.DeadlineExceeded) and self.budget.expired():
+            raise Timeout from exc
+        values: dict[str, Any] = {"error": str(exc)}
+        if exc.status is not None:
+            values["status"] = exc.status
+        return self.host.result(values)
 
     def _dry_request(self, url: str, method: str, what: str) -> HostAnswer | None:
         """Refuse a non-http URL; in dry-run mode, the answer to a request with side effects."""
@@ -85,8 +98,6 @@ class HttpApi:
 
     def fetch(self, *args: Any) -> HostAnswer:
         def fetch() -> HostAnswer:
-            import httpx  # noqa: PLC0415
-
             method, url, opts = self._request_args(args, "http.fetch")
             dry = self._dry_request(url, method, "http.fetch")
             if dry is not None:
@@ -94,44 +105,36 @@ class HttpApi:
             settings = self._settings(opts, "http.fetch")
             max_bytes = _positive(opts.get("max_bytes"), "http.fetch: opts.max_bytes")
             try:
-                with self.host.owner.http().stream(method, url, **settings) as resp:
+                with httpget.stream(
+                    url, method=method, max_bytes=max_bytes, statuses=None, **settings
+                ) as reply:
                     body = bytearray()
-                    for chunk in resp.iter_bytes(_CHUNK):
+                    for chunk in reply:
                         body += chunk
                         if self.budget.expired():
                             raise Timeout
-                        if max_bytes is not None and len(body) > max_bytes:
-                            return self.host.result(
-                                {
-                                    "error": f"response from {url} is larger than max_bytes="
-                                    f"{max_bytes}",
-                                    "status": resp.status_code,
-                                }
-                            )
                         if not self.budget.fits(len(body) + PUSH_SLACK):
                             return self.host.result(
                                 {
                                     "error": f"response from {url} does not fit in memory_mb="
                                     f"{self.budget.memory_mb}",
-                                    "status": resp.status_code,
+                                    "status": reply.status,
                                 }
                             )
                     return self.host.result(
                         {
-                            "status": resp.status_code,
+                            "status": reply.status,
                             "body": bytes(body),
-                            "headers": _headers(resp.headers),
+                            "headers": _headers(reply.headers),
                         }
                     )
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-                return self.host.result({"error": _http_error(exc, url)})
+            except HttpGetError as exc:
+                return self._failed(exc)
 
         return self.host.guard(fetch)
 
     def download(self, *args: Any) -> HostAnswer:
         def download() -> HostAnswer:
-            import httpx  # noqa: PLC0415
-
             if len(args) < 2 or not isinstance(args[0], bytes) or not isinstance(args[1], bytes):
                 raise ScriptMistake("http.download: expected (url, key [, opts])")
             url, key = as_text(args[0]), as_text(args[1])
@@ -148,35 +151,29 @@ class HttpApi:
             settings = self._settings(opts, "http.download")
             storage = self.host.owner.storage()
             try:
-                with self.host.owner.http().stream(method, url, **settings) as resp:
-                    if not 200 <= resp.status_code < 300:
-                        return self.host.result(
-                            {
-                                "status": resp.status_code,
-                                "error": f"HTTP {resp.status_code} from {url}; nothing stored",
-                            }
-                        )
-                    total = 0
+                with httpget.stream(
+                    url, method=method, statuses=range(200, 300), **settings
+                ) as reply:
                     writer = storage.open_write(key)
                     try:
-                        for chunk in resp.iter_bytes(_CHUNK):
-                            total += writer.write(chunk)
+                        for chunk in reply:
+                            writer.write(chunk)
                             if self.budget.expired():
                                 raise Timeout
                     except BaseException:
                         writer.abort()
                         raise
                     writer.close()
-                    return self.host.result({"status": resp.status_code, "bytes": total})
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-                return self.host.result({"error": _http_error(exc, url)})
+                    return self.host.result({"status": reply.status, "bytes": reply.received})
+            except httpget.BadStatus as exc:
+                return self.host.result({"status": exc.status, "error": f"{exc}; nothing stored"})
+            except HttpGetError as exc:
+                return self._failed(exc)
 
         return self.host.guard(download)
 
     def stream(self, url_arg: Any = None, callback: Any = None, opts_arg: Any = None) -> HostAnswer:
         def stream() -> HostAnswer:
-            import httpx  # noqa: PLC0415
-
             if not isinstance(url_arg, bytes):
                 raise ScriptMistake("http.stream: expected (url, callback [, opts])")
             url = as_text(url_arg)
@@ -188,16 +185,22 @@ class HttpApi:
             settings = self._settings(opts, "http.stream")
             chunk_size = _positive(opts.get("chunk_size"), "http.stream: opts.chunk_size")
             try:
-                with self.host.owner.http().stream(method, url, **settings) as resp:
-                    headers = _headers(resp.headers)
+                with httpget.stream(
+                    url,
+                    method=method,
+                    statuses=None,
+                    chunk_size=chunk_size or _CHUNK,
+                    **settings,
+                ) as reply:
+                    headers = _headers(reply.headers)
                     self.budget.reserve(estimate(headers))
                     lua_headers = self.host.convert.to_lua(headers)
                     total = 0
-                    for chunk in resp.iter_bytes(chunk_size or _CHUNK):
+                    for chunk in reply:
                         total += len(chunk)
                         self.budget.reserve(len(chunk) + 256)
                         info = self.host.convert.to_lua(
-                            {"status": resp.status_code, "bytes_so_far": total}
+                            {"status": reply.status, "bytes_so_far": total}
                         )
                         info[b"headers"] = lua_headers
                         try:
@@ -211,9 +214,9 @@ class HttpApi:
                             raise Timeout
                         if go_on is not True:
                             break
-                    return self.host.result({"status": resp.status_code, "bytes": total})
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-                return self.host.result({"error": _http_error(exc, url)})
+                    return self.host.result({"status": reply.status, "bytes": total})
+            except HttpGetError as exc:
+                return self._failed(exc)
 
         return self.host.guard(stream)
 
@@ -232,7 +235,3 @@ def _headers(headers: Any) -> dict[str, str]:
         key = name.lower()
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
-
-
-def _http_error(exc: Exception, url: str) -> str:
-    return f"{type(exc).__name__}: {exc or 'failed'} ({url})"
