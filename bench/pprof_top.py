@@ -27,7 +27,7 @@ from typing import Any
 
 
 def synthesize(target_bytes: int, seed: int = 1) -> bytes:
-    pb2: Any = importlib.import_module("pressured._pprof_pb2")
+    pb2: Any = importlib.import_module("pressured.pprof._pprof_pb2")
     rng = random.Random(seed)
     p = pb2.Profile()
     strings: dict[str, int] = {}

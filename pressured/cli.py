@@ -36,7 +36,7 @@ app.add_typer(config_app, name="config")
 
 
 def _mount_pprof() -> None:
-    from pressured.pprof_cli import pprof_app  # noqa: PLC0415
+    from pressured.pprof.cli import pprof_app  # noqa: PLC0415
 
     app.add_typer(pprof_app, name="pprof")
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerate pressured/_pprof_pb2.py from pressured/profile.proto.
+# Regenerate pressured/pprof/_pprof_pb2.py from pressured/pprof/profile.proto.
 #
 # protoc comes from grpcio-tools, a development tool only, installed in a throwaway venv.
 # It is pinned to 1.62.3 (protoc 25.1) on purpose: that gencode carries no runtime version
@@ -15,8 +15,8 @@ if [ ! -x "$PROTOC_VENV/bin/python" ]; then
 fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-# --proto_path=pressured registers the descriptor as "profile.proto".
-"$PROTOC_VENV/bin/python" -m grpc_tools.protoc --proto_path=pressured --python_out="$out" \
-    pressured/profile.proto
-mv "$out/profile_pb2.py" pressured/_pprof_pb2.py
-echo "wrote pressured/_pprof_pb2.py"
+# --proto_path=pressured/pprof registers the descriptor as "profile.proto".
+"$PROTOC_VENV/bin/python" -m grpc_tools.protoc --proto_path=pressured/pprof --python_out="$out" \
+    pressured/pprof/profile.proto
+mv "$out/profile_pb2.py" pressured/pprof/_pprof_pb2.py
+echo "wrote pressured/pprof/_pprof_pb2.py"

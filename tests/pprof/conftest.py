@@ -191,7 +191,7 @@ class ProfileBuilder:
     """Builds a profile.proto message by hand, for shapes a Go program does not produce."""
 
     def __init__(self, sample_types: tuple[tuple[str, str], ...] = (("space", "bytes"),)) -> None:
-        pb2: Any = importlib.import_module("pressured._pprof_pb2")
+        pb2: Any = importlib.import_module("pressured.pprof._pprof_pb2")
         self.msg: Any = pb2.Profile()
         self._strings: dict[str, int] = {}
         self.s("")

@@ -20,7 +20,7 @@ from pressured.pprof import (
     summary_text,
     top,
 )
-from pressured.pprof_cli import pprof_app
+from pressured.pprof.cli import pprof_app
 from tests.pprof.conftest import (
     CHURN_FUNCTION,
     HEAP_TYPES,

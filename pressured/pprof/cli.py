@@ -3,7 +3,8 @@
     pressured pprof top FILE|URL [-n 20] [--sample-index NAME] [--cum] [--json]
 
 The numbers and the layout are those of ``go tool pprof -top -nodecount=N -sample_index=NAME``
-(see pressured.pprof). The lead mounts this app with ``app.add_typer(pprof_app, name="pprof")``.
+(see pressured.pprof.top and .format). pressured/cli.py mounts this app with
+``app.add_typer(pprof_app, name="pprof")``.
 
 Exit status:
     0   the report was printed
@@ -15,14 +16,14 @@ Exit status:
 from __future__ import annotations
 
 import json
-import logging
 from typing import Annotated
 
 import typer
 
 from pressured.errors import PprofError
-
-log = logging.getLogger("pressured.pprof_cli")
+from pressured.pprof.fetch import open_profile
+from pressured.pprof.format import format_top
+from pressured.pprof.top import top
 
 pprof_app = typer.Typer(
     help="Analyse Go pprof heap profiles (files or /debug/pprof URLs).",
@@ -74,13 +75,9 @@ def top_command(
     ] = 30.0,
 ) -> None:
     """Per-function flat and cum values, as `go tool pprof -top` prints them."""
-    from pressured import pprof  # noqa: PLC0415 - keeps `pressured --help` fast
-
     try:
-        profile = pprof.open_profile(source, timeout_s=timeout)
-        result = pprof.top(
-            profile, sample_index, n=nodecount, sort_cum=cum, node_fraction=node_fraction
-        )
+        profile = open_profile(source, timeout_s=timeout)
+        result = top(profile, sample_index, n=nodecount, sort_cum=cum, node_fraction=node_fraction)
     except PprofError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -93,4 +90,4 @@ def top_command(
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:
-        typer.echo(pprof.format_top(result), nl=False)
+        typer.echo(format_top(result), nl=False)

@@ -1,0 +1,59 @@
+"""Go heap profiles: decode profile.proto and compute pprof's top-N, as `go tool pprof -top`.
+
+    profile = load_profile(data, "heap.pb.gz")       # PprofError naming the source on bad input
+    profile = open_profile(path_or_url)              # a file, or a /debug/pprof/heap URL
+    result = top(profile, "alloc_space", n=20)        # sample type by name; None: the default
+    print(format_top(result))                         # the layout of `go tool pprof -top`
+    event.extra["pprof_top"] = summarize_top(result)  # [{"function", "flat", "flat_pct", ...}]
+
+The modules:
+
+    decode       profile.proto (gzip or raw) into a validated Profile; drop_frames/keep_frames
+    top          per-function flat and cum, sorted and cut as pprof does; summaries for events
+    format       units, percentages and the text report, equal to go tool pprof's
+    fetch        the bytes of a file or an http(s) URL (through pressured.httpget)
+    cli          the ``pressured pprof`` commands
+    _pprof_pb2   generated from profile.proto by scripts/gen_pprof_pb2.sh
+
+Importing this package is cheap: the protobuf runtime is imported when a profile is decoded,
+httpx when a URL is read.
+"""
+
+from pressured.pprof.decode import (
+    GZIP_MAGIC,
+    MAX_PROFILE_BYTES,
+    Profile,
+    ValueType,
+    load_profile,
+)
+from pressured.pprof.fetch import open_profile, read_source
+from pressured.pprof.format import format_percent, format_top, format_value, scale, summary_text
+from pressured.pprof.top import (
+    DEFAULT_EDGE_FRACTION,
+    DEFAULT_NODE_FRACTION,
+    TopResult,
+    TopRow,
+    summarize_top,
+    top,
+)
+
+__all__ = [
+    "DEFAULT_EDGE_FRACTION",
+    "DEFAULT_NODE_FRACTION",
+    "GZIP_MAGIC",
+    "MAX_PROFILE_BYTES",
+    "Profile",
+    "TopResult",
+    "TopRow",
+    "ValueType",
+    "format_percent",
+    "format_top",
+    "format_value",
+    "load_profile",
+    "open_profile",
+    "read_source",
+    "scale",
+    "summarize_top",
+    "summary_text",
+    "top",
+]
