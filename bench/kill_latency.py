@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pressured import config as config_mod
 from pressured.daemon import Daemon
-from pressured.kernel.child import Child, leaker_argv, own_memory_cgroup
+from pressured.demo.child import Child, leaker_argv, own_memory_cgroup
 from pressured.model import OomKill
 
 MiB = 1024 * 1024

@@ -33,8 +33,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pressured.demo.child import Child, leaker_argv, own_memory_cgroup
 from pressured.kernel import cgroupfs
-from pressured.kernel.child import Child, leaker_argv, own_memory_cgroup
 from pressured.kernel.watch import Watcher, WatchOptions
 from tests.support.daemon import PressuredProcess
 

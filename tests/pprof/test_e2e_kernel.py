@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pressured.kernel.child import Child, own_memory_cgroup
+from pressured.demo.child import Child, own_memory_cgroup
 from tests.pprof.conftest import LEAK_FUNCTION
 from tests.support.daemon import running
 from tests.support.events import has_kill, wait_for_events

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pressured.demo.child import Child, leaker_argv
 from pressured.kernel import cgroupfs
-from pressured.kernel.child import Child, leaker_argv
 from pressured.kernel.procfs import count_open_fds
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from tests.support.daemon import running

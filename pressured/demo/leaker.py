@@ -1,6 +1,6 @@
 """A process that leaks memory at a set rate: the demo's app, kernel tests and benchmarks.
 
-    python -m pressured.leaker --rate-mib 16 --max-mib 400 [--step-kib 256]
+    python -m pressured.demo.leaker --rate-mib 16 --max-mib 400 [--step-kib 256]
         [--usage-file F --stamp-at BYTES] [--signals-out FILE] [--print-signals] [--hold]
 
 Touches every page it allocates. With --usage-file/--stamp-at it prints

@@ -2,6 +2,14 @@
 
 A newcomer sees, in about half a minute: the warn and critical events, the app receiving
 SIGUSR1 and SIGUSR2, and the kernel's OOM kill confirmed as an oom_killed event.
+
+Its fixtures, which the kernel tests and the benchmarks use too:
+
+- ``child``: child memory cgroups made by pressured itself (v1, v2, or v1 with a v2 PSI mirror)
+- ``leaker``: the app, a process leaking memory at a set rate (``python -m pressured.demo.leaker``)
+
+Nothing in the daemon imports this package. The configuration and the daemon are imported
+only when the demo runs, so the leaker starts without them.
 """
 
 from __future__ import annotations
@@ -10,8 +18,7 @@ import os
 import sys
 import time
 
-from pressured import config as config_mod
-from pressured.kernel.child import Child, leaker_argv, own_memory_cgroup
+from pressured.demo.child import Child, leaker_argv, own_memory_cgroup
 
 
 class DemoUnavailable(Exception):
@@ -19,6 +26,7 @@ class DemoUnavailable(Exception):
 
 
 def run_demo(*, limit_mib: int = 128, rate_mib: float = 8.0) -> int:
+    from pressured import config as config_mod  # noqa: PLC0415
     from pressured.daemon import Daemon  # noqa: PLC0415
 
     base, why = own_memory_cgroup()
@@ -94,8 +102,5 @@ def run_demo(*, limit_mib: int = 128, rate_mib: float = 8.0) -> int:
             app.kill()
         child.remove()
 
-
-if __name__ == "__main__":
-    sys.exit(run_demo())
 
 __all__ = ["DemoUnavailable", "run_demo"]

@@ -181,5 +181,5 @@ def child_cgroup(name: str, limit_bytes: int | None) -> Iterator[Child]:
 
 
 def leaker_argv(*args: str) -> list[str]:
-    """The leaking process of pressured.leaker, run with this interpreter."""
-    return [sys.executable, "-m", "pressured.leaker", *args]
+    """The leaking process of pressured.demo.leaker, run with this interpreter."""
+    return [sys.executable, "-m", "pressured.demo.leaker", *args]
