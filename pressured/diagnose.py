@@ -92,7 +92,7 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
                 procs.append(
                     {
                         "pid": pid,
-                        "comm": procfs.read_comm(pid, proc),
+                        "comm": procfs.process_name(pid, proc),
                         "oom_score": s[0],
                         "oom_score_adj": s[1],
                     }

@@ -46,16 +46,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pressured import httpget
 from pressured.actions.base import Action, ActionContext
 from pressured.errors import ActionError, ConfigError, HttpGetError, PprofError, StorageError
+from pressured.kernel.procfs import listening_ports
 from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.heapdump")
@@ -67,7 +67,6 @@ ANNOTATION_ENABLED = "pressured.io/pprof-enabled"
 ANNOTATION_PORT = "pressured.io/pprof-port"
 ANNOTATION_PATH = "pressured.io/pprof-path"
 CHUNK_BYTES = 64 * 1024
-TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -367,58 +366,6 @@ class _Capture:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def listening_ports(proc_root: str, pids: Iterable[int]) -> list[int]:
-    """TCP ports in state LISTEN held open by any of ``pids``, from /proc/PID/net/tcp{,6}.
-
-    A process's net/tcp lists every socket of its network namespace; the socket inodes in
-    /proc/PID/fd narrow that to the process's own. When fd/ cannot be read (no ptrace access),
-    every listening port of the namespace is returned.
-    """
-    ports: set[int] = set()
-    for pid in pids:
-        base = os.path.join(proc_root, str(pid))
-        inodes = _socket_inodes(os.path.join(base, "fd"))
-        for name in ("tcp", "tcp6"):
-            table = os.path.join(base, "net", name)
-            try:
-                with open(table, encoding="ascii", errors="replace") as f:
-                    lines = f.read().splitlines()[1:]
-            except FileNotFoundError:
-                continue  # no tcp6 without IPv6; the process may be gone
-            except OSError as exc:
-                log.warning("heapdump: cannot read %s: %s", table, exc.strerror or exc)
-                continue
-            for line in lines:
-                fields = line.split()
-                if len(fields) < 10 or fields[3] != TCP_LISTEN:
-                    continue
-                try:
-                    port = int(fields[1].rsplit(":", 1)[1], 16)
-                    inode = int(fields[9])
-                except (IndexError, ValueError):
-                    log.debug("heapdump: %s: unparsable line %r", table, line)
-                    continue
-                if inodes is None or inode in inodes:
-                    ports.add(port)
-    return sorted(ports)
-
-
-def _socket_inodes(fd_dir: str) -> set[int] | None:
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
-        return None
-    inodes: set[int] = set()
-    for name in names:
-        try:
-            target = os.readlink(os.path.join(fd_dir, name))
-        except OSError:
-            continue  # closed meanwhile
-        if target.startswith("socket:[") and target.endswith("]"):
-            inodes.add(int(target[8:-1]))
-    return inodes
 
 
 def _event_pids(event: Event) -> list[int]:

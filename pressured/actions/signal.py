@@ -22,7 +22,7 @@ from typing import Any
 from pressured.actions.base import Action, ActionContext
 from pressured.config import parse_signal
 from pressured.errors import ActionError, ConfigError
-from pressured.kernel.procfs import process_start_ticks
+from pressured.kernel.procfs import is_namespace_init, namespace_pids, started_after_boot
 from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.signal")
@@ -35,27 +35,6 @@ TERMINATING = {
     _signal.SIGABRT,
 }
 PROCESSES = ("all", "oldest")
-
-
-def _nspid(pid: int, proc: str) -> list[str] | None:
-    """The NSpid fields of /proc/PID/status (outermost namespace first), or None when the
-    status cannot be read (the process is gone)."""
-    try:
-        with open(os.path.join(proc, str(pid), "status"), encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return line.split()[1:]
-    except OSError:
-        return None
-    return []  # kernels before 4.1 have no NSpid line
-
-
-def is_namespace_init(pid: int, proc: str = "/proc") -> bool:
-    """True when ``pid`` is PID 1 of its own PID namespace (last NSpid field is 1)."""
-    fields = _nspid(pid, proc)
-    if fields:
-        return fields[-1] == "1"
-    return pid == 1
 
 
 class SignalAction(Action):
@@ -94,7 +73,7 @@ class SignalAction(Action):
         for pid in pids:
             if pid == me or pid <= 0:
                 continue
-            fields = _nspid(pid, proc)
+            fields = namespace_pids(pid, proc)
             if fields is None:
                 log.debug("signal: pid %d has no %s/%d/status, skipped", pid, proc, pid)
                 continue
@@ -103,7 +82,7 @@ class SignalAction(Action):
                 continue
             out.append(pid)
         if self.processes == "oldest" and out:
-            started = [(t, p) for p in out if (t := process_start_ticks(p, proc)) is not None]
+            started = [(t, p) for p in out if (t := started_after_boot(p, proc)) is not None]
             return [min(started)[1]] if started else []
         return out
 
@@ -136,3 +115,6 @@ class SignalAction(Action):
             log.info("sent %s to pids %s of %s", name, sent, event.cgroup)
         if failed:
             raise ActionError(f"signal {name} failed in {event.cgroup}: {', '.join(failed)}")
+
+
+__all__ = ["PROCESSES", "TERMINATING", "SignalAction", "is_namespace_init"]

@@ -1,17 +1,40 @@
-"""The machine and its processes, read from an injectable proc root."""
+"""The machine and its processes: the one reader of /proc, from an injectable proc root.
+
+Where the root is the real /proc, psutil reads what it offers: the process list, names, start
+times, open fds and a process's TCP sockets. Any other root (a fake tree a test builds, or a
+sidecar's view of another /proc) is read file by file here, and so is what psutil has no reader
+for: /proc/meminfo as the Watcher's native reads see it, oom_score, NSpid, a pending SIGKILL
+and the exiting flag, and a network namespace's listening sockets when a process's fds
+cannot be read. The pure text parsers are in ``kernel/parse.py``.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import psutil
 
 from pressured.errors import CgroupFileError
 from pressured.kernel import parse
 from pressured.kernel.cgroupfs import read_text
 
+log = logging.getLogger("pressured.kernel.procfs")
 
+PROC = "/proc"
+TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
+
+
+def _real(proc: str) -> bool:
+    """Whether ``proc`` is the /proc psutil reads."""
+    return os.path.normpath(proc) == psutil.PROCFS_PATH
+
+
+# ---------------------------------------------------------------------------------- machine
 @dataclass(frozen=True)
 class MachineMemory:
     total_bytes: int
@@ -22,13 +45,35 @@ class MachineMemory:
         return max(0, self.total_bytes - self.available_bytes)
 
 
-def read_machine(proc: str = "/proc") -> MachineMemory:
+def read_machine(proc: str = PROC) -> MachineMemory:
     path = os.path.join(proc, "meminfo")
     info = parse.parse_meminfo(read_text(path), path)
     return MachineMemory(info["MemTotal"], info["MemAvailable"])
 
 
-def read_oom_score(pid: int, proc: str = "/proc") -> tuple[int, int] | None:
+# -------------------------------------------------------------------------------- processes
+def pids(proc: str = PROC) -> list[int]:
+    """Every process id under ``proc``, ascending. OSError when it cannot be listed."""
+    if _real(proc):
+        return sorted(psutil.pids())
+    return sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+
+
+def process_name(pid: int, proc: str = PROC) -> str | None:
+    """A process's name, or None when it is gone. The kernel's comm is cut at 15 characters;
+    psutil gives the whole name where the command line shows it."""
+    if _real(proc):
+        try:
+            return psutil.Process(pid).name()
+        except (psutil.Error, ValueError):  # gone; ValueError: not a pid (negative)
+            return None
+    try:
+        return read_text(os.path.join(proc, str(pid), "comm")).strip()
+    except CgroupFileError:
+        return None
+
+
+def read_oom_score(pid: int, proc: str = PROC) -> tuple[int, int] | None:
     """(oom_score, oom_score_adj) of a process, or None when it is gone."""
     try:
         score = read_text(os.path.join(proc, str(pid), "oom_score"))
@@ -41,19 +86,12 @@ def read_oom_score(pid: int, proc: str = "/proc") -> tuple[int, int] | None:
         return None
 
 
-def read_comm(pid: int, proc: str = "/proc") -> str | None:
-    try:
-        return read_text(os.path.join(proc, str(pid), "comm")).strip()
-    except CgroupFileError:
-        return None
-
-
 PF_EXITING = 0x4
 """Task flag (field 9 of /proc/PID/stat): the task is in do_exit."""
 _SIGKILL = 1 << (signal.SIGKILL - 1)
 
 
-def process_alive(pid: int, proc: str = "/proc") -> bool:
+def process_alive(pid: int, proc: str = PROC) -> bool:
     """Whether a process exists and is not on its way out.
 
     An OOM victim stays in its cgroup's cgroup.procs while the kernel frees its memory: first
@@ -103,8 +141,8 @@ def _task_exiting(stat_path: str) -> bool:
         return False
 
 
-def process_start_ticks(pid: int, proc: str = "/proc") -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), for 'oldest process' choices."""
+def process_start_ticks(pid: int, proc: str = PROC) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None."""
     try:
         raw = read_text(os.path.join(proc, str(pid), "stat"))
     except CgroupFileError:
@@ -117,17 +155,122 @@ def process_start_ticks(pid: int, proc: str = "/proc") -> int | None:
         return None
 
 
-def own_start_usec(proc: str = "/proc") -> int | None:
+def started_after_boot(pid: int, proc: str = PROC) -> float | None:
+    """Seconds after boot (CLOCK_BOOTTIME) that a process started, or None when it is gone:
+    for 'oldest process' choices and for placing this process on the kernel's clock."""
+    if _real(proc):
+        try:
+            created = psutil.Process(pid).create_time()
+        except (psutil.Error, ValueError):
+            return None
+        # psutil adds the boot time to the start tick; this takes it off again
+        return created - psutil.boot_time()
+    ticks = process_start_ticks(pid, proc)
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_start_usec(proc: str = PROC) -> int | None:
     """When this process started, on the clock /dev/kmsg stamps records with (microseconds
     since boot, as CLOCK_MONOTONIC counts them); None when /proc does not say."""
-    ticks = process_start_ticks(os.getpid(), proc)
-    if ticks is None:
+    started_boottime = started_after_boot(os.getpid(), proc)
+    if started_boottime is None:
         return None
-    started_boottime = ticks / os.sysconf("SC_CLK_TCK")
     # /proc counts start times on CLOCK_BOOTTIME, which also runs while suspended
     offset = time.clock_gettime(time.CLOCK_BOOTTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
     return max(0, int((started_boottime - offset) * 1e6))
 
 
-def count_open_fds(pid: int | None = None, proc: str = "/proc") -> int:
-    return len(os.listdir(os.path.join(proc, str(pid or os.getpid()), "fd")))
+def count_open_fds(pid: int | None = None, proc: str = PROC) -> int:
+    pid = pid or os.getpid()
+    if _real(proc):
+        return psutil.Process(pid).num_fds()
+    return len(os.listdir(os.path.join(proc, str(pid), "fd")))
+
+
+def namespace_pids(pid: int, proc: str = PROC) -> list[str] | None:
+    """The NSpid fields of /proc/PID/status (outermost namespace first), or None when the
+    status cannot be read (the process is gone); [] on kernels before 4.1, which have none."""
+    try:
+        with open(os.path.join(proc, str(pid), "status"), encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return line.split()[1:]
+    except OSError:
+        return None
+    return []
+
+
+def is_namespace_init(pid: int, proc: str = PROC) -> bool:
+    """True when ``pid`` is PID 1 of its own PID namespace (last NSpid field is 1)."""
+    fields = namespace_pids(pid, proc)
+    if fields:
+        return fields[-1] == "1"
+    return pid == 1
+
+
+# ------------------------------------------------------------------------------------- net
+def listening_ports(proc: str, pids: Iterable[int]) -> list[int]:
+    """TCP ports in state LISTEN held open by any of ``pids``, from /proc/PID/net/tcp{,6}.
+
+    A process's net/tcp lists every socket of its network namespace; the socket inodes in
+    /proc/PID/fd narrow that to the process's own. When fd/ cannot be read (no ptrace access),
+    every listening port of the namespace is returned.
+    """
+    ports: set[int] = set()
+    for pid in pids:
+        if _real(proc):
+            try:
+                conns = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.AccessDenied:
+                pass  # its fds are not readable: the namespace's table, below
+            except (psutil.Error, ValueError):
+                continue  # gone, or not a pid
+            else:
+                ports.update(c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN)
+                continue
+        ports.update(_listening_in_tables(os.path.join(proc, str(pid))))
+    return sorted(ports)
+
+
+def _listening_in_tables(base: str) -> set[int]:
+    ports: set[int] = set()
+    inodes = _socket_inodes(os.path.join(base, "fd"))
+    for name in ("tcp", "tcp6"):
+        table = os.path.join(base, "net", name)
+        try:
+            with open(table, encoding="ascii", errors="replace") as f:
+                lines = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue  # no tcp6 without IPv6; the process may be gone
+        except OSError as exc:
+            log.warning("cannot read %s: %s", table, exc.strerror or exc)
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != TCP_LISTEN:
+                continue
+            try:
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                inode = int(fields[9])
+            except (IndexError, ValueError):
+                log.debug("%s: unparsable line %r", table, line)
+                continue
+            if inodes is None or inode in inodes:
+                ports.add(port)
+    return ports
+
+
+def _socket_inodes(fd_dir: str) -> set[int] | None:
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None
+    inodes: set[int] = set()
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:[") and target.endswith("]"):
+            inodes.add(int(target[8:-1]))
+    return inodes

@@ -36,6 +36,7 @@ from pressured.k8s.identity import (
     pod_uid_forms,
 )
 from pressured.k8s.podcache import PodCache, PodInfo
+from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import CgroupRef, Layout, detect_layout, read_limit, resolve
 from pressured.model import Identity
 from pressured.sources.base import Source, TargetSpec
@@ -281,7 +282,7 @@ class SidecarSource(Source):
 
     def _from_proc(self) -> list[_Found]:
         try:
-            pids = sorted(int(p) for p in os.listdir(self._proc_root) if p.isdigit())
+            pids = procfs.pids(self._proc_root)
         except OSError as exc:
             self._problems.append(f"{self._proc_root}: {exc.strerror}")
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,39 @@ def test_process_alive_tells_a_dying_process_from_a_live_one(tmp_path: Path) -> 
     fake_task(proc, "16", state="R", flags=0x40040C)
     alive = {pid: procfs.process_alive(pid, str(proc)) for pid in (10, 11, 12, 13, 14, 16, 99)}
     assert alive == {10: True, 11: False, 12: False, 13: False, 14: True, 16: False, 99: False}
+
+
+def fake_process(proc: Path, pid: int, *, comm: str, start_ticks: int) -> None:
+    write(proc, f"{pid}/comm", comm + "\n")
+    rest = ["S", *(str(i) for i in range(4, 22)), str(start_ticks), "0", "0"]
+    write(proc, f"{pid}/stat", f"{pid} ({comm}) " + " ".join(rest) + "\n")
+    (proc / str(pid) / "fd").mkdir()
+
+
+def test_processes_in_a_fake_proc(tmp_path: Path) -> None:
+    fake_process(tmp_path, 30, comm="app", start_ticks=500)
+    fake_process(tmp_path, 7, comm="init", start_ticks=100)
+    write(tmp_path, "meminfo", "MemTotal: 2 kB\nMemAvailable: 1 kB\n")
+    proc = str(tmp_path)
+    assert procfs.pids(proc) == [7, 30]
+    assert procfs.process_name(30, proc) == "app"
+    assert procfs.process_name(31, proc) is None
+    assert procfs.process_start_ticks(30, proc) == 500
+    ticks = procfs.started_after_boot(7, proc)
+    assert ticks is not None and ticks * os.sysconf("SC_CLK_TCK") == pytest.approx(100)
+    assert procfs.started_after_boot(31, proc) is None
+    assert procfs.count_open_fds(30, proc) == 0
+
+
+def test_processes_in_the_real_proc_agree_with_its_files() -> None:
+    me = os.getpid()
+    assert me in procfs.pids()
+    comm = Path(f"/proc/{me}/comm").read_text().strip()
+    name = procfs.process_name(me)
+    assert name is not None and name.startswith(comm)
+    ticks = procfs.process_start_ticks(me)
+    started = procfs.started_after_boot(me)
+    assert ticks is not None and started is not None
+    assert started == pytest.approx(ticks / os.sysconf("SC_CLK_TCK"), abs=0.02)
+    assert procfs.count_open_fds() == len(os.listdir(f"/proc/{me}/fd"))  # each counts its own
+    assert procfs.started_after_boot(2**22 + 1) is None  # above pid_max: no such process
