@@ -18,6 +18,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from pressured.errors import CgroupFileError
+from pressured.kernel import procfs
+
 ROOT = "/sys/fs/cgroup"
 
 
@@ -34,17 +37,15 @@ def own_memory_cgroup(root: str = ROOT) -> tuple[str | None, str]:
             return None, f"cannot read {root}/cgroup.controllers: {exc}"
         return None, f"{root} is cgroup v2 without the memory controller"
     try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                _, ctrl, path = line.rstrip("\n").split(":", 2)
-                if "memory" in ctrl.split(","):
-                    cg = os.path.join(root, "memory", path.lstrip("/"))
-                    if os.access(cg, os.W_OK):
-                        return cg, ""
-                    return None, f"own memory cgroup {cg} is not writable"
-    except OSError as exc:
-        return None, f"cannot read /proc/self/cgroup: {exc}"
-    return None, "no memory controller in /proc/self/cgroup"
+        path = procfs.read_cgroups("self").v1_memory
+    except CgroupFileError as exc:
+        return None, str(exc)
+    if path is None:
+        return None, "no memory controller in /proc/self/cgroup"
+    cg = os.path.join(root, "memory", path.lstrip("/"))
+    if os.access(cg, os.W_OK):
+        return cg, ""
+    return None, f"own memory cgroup {cg} is not writable"
 
 
 _ENTER = (

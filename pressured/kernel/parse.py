@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pressured.errors import CgroupFileError
 from pressured.model import Psi
 
@@ -107,3 +109,35 @@ def parse_meminfo(text: str, path: str) -> dict[str, int]:
         if needed not in out:
             raise CgroupFileError(path, f"no {needed} line")
     return out
+
+
+@dataclass(frozen=True)
+class ProcCgroups:
+    """The cgroups /proc/PID/cgroup names for a process's memory."""
+
+    v1_memory: str | None
+    """The path on the v1 line whose controllers include "memory"."""
+    unified: str | None
+    """The path on the v2 line ("0::<path>")."""
+
+    @property
+    def memory(self) -> str | None:
+        """Where the process's memory is charged: its v1 memory cgroup, else its v2 cgroup."""
+        return self.v1_memory if self.v1_memory is not None else self.unified
+
+
+def parse_proc_cgroups(text: str) -> ProcCgroups:
+    """/proc/PID/cgroup: "<hierarchy id>:<controllers>:<path>" lines; v1 has one line per
+    hierarchy, v2 the one line "0::<path>". Lines of another shape are skipped."""
+    v1_memory: str | None = None
+    unified: str | None = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if v1_memory is None and "memory" in controllers.split(","):
+            v1_memory = path
+        elif hierarchy == "0" and controllers == "":
+            unified = path
+    return ProcCgroups(v1_memory, unified)

@@ -4,8 +4,8 @@ Where the root is the real /proc, psutil reads what it offers: the process list,
 times, open fds and a process's TCP sockets. Any other root (a fake tree a test builds, or a
 sidecar's view of another /proc) is read file by file here, and so is what psutil has no reader
 for: /proc/meminfo as the Watcher's native reads see it, oom_score, NSpid, a pending SIGKILL
-and the exiting flag, and a network namespace's listening sockets when a process's fds
-cannot be read. The pure text parsers are in ``kernel/parse.py``.
+and the exiting flag, /proc/PID/cgroup, and a network namespace's listening sockets when a
+process's fds cannot be read. The pure text parsers are in ``kernel/parse.py``.
 """
 
 from __future__ import annotations
@@ -206,6 +206,23 @@ def is_namespace_init(pid: int, proc: str = PROC) -> bool:
     if fields:
         return fields[-1] == "1"
     return pid == 1
+
+
+# ---------------------------------------------------------------------------------- cgroups
+def read_cgroups(pid: int | str, proc: str = PROC) -> parse.ProcCgroups:
+    """A process's /proc/PID/cgroup (``pid`` "self" for this process). CgroupFileError when it
+    cannot be read: the process exited, or no permission."""
+    path = os.path.join(proc, str(pid), "cgroup")
+    return parse.parse_proc_cgroups(read_text(path))
+
+
+def memory_cgroup(pid: int | str, proc: str = PROC) -> str | None:
+    """The cgroup a process's memory is charged to, as /proc/PID/cgroup names it (the v1
+    memory line, else the v2 line); None when it cannot be read or names neither."""
+    try:
+        return read_cgroups(pid, proc).memory
+    except CgroupFileError:
+        return None
 
 
 # ------------------------------------------------------------------------------------- net

@@ -289,7 +289,7 @@ class SidecarSource(Source):
         seen: set[str] = set()
         out: list[_Found] = []
         for pid in pids:
-            cg = _memory_cgroup_of(os.path.join(self._proc_root, str(pid), "cgroup"))
+            cg = procfs.memory_cgroup(pid, self._proc_root)
             if cg is None:
                 continue
             parsed = parse_container_dir(os.path.basename(cg.rstrip("/")))
@@ -330,7 +330,7 @@ class SidecarSource(Source):
             return False
 
     def _own_container_id(self) -> str | None:
-        cg = _memory_cgroup_of(os.path.join(self._proc_root, "self", "cgroup"))
+        cg = procfs.memory_cgroup("self", self._proc_root)
         if cg is None:
             return None
         parsed = parse_container_dir(os.path.basename(cg.rstrip("/")))
@@ -358,23 +358,3 @@ class SidecarSource(Source):
         if self._cache is not None:
             out["pod_cache"] = self._cache.status()
         return out
-
-
-def _memory_cgroup_of(path: str) -> str | None:
-    """The memory cgroup path in a /proc/PID/cgroup file: the v1 "memory" line, else the v2
-    "0::" line; None when unreadable (the process exited, or no permission)."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    unified: str | None = None
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        if "memory" in parts[1].split(","):
-            return parts[2]
-        if parts[0] == "0" and parts[1] == "":
-            unified = parts[2]
-    return unified

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pressured.kernel import procfs
+
 FIXTURES = Path(__file__).parent / "fixtures"
 V1_MEMORY = "/sys/fs/cgroup/memory"
 
@@ -32,12 +34,8 @@ def fixture_records(name: str) -> list[str]:
 
 def own_v1_memory_cgroup() -> str | None:
     """This process's v1 memory cgroup directory, from /proc/self/cgroup."""
-    with open("/proc/self/cgroup", encoding="utf-8") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if "memory" in controllers.split(","):
-                return os.path.join(V1_MEMORY, path.lstrip("/"))
-    return None
+    path = procfs.read_cgroups("self").v1_memory
+    return None if path is None else os.path.join(V1_MEMORY, path.lstrip("/"))
 
 
 def v1_oom_skip_reason() -> str | None:

@@ -229,16 +229,42 @@ def test_process_alive_tells_a_dying_process_from_a_live_one(tmp_path: Path) -> 
     assert alive == {10: True, 11: False, 12: False, 13: False, 14: True, 16: False, 99: False}
 
 
-def fake_process(proc: Path, pid: int, *, comm: str, start_ticks: int) -> None:
+@pytest.mark.parametrize(
+    ("text", "v1_memory", "unified", "memory"),
+    [
+        ("12:memory:/a/b\n4:cpu,cpuacct:/c\n0::/d\n", "/a/b", "/d", "/a/b"),  # hybrid
+        ("5:cpu,memory:/a/b\n", "/a/b", None, "/a/b"),  # co-mounted v1 controllers
+        (
+            "0::/kubepods.slice/pod.slice/cri.scope\n",
+            None,
+            "/kubepods.slice/pod.slice/cri.scope",
+            None,
+        ),
+        ("0::/../cri-containerd-abc.scope\n", None, "/../cri-containerd-abc.scope", None),
+        ("", None, None, None),  # a reaped process reads empty
+        ("garbage\n12:memory\n0::/x\n", None, "/x", None),  # other shapes are skipped
+    ],
+)
+def test_proc_cgroups(
+    text: str, v1_memory: str | None, unified: str | None, memory: str | None
+) -> None:
+    got = parse.parse_proc_cgroups(text)
+    assert (got.v1_memory, got.unified) == (v1_memory, unified)
+    assert got.memory == (memory if memory is not None else unified)
+
+
+def fake_process(proc: Path, pid: int, *, comm: str, start_ticks: int, cgroup: str) -> None:
     write(proc, f"{pid}/comm", comm + "\n")
     rest = ["S", *(str(i) for i in range(4, 22)), str(start_ticks), "0", "0"]
     write(proc, f"{pid}/stat", f"{pid} ({comm}) " + " ".join(rest) + "\n")
+    write(proc, f"{pid}/cgroup", cgroup)
     (proc / str(pid) / "fd").mkdir()
 
 
 def test_processes_in_a_fake_proc(tmp_path: Path) -> None:
-    fake_process(tmp_path, 30, comm="app", start_ticks=500)
-    fake_process(tmp_path, 7, comm="init", start_ticks=100)
+    fake_process(tmp_path, 30, comm="app", start_ticks=500, cgroup="0::/pod/app\n")
+    fake_process(tmp_path, 7, comm="init", start_ticks=100, cgroup="3:memory:/pod/init\n")
+    write(tmp_path, "self/cgroup", "0::/pod/sidecar\n")
     write(tmp_path, "meminfo", "MemTotal: 2 kB\nMemAvailable: 1 kB\n")
     proc = str(tmp_path)
     assert procfs.pids(proc) == [7, 30]
@@ -249,6 +275,12 @@ def test_processes_in_a_fake_proc(tmp_path: Path) -> None:
     assert ticks is not None and ticks * os.sysconf("SC_CLK_TCK") == pytest.approx(100)
     assert procfs.started_after_boot(31, proc) is None
     assert procfs.count_open_fds(30, proc) == 0
+    assert procfs.memory_cgroup(30, proc) == "/pod/app"
+    assert procfs.memory_cgroup(7, proc) == "/pod/init"
+    assert procfs.memory_cgroup("self", proc) == "/pod/sidecar"
+    assert procfs.memory_cgroup(31, proc) is None  # gone
+    with pytest.raises(CgroupFileError, match="31/cgroup: missing"):
+        procfs.read_cgroups(31, proc)
 
 
 def test_processes_in_the_real_proc_agree_with_its_files() -> None:
@@ -262,4 +294,5 @@ def test_processes_in_the_real_proc_agree_with_its_files() -> None:
     assert ticks is not None and started is not None
     assert started == pytest.approx(ticks / os.sysconf("SC_CLK_TCK"), abs=0.02)
     assert procfs.count_open_fds() == len(os.listdir(f"/proc/{me}/fd"))  # each counts its own
+    assert procfs.memory_cgroup("self") == procfs.read_cgroups(me).memory
     assert procfs.started_after_boot(2**22 + 1) is None  # above pid_max: no such process
