@@ -49,6 +49,7 @@ from pressured.kills import (
 )
 from pressured.model import MACHINE, Event, OomKill, PressureEvent, Psi, Sample
 from pressured.sources.base import Source, TargetSpec
+from pressured.sources.factory import make_source
 
 log = logging.getLogger("pressured.daemon")
 
@@ -202,25 +203,6 @@ class ActionRunner:
                 a.close()
             except Exception as exc:
                 log.warning("closing action %s: %s", a.type, exc)
-
-
-def make_source(cfg: Config) -> Source:
-    mode = cfg.mode
-    if mode == "local":
-        from pressured.sources.local import LocalSource  # noqa: PLC0415
-
-        return LocalSource(cfg.get("source.cgroup.path"), cfg.get("source.cgroup.paths") or [])
-    if mode == "node":
-        from pressured.sources.node import NodeSource  # noqa: PLC0415
-
-        return NodeSource.from_config(cfg.data)
-    if mode == "sidecar":
-        from pressured.sources.sidecar import SidecarSource  # noqa: PLC0415
-
-        return SidecarSource.from_config(cfg.data)
-    from pressured.sources.cluster import ClusterSource  # noqa: PLC0415
-
-    return ClusterSource.from_config(cfg.data)
 
 
 class Daemon:

@@ -10,6 +10,7 @@ from pressured.config import Config
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import cgroupfs, procfs
 from pressured.model import MACHINE
+from pressured.sources.factory import make_source
 
 
 def _reading(ref: cgroupfs.CgroupRef | None, proc: str) -> dict[str, Any]:
@@ -50,8 +51,6 @@ def _reading(ref: cgroupfs.CgroupRef | None, proc: str) -> dict[str, Any]:
 
 
 def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[str, Any]]:
-    from pressured.daemon import make_source  # noqa: PLC0415
-
     proc = str(cfg.get("source.proc_root"))
     source = make_source(cfg)
     source.start()
