@@ -37,7 +37,7 @@ from pressured.errors import (
     PressuredError,
     did_you_mean,
 )
-from pressured.kernel import cgroupfs, procfs
+from pressured.kernel import cgroupfs, procfs, sampler
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from pressured.kills import (
     CounterTracker,
@@ -47,7 +47,7 @@ from pressured.kills import (
     Reconciler,
     attribute,
 )
-from pressured.model import MACHINE, Event, OomKill, PressureEvent, Psi, Sample
+from pressured.model import MACHINE, Event, OomKill, PressureEvent, Sample
 from pressured.sources.base import Source, TargetSpec
 from pressured.sources.factory import make_source
 
@@ -455,49 +455,19 @@ class Daemon:
 
     # ------------------------------------------------------------------ samples
     def read_sample(self, state: TargetState) -> Sample | None:
-        now = self._clock()
         ref = state.spec.ref
-        if state.key == MACHINE:
-            m = procfs.read_machine(self.proc_root)
-            machine_psi: dict[str, Psi] = {}
-            for res in ("memory", "io", "cpu"):
-                path = os.path.join(self.proc_root, "pressure", res)
-                with contextlib.suppress(CgroupFileError):
-                    machine_psi[res] = cgroupfs.read_psi_file(path)
-            return Sample(
-                MACHINE,
-                now,
-                m.working_set_bytes,
-                m.working_set_bytes,
-                m.total_bytes,
-                machine_psi.get("memory"),
-                machine_psi.get("io"),
-                machine_psi.get("cpu"),
-            )
-        if ref is None:
-            return None
-        mem = cgroupfs.read_memory(ref)
-        psi: dict[str, Psi | None] = {r: cgroupfs.read_psi(ref, r) for r in ("memory", "io", "cpu")}
-        kills = None
-        with contextlib.suppress(CgroupFileError):
-            kills = cgroupfs.read_kill_counters(ref)
-        score = self._top_oom_score(state)
-        state.limit = mem.limit_bytes
-        return Sample(
+        if ref is None and state.key != MACHINE:
+            return None  # cluster mode: the source samples
+        sample = sampler.read_sample(
             state.key,
-            now,
-            mem.usage_bytes,
-            mem.working_set_bytes,
-            mem.limit_bytes,
-            psi["memory"],
-            psi["io"],
-            psi["cpu"],
-            score[0] if score else None,
-            score[1] if score else None,
-            kills.oom_kill_local
-            if kills and kills.oom_kill_local is not None
-            else (kills.oom_kill if kills else None),
+            ref,
+            now=self._clock(),
+            proc=self.proc_root,
+            pids=self.pids(state) if ref is not None else (),
         )
+        if ref is not None:
+            state.limit = sample.limit_bytes
+        return sample
 
     def pids(self, state: TargetState, *, live: bool = False) -> list[int]:
         """The target's processes now (cgroup.procs), at most MAX_PIDS_IN_EVENT. With ``live``
@@ -519,14 +489,6 @@ class Daemon:
             alive = (p for p in pids if procfs.process_alive(p, self.proc_root))
             return list(itertools.islice(alive, MAX_PIDS_IN_EVENT))
         return pids[:MAX_PIDS_IN_EVENT]
-
-    def _top_oom_score(self, state: TargetState) -> tuple[int, int] | None:
-        best = None
-        for pid in self.pids(state)[:16]:
-            s = procfs.read_oom_score(pid, self.proc_root)
-            if s is not None and (best is None or s[0] > best[0]):
-                best = s
-        return best
 
     def _refresh(self, state: TargetState, cause: str) -> None:
         try:
@@ -615,13 +577,10 @@ class Daemon:
             counters = cgroupfs.read_kill_counters(ref)
         except CgroupFileError:
             return
-        current = (
-            counters.oom_kill_local if counters.oom_kill_local is not None else counters.oom_kill
-        )
         record = self.tracker.observe(
             state.key,
             ref.relpath,
-            current,
+            counters.oom_kill_count,
             group_kills=counters.oom_group_kill,
             cgroup_id=state.cgroup_id,
         )

@@ -8,46 +8,21 @@ from typing import Any
 
 from pressured.config import Config
 from pressured.errors import CgroupError, CgroupFileError
-from pressured.kernel import cgroupfs, procfs
-from pressured.model import MACHINE
+from pressured.kernel import cgroupfs, procfs, sampler
+from pressured.model import MACHINE, Sample
 from pressured.sources.factory import make_source
 
 
-def _reading(ref: cgroupfs.CgroupRef | None, proc: str) -> dict[str, Any]:
-    if ref is None:
-        m = procfs.read_machine(proc)
-        psi = None
-        with contextlib.suppress(CgroupFileError):
-            psi = cgroupfs.read_psi_file(f"{proc}/pressure/memory")
-        return {
-            "usage": m.working_set_bytes,
-            "ws": m.working_set_bytes,
-            "limit": m.total_bytes,
-            "psi": psi,
-            "kills": None,
-            "pids": [],
-        }
-    mem = cgroupfs.read_memory(ref)
-    kills = None
-    with contextlib.suppress(CgroupFileError):
-        kills = cgroupfs.read_kill_counters(ref)
-    pids: list[int] = []
-    with contextlib.suppress(CgroupFileError):
-        pids = cgroupfs.read_pids(ref)
+def _reading(key: str, ref: cgroupfs.CgroupRef | None, proc: str) -> tuple[Sample, list[int]]:
     # the memory numbers make the row; a missing extra only leaves its column empty
-    psi = None
-    with contextlib.suppress(CgroupFileError):
-        psi = cgroupfs.read_psi(ref, "memory")
-    return {
-        "usage": mem.usage_bytes,
-        "ws": mem.working_set_bytes,
-        "limit": mem.limit_bytes,
-        "psi": psi,
-        "kills": None
-        if kills is None
-        else (kills.oom_kill_local if kills.oom_kill_local is not None else kills.oom_kill),
-        "pids": pids,
-    }
+    sample = sampler.read_sample(
+        key, ref, now=time.monotonic(), proc=proc, psi=("memory",), strict_psi=False
+    )
+    pids: list[int] = []
+    if ref is not None:
+        with contextlib.suppress(CgroupFileError):
+            pids = cgroupfs.read_pids(ref)
+    return sample, pids
 
 
 def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[str, Any]]:
@@ -63,10 +38,10 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
     ]
     if cfg.mode == "local" and not cfg.get("source.cgroup.paths") and cfg.get("source.machine"):
         refs.insert(0, (MACHINE, None, None))
-    first: dict[str, tuple[float, dict[str, Any]]] = {}
+    first: dict[str, Sample] = {}
     for key, ref, _ in refs:
         with contextlib.suppress(CgroupError):
-            first[key] = (time.monotonic(), _reading(ref, proc))
+            first[key] = _reading(key, ref, proc)[0]
     if interval > 0:
         time.sleep(interval)
     metric_ws = cfg.get("thresholds.metric") != "usage"
@@ -75,17 +50,20 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
         if key not in first:
             continue
         try:
-            now, r = time.monotonic(), _reading(ref, proc)
+            r, pids = _reading(key, ref, proc)
         except CgroupError:
             continue
-        t0, r0 = first[key]
-        value, value0 = (r["ws"], r0["ws"]) if metric_ws else (r["usage"], r0["usage"])
-        growth = (value - value0) / (now - t0) if now > t0 else 0.0
-        limit = r["limit"]
+        r0 = first[key]
+        if metric_ws:
+            value, value0 = r.working_set_bytes, r0.working_set_bytes
+        else:
+            value, value0 = r.usage_bytes, r0.usage_bytes
+        growth = (value - value0) / (r.time - r0.time) if r.time > r0.time else 0.0
+        limit = r.limit_bytes
         pct = 100.0 * value / limit if limit else None
         eta = (limit - value) / growth if limit and growth > 0 else None
-        procs = []
-        for pid in r["pids"][:256]:
+        procs: list[dict[str, Any]] = []
+        for pid in pids[:256]:
             s = procfs.read_oom_score(pid, proc)
             if s is not None:
                 procs.append(
@@ -97,15 +75,15 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
                     }
                 )
         procs.sort(key=lambda p: -p["oom_score"])
-        psi = r["psi"]
+        psi = r.memory_psi
         rows.append(
             {
                 "cgroup": key,
                 "namespace": getattr(ident, "namespace", None),
                 "pod": getattr(ident, "pod_name", None),
                 "container": getattr(ident, "container_name", None),
-                "usage_bytes": r["usage"],
-                "working_set_bytes": r["ws"],
+                "usage_bytes": r.usage_bytes,
+                "working_set_bytes": r.working_set_bytes,
                 "limit_bytes": limit,
                 "percent": None if pct is None else round(pct, 2),
                 "headroom_bytes": None if not limit else limit - value,
@@ -113,7 +91,7 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
                 "eta_seconds": None if eta is None else round(eta, 1),
                 "psi_some_avg10": psi.some_avg10 if psi else None,
                 "psi_full_avg10": psi.full_avg10 if psi else None,
-                "oom_kill": r["kills"],
+                "oom_kill": r.oom_kill_count,
                 "top_processes": procs[:top],
             }
         )

@@ -163,6 +163,12 @@ class KillCounters:
     oom_group_kill: int | None = None
     """v2 with memory.oom.group (kubelet >= 1.28): group kills, local where the kernel has it."""
 
+    @property
+    def oom_kill_count(self) -> int:
+        """The kills to count for this cgroup: its own where the kernel says (oom_kill_local),
+        else oom_kill (a v2 kernel without memory.events.local counts its children's too)."""
+        return self.oom_kill_local if self.oom_kill_local is not None else self.oom_kill
+
 
 def read_usage(ref: CgroupRef) -> int:
     return parse.parse_int(read_text(ref.usage_file), ref.usage_file)

@@ -40,15 +40,20 @@ class MachineMemory:
     total_bytes: int
     available_bytes: int
 
+    @classmethod
+    def from_meminfo(cls, text: str, path: str) -> MachineMemory:
+        info = parse.parse_meminfo(text, path)
+        return cls(info["MemTotal"], info["MemAvailable"])
+
     @property
     def working_set_bytes(self) -> int:
+        """The machine's working set: what the kernel does not count as available."""
         return max(0, self.total_bytes - self.available_bytes)
 
 
 def read_machine(proc: str = PROC) -> MachineMemory:
     path = os.path.join(proc, "meminfo")
-    info = parse.parse_meminfo(read_text(path), path)
-    return MachineMemory(info["MemTotal"], info["MemAvailable"])
+    return MachineMemory.from_meminfo(read_text(path), path)
 
 
 # -------------------------------------------------------------------------------- processes

@@ -37,6 +37,7 @@ from pressured import native
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import parse
 from pressured.kernel.cgroupfs import CgroupRef, read_limit, read_usage
+from pressured.kernel.procfs import MachineMemory
 
 Cause = Literal["threshold", "psi", "events", "oom", "gone", "read", "fd"]
 FdKind = Literal[
@@ -336,9 +337,8 @@ class Watcher:
 
     @staticmethod
     def _parse_meminfo(data: bytes, path: str) -> tuple[int, int]:
-        info = parse.parse_meminfo(data.decode("ascii", "replace"), path)
-        total = info["MemTotal"]
-        return total, max(0, total - info["MemAvailable"])
+        machine = MachineMemory.from_meminfo(data.decode("ascii", "replace"), path)
+        return machine.total_bytes, machine.working_set_bytes
 
     def _add_fd(self, t: _Target, entry: _Fd, events: int = native.EPOLLIN) -> None:
         try:

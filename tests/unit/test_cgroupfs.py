@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pressured.errors import CgroupError, CgroupFileError
-from pressured.kernel import cgroupfs, parse, procfs
+from pressured.kernel import cgroupfs, parse, procfs, sampler
+from pressured.model import MACHINE
 
 PSI = (
     "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\n"
@@ -296,3 +297,33 @@ def test_processes_in_the_real_proc_agree_with_its_files() -> None:
     assert procfs.count_open_fds() == len(os.listdir(f"/proc/{me}/fd"))  # each counts its own
     assert procfs.memory_cgroup("self") == procfs.read_cgroups(me).memory
     assert procfs.started_after_boot(2**22 + 1) is None  # above pid_max: no such process
+
+
+def test_samples_of_a_cgroup_and_of_the_machine(tmp_path: Path) -> None:
+    cg = v2_tree(tmp_path / "cg")
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path / "cg")))
+    proc = tmp_path / "proc"
+    for pid, score in ((101, "300"), (102, "900")):
+        write(proc, f"{pid}/oom_score", score + "\n")
+        write(proc, f"{pid}/oom_score_adj", "0\n")
+    s = sampler.read_sample("app", ref, now=5.0, proc=str(proc), pids=[101, 102, 103])
+    assert (s.key, s.time, s.usage_bytes, s.limit_bytes) == ("app", 5.0, 104857600, 268435456)
+    assert s.working_set_bytes == 104857600 - 4857600
+    assert s.memory_psi is not None and s.io_psi is not None and s.cpu_psi is not None
+    assert (s.oom_score, s.oom_score_adj) == (900, 0)
+    assert s.oom_kill_count == 1  # memory.events.local
+    (cg / "memory.events.local").unlink()
+    assert sampler.read_sample("app", ref, now=6.0).oom_kill_count == 2  # memory.events
+    (cg / "memory.events").unlink()
+    assert sampler.read_sample("app", ref, now=6.0).oom_kill_count is None
+    # a PSI file that cannot be read fails the reading, or only empties its field
+    (cg / "io.pressure").write_text("bogus\n")
+    with pytest.raises(CgroupFileError, match=r"io\.pressure"):
+        sampler.read_sample("app", ref, now=7.0)
+    lenient = sampler.read_sample("app", ref, now=7.0, strict_psi=False)
+    assert lenient.io_psi is None and lenient.memory_psi is not None
+    write(proc, "meminfo", "MemTotal: 1000 kB\nMemAvailable: 250 kB\n")
+    write(proc, "pressure/memory", PSI)
+    m = sampler.read_sample(MACHINE, None, now=8.0, proc=str(proc))
+    assert (m.usage_bytes, m.working_set_bytes, m.limit_bytes) == (750 * 1024, 750 * 1024, 1024000)
+    assert m.memory_psi is not None and m.io_psi is None and m.oom_kill_count is None
