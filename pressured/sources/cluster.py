@@ -29,7 +29,7 @@ from pressured.k8s.identity import split_container_id
 from pressured.k8s.podcache import PodInfo, pod_info
 from pressured.model import Identity, KillRecord, Sample
 from pressured.sources.base import Polled, Source, TargetSpec
-from pressured.sources.node import AnnotationChecker
+from pressured.sources.pod import AnnotationChecker
 
 log = logging.getLogger("pressured.sources.cluster")
 

@@ -20,89 +20,33 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pressured.errors import CgroupError, ConfigError, KubernetesError
-from pressured.k8s.annotations import PREFIX, event_annotations, parse_annotations
+from pressured.errors import CgroupError, ConfigError
 from pressured.k8s.client import SERVICE_ACCOUNT_DIR, KubeClient
 from pressured.k8s.identity import PodCgroup, parse_cgroup_path
 from pressured.k8s.podcache import PodCache, PodInfo
-from pressured.kernel.cgroupfs import CgroupRef, Layout, detect_layout, read_limit, resolve
-from pressured.model import Identity
+from pressured.kernel.cgroupfs import CgroupRef, Layout, read_limit, resolve
 from pressured.sources.base import Source, TargetSpec
+from pressured.sources.pod import (
+    DEFAULT_CGROUP_ROOT,
+    AnnotationChecker,
+    cgroup_path_option,
+    downward_api,
+    find_kubepods,
+    locate_hierarchy,
+    relevant,
+    target_spec,
+)
 
 log = logging.getLogger("pressured.sources.node")
 
-DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
-INVALID_ANNOTATION_REASON = "InvalidPressuredAnnotation"
 NODE_NAME_REQUIRED = (
     "kubernetes.node_name: required in node mode (set NODE_NAME from the Downward API: "
     "fieldRef spec.nodeName)"
 )
-
-
-def locate_hierarchy(path: str, where: str = "source.cgroup.path") -> tuple[Layout, str]:
-    """(layout of the highest cgroup root at or above ``path``, the memory-hierarchy
-    directory to search). ConfigError when ``path`` is not inside a memory hierarchy."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise ConfigError(f"{where}: no such directory (got {path!r})")
-    best: Layout | None = None
-    cur = path
-    while True:
-        layout = detect_layout(cur)
-        mem = layout.memory_root
-        if mem is not None and (_within(path, mem) or _within(mem, path)):
-            best = layout
-        parent = os.path.dirname(cur)
-        if parent == cur:
-            break
-        cur = parent
-    if best is None or best.memory_root is None:
-        raise ConfigError(
-            f"{where}: not a cgroup root nor a directory of the memory hierarchy "
-            f"(no memory controller found at or above it) (got {path!r})"
-        )
-    base = best.memory_root if _within(best.memory_root, path) else path
-    return best, base
-
-
-def _within(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def _is_kubepods(name: str) -> bool:
-    return name in ("kubepods", "kubepods.slice") or name.endswith("-kubepods.slice")
-
-
-def find_kubepods(base: str) -> list[str]:
-    """kubepods directories at ``base`` or up to two levels below it (a kubelet with
-    ``--cgroup-root``, as kind runs it, nests them: kubelet.slice/kubelet-kubepods.slice)."""
-    if _is_kubepods(os.path.basename(base.rstrip("/"))):
-        return [base]
-    found: list[str] = []
-    frontier = [base]
-    for _ in range(2):
-        nxt: list[str] = []
-        for d in frontier:
-            try:
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
-            except OSError:
-                continue
-            for e in entries:
-                if not e.is_dir(follow_symlinks=False):
-                    continue
-                if _is_kubepods(e.name):
-                    found.append(e.path)
-                else:
-                    nxt.append(e.path)
-        if found:
-            return found
-        frontier = nxt
-    return found
 
 
 @dataclass(frozen=True)
@@ -148,101 +92,6 @@ def scan_kubepods(
     return out, dirs
 
 
-class AnnotationChecker:
-    """Logs, and posts as a Warning Event, each bad pressured.io/* annotation once per value."""
-
-    def __init__(self, kube: KubeClient | None) -> None:
-        self._kube = kube
-        self._seen: dict[str, tuple[tuple[str, str], ...]] = {}
-        self._lock = threading.Lock()
-
-    def check(self, pod: PodInfo) -> None:
-        mine = tuple(sorted((k, v) for k, v in pod.annotations.items() if k.startswith(PREFIX)))
-        with self._lock:
-            if self._seen.get(pod.uid) == mine:
-                return
-            self._seen[pod.uid] = mine
-        warnings = parse_annotations(pod.annotations, f"{pod.namespace}/{pod.name}").warnings
-        for w in warnings:
-            log.warning("%s", w)
-        if warnings and self._kube is not None:
-            try:
-                self._kube.record_event(
-                    namespace=pod.namespace,
-                    pod_name=pod.name,
-                    pod_uid=pod.uid,
-                    reason=INVALID_ANNOTATION_REASON,
-                    message="; ".join(warnings)[:1024],
-                )
-            except KubernetesError as exc:
-                log.warning(
-                    "could not post the annotation warning for %s/%s: %s",
-                    pod.namespace,
-                    pod.name,
-                    exc,
-                )
-
-    def forget(self, uid: str) -> None:
-        with self._lock:
-            self._seen.pop(uid, None)
-
-    def retain(self, uids: set[str]) -> None:
-        """Forget every pod but these (the pods a poll still saw)."""
-        with self._lock:
-            for uid in set(self._seen) - uids:
-                del self._seen[uid]
-
-
-def relevant(pod: PodInfo) -> tuple[Any, ...]:
-    """What of a pod shows in its targets: a change elsewhere needs no new ``targets()``."""
-    return (
-        pod.name,
-        pod.namespace,
-        pod.pod_ip,
-        pod.node_name,
-        tuple(sorted(pod.annotations.items())),
-        tuple(sorted((c.name, c.id, c.limits_memory_bytes) for c in pod.containers.values())),
-    )
-
-
-def target_spec(
-    ref: CgroupRef,
-    pod_cgroup: PodCgroup,
-    info: PodInfo | None,
-    node_name: str | None,
-    *,
-    pids_root: str | None = None,
-    key: str | None = None,
-) -> TargetSpec:
-    """A TargetSpec for one container cgroup, from the path and (when known) its pod."""
-    if info is None:
-        identity = Identity(
-            pod_uid=pod_cgroup.pod_uid,
-            container_id=pod_cgroup.container_id,
-            node_name=node_name,
-        )
-        return TargetSpec(key or ref.path, ref, identity, pids_root=pids_root)
-    container = info.container_by_id(pod_cgroup.container_id or "")
-    identity = Identity(
-        namespace=info.namespace,
-        pod_name=info.name,
-        pod_uid=info.uid,
-        container_name=container.name if container else None,
-        container_id=pod_cgroup.container_id,
-        node_name=info.node_name or node_name,
-        pod_ip=info.pod_ip,
-    )
-    settings = parse_annotations(info.annotations, f"{info.namespace}/{info.name}")
-    return TargetSpec(
-        key or ref.path,
-        ref,
-        identity,
-        annotations=event_annotations(info.annotations),
-        overrides=settings.overrides,
-        pids_root=pids_root,
-    )
-
-
 class NodeSource(Source):
     mode = "node"
 
@@ -286,10 +135,7 @@ class NodeSource(Source):
         env = os.environ if environ is None else environ
         path = cgroup_path_option(config)
         k8s = config.get("kubernetes") or {}
-        node_name = k8s.get("node_name") if isinstance(k8s, Mapping) else None
-        if node_name is not None and not isinstance(node_name, str):
-            raise ConfigError(f"kubernetes.node_name: expected a string (got {node_name!r})")
-        node_name = node_name or env.get("NODE_NAME") or None
+        node_name = downward_api(config, ["node_name"], env)["node_name"]
         if not node_name:
             raise ConfigError(NODE_NAME_REQUIRED)
         locate_hierarchy(path)  # a bad path fails before a client is built
@@ -384,26 +230,4 @@ class NodeSource(Source):
         return out
 
 
-def cgroup_path_option(config: Mapping[str, Any]) -> str:
-    source = config.get("source") or {}
-    cgroup = source.get("cgroup") if isinstance(source, Mapping) else None
-    if cgroup is None:
-        cgroup = {}
-    if not isinstance(cgroup, Mapping):
-        raise ConfigError(f"source.cgroup: expected a mapping (got {cgroup!r})")
-    path = cgroup.get("path", DEFAULT_CGROUP_ROOT)
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"source.cgroup.path: expected a directory path (got {path!r})")
-    return path
-
-
-__all__ = [
-    "AnnotationChecker",
-    "NodeSource",
-    "ScannedCgroup",
-    "cgroup_path_option",
-    "find_kubepods",
-    "locate_hierarchy",
-    "scan_kubepods",
-    "target_spec",
-]
+__all__ = ["NODE_NAME_REQUIRED", "NodeSource", "ScannedCgroup", "scan_kubepods"]

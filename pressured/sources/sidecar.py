@@ -40,10 +40,11 @@ from pressured.kernel import procfs
 from pressured.kernel.cgroupfs import CgroupRef, Layout, detect_layout, read_limit, resolve
 from pressured.model import Identity
 from pressured.sources.base import Source, TargetSpec
-from pressured.sources.node import (
+from pressured.sources.pod import (
     DEFAULT_CGROUP_ROOT,
     AnnotationChecker,
     cgroup_path_option,
+    downward_api,
     find_kubepods,
     locate_hierarchy,
     relevant,
@@ -118,20 +119,8 @@ class SidecarSource(Source):
         (a kubeconfig, or the pod's service account); without any, the sidecar runs without
         the API."""
         env = os.environ if environ is None else environ
+        values = downward_api(config, ["pod_uid", "pod_name", "pod_namespace", "node_name"], env)
         k8s = config.get("kubernetes") or {}
-        if not isinstance(k8s, Mapping):
-            raise ConfigError(f"kubernetes: expected a mapping (got {k8s!r})")
-        values: dict[str, str | None] = {}
-        for key, var in (
-            ("pod_uid", "POD_UID"),
-            ("pod_name", "POD_NAME"),
-            ("pod_namespace", "POD_NAMESPACE"),
-            ("node_name", "NODE_NAME"),
-        ):
-            value = k8s.get(key)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(f"kubernetes.{key}: expected a string (got {value!r})")
-            values[key] = value or env.get(var) or None
         uid = values["pod_uid"]
         if not uid:
             raise ConfigError(
