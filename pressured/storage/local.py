@@ -7,7 +7,6 @@ object or the new one (rename(2) is atomic within a filesystem).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import uuid
@@ -17,50 +16,14 @@ from typing import IO
 
 from pressured.errors import StorageError
 from pressured.storage.base import Storage, Writer, validate_key
+from pressured.storage.fsio import create_exclusive, discard, fsync_dir, make_dirs, write_all
 
 log = logging.getLogger("pressured.storage.local")
 
 DEFAULT_ROOT = "/var/lib/pressured/storage"
-DIR_MODE = 0o750
-FILE_MODE = 0o640
 # Temporary names are hidden and carry this marker so list() can skip writes in progress and
 # leftovers from a crash; a key whose last part looks like this is refused.
 _TMP_PREFIX = ".pressured-tmp-"
-
-
-def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
-    """``mkdir -p`` with ``mode`` on every directory it creates: Path.mkdir(parents=True) and
-    os.makedirs give intermediate directories the umask default instead."""
-    missing: list[Path] = []
-    while not path.is_dir():
-        missing.append(path)
-        if path.parent == path:
-            break
-        path = path.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=mode)
-        except FileExistsError:
-            if not directory.is_dir():
-                raise
-
-
-def _discard(fd: int, path: Path) -> None:
-    """Drop an uncommitted write: close its fd (if still open) and remove its temporary file."""
-    if fd >= 0:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is durable only once the directory entry is on disk (fsync(2), "Notes").
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalWriter(Writer):
@@ -71,9 +34,7 @@ class LocalWriter(Writer):
         self._tmp = target.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         self._done = False
         try:
-            self._fd: int = os.open(
-                self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
-            )
+            self._fd: int = create_exclusive(self._tmp)
         except OSError as exc:
             raise storage._error("open for writing", key, exc) from exc
 
@@ -82,11 +43,8 @@ class LocalWriter(Writer):
             raise StorageError(
                 f"{self._storage.name}: write to closed writer for key {self._key!r}"
             )
-        view = memoryview(data)
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            write_all(self._fd, data)
         except OSError as exc:
             self.abort()
             raise self._storage._error("write", self._key, exc) from exc
@@ -100,7 +58,7 @@ class LocalWriter(Writer):
             os.close(self._fd)
             self._fd = -1
             os.replace(self._tmp, self._target)
-            _fsync_dir(self._target.parent)
+            fsync_dir(self._target.parent)
         except OSError as exc:
             self.abort()
             raise self._storage._error("commit", self._key, exc) from exc
@@ -110,7 +68,7 @@ class LocalWriter(Writer):
         if self._done:
             return
         self._done = True
-        _discard(self._fd, self._tmp)
+        discard(self._fd, self._tmp)
         self._fd = -1
 
 
@@ -185,7 +143,7 @@ class LocalStorage(Storage):
         self._ensure_parent(dst, dst_path)
         try:
             os.replace(src_path, dst_path)
-            _fsync_dir(dst_path.parent)
+            fsync_dir(dst_path.parent)
         except OSError as exc:
             raise self._error(f"rename to {dst!r} the", src, exc) from exc
 

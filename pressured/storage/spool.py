@@ -37,14 +37,13 @@ from typing import IO
 
 from pressured.errors import StorageError
 from pressured.storage.base import Storage, Writer, validate_key
-from pressured.storage.local import _discard, _fsync_dir, make_dirs
+from pressured.storage.fsio import create_exclusive, discard, fsync_dir, make_dirs, write_all
 
 log = logging.getLogger("pressured.storage.spool")
 
 DEFAULT_SPOOL_DIR = "/var/lib/pressured/spool"
 DEFAULT_MAX_BYTES = 1 << 30
 CHUNK_SIZE = 1024 * 1024
-FILE_MODE = 0o640
 META_VERSION = 1
 # Failures the primary may raise when the remote end is away; anything else is a bug, logged
 # with its traceback, and still retried (the bytes are safe in the spool either way).
@@ -91,9 +90,7 @@ class SpoolWriter(Writer):
         self._written = 0
         self._done = False
         try:
-            self._fd = os.open(
-                self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
-            )
+            self._fd = create_exclusive(self._part)
         except OSError as exc:
             raise spool._error(f"cannot create {self._part}", key, exc) from exc
 
@@ -106,11 +103,8 @@ class SpoolWriter(Writer):
             self.abort()
             raise
         self._written += len(data)
-        view = memoryview(data)
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            write_all(self._fd, data)
         except OSError as exc:
             self.abort()
             raise self._spool._error(f"cannot write {self._part}", self._key, exc) from exc
@@ -139,7 +133,7 @@ class SpoolWriter(Writer):
         if self._done:
             return
         self._done = True
-        _discard(self._fd, self._part)
+        discard(self._fd, self._part)
         self._fd = -1
         self._spool._release(self._written)
 
@@ -240,7 +234,7 @@ class SpoolingStorage(Storage):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._meta_path(entry))
-        _fsync_dir(self.spool_dir)
+        fsync_dir(self.spool_dir)
 
     def _delete_files(self, entry: _Entry) -> None:
         for path in (self._meta_path(entry), self._data_path(entry)):
