@@ -26,6 +26,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pressured.kernel import procfs
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "pressured"
 SCHEMA_PATH = CHART / "values.schema.json"
@@ -525,14 +527,7 @@ def cgroup2_memory_pressure() -> Path | None:
         if len(fields) == 2 and fields[1].split()[0] == "cgroup2":
             mount_point = fields[0].split()[4]
             break
-    own = next(
-        (
-            line.split(":", 2)[2]
-            for line in Path("/proc/self/cgroup").read_text(encoding="utf-8").splitlines()
-            if line.startswith("0::")
-        ),
-        None,
-    )
+    own = procfs.read_cgroups("self").unified
     if mount_point is None or own is None:
         return None
     path = Path(mount_point + own.rstrip("/")) / "memory.pressure"
