@@ -133,17 +133,21 @@ class PressuredProcess:
         return len(self.stderr.lines)
 
     # ------------------------------------------------------------------ diagnosis
-    def dump_stacks(self, timeout: float = 10.0) -> None:
-        """Every thread's stack into the daemon's stderr (kept with the rest of its log)."""
+    def dump_stacks(self, timeout: float = 10.0) -> str:
+        """Every thread's stack into the daemon's stderr (kept with the rest of its log); the
+        dump's text. faulthandler writes the main thread's stack down to its bottom frame,
+        runpy's (the daemon runs as ``python -m pressured``): the dump is whole once that
+        line is in."""
         if self.proc.poll() is not None or self._dumped:
-            return
+            return ""
         self._dumped = True
         mark = self.log_mark()
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGQUIT)
-        self.stderr.wait_for(re.compile(r"^(Thread|Current thread) 0x"), timeout, mark)
-        # the dump is written in one go; give the pump a moment to read all of it
-        self.stderr.wait_for(re.compile(r"^\S"), 1.0, self.log_mark())
+        self.stderr.wait_for(
+            re.compile(r"File .*runpy.*, line \d+ in _run_module_as_main"), timeout, mark
+        )
+        return "".join(self.stderr.lines[mark:])
 
     def diagnosis(self, why: str) -> str:
         self.dump_stacks()
