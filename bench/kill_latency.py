@@ -108,7 +108,7 @@ def main() -> None:
         t = threading.Thread(target=killer, daemon=True)
         t.start()
         daemon.run(run_for=a.kills * 3 + 30)
-        status = daemon.kills.status() if daemon.kills else {}
+        status = daemon.kill_status
     finally:
         child.remove()
     lat = [(seen[p] - d) * 1000 for p, d in deaths.items() if p in seen]

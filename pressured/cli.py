@@ -115,7 +115,7 @@ def _check_actions(cfg: Any) -> None:
     """Build every action as the daemon would, without side effects, and close it again:
     each validates its own options, so a bad one is exit 2 before anything has started."""
     from pressured.actions.base import ActionContext  # noqa: PLC0415
-    from pressured.daemon import build_actions  # noqa: PLC0415
+    from pressured.actions.registry import build_actions  # noqa: PLC0415
 
     ctx = ActionContext(
         dry_run=True,

@@ -18,10 +18,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pressured.kernel.cgroupfs import CgroupRef
 from pressured.model import Identity, KillRecord, Sample
+
+if TYPE_CHECKING:
+    from pressured.k8s.client import KubeClient
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,17 @@ class Polled:
 
 
 class Source:
-    """Base class; subclasses override what they need."""
+    """Base class; subclasses override what they need.
+
+    Optional capabilities, declared here with their neutral defaults (the daemon asks for
+    them, never probes): ``kube`` (the API client actions may use), ``fd`` + ``on_fd()`` (a
+    descriptor the daemon's epoll watches for the source, e.g. local mode's inotify),
+    ``reread()`` (a fresh sample of a target without a cgroup here, for the re-check before
+    a destructive action in cluster mode).
+    """
 
     mode: str = "local"
+    kube: KubeClient | None = None
 
     def __init__(self) -> None:
         self._changed = threading.Event()
@@ -82,6 +93,18 @@ class Source:
     def watch_dirs(self) -> list[str]:
         """Directories whose new or removed children may be new or removed targets."""
         return []
+
+    @property
+    def fd(self) -> int | None:
+        """A descriptor to watch for readability on the source's behalf, or None."""
+        return None
+
+    def on_fd(self) -> None:
+        """``fd`` is readable."""
+
+    def reread(self, key: str, now: float) -> Sample | None:
+        """A fresh sample of a target that has no cgroup on this machine (cluster mode)."""
+        return None
 
     def next_poll(self) -> float | None:
         """Monotonic time of the next ``poll`` (polling sources only), else None."""

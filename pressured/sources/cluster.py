@@ -94,7 +94,7 @@ class ClusterSource(Source):
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
-        self.kube = kube
+        self.kube: KubeClient = kube
         """The API client actions use too (ActionContext.kube)."""
         self._owns_kube = False
         self.interval = interval_seconds

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pressured import native
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import cgroupfs
-from pressured.sources.base import Source, TargetSpec
+from pressured.sources.base import Polled, Source, TargetSpec
 
 log = logging.getLogger("pressured.sources.local")
 
@@ -104,6 +104,12 @@ class LocalSource(Source):
 
     def next_poll(self) -> float | None:
         return self._next_recheck if self._fresh else None
+
+    def poll(self, now: float) -> Polled:
+        """Due when a new directory had no limit yet: look again (limits are often written
+        just after mkdir); a new limit makes ``changed()`` true."""
+        self.recheck_fresh()
+        return Polled()
 
     def recheck_fresh(self) -> None:
         """Look again at new directories that had no limit yet."""

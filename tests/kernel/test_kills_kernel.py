@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pressured import config
-from pressured import daemon as daemon_mod
 from pressured.daemon import Daemon
+from pressured.daemon import loop as daemon_loop
 from pressured.kills import KillState
 from tests.support.cgroups import Child, leaker_argv
 from tests.support.daemon import running
@@ -141,7 +141,7 @@ def test_start_up_saves_the_kill_counters_once(
     monkeypatch.setattr(KillState, "save", counted)
     # the daemon lowers its own oom_score_adj: in this process the victims of later tests
     # would inherit it
-    monkeypatch.setattr(daemon_mod, "protect_self", lambda: "oom_score_adj left alone")
+    monkeypatch.setattr(daemon_loop, "protect_self", lambda: "oom_score_adj left alone")
     state_dir = tmp_path / "state"
     cfg = config.load(
         None,
@@ -164,4 +164,4 @@ def test_start_up_saves_the_kill_counters_once(
         daemon.close()
     assert saved == [3]
     kept = json.loads((state_dir / "kills.json").read_text())["cgroups"]
-    assert sorted(entry["key"] for entry in kept.values()) == sorted(daemon.targets)
+    assert sorted(entry["key"] for entry in kept.values()) == sorted(daemon.targets.all_keys())

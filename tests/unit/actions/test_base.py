@@ -22,7 +22,7 @@ from tests.unit.actions.conftest import fake_proc, pressure
 def test_a_failed_action_is_counted_and_the_chain_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pressured.daemon import ActionRunner
+    from pressured.actions.runner import ActionRunner
 
     proc = tmp_path / "proc"
     fake_proc(proc, 31, "31")
@@ -37,7 +37,7 @@ def test_a_failed_action_is_counted_and_the_chain_goes_on(
     failures: list[str] = []
     runner = ActionRunner(
         [SignalAction({}, ctx, "actions[0]"), LogAction({"path": str(out)}, ctx, "actions[1]")],
-        reread=lambda _e: True,
+        still_holds=lambda _e: True,
         on_failure=failures.append,
     )
     try:
