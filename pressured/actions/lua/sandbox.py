@@ -31,7 +31,7 @@ from pressured.actions.lua.budget import (
     MIB,
     Budget,
 )
-from pressured.actions.lua.convert import Converter, as_text, estimate
+from pressured.actions.lua.convert import Converter, as_text, clip, estimate
 from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, log
 from pressured.actions.lua.host_ctx import CtxApi
 from pressured.actions.lua.host_http import HttpApi
@@ -45,6 +45,8 @@ _SOURCE_KEYS = ("script", "scripts_dir", "inline_script")
 _KNOWN_KEYS = {*_SOURCE_KEYS, "timeout_ms", "memory_mb", "env_allow"}
 _POSITION = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+): (?P<rest>.*)$", re.DOTALL)
 """The "<chunk>:<line>: " prefix Lua puts on error messages."""
+_POSITION_CHARS = 1024
+"""The prefix looked at for that position (Lua shortens chunk names in messages to 60 bytes)."""
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -80,6 +82,12 @@ class ScriptFailure:
     line: int | None = None
     file: str | None = None
     """The file ``line`` is in: the script itself, or a module it required."""
+
+    def __post_init__(self) -> None:
+        # a script's error value can be megabytes: only a prefix is ever quoted
+        object.__setattr__(self, "message", clip(self.message))
+        if self.file is not None:
+            object.__setattr__(self, "file", clip(self.file))
 
     def __str__(self) -> str:
         if self.line is None:
@@ -206,9 +214,10 @@ class Sandbox:
         file = src[1:] if src and src[:1] in ("@", "=") else src
         # The position Lua wrote into the message is where the error was raised; the message
         # handler sees where it surfaced (a rethrow by pcall, http.stream or require).
-        at = _POSITION.match(message)
+        at = _POSITION.match(message[:_POSITION_CHARS])
         if at:
-            file, line, message = at.group("file"), int(at.group("line")), at.group("rest")
+            file, line = at.group("file"), int(at.group("line"))
+            message = at.group("rest") + message[_POSITION_CHARS:]
             if file.startswith("...") and self.source.name.endswith(file[3:]):
                 file = self.source.name  # Lua shortens long chunk names to "...<tail>"
         elif file == self.source.chunkname[1:]:
