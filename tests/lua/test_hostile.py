@@ -1,6 +1,7 @@
 """What a hostile tenant (or a script that met one) must not do to the daemon: hold it in one
-long C call, exhaust its memory, or flood its log with a huge error. Scripts run in a worker
-process; the daemon (this test process) must stay responsive and go on."""
+long C call, exhaust its memory, flood its log with a huge error, or steer a request to another
+host through a pod annotation. Scripts run in a worker process; the daemon (this test process)
+must stay responsive and go on."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from typing import Any
 
 import pytest
 
+from pressured import httpget
 from pressured.actions.base import ActionContext
-from pressured.actions.lua import LuaAction, scripts
+from pressured.actions.lua import LuaAction, bundled_script, scripts
 from pressured.errors import ActionError
 from pressured.model import PressureEvent
 from pressured.storage.local import LocalStorage
-from tests.lua import pressure
+from tests.lua import LoopbackServer, Route, pressure
 
 MakeAction = Callable[..., LuaAction]
 BIG = 20 * 1024 * 1024
@@ -121,7 +123,7 @@ def make_action(make_ctx: Callable[..., ActionContext]) -> Iterator[MakeAction]:
         action.close()
 
 
-# -- huge errors ---------------------------------------------------------------------------------
+# -- huge errors -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("raise_it", "huge"),
     [
@@ -150,7 +152,7 @@ def test_a_huge_lua_error_is_quoted_by_a_short_prefix(
     assert len(str(err.value)) < 700
 
 
-# -- one long C call -----------------------------------------------------------------------------
+# -- one long C call -------------------------------------------------------------------------------
 @pytest.mark.parametrize("fn", ["find", "gsub", "match"])
 def test_a_pathological_pattern_gets_the_worker_killed_and_the_daemon_goes_on(
     fn: str, make_action: MakeAction, storage: LocalStorage, caplog: pytest.LogCaptureFixture
@@ -264,3 +266,115 @@ def test_unbounded_allocation_stops_in_the_worker_and_the_daemon_is_unharmed(
     action.run(pressure())
     assert storage.read("calls") == b"1"
     assert action.scripts.worker_pid == pid
+
+
+# -- annotations a pod's owner writes --------------------------------------------------------------
+@pytest.fixture
+def other_host() -> Iterator[LoopbackServer]:
+    """A recording server on another address: "another host" for the pod's annotations."""
+    srv = LoopbackServer("127.0.0.2")
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_a_hostile_pprof_port_sends_nothing_to_another_host(
+    make_action: MakeAction,
+    server: LoopbackServer,
+    other_host: LoopbackServer,
+    storage: LocalStorage,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.routes["/debug/pprof/heap"] = Route(200, b"pod profile")
+    other_host.routes["/debug/pprof/heap"] = Route(200, b"somebody else's data")
+    hostile = f"{server.port}@{other_host.host}:{other_host.port}"
+    # pasted into "http://<pod-ip>:<port><path>" it names the other host: what the script used to
+    # fetch does reach it (so its log below would show such a request)
+    pasted = f"http://127.0.0.1:{hostile}/debug/pprof/heap"
+    with httpget.stream(pasted, deadline_s=5) as reply:
+        assert b"".join(reply) == b"somebody else's data"
+    assert len(other_host.seen) == 1
+    other_host.seen.clear()
+
+    action = make_action(None, script=str(bundled_script("heapdump.lua")))
+    event = pressure("critical", annotations={"pressured.io/pprof-port": hostile})
+    # the annotation is refused: the default port is asked, on the pod's own address
+    with pytest.raises(ActionError, match=r"heap profile from http://127\.0\.0\.1:6060/debug/"):
+        action.run(event)
+    assert other_host.seen == []
+    assert server.seen == []
+    assert list(storage.list()) == []
+    refused = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "refused" in r.getMessage()
+    ]
+    assert refused == [
+        f"lua: shop/web-7f9c: annotation pressured.io/pprof-port={hostile!r} ignored: not a port "
+        "number (refused: Lua scripts do not see it)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["//127.0.0.2/x", "/x@127.0.0.2/", "/\\127.0.0.2/", "http://127.0.0.2/", "/a b", "/a\r\nX: y"],
+)
+def test_a_hostile_pprof_path_is_refused(
+    path: str,
+    make_action: MakeAction,
+    server: LoopbackServer,
+    storage: LocalStorage,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.routes["/debug/pprof/heap"] = Route(200, b"pod profile")
+    action = make_action(None, script=str(bundled_script("heapdump.lua")))
+    annotations = {"pressured.io/pprof-port": str(server.port), "pressured.io/pprof-path": path}
+    action.run(pressure("critical", annotations=annotations))
+    # the default path, on the pod's port
+    assert [(s.method, s.path) for s in server.seen] == [("GET", "/debug/pprof/heap")]
+    assert [storage.read(k) for k in storage.list()] == [b"pod profile"]
+    assert any(
+        "pressured.io/pprof-path" in r.getMessage() and "refused" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_scripts_see_checked_annotation_values_only(make_action: MakeAction) -> None:
+    action = make_action(
+        """
+function on_event(event, ctx)
+  local a = event.annotations
+  assert(a["pressured.io/pprof-port"] == "8080", a["pressured.io/pprof-port"])
+  assert(ctx.pprof.port == 8080 and math.type(ctx.pprof.port) == "integer")
+  assert(a["pressured.io/pprof-path"] == nil and ctx.pprof.path == nil)
+  assert(a["pressured.io/pprof-enabled"] == "true" and ctx.pprof.enabled == true)
+  assert(a["pressured.io/warn-percent"] == nil)
+  assert(a["pressured.io/made-up"] == nil)
+  assert(a.team == "checkout")
+end
+"""
+    )
+    annotations = {
+        "pressured.io/pprof-port": " 8080 ",
+        "pressured.io/pprof-path": "//elsewhere/heap",
+        "pressured.io/pprof-enabled": "true",
+        "pressured.io/warn-percent": "lots",
+        "pressured.io/made-up": "1",
+        "team": "checkout",
+    }
+    assert action.scripts.run(pressure(annotations=annotations)) == []
+
+
+def test_heapdump_lua_honours_pprof_enabled_false(
+    make_action: MakeAction, server: LoopbackServer, storage: LocalStorage
+) -> None:
+    server.routes["/debug/pprof/heap"] = Route(200, b"pod profile")
+    action = make_action(None, script=str(bundled_script("heapdump.lua")))
+    annotations = {
+        "pressured.io/pprof-port": str(server.port),
+        "pressured.io/pprof-enabled": "false",
+    }
+    action.run(pressure("critical", annotations=annotations))
+    assert server.seen == []
+    assert list(storage.list()) == []

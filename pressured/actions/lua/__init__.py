@@ -17,7 +17,12 @@ What a script sees (nothing else; each script has its own interpreter and enviro
 
     event           the event contract (``Event.to_json()``) as nested tables; ``annotations``
                     is a table, ``pprof_top`` is there when the heapdump action added it; JSON
-                    nulls are absent (nil)
+                    nulls are absent (nil). A ``pressured.io/*`` annotation is there only when
+                    its value passes the daemon's own check (pressured.k8s.annotations; the
+                    port and path in their checked form); a refused one is absent and logged
+    ctx.pprof       the pod's accepted pprof annotations as values: {enabled=boolean,
+                    port=integer 1..65535, path="/..." (no "//", "@", backslash, space or
+                    control character)}, each absent when not (validly) annotated
     ctx.dry_run     true when pressured runs dry (then storage writes are logged, not done, and
                     only GET/HEAD requests are sent)
     ctx.time_iso([t])  RFC 3339 UTC time of now (or of epoch seconds t)

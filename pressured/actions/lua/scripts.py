@@ -38,6 +38,7 @@ from pressured.actions.lua.convert import clip
 from pressured.actions.lua.process import WorkerGone, WorkerProcess, WorkerTimeout, levels
 from pressured.actions.lua.sandbox import ScriptFailure, ScriptSource
 from pressured.errors import ConfigError, LuaError, did_you_mean
+from pressured.k8s.annotations import validated_annotations
 from pressured.model import Event
 
 log = logging.getLogger("pressured.lua")
@@ -176,12 +177,12 @@ class LuaScripts:
 
     def run(self, event: Event) -> list[ScriptFailure]:
         """Call every script's on_event; a failure is logged and returned, never raised."""
-        event_json = event.to_json()
+        event_json, pprof = script_view(event)
         dry_run = bool(self.ctx.dry_run or event.dry_run)
         failures: list[ScriptFailure] = []
         with self._lock:
             for index, source in enumerate(self.sources):
-                ctx = {"dry_run": dry_run, "script": source.name}
+                ctx = {"dry_run": dry_run, "script": source.name, "pprof": pprof}
                 failure = self._run_one(index, source, event_json, ctx)
                 if failure is not None:
                     log.error("%s", failure)
@@ -248,6 +249,26 @@ class LuaScripts:
         """Stop the worker (it ends, or is killed after a second)."""
         with self._lock:
             self._drop_worker()
+
+
+def script_view(event: Event) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The event as scripts see it, and their ``ctx.pprof``. A pod's owner writes its
+    annotations: the ``pressured.io/*`` ones are checked as the daemon checks them
+    (pressured.k8s.annotations), a refused value is left out and logged, and ``ctx.pprof``
+    holds the accepted pprof settings as values (``port`` an integer)."""
+    ident = event.identity
+    where = f"{ident.namespace}/{ident.pod_name}" if ident.pod_name else event.key or event.cgroup
+    annotations, settings = validated_annotations(event.annotations, where)
+    for warning in settings.warnings:
+        log.warning("lua: %s (refused: Lua scripts do not see it)", warning)
+    event_json = event.to_json()
+    event_json["annotations"] = annotations
+    pprof = {
+        "enabled": settings.pprof.enabled,
+        "port": settings.pprof.port,
+        "path": settings.pprof.path,
+    }
+    return event_json, {k: v for k, v in pprof.items() if v is not None}
 
 
 def _sources(key: str, value: Any, where: str) -> list[ScriptSource]:
