@@ -255,6 +255,8 @@ def test_unbounded_allocation_stops_in_the_worker_and_the_daemon_is_unharmed(
     address_space = soft_limits(pid)["Max address space"]
     assert address_space != "unlimited"
     assert int(address_space) < (200 * 4 + 512) * 2**20  # the scripts' caps and some room
+    # the kernel's OOM killer would take the worker first
+    assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"
 
     [failure] = action.scripts.run(probe_event())
     assert failure.kind == "memory"

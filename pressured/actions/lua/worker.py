@@ -26,6 +26,8 @@ Limits, set at init before any script code runs (``limits``):
                  timeout, KILL_GRACE and CPU_SLACK; over it the kernel kills the worker
                  (SIGXCPU), even if the daemon is gone
     RLIMIT_CORE  0: a killed worker leaves no core file
+    oom_score_adj 1000: when memory runs out the kernel's OOM killer takes the worker first, not
+                 the daemon (which lowers its own to -900) nor a tenant's container
 
 The environment is the daemon's minus everything but what Python and httpx need (PATH, locale,
 TZ, proxies, CA files), ``PRESSURED_*`` and the names in env_allow (process.py), so ctx.getenv
@@ -240,6 +242,11 @@ class Worker:
 def limits(scripts: int, memory_mb: int) -> int:
     """Cap this process (see the module docstring); returns the address space allowed."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:  # raising it needs no privilege; the worker inherited the daemon's -900
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError as exc:
+        log.debug("lua worker: cannot raise its oom_score_adj: %s", exc)
     page = os.sysconf("SC_PAGE_SIZE")
     with open("/proc/self/statm") as f:
         used = int(f.read().split()[0]) * page
