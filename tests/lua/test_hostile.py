@@ -172,7 +172,7 @@ def test_a_pathological_pattern_gets_the_worker_killed_and_the_daemon_goes_on(
     assert 1.0 <= end - start < 10
     # the daemon's other threads ran all along: the wait did not hold the GIL
     assert len([t for t in ticker.ticks if start <= t <= end]) >= 20
-    assert ticker.longest_gap(start, end) < 0.5
+    assert ticker.longest_gap(start, end) < 1.0  # held, it would be the whole call: 2 s
     assert not alive(old_pid)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == ["inline_script: timed out after 1000 ms, worker killed"]
@@ -201,6 +201,7 @@ def test_every_handler_runs_after_a_worker_was_killed_for_another(
     assert storage.read("b") == b"critical"
 
 
+@pytest.mark.slow
 def test_the_cpu_limit_kills_a_worker_the_daemon_did_not(
     make_action: MakeAction, monkeypatch: pytest.MonkeyPatch, storage: LocalStorage
 ) -> None:
