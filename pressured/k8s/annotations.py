@@ -4,16 +4,22 @@
     pressured.io/critical-percent   0 < p <= 100
     pressured.io/cooldown-seconds   >= 0
     pressured.io/pprof-enabled      true/false (also 1/0, yes/no, on/off)
-    pressured.io/pprof-port         1..65535
-    pressured.io/pprof-path         an absolute URL path, e.g. /debug/pprof/heap
+    pressured.io/pprof-port         1..65535, decimal digits only
+    pressured.io/pprof-path         an absolute URL path, e.g. /debug/pprof/heap: no "@", "//",
+                                    backslash, space or control character, so that nothing
+                                    pasted after "http://<host>:<port>" can name another host
 
 A pod's owner writes these, not the operator, so a bad value never stops anything: it keeps
 the default and comes back as a warning the caller logs and posts as a Warning Event.
+``pprof_port`` and ``pprof_path`` are the one check of the two values that end up in a URL;
+``validated_annotations`` is what a pod's annotations look like once the refused
+``pressured.io/*`` values are left out (what Lua scripts see).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +38,37 @@ KNOWN = frozenset(
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_PORT = re.compile(r"[0-9]{1,5}")
+_PATH_REFUSED = ("//", "@", "\\")
+
+
+def pprof_port(raw: str) -> int:
+    """The TCP port an annotation value names (surrounding spaces allowed); ValueError says why
+    it is not one."""
+    text = raw.strip()
+    if not _PORT.fullmatch(text):
+        raise ValueError("not a port number")
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError("must be between 1 and 65535")
+    return port
+
+
+def pprof_path(raw: str) -> str:
+    """The URL path an annotation value names (surrounding spaces allowed); ValueError says why
+    it is not one. What it accepts, put after "http://<host>:<port>", keeps that host: it
+    starts with "/" and has no "//", "@", backslash, space or control character."""
+    path = raw.strip()
+    if (
+        not path.startswith("/")
+        or any(bad in path for bad in _PATH_REFUSED)
+        or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+    ):
+        raise ValueError(
+            "must be an absolute URL path such as /debug/pprof/heap "
+            "(no '//', '@', backslash, space or control character)"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -107,22 +144,17 @@ def parse_annotations(annotations: Mapping[str, str], where: str = "pod") -> Pod
     raw = annotations.get(PPROF_PORT)
     if raw is not None:
         try:
-            port = int(raw.strip())
-        except ValueError:
-            bad(PPROF_PORT, raw, "not a port number")
-        else:
-            if not 0 < port < 65536:
-                bad(PPROF_PORT, raw, "must be between 1 and 65535")
-                port = None
+            port = pprof_port(raw)
+        except ValueError as exc:
+            bad(PPROF_PORT, raw, str(exc))
 
     path: str | None = None
     raw = annotations.get(PPROF_PATH)
     if raw is not None:
-        candidate = raw.strip()
-        if not candidate.startswith("/") or any(c.isspace() for c in candidate):
-            bad(PPROF_PATH, raw, "must be an absolute URL path such as /debug/pprof/heap")
-        else:
-            path = candidate
+        try:
+            path = pprof_path(raw)
+        except ValueError as exc:
+            bad(PPROF_PATH, raw, str(exc))
 
     for key in sorted(k for k in annotations if k.startswith(PREFIX) and k not in KNOWN):
         bad(key, annotations[key], f"unknown (known: {', '.join(sorted(KNOWN))})")
@@ -143,3 +175,29 @@ def event_annotations(annotations: Mapping[str, str]) -> dict[str, str]:
     """The pod annotations actions see in ``event.annotations``: all of them (a Lua script or a
     webhook may key on the owner's own), except kubectl's copy of the whole manifest."""
     return {k: v for k, v in annotations.items() if k not in _BULKY}
+
+
+def validated_annotations(
+    annotations: Mapping[str, str], where: str = "pod"
+) -> tuple[dict[str, str], PodSettings]:
+    """``annotations`` with only the ``pressured.io/*`` values parse_annotations accepts (the
+    port and the path in their checked form; unknown ``pressured.io/*`` names left out), and
+    the parsed settings, whose ``warnings`` name every value left out."""
+    settings = parse_annotations(annotations, where)
+    accepted = {
+        WARN_PERCENT: settings.overrides.warn_percent is not None,
+        CRITICAL_PERCENT: settings.overrides.critical_percent is not None,
+        COOLDOWN_SECONDS: settings.overrides.cooldown_seconds is not None,
+        PPROF_ENABLED: settings.pprof.enabled is not None,
+    }
+    out: dict[str, str] = {}
+    for key, value in annotations.items():
+        if not key.startswith(PREFIX):
+            out[key] = value
+        elif key == PPROF_PORT and settings.pprof.port is not None:
+            out[key] = str(settings.pprof.port)
+        elif key == PPROF_PATH and settings.pprof.path is not None:
+            out[key] = settings.pprof.path
+        elif accepted.get(key):
+            out[key] = value
+    return out, settings

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pressured.k8s.annotations import event_annotations, parse_annotations
+from pressured.k8s.annotations import (
+    event_annotations,
+    parse_annotations,
+    pprof_path,
+    pprof_port,
+    validated_annotations,
+)
 from pressured.sources.base import Overrides
 
 
@@ -64,6 +70,18 @@ def test_tolerated_spellings() -> None:
         ("pressured.io/pprof-port", "0"),
         ("pressured.io/pprof-path", "debug/pprof/heap"),
         ("pressured.io/pprof-path", "/debug/pprof heap"),
+        # what would make "http://<pod-ip>:<port><path>" name another host
+        ("pressured.io/pprof-port", "6060@169.254.169.254:80"),
+        ("pressured.io/pprof-port", "6060/"),
+        ("pressured.io/pprof-port", "6_060"),
+        ("pressured.io/pprof-port", "+6060"),
+        ("pressured.io/pprof-port", "\u0666\u0660\u0666\u0660"),  # Arabic-Indic digits
+        ("pressured.io/pprof-path", "//169.254.169.254/latest"),
+        ("pressured.io/pprof-path", "/x@169.254.169.254/"),
+        ("pressured.io/pprof-path", "/debug//heap"),
+        ("pressured.io/pprof-path", "/\\169.254.169.254/"),
+        ("pressured.io/pprof-path", "/debug/pprof/heap\r\nHost: evil"),
+        ("pressured.io/pprof-path", "/debug/\x00heap"),
         ("pressured.io/warn-percnt", "60"),
     ],
 )
@@ -109,3 +127,34 @@ def test_event_annotations_drop_kubectls_manifest_copy() -> None:
         }
     )
     assert got == {"pressured.io/warn-percent": "60", "team": "payments"}
+
+
+def test_pprof_port_and_path_accept_plain_values_only() -> None:
+    assert pprof_port(" 8080 ") == 8080
+    assert pprof_path(" /debug/pprof/heap?gc=1 ") == "/debug/pprof/heap?gc=1"
+    with pytest.raises(ValueError, match="not a port number"):
+        pprof_port("80@10.0.0.1")
+    with pytest.raises(ValueError, match="absolute URL path"):
+        pprof_path("http://10.0.0.1/")
+
+
+def test_validated_annotations_leave_refused_values_out() -> None:
+    got, settings = validated_annotations(
+        {
+            "pressured.io/pprof-port": " 6061 ",
+            "pressured.io/pprof-path": "@evil/x",
+            "pressured.io/warn-percent": "60",
+            "pressured.io/critical-percent": "lots",
+            "pressured.io/unknown": "1",
+            "team": "payments",
+        },
+        "shop/web",
+    )
+    assert got == {
+        "pressured.io/pprof-port": "6061",
+        "pressured.io/warn-percent": "60",
+        "team": "payments",
+    }
+    assert (settings.pprof.port, settings.pprof.path) == (6061, None)
+    assert len(settings.warnings) == 3
+    assert all(w.startswith("shop/web: annotation pressured.io/") for w in settings.warnings)

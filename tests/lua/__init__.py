@@ -34,9 +34,11 @@ class Seen:
 
 
 class LoopbackServer:
-    """ThreadingHTTPServer on 127.0.0.1: ``routes`` answer, ``seen`` records every request."""
+    """ThreadingHTTPServer on 127.0.0.1 (or another loopback ``host``): ``routes`` answer,
+    ``seen`` records every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.routes: dict[str, Route] = {}
         self.seen: list[Seen] = []
         self.answered = 0
@@ -76,7 +78,7 @@ class LoopbackServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(
@@ -85,7 +87,7 @@ class LoopbackServer:
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def close(self) -> None:
         self.release.set()

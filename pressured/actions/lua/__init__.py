@@ -1,15 +1,28 @@
-"""Lua scripts run on events, in a sandbox (lupa, Lua 5.4): the ``lua`` action.
+"""Lua scripts run on events, in a sandbox (lupa, Lua 5.4) in a worker process: the ``lua``
+action.
 
 A script defines ``on_event(event, ctx)``. Scripts come from exactly one of
 ``plugins.lua.script`` (a file), ``plugins.lua.scripts_dir`` (every ``*.lua`` in it, in name
 order, each handler called) or ``plugins.lua.inline_script`` (text). Every script is compiled
 and its top level run at start, so a syntax error is a ConfigError naming the file and line.
 
+The scripts of one action run in one worker process (``python -m pressured.actions.lua.worker``)
+with its own address-space and CPU limits and a trimmed environment; the daemon waits for each
+call at most timeout_ms plus a grace, without holding the GIL, and kills the worker when the
+answer does not come (a long C call the time hook cannot interrupt). A new worker, which loads
+the scripts again, takes the next call. Storage calls and log records go to the daemon through
+the pipe; HTTP runs in the worker.
+
 What a script sees (nothing else; each script has its own interpreter and environment table):
 
     event           the event contract (``Event.to_json()``) as nested tables; ``annotations``
                     is a table, ``pprof_top`` is there when the heapdump action added it; JSON
-                    nulls are absent (nil)
+                    nulls are absent (nil). A ``pressured.io/*`` annotation is there only when
+                    its value passes the daemon's own check (pressured.k8s.annotations; the
+                    port and path in their checked form); a refused one is absent and logged
+    ctx.pprof       the pod's accepted pprof annotations as values: {enabled=boolean,
+                    port=integer 1..65535, path="/..." (no "//", "@", backslash, space or
+                    control character)}, each absent when not (validly) annotated
     ctx.dry_run     true when pressured runs dry (then storage writes are logged, not done, and
                     only GET/HEAD requests are sent)
     ctx.time_iso([t])  RFC 3339 UTC time of now (or of epoch seconds t)
@@ -45,10 +58,15 @@ Refused, each with a Lua error that names what is not available: io, debug, pack
 loadfile, os.execute and every other os function, string.dump, binary chunks, C modules,
 ``python``, and ``__gc`` metamethods (a finalizer would run outside the script's time budget).
 
-The limits (``timeout_ms``, ``memory_mb``) are described in budget.py. The modules:
+The limits (``timeout_ms``, ``memory_mb``) are described in budget.py, the worker's own in
+worker.py. The modules:
 
     action        LuaAction, the ``lua`` entry of the ``pressured.actions.v1`` group
-    sandbox       LuaScripts (loading, config, running every handler) and one Sandbox per script
+    scripts       LuaScripts (config, the worker's life, one call per handler), in the daemon
+    process       the daemon's side of a worker: start, request, storage calls, kill
+    protocol      the frames on the pipe between them
+    worker        the worker process: its limits, its sandboxes, storage through the pipe
+    sandbox       one Sandbox (interpreter) per script, in the worker
     budget        the time budget and memory cap of one interpreter
     convert       Python <-> Lua values
     host          what every host function shares (answers, failures, the owner interface)
@@ -61,12 +79,8 @@ The limits (``timeout_ms``, ``memory_mb``) are described in budget.py. The modul
 from pressured.actions.lua.action import LuaAction
 from pressured.actions.lua.budget import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS, HOOK_INSTRUCTIONS
 from pressured.actions.lua.host_ctx import TRACE
-from pressured.actions.lua.sandbox import (
-    LuaScripts,
-    ScriptFailure,
-    ScriptSource,
-    bundled_script,
-)
+from pressured.actions.lua.sandbox import ScriptFailure, ScriptSource, bundled_script
+from pressured.actions.lua.scripts import LuaScripts
 
 __all__ = [
     "DEFAULT_MEMORY_MB",

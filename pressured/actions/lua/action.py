@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pressured.actions.base import Action, ActionContext
-from pressured.actions.lua.sandbox import LuaScripts
+from pressured.actions.lua.scripts import LuaScripts
 from pressured.errors import ActionError, ConfigError
 from pressured.model import Event
 
@@ -49,7 +49,7 @@ class LuaAction(Action):
         failures = self.scripts.run(event)
         if failures:
             raise ActionError(
-                f"lua: {len(failures)} of {len(self.scripts.sandboxes)} handler(s) failed: "
+                f"lua: {len(failures)} of {len(self.scripts.sources)} handler(s) failed: "
                 + "; ".join(str(f) for f in failures)
             )
 

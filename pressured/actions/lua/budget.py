@@ -9,8 +9,10 @@ coroutine.resume re-raise the timeout, so a script cannot catch it and go on. Tw
 so after the timeout xpcall skips the script's handler; and near the C-stack limit the hook
 cannot be called at all (Lua raises "C stack overflow" instead), so those wrappers also check
 the deadline on every error they catch. HTTP calls take their timeout from what is left of the
-budget. A single long C call (a pathological string.find) is not interruptible by a hook; the
-memory cap bounds the string functions that could run long. ``memory_mb`` (default 64) caps each
+budget. A single long C call (a pathological string.find) is not interruptible by a hook: the
+daemon kills the worker process the scripts run in KILL_GRACE_MS after timeout_ms (scripts.py),
+and the worker's CPU limit ends it even without the daemon (worker.py). ``memory_mb`` (default
+64) caps each
 script's interpreter (lupa's allocator limit); exceeding it is a Lua "not enough memory" error
 in that script. Data the host hands to Lua is sized first, because lupa cannot recover from a
 failed allocation while Python pushes values (it aborts the process or deadlocks; measured with
@@ -34,6 +36,15 @@ DEFAULT_MEMORY_MB = 64
 HOOK_INSTRUCTIONS = 1000
 """VM instructions between deadline checks: one Python call per ~1000 instructions costs a few
 per cent of a tight loop and stops a runaway script within a fraction of a millisecond."""
+
+KILL_GRACE_MS = 1000
+"""How long past a call's timeout_ms the daemon waits for the worker's answer before it kills
+the worker: the hook stops a script within a fraction of a millisecond, so only a call the hook
+cannot interrupt (one long C call) or a wedged worker ever uses it."""
+CPU_SLACK_S = 2
+"""CPU seconds allowed past a call's timeout and grace before the kernel kills the worker."""
+START_TIMEOUT_MS = 30000
+"""Time a new worker has to start and answer (Python, lupa and httpx imported)."""
 
 MIB = 1024 * 1024
 PUSH_SLACK = 64 * 1024

@@ -13,6 +13,9 @@ from typing import Any
 
 MAX_DEPTH = 64
 """Deeper Python data is pushed as the string "(nested too deep)"."""
+QUOTE_CHARS = 200
+"""How much of a Lua error message is quoted in logs, events and errors."""
+_CLIP_MARGIN = 32
 
 
 class Converter:
@@ -64,6 +67,16 @@ def as_text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` when short, else its first ``limit`` characters, "..." and its size: a script
+    can raise an error of many megabytes, which must not reach a log line in full. Clipping
+    clipped text changes nothing (the margin is longer than the tail it adds)."""
+    if len(text) <= limit + _CLIP_MARGIN:
+        return text
+    size = len(text.encode("utf-8", errors="replace"))
+    return f"{text[:limit]}... ({size} bytes)"
 
 
 def lua_kind(value: Any) -> str:

@@ -33,17 +33,22 @@ class Timeout(Exception):
 
 
 class Owner(Protocol):
-    """What host functions use of the scripts that own the sandbox (LuaScripts)."""
+    """What a sandbox and its host functions use of the worker that holds them (worker.py)."""
 
     dry_run: bool
     """Dry run of the event being handled."""
     env_allow: frozenset[str]
+    timeout_ms: int
+    memory_mb: int
+    config: Mapping[str, Any]
+    """The whole effective configuration (the script's global ``config``)."""
 
     def http(self) -> Any:
-        """The shared httpx.Client."""
+        """The httpx.Client the scripts share."""
 
     def storage(self) -> Storage:
-        """The configured storage; raises ScriptMistake when there is none."""
+        """The configured storage (the daemon's, through the pipe); raises ScriptMistake when
+        there is none."""
 
 
 class Host:

@@ -1,13 +1,9 @@
-"""The scripts of one ``lua`` section and their interpreters (the package docstring says what a
-script sees).
+"""One script's interpreter, in the Lua worker (the package docstring says what a script sees).
 
-LuaScripts validates a ``plugins.lua``-shaped section, loads its scripts and calls every
-handler per event. Each script gets a Sandbox: its own lupa LuaRuntime (Lua 5.4), in which
-prelude.lua builds the script's environment from the host functions (host_*.py), within the
-script's budget (budget.py). require() finds Lua files beside the script.
-
-A failing handler (error, timeout, memory) is logged with the script name and line and reported
-in ``LuaScripts.run``'s result; the other handlers and later events run normally.
+Each script gets a Sandbox: its own lupa LuaRuntime (Lua 5.4), in which prelude.lua builds the
+script's environment from the host functions (host_*.py), within the script's budget
+(budget.py). require() finds Lua files beside the script. A failing call (error, timeout,
+memory) is a ScriptFailure naming the script and line; the interpreter stays usable.
 """
 
 from __future__ import annotations
@@ -15,36 +11,26 @@ from __future__ import annotations
 import functools
 import os
 import re
-import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
-from pressured.actions.base import ActionContext
-from pressured.actions.lua.budget import (
-    DEFAULT_MEMORY_MB,
-    DEFAULT_TIMEOUT_MS,
-    HOOK_INSTRUCTIONS,
-    MIB,
-    Budget,
-)
-from pressured.actions.lua.convert import Converter, as_text, estimate
-from pressured.actions.lua.host import Host, HostAnswer, ScriptMistake, log
+from pressured.actions.lua.budget import HOOK_INSTRUCTIONS, MIB, Budget
+from pressured.actions.lua.convert import Converter, as_text, clip, estimate
+from pressured.actions.lua.host import Host, HostAnswer, Owner, ScriptMistake
 from pressured.actions.lua.host_ctx import CtxApi
 from pressured.actions.lua.host_http import HttpApi
 from pressured.actions.lua.host_storage import StorageApi
-from pressured.errors import ConfigError, LuaError, did_you_mean
-from pressured.model import Event
-from pressured.storage.base import Storage
+from pressured.errors import LuaError
 
 _OUT_OF_MEMORY = "not enough memory"
-_SOURCE_KEYS = ("script", "scripts_dir", "inline_script")
-_KNOWN_KEYS = {*_SOURCE_KEYS, "timeout_ms", "memory_mb", "env_allow"}
 _POSITION = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+): (?P<rest>.*)$", re.DOTALL)
 """The "<chunk>:<line>: " prefix Lua puts on error messages."""
+_POSITION_CHARS = 1024
+"""The prefix looked at for that position (Lua shortens chunk names in messages to 60 bytes)."""
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -69,17 +55,60 @@ class ScriptSource:
     def inline(cls, text: str, name: str = "inline_script") -> ScriptSource:
         return cls(name=name, text=text, chunkname=f"={name}", module_dir=None)
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScriptSource:
+        module_dir = data.get("module_dir")
+        return cls(
+            name=str(data["name"]),
+            text=str(data["text"]),
+            chunkname=str(data["chunkname"]),
+            module_dir=None if module_dir is None else str(module_dir),
+        )
+
+
+FailureKind = Literal["error", "timeout", "memory", "crashed"]
+
 
 @dataclass(frozen=True)
 class ScriptFailure:
-    """One handler that did not finish: ``kind`` is "error", "timeout" or "memory"."""
+    """One handler that did not finish: ``kind`` is "error", "timeout" (the script's time was
+    up: stopped by its budget, or its worker killed), "memory", or "crashed" (its worker died)."""
 
     script: str
     message: str
-    kind: Literal["error", "timeout", "memory"] = "error"
+    kind: FailureKind = "error"
     line: int | None = None
     file: str | None = None
     """The file ``line`` is in: the script itself, or a module it required."""
+
+    def __post_init__(self) -> None:
+        # a script's error value can be megabytes: only a prefix is ever quoted
+        object.__setattr__(self, "message", clip(self.message))
+        if self.file is not None:
+            object.__setattr__(self, "file", clip(self.file))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, script: str) -> ScriptFailure:
+        """The failure the worker described, every field checked (``script`` is the script the
+        daemon asked about)."""
+        if not isinstance(data, Mapping):
+            return cls(script, f"the Lua worker answered {str(data)[:200]!r}")
+        kind = data.get("kind")
+        line = data.get("line")
+        file = data.get("file")
+        return cls(
+            script=script,
+            message=str(data.get("message", "failed")),
+            kind=cast(FailureKind, kind) if kind in get_args(FailureKind) else "error",
+            line=line if isinstance(line, int) and not isinstance(line, bool) else None,
+            file=None if file is None else str(file),
+        )
 
     def __str__(self) -> str:
         if self.line is None:
@@ -97,7 +126,7 @@ def bundled_script(name: str = "heapdump.lua") -> Path:
     return path
 
 
-def _lupa() -> ModuleType:
+def load_lupa() -> ModuleType:
     # Lua 5.4 on purpose: the default lupa module may be LuaJIT (no allocator limit on 64-bit)
     # or a newer Lua whose language changed; 5.4 is what the scripts and the prelude target.
     try:
@@ -123,8 +152,8 @@ class Sandbox:
     """One script's interpreter: set up with the prelude and the script's top level run at
     start (a failure is a LuaError), then one ``run`` per event."""
 
-    def __init__(self, source: ScriptSource, owner: LuaScripts) -> None:
-        lupa = _lupa()
+    def __init__(self, source: ScriptSource, owner: Owner) -> None:
+        lupa = load_lupa()
         self.source = source
         self.owner = owner
         try:
@@ -197,7 +226,7 @@ class Sandbox:
         line = values[2] if len(values) > 2 and isinstance(values[2], int) else None
         src = as_text(values[3]) if len(values) > 3 and values[3] is not None else None
         timed_out = len(values) > 4 and values[4] is True
-        kind: Literal["error", "timeout", "memory"] = "error"
+        kind: FailureKind = "error"
         if timed_out or message == self.budget.timeout_message:
             kind = "timeout"
         elif message == _OUT_OF_MEMORY or message.endswith(_OUT_OF_MEMORY):
@@ -206,9 +235,10 @@ class Sandbox:
         file = src[1:] if src and src[:1] in ("@", "=") else src
         # The position Lua wrote into the message is where the error was raised; the message
         # handler sees where it surfaced (a rethrow by pcall, http.stream or require).
-        at = _POSITION.match(message)
+        at = _POSITION.match(message[:_POSITION_CHARS])
         if at:
-            file, line, message = at.group("file"), int(at.group("line")), at.group("rest")
+            file, line = at.group("file"), int(at.group("line"))
+            message = at.group("rest") + message[_POSITION_CHARS:]
             if file.startswith("...") and self.source.name.endswith(file[3:]):
                 file = self.source.name  # Lua shortens long chunk names to "...<tail>"
         elif file == self.source.chunkname[1:]:
@@ -249,142 +279,3 @@ class Sandbox:
 
 def _refuse_attribute(obj: object, name: object, is_setting: bool) -> str:
     raise AttributeError("pressured: Python objects are not accessible from Lua")
-
-
-class LuaScripts:
-    """The loaded scripts of one ``plugins.lua``-shaped section, each in its own sandbox."""
-
-    def __init__(
-        self,
-        sources: Sequence[ScriptSource],
-        *,
-        ctx: ActionContext,
-        timeout_ms: int = DEFAULT_TIMEOUT_MS,
-        memory_mb: int = DEFAULT_MEMORY_MB,
-        env_allow: Sequence[str] = (),
-    ) -> None:
-        """Compile and run the top level of every script; raises LuaError naming the script."""
-        self.ctx = ctx
-        self.timeout_ms = timeout_ms
-        self.memory_mb = memory_mb
-        self.env_allow = frozenset(env_allow)
-        self.config: Mapping[str, Any] = ctx.config
-        self._http: Any = None
-        self._storage: Storage | None = None
-        self._lock = threading.Lock()
-        self.dry_run = ctx.dry_run
-        """Dry run of the event being handled (the daemon's or the event's own flag)."""
-        self.sandboxes: list[Sandbox] = []
-        try:
-            for source in sources:
-                self.sandboxes.append(Sandbox(source, self))
-        except Exception:
-            self.close()
-            raise
-
-    @property
-    def names(self) -> list[str]:
-        return [box.source.name for box in self.sandboxes]
-
-    @classmethod
-    def from_config(
-        cls, section: Mapping[str, Any], where: str = "plugins.lua", *, ctx: ActionContext
-    ) -> LuaScripts:
-        """Validate a ``plugins.lua`` section (or a ``{type: lua}`` action entry) and load its
-        scripts; every problem is a ConfigError naming ``where.key``."""
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping (got {section!r})")
-        for key in section:
-            if key not in _KNOWN_KEYS and key != "type":
-                raise ConfigError(
-                    f"{where}.{key}: unknown option{did_you_mean(str(key), _KNOWN_KEYS)}"
-                )
-        given = [k for k in _SOURCE_KEYS if section.get(k) is not None]
-        if len(given) != 1:
-            raise ConfigError(
-                f"{where}: set exactly one of script, scripts_dir, inline_script "
-                f"(got {', '.join(given) if given else 'none'})"
-            )
-        timeout_ms = _int_option(section, "timeout_ms", DEFAULT_TIMEOUT_MS, where)
-        memory_mb = _int_option(section, "memory_mb", DEFAULT_MEMORY_MB, where)
-        env_allow = section.get("env_allow", [])
-        if not isinstance(env_allow, list) or not all(isinstance(n, str) for n in env_allow):
-            raise ConfigError(f"{where}.env_allow: expected a list of names (got {env_allow!r})")
-        key = given[0]
-        sources = _sources(key, section[key], f"{where}.{key}")
-        try:
-            return cls(
-                sources, ctx=ctx, timeout_ms=timeout_ms, memory_mb=memory_mb, env_allow=env_allow
-            )
-        except LuaError as exc:
-            raise ConfigError(f"{where}.{key}: {exc}") from exc
-
-    def run(self, event: Event) -> list[ScriptFailure]:
-        """Call every script's on_event; a failure is logged and returned, never raised."""
-        event_json = event.to_json()
-        dry_run = bool(self.ctx.dry_run or event.dry_run)
-        ctx = {"dry_run": dry_run}
-        failures: list[ScriptFailure] = []
-        with self._lock:
-            self.dry_run = dry_run
-            for box in self.sandboxes:
-                failure = box.run(event_json, {**ctx, "script": box.source.name})
-                if failure is not None:
-                    log.error("%s", failure)
-                    failures.append(failure)
-        return failures
-
-    def http(self) -> Any:
-        if self._http is None:
-            import httpx  # noqa: PLC0415
-
-            self._http = httpx.Client()
-        return self._http
-
-    def storage(self) -> Storage:
-        if self._storage is None:
-            if self.ctx.storage_factory is None:
-                raise ScriptMistake("storage is not configured")
-            self._storage = self.ctx.storage_factory()
-        return self._storage
-
-    def close(self) -> None:
-        for box in self.sandboxes:
-            box.close()
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-
-
-def _sources(key: str, value: Any, where: str) -> list[ScriptSource]:
-    if key == "inline_script":
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{where}: expected Lua source text (got {value!r})")
-        return [ScriptSource.inline(value)]
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a path (got {value!r})")
-    path = Path(value)
-    if key == "script":
-        if not path.is_file():
-            raise ConfigError(f"{where}: no such file (got {value!r})")
-        files = [path]
-    else:
-        if not path.is_dir():
-            raise ConfigError(f"{where}: no such directory (got {value!r})")
-        files = sorted(p for p in path.glob("*.lua") if p.is_file())
-        if not files:
-            raise ConfigError(f"{where}: no *.lua files in {value!r}")
-    out = []
-    for file in files:
-        try:
-            out.append(ScriptSource.from_file(file))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{where}: cannot read {file}: {exc}") from exc
-    return out
-
-
-def _int_option(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{where}.{key}: expected a positive integer (got {value!r})")
-    return value
