@@ -44,7 +44,7 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
             first[key] = _reading(key, ref, proc)[0]
     if interval > 0:
         time.sleep(interval)
-    metric_ws = cfg.get("thresholds.metric") != "usage"
+    metric = cfg.get("thresholds.metric")
     rows = []
     for key, ref, ident in refs:
         if key not in first:
@@ -54,10 +54,7 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
         except CgroupError:
             continue
         r0 = first[key]
-        if metric_ws:
-            value, value0 = r.working_set_bytes, r0.working_set_bytes
-        else:
-            value, value0 = r.usage_bytes, r0.usage_bytes
+        value, value0 = r.metric_bytes(metric), r0.metric_bytes(metric)
         growth = (value - value0) / (r.time - r0.time) if r.time > r0.time else 0.0
         limit = r.limit_bytes
         pct = 100.0 * value / limit if limit else None

@@ -47,24 +47,30 @@ import statistics
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pressured.errors import ConfigError
 from pressured.expr import Expr, compile_expr
-from pressured.model import SEVERITY_RANK, Identity, PressureEvent, Psi, Sample, Severity
+from pressured.model import (
+    METRICS,
+    SEVERITY_RANK,
+    Identity,
+    Metric,
+    Overrides,
+    PressureEvent,
+    Psi,
+    Sample,
+    Severity,
+)
 
 __all__ = [
     "EPISODE_RETENTION_SECONDS",
     "VARIABLES",
     "Engine",
     "EngineSettings",
-    "ThresholdOverride",
     "expression_variables",
     "theil_sen_slope",
 ]
-
-Metric = Literal["working_set", "usage"]
-METRICS: Final = ("working_set", "usage")
 
 EPISODE_RETENTION_SECONDS: Final = 300.0
 """How long an ended episode is remembered for ``first_warn_time(key, at=...)``."""
@@ -115,15 +121,6 @@ _THRESHOLD_KEYS: Final = frozenset(
 )
 _RULE_KEYS: Final = frozenset({"warning", "critical"})
 _MIN_FIT_SAMPLES: Final = 3
-
-
-@dataclass(frozen=True)
-class ThresholdOverride:
-    """Per-target overrides (pod annotations); None keeps the configured value."""
-
-    warn_percent: float | None = None
-    critical_percent: float | None = None
-    cooldown_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -354,7 +351,7 @@ class _Target:
     last_event_time: float | None = None
     episode_start: float | None = None
     last_seen: float = 0.0
-    overrides: ThresholdOverride | None = None
+    overrides: Overrides | None = None
     oom_kills: int | None = None
     """The oom-kill counter of the last sample that had one."""
 
@@ -447,7 +444,7 @@ class Engine:
             return ended[0]
         return None
 
-    def thresholds(self, overrides: ThresholdOverride | None = None) -> tuple[float, float, float]:
+    def thresholds(self, overrides: Overrides | None = None) -> tuple[float, float, float]:
         """Effective (warn_percent, critical_percent, cooldown_seconds) for a target."""
         s = self._settings
         warn, critical, cooldown = s.warn_percent, s.critical_percent, s.cooldown_seconds
@@ -465,7 +462,7 @@ class Engine:
     def levels_bytes(
         self,
         limit: int | None,
-        overrides: ThresholdOverride | None = None,
+        overrides: Overrides | None = None,
         *,
         include_hysteresis: bool = False,
     ) -> list[int]:
@@ -498,7 +495,7 @@ class Engine:
         identity: Identity | None = None,
         annotations: Mapping[str, str] | None = None,
         dry_run: bool = False,
-        overrides: ThresholdOverride | None = None,
+        overrides: Overrides | None = None,
     ) -> list[PressureEvent]:
         """Account one sample taken at monotonic ``now`` (``wall`` stamps events)."""
         s = self._settings
@@ -594,7 +591,7 @@ class Engine:
         sample: Sample,
         history: Points,
         kills: int | None,
-        overrides: ThresholdOverride | None,
+        overrides: Overrides | None,
     ) -> _Reading:
         """``sample`` as the engine sees it, its point added to ``history`` (not stored);
         ``kills`` is the target's oom-kill counter before this sample."""
@@ -604,7 +601,7 @@ class Engine:
             if sample.limit_bytes is not None and sample.limit_bytes > 0
             else None
         )
-        value = float(sample.working_set_bytes if s.metric == "working_set" else sample.usage_bytes)
+        value = float(sample.metric_bytes(s.metric))
         percent = value * 100.0 / limit if limit is not None else 0.0
         count = sample.oom_kill_count
         killed = kills is not None and count is not None and count > kills
@@ -617,7 +614,7 @@ class Engine:
         history: Points,
         value: float,
         limit: int | None,
-        overrides: ThresholdOverride | None,
+        overrides: Overrides | None,
     ) -> bool:
         """Whether ``value`` is more than the hysteresis band (capped as for the warn level)
         below both of the last two points: memory was given back, and points from before

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Severity = Literal["ok", "warn", "critical"]
 EventSeverity = Literal["warn", "critical", "recovered"]
@@ -64,6 +64,22 @@ class Psi:
     full_total: int = 0
 
 
+Metric = Literal["working_set", "usage"]
+"""What warn/critical are decided on: the working set (usage less inactive file pages, the
+kubelet's eviction measure) or the raw usage."""
+METRICS: Final = ("working_set", "usage")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Per-target threshold overrides (pod annotations pressured.io/*); None keeps the
+    configured value."""
+
+    warn_percent: float | None = None
+    critical_percent: float | None = None
+    cooldown_seconds: float | None = None
+
+
 @dataclass(frozen=True)
 class Sample:
     """One reading of a target. Bytes are bytes; limit None means unlimited."""
@@ -79,6 +95,10 @@ class Sample:
     oom_score: int | None = None
     oom_score_adj: int | None = None
     oom_kill_count: int | None = None
+
+    def metric_bytes(self, metric: Metric) -> int:
+        """The value warn/critical are decided on, by the configured metric."""
+        return self.usage_bytes if metric == "usage" else self.working_set_bytes
 
 
 @dataclass(frozen=True)

@@ -284,11 +284,7 @@ class Daemon:
         if self.metrics is not None:
             pct = 0.0
             if sample.limit_bytes:
-                value = (
-                    sample.usage_bytes
-                    if self.engine.settings.metric == "usage"
-                    else sample.working_set_bytes
-                )
+                value = sample.metric_bytes(self.engine.settings.metric)
                 pct = 100.0 * value / sample.limit_bytes
             self.metrics.observe_sample(sample, state.cgroup, state.spec.identity, pct)
         for ev in events:

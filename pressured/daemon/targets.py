@@ -9,11 +9,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pressured.engine import Engine, ThresholdOverride
+from pressured.engine import Engine
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import cgroupfs, procfs, sampler
 from pressured.kernel.watch import ArmReport, Watcher
-from pressured.model import MACHINE, Sample
+from pressured.model import MACHINE, Overrides, Sample
 from pressured.sources.base import TargetSpec
 
 log = logging.getLogger("pressured.daemon")
@@ -27,7 +27,7 @@ class TargetState:
     spec: TargetSpec
     limit: int | None = None
     levels: list[int] = field(default_factory=list)
-    overrides: ThresholdOverride | None = None
+    overrides: Overrides | None = None
     cgroup_id: int | None = None
     """Inode of the cgroup directory (the kernel's cgroup id on v2), taken once when armed."""
 
@@ -38,14 +38,6 @@ class TargetState:
     @property
     def cgroup(self) -> str:
         return self.spec.ref.path if self.spec.ref is not None else self.spec.key
-
-
-def overrides_of(spec: TargetSpec) -> ThresholdOverride | None:
-    """The engine's per-target thresholds from a source's overrides (pod annotations)."""
-    o = spec.overrides
-    if o.warn_percent is None and o.critical_percent is None and o.cooldown_seconds is None:
-        return None
-    return ThresholdOverride(o.warn_percent, o.critical_percent, o.cooldown_seconds)
 
 
 class Targets:
@@ -116,7 +108,7 @@ class Targets:
 
     def add(self, spec: TargetSpec) -> TargetState | None:
         """Arm a new target; None when it cannot be watched (said in the log)."""
-        state = TargetState(spec, overrides=overrides_of(spec))
+        state = TargetState(spec, overrides=spec.overrides)
         if spec.ref is None:  # cluster mode: sampled by the source, nothing to arm here
             self._table[spec.key] = state
             return state
@@ -140,7 +132,7 @@ class Targets:
     def update(self, state: TargetState, spec: TargetSpec) -> None:
         """The source says something about a target changed (annotations, identity)."""
         state.spec = spec
-        state.overrides = overrides_of(spec)
+        state.overrides = spec.overrides
         self.rearm(state)
 
     def rearm(self, state: TargetState) -> None:

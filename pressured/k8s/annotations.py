@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pressured.sources.base import Overrides
+from pressured.model import Overrides
 
 PREFIX = "pressured.io/"
 WARN_PERCENT = PREFIX + "warn-percent"

@@ -21,19 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pressured.kernel.cgroupfs import CgroupRef
-from pressured.model import Identity, KillRecord, Sample
+from pressured.model import Identity, KillRecord, Overrides, Sample
 
 if TYPE_CHECKING:
     from pressured.k8s.client import KubeClient
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Per-target threshold overrides (pod annotations pressured.io/*)."""
-
-    warn_percent: float | None = None
-    critical_percent: float | None = None
-    cooldown_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pressured.k8s.annotations import (
     pprof_port,
     validated_annotations,
 )
-from pressured.sources.base import Overrides
+from pressured.model import Overrides
 
 
 def test_good_values() -> None:

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from pressured.engine import Engine, ThresholdOverride
+from pressured.engine import Engine
 from pressured.errors import ConfigError
 from pressured.k8s.client import KubeClient
 from pressured.kernel.cgroupfs import read_memory
-from pressured.model import Sample
-from pressured.sources.base import Overrides, TargetSpec
+from pressured.model import Overrides, Sample
+from pressured.sources.base import TargetSpec
 from pressured.sources.node import NodeSource
 from pressured.sources.sidecar import SidecarSource
 from tests.k8s.conftest import pod_named, stop_cache, wait_for
@@ -553,7 +553,7 @@ def test_node_mode_on_a_real_cgroup_through_the_engine(
             cgroup=spec.ref.relpath,
             identity=spec.identity,
             annotations=dict(spec.annotations),
-            overrides=ThresholdOverride(
+            overrides=Overrides(
                 spec.overrides.warn_percent,
                 spec.overrides.critical_percent,
                 spec.overrides.cooldown_seconds,

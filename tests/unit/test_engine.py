@@ -13,11 +13,10 @@ from pressured.engine import (
     VARIABLES,
     Engine,
     EngineSettings,
-    ThresholdOverride,
     theil_sen_slope,
 )
 from pressured.errors import ConfigError
-from pressured.model import Identity, PressureEvent, Psi, Sample
+from pressured.model import Identity, Overrides, PressureEvent, Psi, Sample
 
 WALL0 = 1_700_000_000.0
 MiB = 1 << 20
@@ -405,7 +404,7 @@ def test_still_holds_a_threshold_event_down_to_the_band() -> None:
 
 def test_still_holds_uses_the_capped_band_and_the_targets_overrides() -> None:
     d = Driver(Engine(EngineSettings(hysteresis_percent=5)))
-    ov = ThresholdOverride(warn_percent=4, critical_percent=90)
+    ov = Overrides(warn_percent=4, critical_percent=90)
     (warn,) = d.feed(5, overrides=ov)
     assert d.holds(warn, 2)  # the band is capped at half of the 4 % level
     assert not d.holds(warn, 1)
@@ -469,7 +468,7 @@ def test_still_holds_a_recovery_while_below_the_exit_level() -> None:
 
 def test_overrides_per_target() -> None:
     d = Driver(Engine())
-    ov = ThresholdOverride(warn_percent=40, critical_percent=50, cooldown_seconds=5)
+    ov = Overrides(warn_percent=40, critical_percent=50, cooldown_seconds=5)
     assert d.severities(45, overrides=ov) == [("warn", "ok")]
     assert d.feed(45, dt=4, overrides=ov) == []
     assert d.severities(45, dt=1, overrides=ov) == [("warn", "warn")]
@@ -480,18 +479,16 @@ def test_overrides_per_target() -> None:
 
 def test_override_below_hysteresis_still_recovers() -> None:
     d = Driver(Engine(EngineSettings(hysteresis_percent=5)))
-    ov = ThresholdOverride(warn_percent=4, critical_percent=90)
+    ov = Overrides(warn_percent=4, critical_percent=90)
     assert d.severities(5, overrides=ov) == [("warn", "ok")]
     assert d.severities(1, overrides=ov) == [("recovered", "warn")]
 
 
 def test_override_critical_below_warn_clamps_warn() -> None:
     engine = Engine()
-    assert engine.thresholds(ThresholdOverride(critical_percent=60)) == (60, 60, 60)
+    assert engine.thresholds(Overrides(critical_percent=60)) == (60, 60, 60)
     d = Driver(engine)
-    assert d.severities(65, overrides=ThresholdOverride(critical_percent=60)) == [
-        ("critical", "ok")
-    ]
+    assert d.severities(65, overrides=Overrides(critical_percent=60)) == [("critical", "ok")]
 
 
 def test_levels_bytes() -> None:
