@@ -33,7 +33,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, quote
 from pressured.model import Identity, OomKill, PressureEvent, Sample
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class MetricsSettings:
         leaf = where.rpartition(".")[2]
         section = cfg.get(leaf) or {}
         if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping (got {section!r})")
+            raise ConfigError(f"{where}: expected a mapping (got {quote(section)})")
         problems: list[str] = []
         known = {"enabled", "port", "address", "pid_labels"}
         problems.extend(
@@ -80,7 +80,7 @@ class MetricsSettings:
         pid_labels = section.get("pid_labels", cls.pid_labels)
         for key, value in (("enabled", enabled), ("pid_labels", pid_labels)):
             if not isinstance(value, bool):
-                problems.append(f"{where}.{key}: expected true or false (got {value!r})")
+                problems.append(f"{where}.{key}: expected true or false (got {quote(value)})")
         raw_port = section.get("port", cls.port)
         port = -1
         if isinstance(raw_port, int) and not isinstance(raw_port, bool):
@@ -88,10 +88,10 @@ class MetricsSettings:
         elif isinstance(raw_port, str) and raw_port.strip().isdigit():
             port = int(raw_port)
         if not 0 <= port <= 65535:
-            problems.append(f"{where}.port: expected a port number 0-65535 (got {raw_port!r})")
+            problems.append(f"{where}.port: expected a port number 0-65535 (got {quote(raw_port)})")
         address = section.get("address", cls.address)
         if not isinstance(address, str) or not address:
-            problems.append(f"{where}.address: expected a host address (got {address!r})")
+            problems.append(f"{where}.address: expected a host address (got {quote(address)})")
         if problems:
             raise ConfigError(problems)
         return cls(bool(enabled), port, str(address), bool(pid_labels))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal, cast
 
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError
+from pressured.errors import ActionError, ConfigError, quote
 from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.exec")
@@ -219,16 +219,18 @@ class ExecAction(Action):
             try:
                 self.argv = shlex.split(command)
             except ValueError as exc:
-                raise ConfigError(f"{where}.command: cannot split {command!r}: {exc}") from exc
+                raise ConfigError(f"{where}.command: cannot split {quote(command)}: {exc}") from exc
         else:
             if not all(isinstance(c, str | int | float) for c in command):
-                raise ConfigError(f"{where}.command: expected a list of words, got {command!r}")
+                raise ConfigError(
+                    f"{where}.command: expected a list of words, got {quote(command)}"
+                )
             self.argv = [str(c) for c in command]
         if not self.argv or not self.argv[0]:
-            raise ConfigError(f"{where}.command: must not be empty, got {command!r}")
+            raise ConfigError(f"{where}.command: must not be empty, got {quote(command)}")
         timeout_ms = self.opt("timeout_ms", int, 10_000)
         if timeout_ms <= 0:
-            raise ConfigError(f"{where}.timeout_ms: must be positive, got {timeout_ms!r}")
+            raise ConfigError(f"{where}.timeout_ms: must be positive, got {quote(timeout_ms)}")
         self.timeout = timeout_ms / 1000
         self.severities = self.severities_opt()
         self.env = {str(k): str(v) for k, v in self.opt("env", dict, {}).items()}

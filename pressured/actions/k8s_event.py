@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError, KubernetesError
+from pressured.errors import ActionError, ConfigError, KubernetesError, quote
 from pressured.model import Event, OomKill
 
 REASONS: dict[str, str] = {
@@ -51,7 +51,7 @@ def severities_option(action: Action, allowed: tuple[str, ...], default: list[st
     if bad or not value:
         raise ConfigError(
             f"{action.where}.severities: expected a non-empty list of {', '.join(allowed)} "
-            f"(got {value!r})"
+            f"(got {quote(value)})"
         )
     return set(value)
 

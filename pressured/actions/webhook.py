@@ -20,7 +20,7 @@ import httpx
 
 from pressured import __version__
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError
+from pressured.errors import ActionError, ConfigError, quote
 from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.webhook")
@@ -67,13 +67,15 @@ class WebhookAction(Action):
         try:
             parsed = httpx.URL(self.url)
         except httpx.InvalidURL as exc:
-            raise ConfigError(f"{where}.url: not a URL: {self.url!r} ({exc})") from exc
+            raise ConfigError(f"{where}.url: not a URL: {quote(self.url)} ({exc})") from exc
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ConfigError(f"{where}.url: must be an http(s) URL with a host, got {self.url!r}")
+            raise ConfigError(
+                f"{where}.url: must be an http(s) URL with a host, got {quote(self.url)}"
+            )
         headers = self.opt("headers", dict, {})
         for k, v in headers.items():
             if not isinstance(k, str) or not isinstance(v, str | int | float):
-                raise ConfigError(f"{where}.headers.{k}: expected a text value, got {v!r}")
+                raise ConfigError(f"{where}.headers.{k}: expected a text value, got {quote(v)}")
         self.headers = {k: str(v) for k, v in headers.items()}
         self.headers.setdefault("User-Agent", f"pressured/{__version__}")
         timeout_ms = self.opt("timeout_ms", int, 3000)
@@ -92,7 +94,7 @@ class WebhookAction(Action):
         self.format = self.opt("format", str, "pressured")
         if self.format not in FORMATS:
             raise ConfigError(
-                f"{where}.format: must be 'pressured' or 'oomhero', got {self.format!r}"
+                f"{where}.format: must be 'pressured' or 'oomhero', got {quote(self.format)}"
             )
         self.severities = self.severities_opt()
         self._client = httpx.Client(timeout=self.timeout, headers=self.headers)

@@ -7,23 +7,54 @@ real commands, real files, real sockets, real `pressured` processes.
 
 Sections:
   exec action        output and time of a command are bounded
+  configuration      deep, huge or absurd configs are clear config errors (exit 2), short ones
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pressured import config
 from pressured.actions.base import ActionContext
 from pressured.actions.exec import OUTPUT_CAP, ExecAction, run_command
-from pressured.errors import ActionError
+from pressured.actions.webhook import WebhookAction
+from pressured.cli import EXIT_CONFIG
+from pressured.errors import ActionError, ConfigError, quote
 from tests.unit.actions.conftest import pressure
 
 MiB = 1 << 20
+
+
+def pressured(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m pressured ARGS` with no PRESSURED_* (or OOMHero) variable of ours leaking in."""
+    names = ("WARNING", "CRITICAL", "COOLDOWN", "WARNING_SIGNAL", "CRITICAL_SIGNAL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESSURED_") and k not in names}
+    return subprocess.run(
+        [sys.executable, "-m", "pressured", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def config_problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path), env={})
+    return info.value.problems
 
 
 def _status_kib(field: str) -> int:
@@ -93,3 +124,151 @@ def test_exec_stderr_tail_survives_a_flood_before_it() -> None:
     assert str(info.value).startswith(
         f"exec {sys.executable}: exit status 4: the real reason (output truncated: stderr was "
     )
+
+
+# --- configuration -----------------------------------------------------------------------
+
+ALIAS_BOMB = "\n".join(
+    [
+        "thresholds:",
+        "  warn_percent:",
+        "    - &a [x, x, x, x, x, x, x, x, x]",
+        *(f"    - &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in itertools.pairwise("abcdefghi")),
+    ]
+)
+"""9 levels of 9 aliases where a number is expected: 9**9 (387 million) strings once expanded,
+a repr of 226 MB."""
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("deep.yaml", "a: " + "[" * 100_000 + "\n"), ("deep.json", '{"a": ' + "[" * 100_000)],
+)
+def test_config_nested_100000_deep_is_a_config_error(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / name).write_text(text)
+    done = pressured("config", "check", name, cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stderr[-2000:]
+    assert done.stderr == (
+        f"pressured: invalid configuration:\n  {name}: nested more than 32 levels deep\n"
+    )
+
+
+def test_config_nested_beyond_the_limit_but_parseable_is_refused(tmp_path: Path) -> None:
+    # 200 levels parse (below Python's recursion limit) but would not survive a deep copy
+    path = tmp_path / "deep.json"
+    path.write_text('{"a": ' + "[" * 200 + "]" * 200 + "}")
+    assert config_problems(path) == [f"{path}: nested more than 32 levels deep"]
+
+
+def test_config_nested_json_in_the_environment_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(None, env={"PRESSURED__ACTIONS": "[" * 100_000})
+    assert info.value.problems == [
+        "actions (from env:PRESSURED__ACTIONS): nested more than 32 levels deep"
+    ]
+
+
+def test_config_alias_bomb_is_refused_quickly_and_briefly(tmp_path: Path) -> None:
+    (tmp_path / "bomb.yaml").write_text(ALIAS_BOMB + "\n")
+    start = time.monotonic()
+    done = pressured("config", "check", "bomb.yaml", cwd=tmp_path)
+    assert time.monotonic() - start < 30
+    assert done.returncode == EXIT_CONFIG, done.stderr[-2000:]
+    assert len(done.stderr) < 2000, done.stderr[:2000]
+    assert "bomb.yaml: more than 100000 values once YAML aliases are expanded" in done.stderr
+
+
+def test_config_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("thresholds:\n  warn_percent: &a [1, *a]\n")
+    assert config_problems(path) == [f"{path}: a value contains itself (a recursive YAML alias)"]
+
+
+def test_config_integer_too_long_to_convert_is_a_config_error(tmp_path: Path) -> None:
+    for name in ("long.yaml", "long.json"):
+        path = tmp_path / name
+        digits = "1" * 5000
+        path.write_text(
+            f"thresholds:\n  cooldown_seconds: {digits}\n"
+            if name.endswith("yaml")
+            else f'{{"a": {digits}}}'
+        )
+        (found,) = config_problems(path)
+        assert found == (
+            f"{path}: invalid {name[-4:].upper()}: Exceeds the limit (4300 digits) for integer "
+            "string conversion: value has 5000 digits"
+        )
+
+
+def test_config_file_too_large_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * config.MAX_FILE_BYTES + "\n")
+    assert config_problems(path) == [f"{path}: config file larger than 16 MiB"]
+
+
+def test_quote_cuts_a_long_value_and_says_how_long_it_was() -> None:
+    assert quote("short") == "'short'"
+    assert quote({"a": [1, (2,)]}) == repr({"a": [1, (2,)]})
+    assert quote("x" * 1000) == "'" + "x" * 79 + "… (1002 characters)"
+    looped: list[Any] = []
+    looped.append(looped)
+    assert quote(looped) == "[[...]]"
+    assert quote(10**5000) == "<an integer of 16610 bits>"
+    bomb: Any = ["x"] * 9
+    for _ in range(8):
+        bomb = [bomb] * 9
+    start = time.monotonic()
+    shown = quote(bomb)
+    assert time.monotonic() - start < 5
+    assert shown.startswith("[[[[[[[[['x', 'x'")
+    assert shown.endswith("… (more than 65616 characters)")
+
+
+BIG = list(range(20_000))
+"""Under every size limit, but its repr has over 100,000 characters."""
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"source": {"poll_interval_ms": BIG}},
+        {"source": {"mode": BIG}},
+        {"source": {"cgroup": {"paths": BIG}}},
+        {"log_level": BIG},
+        {"actions": {"type": BIG}},
+        {"thresholds": {"warn_percent": BIG}},
+        {"thresholds": BIG},
+        {"rules": {"critical": BIG}},
+        {"metrics": {"port": BIG}},
+        {"metrics": {"enabled": BIG}},
+        {"kills": {"window_seconds": BIG}},
+        {"kills": {"kmsg": {"path": BIG}}},
+        {"kills": {"kmsg": BIG}},
+    ],
+    ids=lambda doc: json.dumps(doc, default=str)[:40],
+)
+def test_config_errors_quote_a_bad_value_briefly(tmp_path: Path, doc: dict[str, Any]) -> None:
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(doc))
+    found = config_problems(path)
+    assert found
+    for problem in found:
+        assert len(problem) < 300, problem[:300]
+        assert "characters)" in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("options", "cls"),
+    [
+        ({"command": ["ls", BIG]}, ExecAction),
+        ({"command": "true", "timeout_ms": BIG}, ExecAction),
+        ({"url": "http://127.0.0.1:1/", "headers": {"X": BIG}}, WebhookAction),
+        ({"command": "true", "severities": [BIG]}, ExecAction),
+    ],
+)
+def test_action_errors_quote_a_bad_value_briefly(options: dict[str, Any], cls: type) -> None:
+    with pytest.raises(ConfigError) as info:
+        cls(options, ActionContext(), "actions[0]")
+    (problem,) = info.value.problems
+    assert len(problem) < 300, problem[:300]
+    assert "characters)" in problem, problem
