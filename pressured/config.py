@@ -141,6 +141,22 @@ MAX_DEPTH = 32
 MAX_VALUES = 100_000
 """Values (scalars, lists and mappings) a config may hold once YAML aliases are expanded."""
 
+HOUR_MS = 3_600_000
+PSI_WINDOW_MAX_US = 10_000_000
+"""The kernel refuses a PSI trigger window above 10 s (WINDOW_MAX_US)."""
+BOUNDS: dict[str, tuple[int, int]] = {
+    "source.poll_interval_ms": (10, HOUR_MS),
+    "source.min_interval_ms": (1, HOUR_MS),
+    "source.kubelet.poll_interval_ms": (100, HOUR_MS),
+    "source.psi.stall_us": (1, PSI_WINDOW_MAX_US),
+    "source.psi.window_us": (1, PSI_WINDOW_MAX_US),
+    "metrics.port": (0, 65535),
+    "storage.spool.max_bytes": (0, 1 << 40),
+}
+"""Inclusive (lowest, highest) of the whole-number keys checked here. Intervals: at most an
+hour (a longer one is a watcher that does not watch); PSI: what the kernel accepts; the spool:
+at most 1 TiB of disk."""
+
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -586,27 +602,18 @@ def check(cfg: Config) -> list[str]:
             f"source.mode: must be one of {', '.join(MODES)}, got {quote(mode)} "
             f"{_from(cfg, 'source.mode')}" + (_hint(mode, MODES) if isinstance(mode, str) else "")
         )
-    for key, lo in (
-        ("source.poll_interval_ms", 10),
-        ("source.min_interval_ms", 1),
-        ("source.kubelet.poll_interval_ms", 100),
-        ("source.psi.stall_us", 1),
-        ("source.psi.window_us", 1),
-        ("metrics.port", 0),
-        ("storage.spool.max_bytes", 0),
-    ):
+    for key, (lo, hi) in BOUNDS.items():
         v = _want(cfg, key, (int,), p)
         if v is not None and v < lo:
             p.append(f"{key}: must be at least {lo}, got {quote(v)} {_from(cfg, key)}")
+        elif v is not None and v > hi:
+            p.append(f"{key}: must be at most {hi}, got {quote(v)} {_from(cfg, key)}")
     lo_ms, hi_ms = _int(cfg.get("source.min_interval_ms")), _int(cfg.get("source.poll_interval_ms"))
     if lo_ms is not None and hi_ms is not None and lo_ms > hi_ms:
         p.append(
             f"source.min_interval_ms: {quote(lo_ms)} is above source.poll_interval_ms "
             f"{quote(hi_ms)}"
         )
-    port = _int(cfg.get("metrics.port"))
-    if port is not None and port > 65535:
-        p.append(f"metrics.port: must be at most 65535, got {port} {_from(cfg, 'metrics.port')}")
     kind = cfg.get("source.psi.kind")
     if kind not in ("some", "full"):
         p.append(

@@ -116,6 +116,15 @@ _THRESHOLD_KEYS: Final = frozenset(
 )
 _RULE_KEYS: Final = frozenset({"warning", "critical"})
 _MIN_FIT_SAMPLES: Final = 3
+MAX_FIT_SAMPLES: Final = 300
+"""The Theil-Sen fit costs the square of its samples: 300 is about 45,000 slopes."""
+MAX_SECONDS: Final = {
+    "cooldown_seconds": 86_400.0,
+    "predict_seconds": 86_400.0,
+    "predict_window_seconds": 3_600.0,
+}
+"""Upper bounds: a cooldown or a prediction horizon of a day, a growth window of an hour (the
+samples of a longer one would no longer say how fast memory grows now)."""
 
 
 @dataclass(frozen=True)
@@ -253,10 +262,13 @@ def _settings_problems(v: Mapping[str, Any], where: str) -> list[str]:
             f"{where}.predict_window_seconds: must be above 0 "
             f"(got {quote(v['predict_window_seconds'])})"
         )
-    if v["predict_samples"] < _MIN_FIT_SAMPLES:
+    for key, most in MAX_SECONDS.items():
+        if v[key] is not None and v[key] > most:
+            out.append(f"{where}.{key}: must be at most {most:g} (got {quote(v[key])})")
+    if not _MIN_FIT_SAMPLES <= v["predict_samples"] <= MAX_FIT_SAMPLES:
         out.append(
-            f"{where}.predict_samples: must be at least {_MIN_FIT_SAMPLES} "
-            f"(got {quote(v['predict_samples'])})"
+            f"{where}.predict_samples: must be at least {_MIN_FIT_SAMPLES} and at most "
+            f"{MAX_FIT_SAMPLES} (got {quote(v['predict_samples'])})"
         )
     return out
 

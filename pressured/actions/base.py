@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -95,7 +96,14 @@ class Action:
             raise ConfigError(
                 f"{self.where}.{key}: expected {_kind_name(kind)}, got {quote(value)}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{self.where}.{key}: expected a finite number, got {quote(value)}")
         return value
+
+    def at_most(self, key: str, value: float | None, most: float) -> None:
+        """Refuse an option above its upper bound (None: not given)."""
+        if value is not None and value > most:
+            raise ConfigError(f"{self.where}.{key}: must be at most {most:g}, got {quote(value)}")
 
     def severities_opt(self, default: tuple[str, ...] = SEVERITIES) -> set[str]:
         """The ``severities`` option: which events the action handles, each name checked."""

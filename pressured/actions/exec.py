@@ -31,6 +31,8 @@ from pressured.model import Event
 log = logging.getLogger("pressured.actions.exec")
 
 STDERR_TAIL = 200
+MAX_TIMEOUT_MS = 600_000
+"""Ten minutes: actions run one after another, so a longer hook holds back every later one."""
 OUTPUT_CAP = 64 * 1024
 """Bytes kept of each of stdout (the first ones) and stderr (the last ones)."""
 READ_CHUNK = 64 * 1024
@@ -231,6 +233,7 @@ class ExecAction(Action):
         timeout_ms = self.opt("timeout_ms", int, 10_000)
         if timeout_ms <= 0:
             raise ConfigError(f"{where}.timeout_ms: must be positive, got {quote(timeout_ms)}")
+        self.at_most("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
         self.timeout = timeout_ms / 1000
         self.severities = self.severities_opt()
         self.env = {str(k): str(v) for k, v in self.opt("env", dict, {}).items()}

@@ -141,11 +141,13 @@ class K8sEventAction(Action):
             raise ConfigError(
                 f"{where}.min_interval_seconds: expected zero or more (got {self.min_interval!r})"
             )
+        self.at_most("min_interval_seconds", self.min_interval, 3_600)
         self.max_per_minute = self.opt("max_per_minute", int, 60)
         if self.max_per_minute <= 0:
             raise ConfigError(
                 f"{where}.max_per_minute: expected a positive number (got {self.max_per_minute!r})"
             )
+        self.at_most("max_per_minute", self.max_per_minute, 10_000)
         self._clock = clock
         self._pending: dict[tuple[str, str, str], _Pending] = {}
         self._tokens = float(self.max_per_minute)

@@ -33,6 +33,9 @@ OOMHERO_SEVERITY = {
 OOMHERO_SIGNAL = {"warn": "SIGUSR1", "critical": "SIGUSR2"}
 FORMATS = ("pressured", "oomhero")
 MAX_RETRIES = 10
+MAX_TIMEOUT_MS = 60_000
+"""Per attempt: a receiver that has not answered in a minute is not going to."""
+MAX_BACKOFF_MS = 60_000
 """With the doubling backoff, ten retries already span minutes: more only delays later events
 (the action chain runs in order on one thread)."""
 
@@ -81,6 +84,7 @@ class WebhookAction(Action):
         timeout_ms = self.opt("timeout_ms", int, 3000)
         if timeout_ms <= 0:
             raise ConfigError(f"{where}.timeout_ms: must be positive, got {timeout_ms}")
+        self.at_most("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
         self.retries = self.opt("retries", int, 3)
         if not 0 <= self.retries <= MAX_RETRIES:
             raise ConfigError(
@@ -89,6 +93,7 @@ class WebhookAction(Action):
         backoff_ms = self.opt("backoff_ms", int, 200)
         if backoff_ms < 0:
             raise ConfigError(f"{where}.backoff_ms: must not be negative, got {backoff_ms}")
+        self.at_most("backoff_ms", backoff_ms, MAX_BACKOFF_MS)
         self.timeout = timeout_ms / 1000
         self.backoff = backoff_ms / 1000
         self.format = self.opt("format", str, "pressured")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -27,7 +28,9 @@ import pytest
 
 from pressured import config
 from pressured.actions.base import ActionContext
+from pressured.actions.evict import EvictAction
 from pressured.actions.exec import OUTPUT_CAP, ExecAction, run_command
+from pressured.actions.k8s_event import K8sEventAction
 from pressured.actions.webhook import WebhookAction
 from pressured.cli import EXIT_CONFIG
 from pressured.errors import ActionError, ConfigError, quote
@@ -272,3 +275,121 @@ def test_action_errors_quote_a_bad_value_briefly(options: dict[str, Any], cls: t
     (problem,) = info.value.problems
     assert len(problem) < 300, problem[:300]
     assert "characters)" in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        (
+            {"source": {"poll_interval_ms": 10**29}},
+            "source.poll_interval_ms: must be at most 3600000, got 1",
+        ),
+        (
+            {"source": {"min_interval_ms": 7_200_000, "poll_interval_ms": 3_600_000}},
+            "source.min_interval_ms: must be at most 3600000",
+        ),
+        (
+            {"source": {"kubelet": {"poll_interval_ms": 10**12}}},
+            "source.kubelet.poll_interval_ms: must be at most 3600000",
+        ),
+        (
+            {"source": {"psi": {"window_us": 20_000_000}}},
+            "source.psi.window_us: must be at most 10000000",
+        ),
+        (
+            {"storage": {"spool": {"max_bytes": 1 << 50}}},
+            "storage.spool.max_bytes: must be at most 1099511627776",
+        ),
+        (
+            {"thresholds": {"cooldown_seconds": 1e29}},
+            "thresholds.cooldown_seconds: must be at most 86400 (got 1e+29)",
+        ),
+        (
+            {"thresholds": {"cooldown_seconds": 10**400}},
+            "thresholds.cooldown_seconds: expected a number (got 1000",
+        ),
+        (
+            {"thresholds": {"predict_seconds": 1e9}},
+            "thresholds.predict_seconds: must be at most 86400",
+        ),
+        (
+            {"thresholds": {"predict_window_seconds": 1e9}},
+            "thresholds.predict_window_seconds: must be at most 3600",
+        ),
+        (
+            {"thresholds": {"predict_samples": 10**6}},
+            "thresholds.predict_samples: must be at least 3 and at most 300 (got 1000000)",
+        ),
+        (
+            {"kills": {"window_seconds": math.inf}},
+            "kills.window_seconds: expected a number of seconds in (0, 300] (got inf)",
+        ),
+    ],
+)
+def test_config_numbers_have_upper_bounds(
+    tmp_path: Path, doc: dict[str, Any], problem: str
+) -> None:
+    path = tmp_path / "bounds.json"
+    path.write_text(json.dumps(doc))
+    found = config_problems(path)
+    assert any(p.startswith(problem) for p in found), found
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_config_refuses_nan_and_infinity(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "nan.yaml"
+    path.write_text(
+        f"thresholds:\n  cooldown_seconds: {value}\n  predict_seconds: {value}\n"
+        f"kills:\n  window_seconds: {value}\n"
+    )
+    found = config_problems(path)
+    for key in (
+        "thresholds.cooldown_seconds",
+        "thresholds.predict_seconds",
+        "kills.window_seconds",
+    ):
+        assert any(p.startswith(f"{key}: expected a number") for p in found), (key, found)
+
+
+@pytest.mark.parametrize(
+    ("options", "cls"),
+    [
+        ({"min_interval_seconds": math.nan}, K8sEventAction),
+        ({"max_eta_seconds": math.nan}, EvictAction),
+        ({"refused_backoff_seconds": math.inf}, EvictAction),
+    ],
+)
+def test_action_options_refuse_nan_and_infinity(options: dict[str, Any], cls: type) -> None:
+    # NaN compares false with everything: "max_eta_seconds: nan" passed "<= 0" and never evicted
+    with pytest.raises(ConfigError) as info:
+        cls(options, ActionContext(mode="node", kube=object()), "actions[0]")
+    (key,) = options
+    assert str(info.value) == f"actions[0].{key}: expected a finite number, got {options[key]!r}"
+
+
+@pytest.mark.parametrize(
+    ("options", "cls", "problem"),
+    [
+        (
+            {"command": "true", "timeout_ms": 10**12},
+            ExecAction,
+            "actions[0].timeout_ms: must be at most 600000, got 1000000000000",
+        ),
+        (
+            {"url": "http://127.0.0.1:1/", "timeout_ms": 10**12},
+            WebhookAction,
+            "actions[0].timeout_ms: must be at most 60000",
+        ),
+        (
+            {"url": "http://127.0.0.1:1/", "backoff_ms": 10**400},
+            WebhookAction,
+            "actions[0].backoff_ms: must be at most 60000",
+        ),
+    ],
+)
+def test_action_durations_have_upper_bounds(
+    options: dict[str, Any], cls: type, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        cls(options, ActionContext(), "actions[0]")
+    assert str(info.value).startswith(problem), str(info.value)
