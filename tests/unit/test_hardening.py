@@ -8,6 +8,7 @@ real commands, real files, real sockets, real `pressured` processes.
 Sections:
   exec action        output and time of a command are bounded
   configuration      deep, huge or absurd configs are clear config errors (exit 2), short ones
+  kill sources       a kill source pointed at the wrong kind of file is inactive, not fatal
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from pressured.actions.k8s_event import K8sEventAction
 from pressured.actions.webhook import WebhookAction
 from pressured.cli import EXIT_CONFIG
 from pressured.errors import ActionError, ConfigError, quote
+from pressured.kills.config import KillsConfig
+from pressured.kills.readers.kmsg import KmsgReader, available
+from pressured.kills.sources import KillSources
 from tests.unit.actions.conftest import pressure
 
 MiB = 1 << 20
@@ -393,3 +397,86 @@ def test_action_durations_have_upper_bounds(
     with pytest.raises(ConfigError) as info:
         cls(options, ActionContext(), "actions[0]")
     assert str(info.value).startswith(problem), str(info.value)
+
+
+# --- kill sources ------------------------------------------------------------------------
+
+
+def _not_kmsg(path: Path, kind: str) -> str:
+    return (
+        f"kills.kmsg.path: {path} is {kind}, not a character device like /dev/kmsg "
+        "(the kernel's log)"
+    )
+
+
+@pytest.mark.parametrize("kind", ["a regular file", "a FIFO", "a directory"])
+def test_kmsg_path_that_is_not_a_character_device_is_refused(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "kmsg"
+    if kind == "a regular file":
+        path.write_text("6,1,10,-;not the kernel's log\n")
+    elif kind == "a FIFO":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    assert available(str(path)) == (False, _not_kmsg(path, kind))
+    reader = KmsgReader(str(path))
+    assert reader.status == (False, _not_kmsg(path, kind))
+    assert reader.fds() == []
+    assert reader.read() == []
+    reader.close()
+
+
+def test_kill_sources_report_a_regular_file_as_kmsg_inactive(tmp_path: Path) -> None:
+    path = tmp_path / "kmsg"
+    path.write_bytes(b"")
+    sources = KillSources(
+        KillsConfig(kmsg_path=str(path), tracepoint_enabled=False, bcc_enabled=False)
+    )
+    try:
+        status = sources.start()
+        assert status["kmsg"] == (False, _not_kmsg(path, "a regular file"))
+        assert sources.fds() == []
+    finally:
+        sources.close()
+
+
+def fake_cgroup_v2(root: Path) -> Path:
+    """A cgroup v2 tree of plain files with one memory cgroup: the daemon starts on it
+    without touching the machine's own cgroups."""
+    app = root / "app"
+    app.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu io memory pids\n")
+    (app / "cgroup.controllers").write_text("memory\n")
+    (app / "memory.current").write_text(f"{100 * MiB}\n")
+    (app / "memory.max").write_text(f"{256 * MiB}\n")
+    (app / "memory.stat").write_text(f"anon {80 * MiB}\ninactive_file {4 * MiB}\n")
+    events = "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"
+    (app / "memory.events").write_text(events)
+    (app / "memory.events.local").write_text(events)
+    (app / "cgroup.procs").write_text("")
+    return app
+
+
+def test_daemon_runs_on_with_kmsg_path_at_a_regular_file(tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_bytes(b"")
+    app = fake_cgroup_v2(tmp_path / "cgroup")
+    (tmp_path / "pressured.yaml").write_text(
+        f"source:\n  cgroup:\n    path: {app.parent}\n  machine: false\n"
+        f"kills:\n  kmsg:\n    path: {kmsg}\n  tracepoint:\n    enabled: false\n"
+    )
+    done = pressured(
+        "run",
+        "-c",
+        "pressured.yaml",
+        "--cgroup",
+        str(app),
+        "--no-metrics",
+        "--run-for",
+        "2",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    reason = _not_kmsg(kmsg, "a regular file")
+    assert f"kill source kmsg: inactive ({reason})" in done.stderr
+    assert "pressured.daemon: stopping" in done.stderr
