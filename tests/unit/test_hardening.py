@@ -9,6 +9,7 @@ Sections:
   exec action        output and time of a command are bounded
   configuration      deep, huge or absurd configs are clear config errors (exit 2), short ones
   kill sources       a kill source pointed at the wrong kind of file is inactive, not fatal
+  metrics endpoint   idle or slow connections cannot take threads, fds or the scrape
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from pressured import config
@@ -38,6 +41,7 @@ from pressured.errors import ActionError, ConfigError, quote
 from pressured.kills.config import KillsConfig
 from pressured.kills.readers.kmsg import KmsgReader, available
 from pressured.kills.sources import KillSources
+from pressured.metrics import Metrics, MetricsServer, start_http
 from tests.unit.actions.conftest import pressure
 
 MiB = 1 << 20
@@ -480,3 +484,122 @@ def test_daemon_runs_on_with_kmsg_path_at_a_regular_file(tmp_path: Path) -> None
     reason = _not_kmsg(kmsg, "a regular file")
     assert f"kill source kmsg: inactive ({reason})" in done.stderr
     assert "pressured.daemon: stopping" in done.stderr
+
+
+# --- metrics endpoint --------------------------------------------------------------------
+
+HANDLERS = 4
+TIMEOUT = 2.0
+
+
+def _os_threads() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        match = re.search(r"^Threads:\s+(\d+)$", f.read(), re.M)
+    assert match
+    return int(match.group(1))
+
+
+@pytest.fixture
+def small_server() -> Iterator[MetricsServer]:
+    """A real endpoint on loopback with a small handler cap and a short read timeout."""
+    metrics = Metrics(node="n")
+    metrics.set_watched(3)
+    with start_http(
+        metrics.registry, "127.0.0.1", 0, read_timeout=TIMEOUT, max_handlers=HANDLERS
+    ) as srv:
+        yield srv
+
+
+def _scrape(srv: MetricsServer) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{srv.port}/metrics", timeout=10)
+
+
+def _closed_by_server(conn: socket.socket) -> bool:
+    """Whether the server closed ``conn`` within the test's patience (EOF or a reset)."""
+    conn.settimeout(TIMEOUT + 8)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_take_no_thread_and_are_closed_at_the_timeout(
+    small_server: MetricsServer,
+) -> None:
+    before = _os_threads()
+    idle = [socket.create_connection(("127.0.0.1", small_server.port)) for _ in range(200)]
+    try:
+        # /metrics answers meanwhile (its connection was accepted after all 200)
+        r = _scrape(small_server)
+        assert r.status_code == 200
+        assert "pressured_watched_cgroups 3.0" in r.text
+        assert _os_threads() <= before + HANDLERS + 2
+        opened = time.monotonic()
+        assert all(_closed_by_server(conn) for conn in idle)
+        assert time.monotonic() - opened < TIMEOUT + 8
+        assert _scrape(small_server).status_code == 200
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def test_requests_beyond_the_handler_cap_are_answered_503(small_server: MetricsServer) -> None:
+    before = _os_threads()
+    # each starts a request and never finishes it: a handler thread waits on each
+    slow = [socket.create_connection(("127.0.0.1", small_server.port)) for _ in range(HANDLERS)]
+    try:
+        for conn in slow:
+            conn.sendall(b"GET /metrics HTTP/1.0\r\n")
+        deadline = time.monotonic() + 10
+        while _os_threads() < before + HANDLERS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = _scrape(small_server)
+        assert (r.status_code, r.text) == (503, "too many connections\n")
+        assert _os_threads() <= before + HANDLERS + 2
+        # the unfinished requests run out of time, and the handlers are free again
+        assert all(_closed_by_server(conn) for conn in slow)
+        assert _scrape(small_server).status_code == 200
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+def test_a_request_trickled_byte_by_byte_gets_the_same_deadline(
+    small_server: MetricsServer,
+) -> None:
+    def trickle(conn: socket.socket, data: bytes) -> None:
+        for byte in data:
+            conn.send(bytes([byte]))
+            time.sleep(0.2)
+
+    conn = socket.create_connection(("127.0.0.1", small_server.port))
+    start = time.monotonic()
+    try:
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            trickle(conn, b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"x" * 1000)
+    finally:
+        conn.close()
+    # a read timeout per recv would have let it go on for 200 s
+    assert time.monotonic() - start < TIMEOUT + 8
+
+
+def test_idle_connections_beyond_the_waiting_cap_close_the_oldest() -> None:
+    # a long read timeout: what closes them here is the cap, not the clock
+    with start_http(
+        Metrics(node="n").registry, "127.0.0.1", 0, read_timeout=60, max_waiting=8
+    ) as srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(20)]
+        try:
+            assert _scrape(srv).status_code == 200  # and it evicted one more to get in
+            for conn in idle[:12]:
+                conn.settimeout(5)
+                assert conn.recv(1) == b""
+            for conn in idle[13:]:
+                conn.settimeout(0.2)
+                with pytest.raises(TimeoutError):
+                    conn.recv(1)  # still open, waiting for a request
+        finally:
+            for conn in idle:
+                conn.close()
