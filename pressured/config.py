@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pressured.errors import ConfigError, suggest
+from pressured.errors import QUOTE_LIMIT, ConfigError, quote, suggest
 
 MODES = ("local", "sidecar", "node", "cluster")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -134,6 +134,29 @@ OOMHERO_KEYS: dict[str, str] = {
 # Keys whose values are free-form mappings (not checked key by key here).
 OPAQUE = {"actions"}
 
+MAX_FILE_BYTES = 16 << 20
+"""A config file larger than this is refused before it is parsed."""
+MAX_DEPTH = 32
+"""Levels of nesting a config may have (the deepest known key is 4 levels down)."""
+MAX_VALUES = 100_000
+"""Values (scalars, lists and mappings) a config may hold once YAML aliases are expanded."""
+
+HOUR_MS = 3_600_000
+PSI_WINDOW_MAX_US = 10_000_000
+"""The kernel refuses a PSI trigger window above 10 s (WINDOW_MAX_US)."""
+BOUNDS: dict[str, tuple[int, int]] = {
+    "source.poll_interval_ms": (10, HOUR_MS),
+    "source.min_interval_ms": (1, HOUR_MS),
+    "source.kubelet.poll_interval_ms": (100, HOUR_MS),
+    "source.psi.stall_us": (1, PSI_WINDOW_MAX_US),
+    "source.psi.window_us": (1, PSI_WINDOW_MAX_US),
+    "metrics.port": (0, 65535),
+    "storage.spool.max_bytes": (0, 1 << 40),
+}
+"""Inclusive (lowest, highest) of the whole-number keys checked here. Intervals: at most an
+hour (a longer one is a watcher that does not watch); PSI: what the kernel accepts; the spool:
+at most 1 TiB of disk."""
+
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -154,7 +177,9 @@ def parse_duration(text: str, where: str) -> float:
         total += float(m.group(1)) * _UNIT_S[m.group(2)]
         pos = m.end()
     if pos != len(s) or not s:
-        raise ConfigError(f"{where}: not a duration: {text!r} (use seconds or Go form like 1m30s)")
+        raise ConfigError(
+            f"{where}: not a duration: {quote(text)} (use seconds or Go form like 1m30s)"
+        )
     return total
 
 
@@ -166,7 +191,7 @@ def parse_signal(value: Any, where: str) -> int:
         try:
             return int(_signal.Signals(value))
         except ValueError:
-            raise ConfigError(f"{where}: no such signal number: {value}") from None
+            raise ConfigError(f"{where}: no such signal number: {quote(value)}") from None
     if isinstance(value, str):
         name = value.strip().upper()
         if not name.startswith("SIG"):
@@ -175,7 +200,7 @@ def parse_signal(value: Any, where: str) -> int:
             return int(_signal.Signals[name])
         except KeyError:
             pass
-    raise ConfigError(f"{where}: not a signal name: {value!r} (e.g. SIGUSR1)")
+    raise ConfigError(f"{where}: not a signal name: {quote(value)} (e.g. SIGUSR1)")
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -253,11 +278,51 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def check_shape(data: Any, where: str) -> None:
+    """Refuse data nested more than MAX_DEPTH levels, holding more than MAX_VALUES values with
+    YAML aliases expanded (an alias bomb is small in memory only until something walks it: a
+    copy, a repr, a JSON dump), or containing itself. Each shared value is walked once."""
+    memo: dict[int, tuple[int, int]] = {}  # id -> (levels below it, values in it)
+    active: set[int] = set()
+
+    def walk(node: Any, depth: int) -> tuple[int, int]:
+        if not isinstance(node, dict | list | tuple | set | frozenset):
+            return 0, 1
+        key = id(node)
+        if key in active:
+            raise ConfigError(f"{where}: a value contains itself (a recursive YAML alias)")
+        if key not in memo:
+            if depth >= MAX_DEPTH:
+                raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            active.add(key)
+            height, count = 0, 1
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            for child in children:
+                h, c = walk(child, depth + 1)
+                height, count = max(height, h + 1), count + c
+                if count > MAX_VALUES:
+                    raise ConfigError(
+                        f"{where}: more than {MAX_VALUES} values once YAML aliases are "
+                        "expanded (an alias bomb?)"
+                    )
+            active.discard(key)
+            memo[key] = (height, count)
+        height, count = memo[key]
+        if depth + height > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        return height, count
+
+    walk(data, 0)
+
+
 def load_file(path: str) -> dict[str, Any]:
     """Parse a JSON or YAML file into a mapping; errors name the file (and line for YAML)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # not all of /dev/zero
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: config file larger than {MAX_FILE_BYTES >> 20} MiB")
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
@@ -269,6 +334,11 @@ def load_file(path: str) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from exc
+        except RecursionError:
+            raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep") from None
+        except ValueError as exc:  # an integer with more digits than Python converts
+            reason = str(exc).partition("; use sys.set_int_max_str_digits()")[0]
+            raise ConfigError(f"{path}: invalid JSON: {reason}") from None
     else:
         import yaml  # noqa: PLC0415 - only needed when a file is given
 
@@ -279,6 +349,14 @@ def load_file(path: str) -> dict[str, Any]:
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+        except RecursionError:
+            raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep") from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            # a scalar its constructor refuses: an integer of 5000 digits, a date 2024-13-45
+            # (Python's advice on the digits is for programmers, not for this file's author)
+            reason = str(exc).partition("; use sys.set_int_max_str_digits()")[0]
+            raise ConfigError(f"{path}: invalid YAML: {reason}") from None
+    check_shape(data, path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -295,28 +373,34 @@ def _coerce_env(path: str, raw: str, source: str) -> Any:
     if path in OPAQUE:
         # a whole list of actions fits in one variable as JSON (a Helm value, a compose file)
         try:
-            return json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ConfigError(
-                f'{where}: expected JSON such as [{{"type": "log"}}], got {raw!r} ({exc.msg})'
+                f'{where}: expected JSON such as [{{"type": "log"}}], got {quote(raw)} ({exc.msg})'
             ) from exc
+        except RecursionError:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: invalid JSON: {exc}") from None
+        check_shape(value, where)
+        return value
     if isinstance(default, bool):
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+        raise ConfigError(f"{where}: expected true or false, got {quote(raw)}")
     if isinstance(default, int):
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
+            raise ConfigError(f"{where}: expected an integer, got {quote(raw)}") from None
     if isinstance(default, float) or path == "thresholds.predict_seconds":
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+            raise ConfigError(f"{where}: expected a number, got {quote(raw)}") from None
     if isinstance(default, list):
         return [p for p in raw.split(",") if p]
     return raw
@@ -331,8 +415,15 @@ def _default_for(path: str) -> Any:
     return node
 
 
+def _shown(name: str) -> str:
+    """A key path as errors name it: whole when of a sane length, else quoted and cut."""
+    return name if len(name) <= QUOTE_LIMIT else quote(name)
+
+
 def _hint(name: str, known: Iterable[str], prefix: str = "") -> str:
     """', did you mean 'prefix.key'?' for the closest known key, or nothing."""
+    if len(name) > QUOTE_LIMIT:
+        return ""  # no key is that long: nothing is close
     match = suggest(name, known)
     return f", did you mean {prefix + match!r}?" if match else ""
 
@@ -349,7 +440,7 @@ def _merge(
     for key, value in over.items():
         path = f"{prefix}{key}"
         if not isinstance(key, str):
-            problems.append(f"{path}: keys must be text, got {key!r} (in {source})")
+            problems.append(f"{path}: keys must be text, got {quote(key)} (in {source})")
             continue
         if path not in KNOWN_KEYS and path not in SECTIONS:
             siblings = {
@@ -357,13 +448,15 @@ def _merge(
                 for k in KNOWN_KEYS | SECTIONS
                 if k.startswith(prefix)
             }
-            problems.append(f"{path}: unknown key (in {source})" + _hint(key, siblings, prefix))
+            problems.append(
+                f"{_shown(path)}: unknown key (in {source})" + _hint(key, siblings, prefix)
+            )
             continue
         if path in SECTIONS and path not in KNOWN_KEYS:
             if value is None:
                 continue  # a YAML section with every key commented out
             if not isinstance(value, Mapping):
-                problems.append(f"{path}: expected a mapping, got {value!r} (in {source})")
+                problems.append(f"{path}: expected a mapping, got {quote(value)} (in {source})")
                 continue
             node = base.setdefault(key, {})
             _merge(node, value, origin, source, problems, prefix=path + ".")
@@ -387,7 +480,9 @@ def _env_layer(env: Mapping[str, str], problems: list[str]) -> list[tuple[str, A
         if raw is None or raw == "":
             continue  # an empty variable is an unset one (Helm and compose render them so)
         if path not in KNOWN_KEYS:
-            problems.append(f"{path}: unknown key (from env:{name})" + _hint(path, KNOWN_KEYS))
+            problems.append(
+                f"{_shown(path)}: unknown key (from env:{_shown(name)})" + _hint(path, KNOWN_KEYS)
+            )
             continue
         try:
             out.append((path, _coerce_env(path, raw, f"env:{name}"), f"env:{name}"))
@@ -460,7 +555,7 @@ def load(
         if value is None:
             continue
         if key not in KNOWN_KEYS:
-            problems.append(f"{key}: unknown key (from flags)" + _hint(key, KNOWN_KEYS))
+            problems.append(f"{_shown(key)}: unknown key (from flags)" + _hint(key, KNOWN_KEYS))
             continue
         _set(data, key, copy.deepcopy(value))
         origin[key] = f"flag:{key}"
@@ -489,7 +584,7 @@ def _want(
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         names = " or ".join(k.__name__ for k in kinds)
-        problems.append(f"{path}: expected {names}, got {value!r} {_from(cfg, path)}")
+        problems.append(f"{path}: expected {names}, got {quote(value)} {_from(cfg, path)}")
         return None
     return value
 
@@ -504,36 +599,30 @@ def check(cfg: Config) -> list[str]:
     mode = cfg.get("source.mode")
     if mode not in MODES:
         p.append(
-            f"source.mode: must be one of {', '.join(MODES)}, got {mode!r} "
-            f"{_from(cfg, 'source.mode')}" + _hint(str(mode), MODES)
+            f"source.mode: must be one of {', '.join(MODES)}, got {quote(mode)} "
+            f"{_from(cfg, 'source.mode')}" + (_hint(mode, MODES) if isinstance(mode, str) else "")
         )
-    for key, lo in (
-        ("source.poll_interval_ms", 10),
-        ("source.min_interval_ms", 1),
-        ("source.kubelet.poll_interval_ms", 100),
-        ("source.psi.stall_us", 1),
-        ("source.psi.window_us", 1),
-        ("metrics.port", 0),
-        ("storage.spool.max_bytes", 0),
-    ):
+    for key, (lo, hi) in BOUNDS.items():
         v = _want(cfg, key, (int,), p)
         if v is not None and v < lo:
-            p.append(f"{key}: must be at least {lo}, got {v} {_from(cfg, key)}")
+            p.append(f"{key}: must be at least {lo}, got {quote(v)} {_from(cfg, key)}")
+        elif v is not None and v > hi:
+            p.append(f"{key}: must be at most {hi}, got {quote(v)} {_from(cfg, key)}")
     lo_ms, hi_ms = _int(cfg.get("source.min_interval_ms")), _int(cfg.get("source.poll_interval_ms"))
     if lo_ms is not None and hi_ms is not None and lo_ms > hi_ms:
-        p.append(f"source.min_interval_ms: {lo_ms} is above source.poll_interval_ms {hi_ms}")
-    port = _int(cfg.get("metrics.port"))
-    if port is not None and port > 65535:
-        p.append(f"metrics.port: must be at most 65535, got {port} {_from(cfg, 'metrics.port')}")
+        p.append(
+            f"source.min_interval_ms: {quote(lo_ms)} is above source.poll_interval_ms "
+            f"{quote(hi_ms)}"
+        )
     kind = cfg.get("source.psi.kind")
     if kind not in ("some", "full"):
         p.append(
-            f"source.psi.kind: must be 'some' or 'full', got {kind!r} "
+            f"source.psi.kind: must be 'some' or 'full', got {quote(kind)} "
             f"{_from(cfg, 'source.psi.kind')}"
         )
     st, win = _int(cfg.get("source.psi.stall_us")), _int(cfg.get("source.psi.window_us"))
     if st is not None and win is not None and st > win:
-        p.append(f"source.psi.stall_us: {st} is above source.psi.window_us {win}")
+        p.append(f"source.psi.stall_us: {quote(st)} is above source.psi.window_us {quote(win)}")
     for key in (
         "source.machine",
         "source.psi.enabled",
@@ -552,7 +641,7 @@ def check(cfg: Config) -> list[str]:
     root = _want(cfg, "source.cgroup.path", (str,), p)
     if root is not None and not os.path.isabs(root):
         p.append(
-            f"source.cgroup.path: must be an absolute path, got {root!r} "
+            f"source.cgroup.path: must be an absolute path, got {quote(root)} "
             f"{_from(cfg, 'source.cgroup.path')}"
         )
     for key in (
@@ -568,32 +657,33 @@ def check(cfg: Config) -> list[str]:
     paths = cfg.get("source.cgroup.paths")
     if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
         p.append(
-            f"source.cgroup.paths: expected a list of cgroup directories, got {paths!r} "
+            f"source.cgroup.paths: expected a list of cgroup directories, got {quote(paths)} "
             f"{_from(cfg, 'source.cgroup.paths')}"
         )
     else:
         for i, x in enumerate(paths):
             if not os.path.isabs(x):
                 p.append(
-                    f"source.cgroup.paths[{i}]: must be an absolute path, got {x!r} "
+                    f"source.cgroup.paths[{i}]: must be an absolute path, got {quote(x)} "
                     f"{_from(cfg, 'source.cgroup.paths')}"
                 )
     level = cfg.get("log_level")
     if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
         p.append(
-            f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {level!r} "
-            f"{_from(cfg, 'log_level')}" + _hint(str(level).lower(), LOG_LEVELS)
+            f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {quote(level)} "
+            f"{_from(cfg, 'log_level')}"
+            + (_hint(level.lower(), LOG_LEVELS) if isinstance(level, str) else "")
         )
     actions = cfg.get("actions")
     if not isinstance(actions, list):
         p.append(
-            f"actions: expected a list of {{type: NAME, ...}}, got {actions!r} "
+            f"actions: expected a list of {{type: NAME, ...}}, got {quote(actions)} "
             f"{_from(cfg, 'actions')}"
         )
     else:
         for i, a in enumerate(actions):
             if not isinstance(a, Mapping) or not isinstance(a.get("type"), str):
-                p.append(f"actions[{i}]: expected a mapping with a 'type', got {a!r}")
+                p.append(f"actions[{i}]: expected a mapping with a 'type', got {quote(a)}")
     # An owner's second opinion on a key already reported here would only repeat it.
     reported = {_key_of(line) for line in p}
     p.extend(line for line in _delegate(cfg) if _key_of(line) not in reported)

@@ -41,6 +41,7 @@ engine usually sees the recovery before the kill reconciler asks when the warnin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import statistics
@@ -49,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, quote
 from pressured.expr import Expr, compile_expr
 from pressured.model import (
     METRICS,
@@ -121,6 +122,15 @@ _THRESHOLD_KEYS: Final = frozenset(
 )
 _RULE_KEYS: Final = frozenset({"warning", "critical"})
 _MIN_FIT_SAMPLES: Final = 3
+MAX_FIT_SAMPLES: Final = 300
+"""The Theil-Sen fit costs the square of its samples: 300 is about 45,000 slopes."""
+MAX_SECONDS: Final = {
+    "cooldown_seconds": 86_400.0,
+    "predict_seconds": 86_400.0,
+    "predict_window_seconds": 3_600.0,
+}
+"""Upper bounds: a cooldown or a prediction horizon of a day, a growth window of an hour (the
+samples of a longer one would no longer say how fast memory grows now)."""
 
 
 @dataclass(frozen=True)
@@ -184,14 +194,18 @@ class EngineSettings:
             kwargs[key] = _number(section, key, d[key], where, problems)
         samples = _number(section, "predict_samples", d["predict_samples"], where, problems)
         if not samples.is_integer():
-            problems.append(f"{where}.predict_samples: expected a whole number (got {samples})")
+            problems.append(
+                f"{where}.predict_samples: expected a whole number (got {quote(samples)})"
+            )
         kwargs["predict_samples"] = int(samples)
         if section.get("predict_seconds") is not None:
             kwargs["predict_seconds"] = _number(section, "predict_seconds", 0.0, where, problems)
         kwargs["recovered_events"] = _boolean(section, "recovered_events", True, where, problems)
         metric = section.get("metric", "working_set")
         if metric not in METRICS:
-            problems.append(f"{where}.metric: must be one of {', '.join(METRICS)} (got {metric!r})")
+            problems.append(
+                f"{where}.metric: must be one of {', '.join(METRICS)} (got {quote(metric)})"
+            )
         else:
             kwargs["metric"] = metric
 
@@ -219,31 +233,39 @@ def _settings_problems(v: Mapping[str, Any], where: str) -> list[str]:
     out: list[str] = []
     for key in ("warn_percent", "critical_percent"):
         if not 0 < v[key] <= 100:
-            out.append(f"{where}.{key}: must be above 0 and at most 100 (got {v[key]})")
+            out.append(f"{where}.{key}: must be above 0 and at most 100 (got {quote(v[key])})")
     if v["warn_percent"] >= v["critical_percent"]:
         out.append(
             f"{where}.warn_percent: must be below critical_percent "
-            f"({v['critical_percent']}) (got {v['warn_percent']})"
+            f"({quote(v['critical_percent'])}) (got {quote(v['warn_percent'])})"
         )
     if not 0 <= v["hysteresis_percent"] < v["warn_percent"]:
         out.append(
             f"{where}.hysteresis_percent: must be at least 0 and below warn_percent "
-            f"(got {v['hysteresis_percent']})"
+            f"(got {quote(v['hysteresis_percent'])})"
         )
     if not v["cooldown_seconds"] >= 0:
-        out.append(f"{where}.cooldown_seconds: must be at least 0 (got {v['cooldown_seconds']})")
+        out.append(
+            f"{where}.cooldown_seconds: must be at least 0 (got {quote(v['cooldown_seconds'])})"
+        )
     if v["metric"] not in METRICS:
-        out.append(f"{where}.metric: must be one of {', '.join(METRICS)} (got {v['metric']!r})")
+        out.append(
+            f"{where}.metric: must be one of {', '.join(METRICS)} (got {quote(v['metric'])})"
+        )
     if v["predict_seconds"] is not None and not v["predict_seconds"] > 0:
-        out.append(f"{where}.predict_seconds: must be above 0 (got {v['predict_seconds']})")
+        out.append(f"{where}.predict_seconds: must be above 0 (got {quote(v['predict_seconds'])})")
     if not v["predict_window_seconds"] > 0:
         out.append(
-            f"{where}.predict_window_seconds: must be above 0 (got {v['predict_window_seconds']})"
+            f"{where}.predict_window_seconds: must be above 0 "
+            f"(got {quote(v['predict_window_seconds'])})"
         )
-    if v["predict_samples"] < _MIN_FIT_SAMPLES:
+    for key, most in MAX_SECONDS.items():
+        if v[key] is not None and v[key] > most:
+            out.append(f"{where}.{key}: must be at most {most:g} (got {quote(v[key])})")
+    if not _MIN_FIT_SAMPLES <= v["predict_samples"] <= MAX_FIT_SAMPLES:
         out.append(
-            f"{where}.predict_samples: must be at least {_MIN_FIT_SAMPLES} "
-            f"(got {v['predict_samples']})"
+            f"{where}.predict_samples: must be at least {_MIN_FIT_SAMPLES} and at most "
+            f"{MAX_FIT_SAMPLES} (got {quote(v['predict_samples'])})"
         )
     return out
 
@@ -255,7 +277,7 @@ def _section(
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        problems.append(f"{where}: expected a mapping (got {value!r})")
+        problems.append(f"{where}: expected a mapping (got {quote(value)})")
         return {}
     return value
 
@@ -267,14 +289,15 @@ def _number(
     value: float | None = None
     # Environment variables and flags arrive as strings; a YAML boolean is never a number.
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
+        with contextlib.suppress(OverflowError):  # an integer beyond any float
+            value = float(raw)
     elif isinstance(raw, str):
         try:
             value = float(raw.strip())
         except ValueError:
             value = None
     if value is None or not math.isfinite(value):
-        problems.append(f"{where}.{key}: expected a number (got {raw!r})")
+        problems.append(f"{where}.{key}: expected a number (got {quote(raw)})")
         return float(default) if isinstance(default, int | float) else 0.0
     return value
 
@@ -291,7 +314,7 @@ def _boolean(
         return raw
     if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
         return raw.strip().lower() in _TRUE
-    problems.append(f"{where}.{key}: expected true or false (got {raw!r})")
+    problems.append(f"{where}.{key}: expected true or false (got {quote(raw)})")
     return default
 
 

@@ -22,7 +22,15 @@ A plugin that cannot be loaded is not an error: it is skipped with a warning nam
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+QUOTE_LIMIT = 80
+"""Characters of a bad value's repr that an error message shows."""
+_QUOTE_COUNT = 1 << 16
+"""How far past the shown prefix a repr is measured before it is only 'more than' this."""
+_QUOTE_DEPTH = 32
+_BRACKETS: dict[type, tuple[str, str]] = {dict: ("{", "}"), list: ("[", "]"), tuple: ("(", ")")}
 
 
 def suggest(word: str, known: Iterable[str]) -> str | None:
@@ -35,6 +43,61 @@ def did_you_mean(word: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest of ``known``, or '' when nothing is close."""
     match = suggest(word, known)
     return f" (did you mean {match!r}?)" if match else ""
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error message: as is when it has at most ``limit`` characters,
+    else its first ``limit`` characters, an ellipsis and its total length.
+
+    Never builds more than a bounded part of the repr: a config value can be a YAML alias
+    bomb whose full repr has hundreds of megabytes, or nested thousands of levels deep."""
+    shown: list[str] = []
+    size = 0
+    for piece in _repr_pieces(value, set(), 0):
+        if size < limit:
+            shown.append(piece[: limit - size])
+        size += len(piece)
+        if size > limit + _QUOTE_COUNT:
+            return f"{''.join(shown)}… (more than {limit + _QUOTE_COUNT} characters)"
+    if size <= limit:
+        return "".join(shown)
+    return f"{''.join(shown)}… ({size} characters)"
+
+
+def _repr_pieces(value: Any, active: set[int], depth: int) -> Iterator[str]:
+    """repr(value) in pieces, for the plain types config files are made of; any other type
+    is one piece (its own repr)."""
+    kind = type(value)
+    if kind in (dict, list, tuple):
+        open_, close = _BRACKETS[kind]
+        if id(value) in active or depth >= _QUOTE_DEPTH:
+            yield f"{open_}...{close}"
+            return
+        active.add(id(value))
+        yield open_
+        items = value.items() if kind is dict else value
+        for i, item in enumerate(items):
+            if i:
+                yield ", "
+            if kind is dict:
+                yield from _repr_pieces(item[0], active, depth + 1)
+                yield ": "
+                yield from _repr_pieces(item[1], active, depth + 1)
+            else:
+                yield from _repr_pieces(item, active, depth + 1)
+        if kind is tuple and len(value) == 1:
+            yield ","
+        yield close
+        active.discard(id(value))
+    elif kind in (str, bytes) and len(value) > _QUOTE_COUNT:
+        yield repr(value[: _QUOTE_COUNT + 1])  # long enough to say "more than"
+    elif kind is int:
+        try:
+            yield repr(value)
+        except ValueError:  # more digits than int -> str allows (sys.get_int_max_str_digits)
+            yield f"<an integer of {value.bit_length()} bits>"
+    else:
+        yield repr(value)
 
 
 class PressuredError(Exception):

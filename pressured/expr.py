@@ -46,7 +46,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from pressured.errors import ConfigError, did_you_mean
+from pressured.errors import ConfigError, did_you_mean, quote
 
 __all__ = ["BINARY_OPERATORS", "Binary", "Expr", "Node", "Num", "Unary", "Var", "compile_expr"]
 
@@ -459,7 +459,7 @@ def compile_expr(text: str, where: str, known: Collection[str] | None = None) ->
     when ``known`` is given, any other variable name is an error here rather than at run time.
     """
     if not isinstance(text, str):
-        raise ConfigError(f"{where}: expected an expression string (got {text!r})")
+        raise ConfigError(f"{where}: expected an expression string (got {quote(text)})")
     if len(text) > MAX_LENGTH:
         raise ConfigError(
             f"{where}: expression longer than {MAX_LENGTH} characters (got {len(text)})"

@@ -1,5 +1,9 @@
 """Prometheus families and the /metrics + /healthz HTTP endpoint.
 
+The endpoint gives a connection READ_TIMEOUT seconds to deliver its request, keeps idle ones
+without a thread (MAX_WAITING at most) and serves at most MAX_HANDLERS requests at once (503
+beyond), so no client can take the daemon's threads or file descriptors.
+
 Everything lives in one dedicated CollectorRegistry (never the process-global one), so tests and
 embedders get a clean set and no default process collectors leak in.
 
@@ -20,20 +24,22 @@ Three groups of families:
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import logging
 import platform
+import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, Final
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Any, Final, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, quote
 from pressured.model import Identity, OomKill, PressureEvent, Sample
 
 if TYPE_CHECKING:
@@ -69,7 +75,7 @@ class MetricsSettings:
         leaf = where.rpartition(".")[2]
         section = cfg.get(leaf) or {}
         if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping (got {section!r})")
+            raise ConfigError(f"{where}: expected a mapping (got {quote(section)})")
         problems: list[str] = []
         known = {"enabled", "port", "address", "pid_labels"}
         problems.extend(
@@ -80,7 +86,7 @@ class MetricsSettings:
         pid_labels = section.get("pid_labels", cls.pid_labels)
         for key, value in (("enabled", enabled), ("pid_labels", pid_labels)):
             if not isinstance(value, bool):
-                problems.append(f"{where}.{key}: expected true or false (got {value!r})")
+                problems.append(f"{where}.{key}: expected true or false (got {quote(value)})")
         raw_port = section.get("port", cls.port)
         port = -1
         if isinstance(raw_port, int) and not isinstance(raw_port, bool):
@@ -88,10 +94,10 @@ class MetricsSettings:
         elif isinstance(raw_port, str) and raw_port.strip().isdigit():
             port = int(raw_port)
         if not 0 <= port <= 65535:
-            problems.append(f"{where}.port: expected a port number 0-65535 (got {raw_port!r})")
+            problems.append(f"{where}.port: expected a port number 0-65535 (got {quote(raw_port)})")
         address = section.get("address", cls.address)
         if not isinstance(address, str) or not address:
-            problems.append(f"{where}.address: expected a host address (got {address!r})")
+            problems.append(f"{where}.address: expected a host address (got {quote(address)})")
         if problems:
             raise ConfigError(problems)
         return cls(bool(enabled), port, str(address), bool(pid_labels))
@@ -298,16 +304,203 @@ class Metrics:
 # --- HTTP ----------------------------------------------------------------------------------
 
 
+READ_TIMEOUT: Final = 10.0
+"""Seconds a connection has to deliver its whole request (an idle one is closed then)."""
+MAX_HANDLERS: Final = 32
+"""Requests served at once, one thread each; a connection beyond them is answered 503."""
+MAX_WAITING: Final = 256
+"""Connections kept open before they have sent anything (no thread, one fd each); beyond
+them the oldest is closed, so idle connections cannot take the daemon's file descriptors."""
+
+_BUSY: Final = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
+)
+
+
+class _DeadlineIO(socket.SocketIO):
+    """A socket's reads, each given only the time left before ``deadline`` (monotonic): a
+    request trickled in a byte at a time cannot hold its thread longer than an idle one."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__(sock, "rb")
+        self._conn = sock
+        self._deadline = deadline
+
+    def readinto(self, b: Any) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._conn.settimeout(left)
+        return super().readinto(b)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """Request lines go to the debug log, not to stderr."""
+    """Request lines go to the debug log, not to stderr; the request must arrive before the
+    connection's deadline."""
+
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain reader setup() made: its reference would keep the fd
+        self.rfile = io.BufferedReader(_DeadlineIO(self.connection, self.server.deadline()))
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        # the request is in: the answer gets its own timeout for each write
+        self.connection.settimeout(self.server.read_timeout)
+        return ok
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (TimeoutError, ConnectionError) as exc:
+            log.debug("%s: connection dropped: %s", self.address_string(), exc)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    # Daemon request threads: a stuck scraper must not hold the process at exit.
-    daemon_threads = True
+class _Server(WSGIServer):
+    """The HTTP server: one thread accepts connections and keeps them, with no thread, until
+    they send something (or until ``read_timeout``: then they are closed); a connection with
+    a request is handed to a thread of its own, at most ``max_handlers`` at once, and
+    answered 503 beyond them."""
+
+    read_timeout: float = READ_TIMEOUT
+    max_handlers: int = MAX_HANDLERS
+    max_waiting: int = MAX_WAITING
+    request_queue_size = 128  # the listen backlog: the accepting thread takes them at once
+
+    def __init__(self, server_address: Any, handler: type[WSGIRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_handlers)
+        self._local = threading.local()
+        self._waiting: dict[socket.socket, tuple[Any, float]] = {}  # oldest first
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        super().__init__(server_address, handler)  # binds: on failure, server_close()
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.socket.setblocking(False)
+
+    def deadline(self) -> float:
+        """The deadline of the connection this handler thread serves."""
+        return float(self._local.deadline)
+
+    def serve(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.socket, selectors.EVENT_READ, "accept")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            try:
+                while not self._stopping:
+                    try:
+                        self._serve_once(sel)
+                    except Exception:
+                        # the endpoint must outlive any one connection's surprise
+                        log.exception("metrics: the server loop failed; going on")
+                        time.sleep(0.1)
+            finally:
+                for conn in self._waiting:
+                    conn.close()
+                self._waiting.clear()
+
+    def _serve_once(self, sel: selectors.BaseSelector) -> None:
+        timeout = None
+        if self._waiting:
+            _, oldest = next(iter(self._waiting.values()))
+            timeout = max(0.0, oldest - time.monotonic())
+        for key, _ in sel.select(timeout):
+            if key.data == "accept":
+                self._accept(sel)
+            elif key.data == "wake":
+                self._wake_r.recv(64)
+            else:
+                conn = cast("socket.socket", key.fileobj)
+                entry = self._waiting.pop(conn, None)
+                if entry is None:
+                    continue  # closed as the oldest idle one by an accept in this round
+                sel.unregister(conn)
+                self._dispatch(conn, *entry)
+        self._expire(sel, time.monotonic())
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        try:
+            conn, address = self.socket.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # the connection stays queued and the socket readable: do not spin on it
+                log.warning("metrics: cannot accept a connection: %s", exc.strerror)
+                time.sleep(0.1)
+            return  # else gone before it was accepted
+        if len(self._waiting) >= self.max_waiting:
+            oldest = next(iter(self._waiting))
+            sel.unregister(oldest)
+            del self._waiting[oldest]
+            oldest.close()
+            log.debug("metrics: too many idle connections; closed the oldest")
+        self._waiting[conn] = (address, time.monotonic() + self.read_timeout)
+        sel.register(conn, selectors.EVENT_READ, "conn")
+
+    def _expire(self, sel: selectors.BaseSelector, now: float) -> None:
+        while self._waiting:
+            conn, (_, deadline) = next(iter(self._waiting.items()))
+            if deadline > now:
+                return
+            sel.unregister(conn)
+            del self._waiting[conn]
+            conn.close()
+
+    def _dispatch(self, conn: socket.socket, address: Any, deadline: float) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(conn)
+            return
+        thread = threading.Thread(
+            target=self._serve_one,
+            args=(conn, address, deadline),
+            name="pressured-metrics-request",
+            daemon=True,  # a stuck scraper must not hold the process at exit
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had
+            self._slots.release()
+            self._refuse(conn)
+
+    def _serve_one(self, conn: socket.socket, address: Any, deadline: float) -> None:
+        self._local.deadline = deadline
+        try:
+            self.finish_request(conn, address)
+        except Exception:  # one bad request must not reach the daemon
+            self.handle_error(conn, address)
+        finally:
+            self.shutdown_request(conn)
+            self._slots.release()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """503 without a thread: never blocks the accepting thread."""
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.recv(65536)  # what the client sent, so closing does not reset the answer
+        with contextlib.suppress(OSError):
+            conn.send(_BUSY)
+            conn.shutdown(socket.SHUT_WR)
+        conn.close()
+        log.debug("metrics: %d requests in progress; answered 503", self.max_handlers)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics: request from %s failed", client_address, exc_info=True)
 
 
 Health = Callable[[], tuple[bool, str]]
@@ -340,30 +533,16 @@ def _app(registry: CollectorRegistry, health: Health = _always_ok) -> WSGIApplic
 class MetricsServer:
     """A running HTTP endpoint; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+    def __init__(self, server: _Server, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
         self.address: str = str(server.server_address[0])
         self.port: int = int(server.server_address[1])
 
     def close(self) -> None:
-        stopper = threading.Thread(target=self._server.shutdown, name="pressured-metrics-stop")
-        stopper.start()
-        # serve_forever sleeps in select() with no timeout (no idle wake-ups), so it notices
-        # the shutdown request only when a connection wakes it.
-        while stopper.is_alive():
-            with contextlib.suppress(OSError):
-                socket.create_connection((self._wake_host(), self.port), timeout=1).close()
-            stopper.join(0.05)
-        self._server.server_close()
+        self._server.stop()
         self._thread.join()
-
-    def _wake_host(self) -> str:
-        if self.address in ("0.0.0.0", ""):  # noqa: S104 - a wildcard is reached on loopback
-            return "127.0.0.1"
-        if self.address == "::":
-            return "::1"
-        return self.address
+        self._server.server_close()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -378,27 +557,36 @@ def start_http(
     port: int = 9000,
     *,
     health: Health = _always_ok,
+    read_timeout: float = READ_TIMEOUT,
+    max_handlers: int = MAX_HANDLERS,
+    max_waiting: int = MAX_WAITING,
 ) -> MetricsServer:
     """Serve /metrics and /healthz on a daemon thread. A bind failure raises ConfigError
-    naming ``metrics.address``/``metrics.port``."""
+    naming ``metrics.address``/``metrics.port``.
+
+    A connection has ``read_timeout`` seconds to deliver its request; at most
+    ``max_handlers`` requests are served at once (503 beyond) and at most ``max_waiting``
+    connections that have sent nothing yet are kept (the oldest is closed beyond)."""
     try:
         infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family = infos[0][0]
-        server_class: type[_ThreadingServer] = type(
-            "_Server", (_ThreadingServer,), {"address_family": family}
+        server_class: type[_Server] = type(
+            "_Server",
+            (_Server,),
+            {
+                "address_family": infos[0][0],
+                "read_timeout": read_timeout,
+                "max_handlers": max_handlers,
+                "max_waiting": max_waiting,
+            },
         )
-        server = make_server(address, port, _app(registry, health), server_class, _QuietHandler)
+        server = server_class((address, port), _QuietHandler)
     except OSError as exc:
         raise ConfigError(
             f"metrics.address/metrics.port: cannot listen on {address}:{port}: "
             f"{exc.strerror or exc}"
         ) from exc
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": None},
-        name="pressured-metrics",
-        daemon=True,
-    )
+    server.set_app(_app(registry, health))
+    thread = threading.Thread(target=server.serve, name="pressured-metrics", daemon=True)
     thread.start()
     handle = MetricsServer(server, thread)
     log.info("metrics on http://%s:%d/metrics", address, handle.port)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pressured.errors import ConfigError, did_you_mean
+from pressured.errors import QUOTE_LIMIT, ConfigError, did_you_mean, quote
 from pressured.model import Event
 
 SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
@@ -88,10 +89,21 @@ class Action:
             and kind is not bool
             and bool not in (kind if isinstance(kind, tuple) else (kind,))
         ):
-            raise ConfigError(f"{self.where}.{key}: expected {_kind_name(kind)}, got {value!r}")
+            raise ConfigError(
+                f"{self.where}.{key}: expected {_kind_name(kind)}, got {quote(value)}"
+            )
         if not isinstance(value, kind):
-            raise ConfigError(f"{self.where}.{key}: expected {_kind_name(kind)}, got {value!r}")
+            raise ConfigError(
+                f"{self.where}.{key}: expected {_kind_name(kind)}, got {quote(value)}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{self.where}.{key}: expected a finite number, got {quote(value)}")
         return value
+
+    def at_most(self, key: str, value: float | None, most: float) -> None:
+        """Refuse an option above its upper bound (None: not given)."""
+        if value is not None and value > most:
+            raise ConfigError(f"{self.where}.{key}: must be at most {most:g}, got {quote(value)}")
 
     def severities_opt(self, default: tuple[str, ...] = SEVERITIES) -> set[str]:
         """The ``severities`` option: which events the action handles, each name checked."""
@@ -101,7 +113,7 @@ class Action:
             if s not in SEVERITIES:
                 raise ConfigError(
                     f"{self.where}.severities[{i}]: must be one of {', '.join(SEVERITIES)}, "
-                    f"got {s!r}{did_you_mean(str(s), SEVERITIES)}"
+                    f"got {quote(s)}{did_you_mean(s, SEVERITIES) if isinstance(s, str) else ''}"
                 )
             out.add(s)
         return out
@@ -109,9 +121,10 @@ class Action:
     def reject_unknown(self, known: set[str]) -> None:
         for key in self.options:
             if key not in known and key != "type":
+                sane = isinstance(key, str) and len(key) <= QUOTE_LIMIT
                 raise ConfigError(
-                    f"{self.where}.{key}: unknown option for type {self.type!r}"
-                    f"{did_you_mean(key, known)}"
+                    f"{self.where}.{key if sane else quote(key)}: unknown option for type "
+                    f"{self.type!r}{did_you_mean(key, known) if sane else ''}"
                 )
 
 

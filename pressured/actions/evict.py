@@ -54,16 +54,19 @@ class EvictAction(Action):
             raise ConfigError(
                 f"{where}.max_eta_seconds: expected a positive number (got {self.max_eta!r})"
             )
+        self.at_most("max_eta_seconds", self.max_eta, 86_400)
         self.grace: int | None = self.opt("grace_period_seconds", int, None)
         if self.grace is not None and self.grace < 0:
             raise ConfigError(
                 f"{where}.grace_period_seconds: expected zero or more (got {self.grace!r})"
             )
+        self.at_most("grace_period_seconds", self.grace, 86_400)
         self.backoff = self.opt("refused_backoff_seconds", float, 300.0)
         if self.backoff < 0:
             raise ConfigError(
                 f"{where}.refused_backoff_seconds: expected zero or more (got {self.backoff!r})"
             )
+        self.at_most("refused_backoff_seconds", self.backoff, 3_600)
         self._clock = clock
         self._refused: dict[str, float] = {}
         self._evicted: set[str] = set()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError, KubernetesError
+from pressured.errors import ActionError, ConfigError, KubernetesError, quote
 from pressured.model import Event, OomKill
 
 REASONS: dict[str, str] = {
@@ -51,7 +51,7 @@ def severities_option(action: Action, allowed: tuple[str, ...], default: list[st
     if bad or not value:
         raise ConfigError(
             f"{action.where}.severities: expected a non-empty list of {', '.join(allowed)} "
-            f"(got {value!r})"
+            f"(got {quote(value)})"
         )
     return set(value)
 
@@ -141,11 +141,13 @@ class K8sEventAction(Action):
             raise ConfigError(
                 f"{where}.min_interval_seconds: expected zero or more (got {self.min_interval!r})"
             )
+        self.at_most("min_interval_seconds", self.min_interval, 3_600)
         self.max_per_minute = self.opt("max_per_minute", int, 60)
         if self.max_per_minute <= 0:
             raise ConfigError(
                 f"{where}.max_per_minute: expected a positive number (got {self.max_per_minute!r})"
             )
+        self.at_most("max_per_minute", self.max_per_minute, 10_000)
         self._clock = clock
         self._pending: dict[tuple[str, str, str], _Pending] = {}
         self._tokens = float(self.max_per_minute)

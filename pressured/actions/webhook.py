@@ -20,7 +20,7 @@ import httpx
 
 from pressured import __version__
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError
+from pressured.errors import ActionError, ConfigError, quote
 from pressured.model import Event
 
 log = logging.getLogger("pressured.actions.webhook")
@@ -33,6 +33,9 @@ OOMHERO_SEVERITY = {
 OOMHERO_SIGNAL = {"warn": "SIGUSR1", "critical": "SIGUSR2"}
 FORMATS = ("pressured", "oomhero")
 MAX_RETRIES = 10
+MAX_TIMEOUT_MS = 60_000
+"""Per attempt: a receiver that has not answered in a minute is not going to."""
+MAX_BACKOFF_MS = 60_000
 """With the doubling backoff, ten retries already span minutes: more only delays later events
 (the action chain runs in order on one thread)."""
 
@@ -67,18 +70,21 @@ class WebhookAction(Action):
         try:
             parsed = httpx.URL(self.url)
         except httpx.InvalidURL as exc:
-            raise ConfigError(f"{where}.url: not a URL: {self.url!r} ({exc})") from exc
+            raise ConfigError(f"{where}.url: not a URL: {quote(self.url)} ({exc})") from exc
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ConfigError(f"{where}.url: must be an http(s) URL with a host, got {self.url!r}")
+            raise ConfigError(
+                f"{where}.url: must be an http(s) URL with a host, got {quote(self.url)}"
+            )
         headers = self.opt("headers", dict, {})
         for k, v in headers.items():
             if not isinstance(k, str) or not isinstance(v, str | int | float):
-                raise ConfigError(f"{where}.headers.{k}: expected a text value, got {v!r}")
+                raise ConfigError(f"{where}.headers.{k}: expected a text value, got {quote(v)}")
         self.headers = {k: str(v) for k, v in headers.items()}
         self.headers.setdefault("User-Agent", f"pressured/{__version__}")
         timeout_ms = self.opt("timeout_ms", int, 3000)
         if timeout_ms <= 0:
             raise ConfigError(f"{where}.timeout_ms: must be positive, got {timeout_ms}")
+        self.at_most("timeout_ms", timeout_ms, MAX_TIMEOUT_MS)
         self.retries = self.opt("retries", int, 3)
         if not 0 <= self.retries <= MAX_RETRIES:
             raise ConfigError(
@@ -87,12 +93,13 @@ class WebhookAction(Action):
         backoff_ms = self.opt("backoff_ms", int, 200)
         if backoff_ms < 0:
             raise ConfigError(f"{where}.backoff_ms: must not be negative, got {backoff_ms}")
+        self.at_most("backoff_ms", backoff_ms, MAX_BACKOFF_MS)
         self.timeout = timeout_ms / 1000
         self.backoff = backoff_ms / 1000
         self.format = self.opt("format", str, "pressured")
         if self.format not in FORMATS:
             raise ConfigError(
-                f"{where}.format: must be 'pressured' or 'oomhero', got {self.format!r}"
+                f"{where}.format: must be 'pressured' or 'oomhero', got {quote(self.format)}"
             )
         self.severities = self.severities_opt()
         self._client = httpx.Client(timeout=self.timeout, headers=self.headers)

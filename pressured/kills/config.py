@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pressured.errors import ConfigError
+from pressured.errors import ConfigError, quote
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,21 @@ class KillsConfig:
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping (got {data!r})")
+            raise ConfigError(f"{where}: expected a mapping (got {quote(data)})")
         known = {"kmsg", "tracepoint", "bcc", "window_seconds"}
-        problems += [f"{where}.{k}: unknown key (got {data[k]!r})" for k in data if k not in known]
+        problems += [
+            f"{where}.{k}: unknown key (got {quote(data[k])})" for k in data if k not in known
+        ]
 
         def section(name: str, keys: set[str]) -> Mapping[str, Any]:
             value = data.get(name, {})
             if value is None:
                 return {}
             if not isinstance(value, Mapping):
-                problems.append(f"{where}.{name}: expected a mapping (got {value!r})")
+                problems.append(f"{where}.{name}: expected a mapping (got {quote(value)})")
                 return {}
             problems.extend(
-                f"{where}.{name}.{k}: unknown key (got {value[k]!r})"
+                f"{where}.{name}.{k}: unknown key (got {quote(value[k])})"
                 for k in value
                 if k not in keys
             )
@@ -50,14 +52,14 @@ class KillsConfig:
         def flag(sec: Mapping[str, Any], path: str, name: str, default: bool) -> bool:
             value = sec.get(name, default)
             if not isinstance(value, bool):
-                problems.append(f"{path}.{name}: expected true or false (got {value!r})")
+                problems.append(f"{path}.{name}: expected true or false (got {quote(value)})")
                 return default
             return value
 
         def text(sec: Mapping[str, Any], path: str, name: str, default: str) -> str:
             value = sec.get(name, default)
             if not isinstance(value, str) or not value.startswith("/"):
-                problems.append(f"{path}.{name}: expected an absolute path (got {value!r})")
+                problems.append(f"{path}.{name}: expected an absolute path (got {quote(value)})")
                 return default
             return value
 
@@ -67,7 +69,8 @@ class KillsConfig:
         window = data.get("window_seconds", cls.window_seconds)
         if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window <= 300:
             problems.append(
-                f"{where}.window_seconds: expected a number of seconds in (0, 300] (got {window!r})"
+                f"{where}.window_seconds: expected a number of seconds in (0, 300] "
+                f"(got {quote(window)})"
             )
             window = cls.window_seconds
         out = cls(

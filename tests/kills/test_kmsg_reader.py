@@ -39,10 +39,13 @@ class FakeKmsgRead:
         return item
 
 
-def reader_with(tmp_path: Path, fake: FakeKmsgRead, replay: bool = False) -> KmsgReader:
-    path = tmp_path / "kmsg"
-    path.write_bytes(b"")
-    return KmsgReader(str(path), replay=replay, read=fake)
+STAND_IN = "/dev/null"
+"""A character device to open in place of /dev/kmsg (the reader refuses any other kind of
+file); the fake read supplies the records."""
+
+
+def reader_with(fake: FakeKmsgRead, replay: bool = False) -> KmsgReader:
+    return KmsgReader(STAND_IN, replay=replay, read=fake)
 
 
 KILL = (
@@ -51,7 +54,7 @@ KILL = (
 )
 
 
-def test_drains_until_eagain(tmp_path: Path) -> None:
+def test_drains_until_eagain() -> None:
     fake = FakeKmsgRead(
         [
             b"6,1,10,-;hello\n SUBSYSTEM=x\n",
@@ -59,7 +62,7 @@ def test_drains_until_eagain(tmp_path: Path) -> None:
             KILL % (3, 30, 42),
         ]
     )
-    reader = reader_with(tmp_path, fake)
+    reader = reader_with(fake)
     kills = reader.read()
     assert [k.pid for k in kills] == [41, 42]
     assert reader.records_read == 3
@@ -68,7 +71,7 @@ def test_drains_until_eagain(tmp_path: Path) -> None:
     reader.close()
 
 
-def test_epipe_counts_and_goes_on(tmp_path: Path) -> None:
+def test_epipe_counts_and_goes_on() -> None:
     fake = FakeKmsgRead(
         [
             KILL % (5, 10, 1),
@@ -76,16 +79,16 @@ def test_epipe_counts_and_goes_on(tmp_path: Path) -> None:
             KILL % (10, 50, 2),
         ]
     )
-    reader = reader_with(tmp_path, fake)
+    reader = reader_with(fake)
     assert [k.pid for k in reader.read()] == [1, 2]
     assert reader.overruns == 1
     assert reader.lost == 4
     reader.close()
 
 
-def test_malformed_records_are_skipped(tmp_path: Path) -> None:
+def test_malformed_records_are_skipped() -> None:
     fake = FakeKmsgRead([b"nonsense", b"", KILL % (1, 1, 9)])
-    reader = reader_with(tmp_path, fake)
+    reader = reader_with(fake)
     # an empty read ends the drain (end of file on a non-kmsg path); the next drain goes on
     assert reader.read() == []
     assert reader.malformed == 1
@@ -93,7 +96,7 @@ def test_malformed_records_are_skipped(tmp_path: Path) -> None:
     reader.close()
 
 
-def test_a_fragment_waits_for_the_next_wakeup(tmp_path: Path) -> None:
+def test_a_fragment_waits_for_the_next_wakeup() -> None:
     fake = FakeKmsgRead(
         [
             b"4,1,100,-;app invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, "
@@ -102,7 +105,7 @@ def test_a_fragment_waits_for_the_next_wakeup(tmp_path: Path) -> None:
             b",oom_memcg=/a,task_memcg=\n",
         ]
     )
-    reader = reader_with(tmp_path, fake)
+    reader = reader_with(fake)
     assert reader.read() == []
     fake.push(
         b"6,3,210,-;/a/b,task=app,pid=5,uid=0\n",
@@ -113,24 +116,20 @@ def test_a_fragment_waits_for_the_next_wakeup(tmp_path: Path) -> None:
     reader.close()
 
 
-def test_times_come_from_the_clocks(tmp_path: Path) -> None:
-    path = tmp_path / "kmsg"
-    path.write_bytes(b"")
+def test_times_come_from_the_clocks() -> None:
     fake = FakeKmsgRead([KILL % (1, 1, 3)])
-    reader = KmsgReader(str(path), clock=lambda: 42.0, wall_clock=lambda: 1e9, read=fake)
+    reader = KmsgReader(STAND_IN, clock=lambda: 42.0, wall_clock=lambda: 1e9, read=fake)
     (kill,) = reader.read()
     assert (kill.time, kill.wall) == (42.0, 1e9)
     reader.close()
 
 
-def test_replayed_records_are_dated_in_the_past(tmp_path: Path) -> None:
-    path = tmp_path / "kmsg"
-    path.write_bytes(b"")
+def test_replayed_records_are_dated_in_the_past() -> None:
     boot_s = time.clock_gettime(time.CLOCK_MONOTONIC)
     # printed at boot + 1 s: about boot_s - 1 seconds ago
     fake = FakeKmsgRead([KILL % (1, 1_000_000, 3)])
     reader = KmsgReader(
-        str(path), replay=True, clock=lambda: boot_s, wall_clock=lambda: 1e9, read=fake
+        STAND_IN, replay=True, clock=lambda: boot_s, wall_clock=lambda: 1e9, read=fake
     )
     (kill,) = reader.read()
     assert kill.time == pytest.approx(1.0, abs=0.5)
@@ -142,14 +141,12 @@ def test_replayed_records_are_dated_in_the_past(tmp_path: Path) -> None:
     reader.close()
 
 
-def test_since_start_replays_only_records_from_then_on(tmp_path: Path) -> None:
+def test_since_start_replays_only_records_from_then_on() -> None:
     """A kill while the daemon was starting is in kmsg's buffer: read back from the daemon's
     start, nothing older."""
-    path = tmp_path / "kmsg"
-    path.write_bytes(b"")
     started = 5_000_000  # the daemon started 5 s after boot
     fake = FakeKmsgRead([KILL % (1, 4_000_000, 3), KILL % (2, 6_000_000, 4)])
-    reader = KmsgReader(str(path), since_usec=started, read=fake)
+    reader = KmsgReader(STAND_IN, since_usec=started, read=fake)
     assert [k.pid for k in reader.read()] == [4]
     # from then on live, whatever their stamps
     fake.push(KILL % (3, 1, 5))

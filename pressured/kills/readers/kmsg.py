@@ -3,6 +3,10 @@
 A read returns one record, or fails with EAGAIN when there is none (the fd is non-blocking),
 or with EPIPE when the reader's next record was overwritten; the following read then returns
 the oldest record still there. The records are parsed by :mod:`.kmsg_parse`.
+
+Only a character device is read: ``kills.kmsg.path`` at a regular file, a FIFO or a
+directory makes the source inactive with that reason (epoll refuses a regular file, and the
+daemon must not stop over a source it can do without).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -23,7 +28,8 @@ KMSG_READ_SIZE = 16384
 
 
 def available(path: str = "/dev/kmsg") -> tuple[bool, str]:
-    """Whether ``path`` can be read, and why not (dmesg_restrict without CAP_SYSLOG, ...)."""
+    """Whether ``path`` can be read, and why not (dmesg_restrict without CAP_SYSLOG, not the
+    kernel's log device, ...)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -31,8 +37,33 @@ def available(path: str = "/dev/kmsg") -> tuple[bool, str]:
         if exc.errno in (errno.EPERM, errno.EACCES):
             hint = " (kernel.dmesg_restrict=1 needs CAP_SYSLOG)"
         return False, f"{path}: {exc.strerror}{hint}"
-    os.close(fd)
+    try:
+        why_not = not_a_kmsg_device(fd, path)
+    finally:
+        os.close(fd)
+    if why_not:
+        return False, why_not
     return True, f"{path} is readable"
+
+
+def not_a_kmsg_device(fd: int, path: str) -> str | None:
+    """Why the open ``fd`` cannot be the kernel's log (/dev/kmsg is a character device: a
+    regular file, a FIFO or a directory would never wake epoll, or be refused by it), or None.
+    """
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISCHR(mode):
+        return None
+    kind = {
+        stat.S_IFREG: "a regular file",
+        stat.S_IFDIR: "a directory",
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFBLK: "a block device",
+    }.get(stat.S_IFMT(mode), "not a device")
+    return (
+        f"kills.kmsg.path: {path} is {kind}, not a character device like /dev/kmsg "
+        "(the kernel's log)"
+    )
 
 
 ReadFn = Callable[[int, int], bytes]
@@ -77,6 +108,12 @@ class KmsgReader:
         self._since = None if replay else since_usec
         self._replaying = replay or since_usec is not None
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._why_not = not_a_kmsg_device(self._fd, path)
+        if self._why_not:
+            # inactive from the start, with the reason (KillSources.add keeps only that)
+            os.close(self._fd)
+            self._fd = -1
+            return
         if not self._replaying:
             try:
                 os.lseek(self._fd, 0, os.SEEK_END)
@@ -86,6 +123,8 @@ class KmsgReader:
 
     @property
     def status(self) -> tuple[bool, str]:
+        if self._why_not:
+            return False, self._why_not
         if self._fd < 0:
             return False, f"{self.path}: closed"
         return True, f"reading {self.path}" + (" (replaying)" if self.replay else "")
