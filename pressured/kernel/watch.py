@@ -160,7 +160,16 @@ class Watcher:
     def _register(self, entry: _Fd, events: int) -> int:
         token = self._next_token
         self._next_token += 1
-        self._epoll.add(entry.fd, events, token)
+        try:
+            self._epoll.add(entry.fd, events, token)
+        except OSError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+            # epoll refuses regular files: a "cgroup" made of plain files (a copy, a fake
+            # tree) or a file put where the kernel's should be
+            raise CgroupFileError(
+                entry.path, "not a kernel file that can be waited on (a regular file?)"
+            ) from exc
         self._tokens[token] = entry
         return token
 

@@ -603,3 +603,26 @@ def test_idle_connections_beyond_the_waiting_cap_close_the_oldest() -> None:
         finally:
             for conn in idle:
                 conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# a cgroup made of plain files
+
+
+def test_a_cgroup_of_plain_files_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """epoll refuses regular files with EPERM; that used to surface as "[Errno 1] Operation
+    not permitted (from epoll_ctl(ADD))", naming neither the cgroup nor the file."""
+    from pressured.errors import CgroupError
+    from pressured.kernel import cgroupfs
+    from pressured.kernel.watch import Watcher, WatchOptions
+    from tests.unit.test_cgroupfs import v2_tree
+
+    cg = v2_tree(tmp_path)
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path)))
+    w = Watcher(WatchOptions(psi=None))
+    try:
+        with pytest.raises(CgroupError, match=rf"{cg}/memory\.events: not a kernel file"):
+            w.add_cgroup("fake", ref, [])
+        assert "fake" not in w and w.open_fds() == 0
+    finally:
+        w.close()
