@@ -38,6 +38,7 @@ log = logging.getLogger("pressured.pprof")
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_PROFILE_BYTES = 1 << 30
 """Refuse to inflate a profile beyond this (a gzip bomb must not take the daemon down)."""
+_INFLATE_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,13 +133,15 @@ class Profile:
         )
 
 
-def load_profile(data: bytes, source: str, *, max_bytes: int = MAX_PROFILE_BYTES) -> Profile:
+def load_profile(
+    data: bytes | bytearray, source: str, *, max_bytes: int = MAX_PROFILE_BYTES
+) -> Profile:
     """Decode a profile.proto, gzip-compressed (detected by its magic) or raw.
 
     ``source`` names the input (a path, a URL, a storage key) in every PprofError.
     """
     if data[:2] == GZIP_MAGIC:
-        data = _gunzip(data, source, max_bytes)
+        data = _gunzip(data, source, max_bytes)  # a bytearray: no copy to bytes
     pb2 = importlib.import_module("pressured.pprof._pprof_pb2")
     from google.protobuf.message import DecodeError  # noqa: PLC0415 - heavy, lazy
 
@@ -146,14 +149,24 @@ def load_profile(data: bytes, source: str, *, max_bytes: int = MAX_PROFILE_BYTES
     try:
         msg.ParseFromString(data)
     except DecodeError as exc:
+        # upb reports an allocation that failed (a memory limit, or claims too big for memory)
+        # as a decode error; it is not a verdict on the data.
+        if "alloc failed" in str(exc).lower():
+            raise MemoryError(f"{source}: out of memory decoding the profile ({exc})") from exc
         raise PprofError(f"{source}: not a pprof profile (protobuf decode failed: {exc})") from exc
     return _decode(msg, source)
 
 
-def _gunzip(data: bytes, source: str, max_bytes: int) -> bytes:
+def _gunzip(data: bytes | bytearray, source: str, max_bytes: int) -> bytearray:
+    # In chunks: read(max_bytes + 1) would allocate its whole buffer first, 1 GiB for any profile
+    out = bytearray()
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
-            out = f.read(max_bytes + 1)
+            while len(out) <= max_bytes:
+                chunk = f.read(min(_INFLATE_CHUNK, max_bytes + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
     except EOFError as exc:
         raise PprofError(f"{source}: bad gzip data: truncated ({exc})") from exc
     except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
