@@ -6,17 +6,33 @@ and never take the calling process down with it.
 
 from __future__ import annotations
 
+import importlib
+import resource
+import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pressured.errors import PprofError
 from pressured.pprof import format_top, load_profile, top
 from pressured.pprof.goregexp import compile_go
+from pressured.pprof.worker import (
+    _BOOT,
+    DAEMON_LIMITS,
+    Limits,
+    ProfileLimitError,
+    _package_root,
+    _reply,
+    run_top,
+)
 from tests.pprof.conftest import ProfileBuilder, go_pprof_text
+
+MIB = 1 << 20
 
 EVIL_PATTERN = "(a|aa)+$x|(a|a)*b"
 """Exponential for a backtracking engine on a run of a's that does not end the way it wants."""
@@ -30,6 +46,35 @@ def hostile_profile() -> bytes:
     b.msg.drop_frames = b.s(EVIL_PATTERN)
     b.sample([b.location(EVIL_NAME, mapping_id=exe), b.location("main.main", mapping_id=exe)], 64)
     return b.raw()
+
+
+def string_table_bomb(entries: int = 50_000_000) -> bytes:
+    """A few hundred kB of gzip claiming ``entries`` strings: gigabytes once decoded."""
+    head = b"\x0a\x02\x08\x01"  # sample_type {type: 1}
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\x32\x00" * MIB  # string_table: "" (field 6, length 0), a million times
+    out = [z.compress(head)]
+    for _ in range(entries // MIB):
+        out.append(z.compress(block))
+    return b"".join([*out, z.flush()])
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\0" * MIB
+    return b"".join([*(z.compress(block) for _ in range(size // MIB)), z.flush()])
+
+
+def slow_profile(samples: int = 150_000) -> bytes:
+    """Valid and honest, just long: a few seconds of CPU for top()."""
+    b = ProfileBuilder()
+    locs = [b.location(f"pkg.f{i}") for i in range(64)]
+    b.sample(locs, 1)
+    pb2: Any = importlib.import_module("pressured.pprof._pprof_pb2")
+    more = pb2.Profile()
+    more.sample.add(location_id=locs, value=[1])
+    # concatenated messages merge: each copy adds one sample
+    return b.raw() + bytes(more.SerializeToString()) * (samples - 1)
 
 
 def _framed(drop: str, keep: str = "") -> ProfileBuilder:
@@ -135,3 +180,143 @@ def test_evil_pattern_against_long_names_is_fast() -> None:
     for n in range(1, 2000, 7):
         assert not rx.matches("a" * n + "x")
     assert time.monotonic() - start < 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# the worker: bounded in time and memory, answers as plain data
+
+
+def test_worker_answers_as_go_tool_pprof(go_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "hostile.pb"
+    path.write_bytes(hostile_profile())
+    start = time.monotonic()
+    report = run_top(path.read_bytes(), str(path), n=0, summary_k=1)
+    assert time.monotonic() - start < 5
+    assert report.text == go_pprof_text(path, go_env, "-top", "-nodefraction=0")
+    assert report.data["rows"][0]["function"] == EVIL_NAME
+    assert report.data["total"] == 64
+    assert report.summary == [
+        {
+            "function": EVIL_NAME,
+            "flat": 64,
+            "flat_pct": 100.0,
+            "cum": 64,
+            "cum_pct": 100.0,
+            "unit": "bytes",
+            "sample_type": "inuse_space",
+        }
+    ]
+    assert report.warnings == ()
+
+
+def test_worker_reports_bad_input_as_pprof_error() -> None:
+    with pytest.raises(PprofError, match=r"^junk\.bin: not a pprof profile") as info:
+        run_top(b"\xff\xfe not protobuf", "junk.bin")
+    assert not isinstance(info.value, ProfileLimitError)
+    with pytest.raises(PprofError, match=r"^p\.pb: unknown sample index 'nope'"):
+        run_top(hostile_profile(), "p.pb", sample_index="nope")
+
+
+def test_worker_passes_warnings_back() -> None:
+    report = run_top(_framed(r"(a)\1").raw(), "w.pb")
+    (warning,) = report.warnings
+    assert "profile field drop_frames" in warning
+    assert report.data["warnings"] == [warning]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [string_table_bomb, lambda: gzip_of_zeros(600 * MIB)],
+    ids=["string-table", "gzip-of-zeros"],
+)
+def test_worker_past_its_memory_limit_is_stopped(make: Any) -> None:
+    bomb = make()
+    assert len(bomb) < 1 * MIB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    with pytest.raises(
+        ProfileLimitError, match=r"^bomb\.gz: profile analysis exceeded 5 s / 512 MiB: killed "
+    ) as info:
+        run_top(bomb, "bomb.gz", limits=DAEMON_LIMITS)
+    assert str(info.value).endswith("(out of memory)")
+    assert time.monotonic() - start < 5
+    # the caller is unharmed: its peak memory did not move, and it goes on analysing
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024
+    assert run_top(hostile_profile(), "after.pb").data["total"] == 64
+
+
+def test_worker_inflates_a_gzip_profile_in_little_memory() -> None:
+    # A small gzip profile must not need the whole inflate cap (1 GiB) up front.
+    b = ProfileBuilder()
+    b.sample([b.location("main.f")], 1)
+    report = run_top(b.gz(), "small.pb.gz", limits=Limits(seconds=5, memory_mib=128))
+    assert report.data["rows"][0]["function"] == "main.f"
+
+
+def test_worker_past_its_deadline_is_killed() -> None:
+    slow = slow_profile()
+    start = time.monotonic()
+    with pytest.raises(
+        ProfileLimitError,
+        match=r"^slow\.pb: profile analysis exceeded 0\.5 s / 512 MiB: killed "
+        r"\(still running after 0\.5 s\)$",
+    ):
+        run_top(slow, "slow.pb", limits=Limits(seconds=0.5, memory_mib=512))
+    assert time.monotonic() - start < 3
+
+
+def test_orphaned_worker_stops_at_its_cpu_limit() -> None:
+    # Should the caller be gone, nobody kills the child at the deadline: RLIMIT_CPU does.
+    start = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            _BOOT,
+            _package_root(),
+            "--max-seconds",
+            "1",
+            "--max-memory-mib",
+            "512",
+            '{"source": "slow.pb"}',
+        ],
+        input=slow_profile(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGXCPU
+    assert proc.stdout == b""
+    assert time.monotonic() - start < 30
+    with pytest.raises(ProfileLimitError, match=r"killed \(out of CPU time: 1 s\)"):
+        _reply(proc.returncode, proc.stdout, proc.stderr, "slow.pb", Limits(1, 512))
+
+
+@pytest.mark.parametrize(
+    ("rc", "out", "err", "message"),
+    [
+        (-signal.SIGKILL, b"", b"", r"^s: profile analysis failed: worker killed by SIGKILL \("),
+        (-signal.SIGSEGV, b"", b"", r"worker killed by SIGSEGV \(5 s / 512 MiB\)"),
+        (1, b"", b"Traceback...\nImportError: boom", r"exited with status 1: ImportError: boom$"),
+        (0, b"{not json", b"", r"unreadable worker reply"),
+        (0, b'{"ok": true}', b"", r"unreadable worker reply"),
+        (0, b'{"ok": false, "error": "s: not a pprof profile"}', b"", r"^s: not a pprof profile$"),
+    ],
+)
+def test_every_worker_ending_is_a_pprof_error(
+    rc: int, out: bytes, err: bytes, message: str
+) -> None:
+    with pytest.raises(PprofError, match=message):
+        _reply(rc, out, err, "s", DAEMON_LIMITS)
+
+
+def test_limits_are_validated_and_printed() -> None:
+    assert str(Limits(5.0, 512)) == "5 s / 512 MiB"
+    assert str(Limits(0.25, 64)) == "0.25 s / 64 MiB"
+    assert Limits(0.25, 64).cpu_seconds == 1
+    with pytest.raises(ValueError, match="seconds"):
+        Limits(0, 512)
+    with pytest.raises(ValueError, match="memory_mib"):
+        Limits(1, 0)
