@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from pressured.errors import PprofError
 from pressured.pprof import format_top, load_profile, top
+from pressured.pprof.cli import pprof_app
 from pressured.pprof.goregexp import compile_go
 from pressured.pprof.worker import (
     _BOOT,
@@ -320,3 +322,57 @@ def test_limits_are_validated_and_printed() -> None:
         Limits(0, 512)
     with pytest.raises(ValueError, match="memory_mib"):
         Limits(1, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# pressured pprof top: every input through the worker
+
+
+def test_cli_top_on_the_hostile_file_equals_go_tool_pprof(
+    go_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "hostile.pb"
+    path.write_bytes(hostile_profile())
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pressured", "pprof", "top", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert time.monotonic() - start < 10
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout == go_pprof_text(path, go_env, "-top")
+
+
+def test_cli_top_warns_about_an_ignored_drop_frames(go_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "bad-drop.pb"
+    path.write_bytes(_framed(r"runtime\..*(?=x)").raw())
+    result = CliRunner().invoke(pprof_app, ["top", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == go_pprof_text(path, go_env, "-top")
+    assert result.stderr.startswith(
+        f"warning: {path}: profile field drop_frames is not a valid regular expression"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "why"),
+    [
+        (slow_profile, ["--max-seconds", "0.5"], "0.5 s / 2048 MiB: killed (still running"),
+        (string_table_bomb, ["--max-memory", "256"], "60 s / 256 MiB: killed (out of memory)"),
+    ],
+    ids=["time", "memory"],
+)
+def test_cli_top_stops_at_its_limits(tmp_path: Path, make: Any, args: list[str], why: str) -> None:
+    path = tmp_path / "big.pb"
+    path.write_bytes(make())
+    start = time.monotonic()
+    result = CliRunner().invoke(pprof_app, ["top", str(path), *args])
+    assert time.monotonic() - start < 10
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {path}: profile analysis exceeded {why}")
+    assert "a larger --max-seconds or --max-memory" in result.stderr
