@@ -6,20 +6,29 @@ and never take the calling process down with it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
+import logging
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from pressured.errors import PprofError
+from pressured.actions.base import ActionContext
+from pressured.actions.heapdump import HeapdumpAction
+from pressured.errors import ConfigError, PprofError
+from pressured.model import Identity, PressureEvent
 from pressured.pprof import format_top, load_profile, top
 from pressured.pprof.cli import pprof_app
 from pressured.pprof.goregexp import compile_go
@@ -32,6 +41,7 @@ from pressured.pprof.worker import (
     _reply,
     run_top,
 )
+from pressured.storage.local import LocalStorage
 from tests.pprof.conftest import ProfileBuilder, go_pprof_text
 
 MIB = 1 << 20
@@ -376,3 +386,184 @@ def test_cli_top_stops_at_its_limits(tmp_path: Path, make: Any, args: list[str],
     assert result.stdout == ""
     assert result.stderr.startswith(f"error: {path}: profile analysis exceeded {why}")
     assert "a larger --max-seconds or --max-memory" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# the heapdump action: the profile comes from the pod
+
+
+class _Served:
+    """A loopback HTTP server answering every GET with ``body`` (the pod's pprof endpoint)."""
+
+    def __init__(self) -> None:
+        served = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(served.body)))
+                self.end_headers()
+                self.wfile.write(served.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.body = b""
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def pod_pprof() -> Iterator[_Served]:
+    served = _Served()
+    yield served
+    served.close()
+
+
+def _heapdump(port: int, storage: LocalStorage, **options: Any) -> HeapdumpAction:
+    ctx = ActionContext(storage_factory=lambda: storage)
+    return HeapdumpAction({"port": port, **options}, ctx, "actions[0]")
+
+
+def _pod_event() -> PressureEvent:
+    return PressureEvent(
+        time=time.time(),
+        severity="critical",
+        previous_severity="warn",
+        cgroup="/kubepods/burstable/pod1234/cri-containerd-abc.scope",
+        usage_bytes=900,
+        working_set_bytes=880,
+        limit_bytes=1000,
+        usage_percent=90.0,
+        growth_bytes_per_s=None,
+        eta_seconds=None,
+        psi_some_avg10=None,
+        psi_full_avg10=None,
+        rule="usage_percent >= 85",
+        key="shop/web-1/app",
+        identity=Identity(namespace="shop", pod_name="web-1", container_name="app"),
+        annotations={},
+        dry_run=False,
+        extra={},
+    )
+
+
+def test_heapdump_of_the_hostile_profile(pod_pprof: _Served, tmp_path: Path) -> None:
+    pod_pprof.body = hostile_profile()
+    storage = LocalStorage(tmp_path / "store")
+    action = _heapdump(pod_pprof.port, storage)
+    event = _pod_event()
+    start = time.monotonic()
+    try:
+        action.run(event)
+    finally:
+        action.close()
+    assert time.monotonic() - start < 10
+    assert event.extra["pprof_top"][0]["function"] == EVIL_NAME
+    assert "pprof_error" not in event.extra
+    assert storage.read(event.extra["heapdump"]["key"]) == pod_pprof.body
+
+
+@pytest.mark.parametrize(
+    ("make", "options", "why"),
+    [
+        (string_table_bomb, {}, "5 s / 512 MiB: killed (out of memory)"),
+        (slow_profile, {"analyze_timeout_ms": 500}, "0.5 s / 512 MiB: killed (still running"),
+    ],
+    ids=["memory", "time"],
+)
+def test_heapdump_reports_a_killed_analysis_and_goes_on(
+    pod_pprof: _Served,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    make: Any,
+    options: dict[str, Any],
+    why: str,
+) -> None:
+    pod_pprof.body = make()
+    storage = LocalStorage(tmp_path / "store")
+    action = _heapdump(pod_pprof.port, storage, **options)
+    event = _pod_event()
+    start = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
+            action.run(event)
+    finally:
+        action.close()
+    assert time.monotonic() - start < 10
+    key = event.extra["heapdump"]["key"]
+    assert event.extra["pprof_error"].startswith(f"{key}: profile analysis exceeded {why}")
+    assert "pprof_top" not in event.extra
+    assert storage.read(key) == pod_pprof.body  # the dump is kept: it is evidence
+    beside = json.loads(storage.read(key.removesuffix(".pb.gz") + ".json"))
+    assert beside["pprof_error"] == event.extra["pprof_error"]
+    assert any(
+        "not analysed" in r.getMessage() and event.extra["pprof_error"] in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_heapdump_analysis_leaves_the_daemon_responsive(pod_pprof: _Served, tmp_path: Path) -> None:
+    # The analysis burns its CPU in another process; the action thread only waits on pipes,
+    # without the GIL, so the daemon's other threads (its epoll loop, its signal handling) keep
+    # running while a profile is analysed.
+    pod_pprof.body = slow_profile()
+    storage = LocalStorage(tmp_path / "store")
+    action = _heapdump(pod_pprof.port, storage, analyze_timeout_ms=2000)
+    event = _pod_event()
+    worker = threading.Thread(target=action.run, args=(event,))
+    try:
+        worker.start()
+        assert worker.ident is not None
+        clock = time.pthread_getcpuclockid(worker.ident)
+        thread_cpu = longest = 0.0
+        last = time.monotonic()
+        while worker.is_alive():
+            with contextlib.suppress(OSError):  # the thread may end between the two calls
+                thread_cpu = time.clock_gettime(clock)
+            time.sleep(0.005)
+            now = time.monotonic()
+            longest = max(longest, now - last)
+            last = now
+        worker.join()
+    finally:
+        action.close()
+    assert "still running after 2 s" in event.extra["pprof_error"]
+    assert thread_cpu < 0.5  # of the 2 s the analysis ran
+    assert longest < 0.5
+
+
+def test_heapdump_passes_warnings_into_the_event(pod_pprof: _Served, tmp_path: Path) -> None:
+    pod_pprof.body = _framed(r"(a)\1").raw()
+    storage = LocalStorage(tmp_path / "store")
+    action = _heapdump(pod_pprof.port, storage)
+    event = _pod_event()
+    try:
+        action.run(event)
+    finally:
+        action.close()
+    (warning,) = event.extra["pprof_warnings"]
+    assert "profile field drop_frames" in warning
+    assert event.extra["pprof_top"][0]["function"] == "runtime.mallocgc"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"analyze_timeout_ms": 0}, r"actions\[0\]\.analyze_timeout_ms: must be positive"),
+        ({"analyze_max_mib": 16}, r"actions\[0\]\.analyze_max_mib: must be at least 64"),
+    ],
+)
+def test_heapdump_analysis_limits_are_validated(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _heapdump(6060, LocalStorage(tmp_path), **options)
