@@ -34,6 +34,12 @@ def excerpt(pattern: str, limit: int = EXCERPT_CHARS) -> str:
     return repr(pattern[:limit]) + f"... ({len(pattern)} chars)"
 
 
+def _printable(text: str, limit: int) -> str:
+    # RE2's reasons quote the rest of the pattern from where it failed: cut and escape that too
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class GoRegexp:
     """One compiled expression; ``matches`` is Go's ``(*Regexp).MatchString`` (unanchored)."""
 
@@ -77,9 +83,8 @@ def compile_go(pattern: str, field: str, source: str, *, whole: bool = False) ->
 
 def _reason(exc: Exception) -> str:
     arg = exc.args[0] if exc.args else exc
-    if isinstance(arg, bytes):
-        return arg.decode("utf-8", "replace")
-    return str(arg)
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    return _printable(text, 2 * EXCERPT_CHARS)
 
 
 def _go_only_rejection(pattern: str) -> str | None:

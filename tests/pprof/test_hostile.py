@@ -179,6 +179,16 @@ def test_rejected_keep_frames_names_its_field() -> None:
     assert "runtime.mallocgc" in {r.function for r in top(profile, n=0).rows}
 
 
+def test_rejection_messages_stay_short_and_printable() -> None:
+    pattern = "\x00)" + "a" * 100_000 + "\x01"
+    with pytest.raises(PprofError) as info:
+        compile_go(pattern, "drop_frames", "src", whole=True)
+    message = str(info.value)
+    assert len(message) < 300
+    assert message.isprintable()
+    assert "(100003 chars)" in message
+
+
 def test_compile_go_raises_pprof_error() -> None:
     with pytest.raises(PprofError, match=r"^src: profile field drop_frames .*\(invalid escape"):
         compile_go(r"\1", "drop_frames", "src")
