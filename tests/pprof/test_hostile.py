@@ -7,6 +7,7 @@ and never take the calling process down with it.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib
 import json
 import logging
@@ -23,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pressured.actions.base import ActionContext
 from pressured.actions.heapdump import HeapdumpAction
 from pressured.errors import ConfigError, PprofError
 from pressured.model import Identity, PressureEvent
-from pressured.pprof import format_top, load_profile, top
+from pressured.pprof import format_top, load_profile, summarize_top, top
 from pressured.pprof.cli import pprof_app
 from pressured.pprof.goregexp import compile_go
 from pressured.pprof.worker import (
@@ -577,3 +580,139 @@ def test_heapdump_analysis_limits_are_validated(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         _heapdump(6060, LocalStorage(tmp_path), **options)
+
+
+# --------------------------------------------------------------------------------------------
+# fuzzing the decoder: a Profile or a PprofError, never anything else
+
+
+def _seed() -> bytes:
+    """A valid profile using every field the decoder reads."""
+    b = ProfileBuilder((("alloc_space", "bytes"), ("inuse_space", "bytes")))
+    exe = b.mapping("/usr/bin/server")
+    b.msg.mapping[0].build_id = b.s("abc123")
+    b.msg.default_sample_type = b.s("alloc_space")
+    b.msg.drop_frames = b.s(r"runtime\..*")
+    b.msg.keep_frames = b.s(r"runtime\.keep")
+    b.msg.comment.append(b.s("a comment"))
+    b.msg.period_type.type = b.s("space")
+    b.msg.period_type.unit = b.s("bytes")
+    b.msg.period = 524288
+    b.msg.time_nanos = 1_700_000_000_000_000_000
+    b.msg.duration_nanos = 10_000_000_000
+    main = b.location("main.main", mapping_id=exe)
+    inlined = b.location("app.decode", "app.parse", mapping_id=exe)
+    b.sample([b.location("runtime.mallocgc"), inlined, main], 4096, 1024)
+    b.sample([b.location(mapping_id=exe, address=0x42), main], 256, 256)
+    b.sample([b.location("", mapping_id=exe), main], -10, 5)
+    return b.raw()
+
+
+SEED = _seed()
+
+
+def _must_analyse_or_refuse(data: bytes) -> None:
+    try:
+        profile = load_profile(data, "fuzz")
+    except PprofError as exc:
+        refusal = str(exc)
+    else:
+        refusal = ""
+    if refusal:
+        assert refusal.startswith("fuzz: ")  # it names the input
+        return
+    for sort_cum in (False, True):
+        result = top(profile, None, n=0, sort_cum=sort_cum, node_fraction=0.005)
+        format_top(result)
+        json.dumps(result.to_json())
+        summarize_top(result)
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for kind, where, what in edits:
+        at = where % (len(out) + 1)
+        if kind == 0:  # overwrite
+            out[at : at + len(what)] = what
+        elif kind == 1:  # insert
+            out[at:at] = what
+        elif kind == 2:  # delete
+            del out[at : at + len(what) + 1]
+        else:  # truncate
+            del out[at:]
+    return bytes(out)
+
+
+_EDITS = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=512), gzip_magic=st.booleans())
+def test_fuzz_random_bytes(data: bytes, gzip_magic: bool) -> None:
+    _must_analyse_or_refuse(b"\x1f\x8b" + data if gzip_magic else data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(edits=_EDITS, compress=st.sampled_from(["raw", "gzip", "gzip-then-edit"]))
+def test_fuzz_mutated_profiles(edits: list[tuple[int, int, bytes]], compress: str) -> None:
+    if compress == "raw":
+        data = _mutate(SEED, edits)
+    elif compress == "gzip":
+        data = gzip.compress(_mutate(SEED, edits))
+    else:
+        data = _mutate(gzip.compress(SEED), edits)
+    _must_analyse_or_refuse(data)
+
+
+_INT64 = st.integers(-(1 << 63), (1 << 63) - 1)
+_ID = st.integers(1, 6)  # ids that exist, mostly: the bad ones are the other tests' business
+_INDEX = st.integers(0, 6)  # in the string table, likewise
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    strings=st.lists(st.binary(max_size=12), min_size=6, max_size=8),
+    empty_first=st.sampled_from([True, True, True, False]),
+    n_types=st.integers(1, 3),
+    type_index=st.integers(0, 4),
+    functions=st.lists(st.tuples(_ID, _INDEX, _INT64), max_size=6, unique_by=lambda f: f[0]),
+    locations=st.lists(
+        st.tuples(_ID, st.integers(0, 1), st.lists(_ID, max_size=4)),
+        max_size=6,
+        unique_by=lambda loc: loc[0],
+    ),
+    samples=st.lists(st.tuples(st.lists(_ID, max_size=6), st.lists(_INT64, max_size=3))),
+    header=st.tuples(_INDEX, _INDEX, _INDEX, _INT64, _INT64, _INT64),
+)
+def test_fuzz_structured_profiles(
+    strings: list[bytes],
+    empty_first: bool,
+    n_types: int,
+    type_index: int,
+    functions: list[tuple[int, int, int]],
+    locations: list[tuple[int, int, list[int]]],
+    samples: list[tuple[list[int], list[int]]],
+    header: tuple[int, int, int, int, int, int],
+) -> None:
+    # Well-formed protobuf with arbitrary meaning: ids, indexes and values anywhere in range.
+    pb2: Any = importlib.import_module("pressured.pprof._pprof_pb2")
+    msg = pb2.Profile()
+    msg.string_table.extend([b"", *strings] if empty_first else strings)
+    for i in range(n_types):
+        msg.sample_type.add(type=type_index + i, unit=type_index)
+    for fid, name, start_line in functions:
+        msg.function.add(id=fid, name=name, start_line=start_line)
+    msg.mapping.add(id=1, filename=header[0])
+    for lid, mapping_id, function_ids in locations:
+        loc = msg.location.add(id=lid, mapping_id=mapping_id)
+        for fid in function_ids:
+            loc.line.add(function_id=fid)
+    for location_ids, values in samples:
+        msg.sample.add(location_id=location_ids, value=values)
+    msg.drop_frames, msg.keep_frames, msg.default_sample_type = header[:3]
+    msg.time_nanos, msg.duration_nanos, msg.period = header[3:]
+    _must_analyse_or_refuse(bytes(msg.SerializeToString()))
