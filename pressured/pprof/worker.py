@@ -12,8 +12,12 @@ daemon's action thread only waits on a pipe, without the GIL) nor exhaust its me
 
 - the child sets its own limits before it reads a byte of the profile: RLIMIT_AS (the memory
   limit), RLIMIT_CPU (the time limit rounded up: a backstop should the parent be gone), no core
-  files; the limits are set by the child itself because preexec_fn is not safe in a threaded
-  parent such as the daemon;
+  files, and oom_score_adj 1000 so that when memory runs out the kernel's OOM killer takes it
+  first, not the daemon (which lowers its own to -900, inherited here) nor a tenant's container;
+  the limits are set by the child itself because preexec_fn is not safe in a threaded parent
+  such as the daemon;
+- its environment is the caller's reduced to what Python, the time zone and protobuf look at: a
+  credential of the daemon's (storage keys, say) is not in the process that parses hostile data;
 - the parent kills the child (SIGKILL) at the wall-clock deadline;
 - the request travels as one JSON argument, the profile on stdin, the answer as one JSON object
   on stdout; any failure is a PprofError, e.g.
@@ -132,6 +136,7 @@ def run_top(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd="/",
+            env=worker_env(),
         )
     except OSError as exc:
         raise PprofError(f"{source}: profile analysis could not start: {exc}") from exc
@@ -192,6 +197,26 @@ def _reply(rc: int, out: bytes, err: bytes, source: str, limits: Limits) -> TopR
         ) from exc
 
 
+_ENV_KEPT = frozenset(
+    {
+        "PATH",
+        "TZ",  # the report's Time: line is in local time, as go tool pprof's
+        "LANG",
+        "LANGUAGE",
+        "PYTHONPATH",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUTF8",
+        "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION",
+    }
+)
+
+
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: ``environ`` (os.environ) less all but a few known names."""
+    env = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in env.items() if k in _ENV_KEPT or k.startswith("LC_")}
+
+
 def _package_root() -> str:
     import pressured  # noqa: PLC0415
 
@@ -247,6 +272,11 @@ def _set_limits(limits: Limits) -> None:
         resource.setrlimit(which, (soft, hard))
 
     lower(resource.RLIMIT_CORE, 0, 0)
+    try:  # raising it needs no privilege
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass  # no /proc: nothing to be first in line for
     memory = limits.memory_mib << 20
     lower(resource.RLIMIT_AS, memory, memory)
     # past the soft limit SIGXCPU (reported as such), past the hard one SIGKILL

@@ -43,6 +43,7 @@ from pressured.pprof.worker import (
     _package_root,
     _reply,
     run_top,
+    worker_env,
 )
 from pressured.storage.local import LocalStorage
 from tests.pprof.conftest import ProfileBuilder, go_pprof_text
@@ -291,22 +292,18 @@ def test_worker_past_its_deadline_is_killed() -> None:
     assert time.monotonic() - start < 3
 
 
+def _worker_cmd(seconds: str) -> list[str]:
+    """The worker as run_top starts it, for a test that needs the process itself."""
+    request = '{"source": "slow.pb"}'
+    boot = [sys.executable, "-P", "-c", _BOOT, _package_root()]
+    return [*boot, "--max-seconds", seconds, "--max-memory-mib", "512", request]
+
+
 def test_orphaned_worker_stops_at_its_cpu_limit() -> None:
     # Should the caller be gone, nobody kills the child at the deadline: RLIMIT_CPU does.
     start = time.monotonic()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-P",
-            "-c",
-            _BOOT,
-            _package_root(),
-            "--max-seconds",
-            "1",
-            "--max-memory-mib",
-            "512",
-            '{"source": "slow.pb"}',
-        ],
+        _worker_cmd("1"),
         input=slow_profile(),
         capture_output=True,
         timeout=60,
@@ -317,6 +314,44 @@ def test_orphaned_worker_stops_at_its_cpu_limit() -> None:
     assert time.monotonic() - start < 30
     with pytest.raises(ProfileLimitError, match=r"killed \(out of CPU time: 1 s\)"):
         _reply(proc.returncode, proc.stdout, proc.stderr, "slow.pb", Limits(1, 512))
+
+
+def test_worker_is_first_in_line_for_the_oom_killer() -> None:
+    proc = subprocess.Popen(
+        _worker_cmd("5"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(slow_profile())  # read whole before the analysis starts
+        proc.stdin.close()
+        adj = Path(f"/proc/{proc.pid}/oom_score_adj").read_text().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert adj == "1000"
+
+
+def test_worker_environment_holds_no_credentials() -> None:
+    env = worker_env(
+        {
+            "PATH": "/usr/bin",
+            "TZ": "Europe/Paris",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONPATH": "/src",
+            "AWS_SECRET_ACCESS_KEY": "secret",
+            "PRESSURED_WEBHOOK_TOKEN": "secret",
+            "HOME": "/root",
+        }
+    )
+    assert env == {
+        "PATH": "/usr/bin",
+        "TZ": "Europe/Paris",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": "/src",
+    }
 
 
 @pytest.mark.parametrize(
