@@ -259,13 +259,13 @@ def test_worker_past_its_memory_limit_is_stopped(make: Any) -> None:
     bomb = make()
     assert len(bomb) < 1 * MIB
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.monotonic()
+    # the daemon's memory limit; time enough that a busy machine does not make it a time-out
+    limits = Limits(seconds=60, memory_mib=DAEMON_LIMITS.memory_mib)
     with pytest.raises(
-        ProfileLimitError, match=r"^bomb\.gz: profile analysis exceeded 5 s / 512 MiB: killed "
-    ) as info:
-        run_top(bomb, "bomb.gz", limits=DAEMON_LIMITS)
-    assert str(info.value).endswith("(out of memory)")
-    assert time.monotonic() - start < 5
+        ProfileLimitError,
+        match=r"^bomb\.gz: profile analysis exceeded 60 s / 512 MiB: killed \(out of memory\)$",
+    ):
+        run_top(bomb, "bomb.gz", limits=limits)
     # the caller is unharmed: its peak memory did not move, and it goes on analysing
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 64 * 1024
@@ -289,7 +289,7 @@ def test_worker_past_its_deadline_is_killed() -> None:
         r"\(still running after 0\.5 s\)$",
     ):
         run_top(slow, "slow.pb", limits=Limits(seconds=0.5, memory_mib=512))
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 5
 
 
 def _worker_cmd(seconds: str) -> list[str]:
@@ -429,7 +429,7 @@ def test_cli_top_stops_at_its_limits(tmp_path: Path, make: Any, args: list[str],
     path.write_bytes(make())
     start = time.monotonic()
     result = CliRunner().invoke(pprof_app, ["top", str(path), *args])
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 30
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.startswith(f"error: {path}: profile analysis exceeded {why}")
@@ -523,7 +523,7 @@ def test_heapdump_of_the_hostile_profile(pod_pprof: _Served, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("make", "options", "why"),
     [
-        (string_table_bomb, {}, "5 s / 512 MiB: killed (out of memory)"),
+        (string_table_bomb, {"analyze_timeout_ms": 60000}, "60 s / 512 MiB: killed (out of mem"),
         (slow_profile, {"analyze_timeout_ms": 500}, "0.5 s / 512 MiB: killed (still running"),
     ],
     ids=["memory", "time"],
@@ -546,7 +546,7 @@ def test_heapdump_reports_a_killed_analysis_and_goes_on(
             action.run(event)
     finally:
         action.close()
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 30
     key = event.extra["heapdump"]["key"]
     assert event.extra["pprof_error"].startswith(f"{key}: profile analysis exceeded {why}")
     assert "pprof_top" not in event.extra
@@ -586,7 +586,7 @@ def test_heapdump_analysis_leaves_the_daemon_responsive(pod_pprof: _Served, tmp_
         action.close()
     assert "still running after 2 s" in event.extra["pprof_error"]
     assert thread_cpu < 0.5  # of the 2 s the analysis ran
-    assert longest < 0.5
+    assert longest < 1.0  # a busy machine's scheduling, not a GIL held for the analysis
 
 
 def test_heapdump_passes_warnings_into_the_event(pod_pprof: _Served, tmp_path: Path) -> None:
