@@ -12,6 +12,8 @@
         timeout_ms: 10000                   # per HTTP request, for the whole transfer
         analyze: true                       # run pprof top on the dump
         top_n: 3                            # functions put into the event
+        analyze_timeout_ms: 5000            # the analysis is killed past this...
+        analyze_max_mib: 512                # ...or past this much memory
 
 Where: ``http://<host>:<port><path>`` with host the pod IP (``event.identity.pod_ip``) in node
 and cluster modes, 127.0.0.1 in sidecar and local modes (the pod's network namespace, or this
@@ -39,6 +41,14 @@ with the event JSON beside it (same name, ``.json``) and the goroutine dump as
 (a list of {function, flat, flat_pct, cum, cum_pct, unit, sample_type}) and the storage key into
 ``event.extra["heapdump"]``: the event's ``extra`` dict is the agreed channel, so actions after
 this one (log, Lua's ``event.pprof_top``, the Kubernetes Event) see them.
+
+The profile is the pod owner's to write, so it is analysed in a worker process
+(pressured.pprof.worker) killed past ``analyze_timeout_ms`` or ``analyze_max_mib``: a profile
+built to be slow or huge costs the daemon at most that, never its loop, its signals or its
+memory. When the analysis fails the dump stays stored, the reason is logged and put into
+``event.extra["pprof_error"]`` (e.g. "...: profile analysis exceeded 5 s / 512 MiB: killed (out
+of memory)"); what the analysis ignored as go tool pprof does (an unusable drop_frames) goes
+into ``event.extra["pprof_warnings"]``.
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ from pressured.actions.base import Action, ActionContext
 from pressured.errors import ActionError, ConfigError, HttpGetError, PprofError, StorageError
 from pressured.kernel.procfs import listening_ports
 from pressured.model import Event
+from pressured.pprof.worker import Limits, run_top
 
 log = logging.getLogger("pressured.actions.heapdump")
 
@@ -91,6 +102,8 @@ class HeapdumpAction(Action):
                 "timeout_ms",
                 "analyze",
                 "top_n",
+                "analyze_timeout_ms",
+                "analyze_max_mib",
             }
         )
         self.port: int = self.opt("port", int, DEFAULT_PORT)
@@ -117,6 +130,17 @@ class HeapdumpAction(Action):
         self.top_n: int = self.opt("top_n", int, 3)
         if self.top_n < 1:
             raise ConfigError(f"{where}.top_n: must be at least 1 (got {self.top_n!r})")
+        analyze_timeout_ms: int = self.opt("analyze_timeout_ms", int, 5000)
+        if analyze_timeout_ms <= 0:
+            raise ConfigError(
+                f"{where}.analyze_timeout_ms: must be positive (got {analyze_timeout_ms!r})"
+            )
+        analyze_max_mib: int = self.opt("analyze_max_mib", int, 512)
+        if analyze_max_mib < 64:
+            raise ConfigError(
+                f"{where}.analyze_max_mib: must be at least 64 (got {analyze_max_mib!r})"
+            )
+        self.analyze_limits = Limits(seconds=analyze_timeout_ms / 1000, memory_mib=analyze_max_mib)
         self._last_capture: dict[str, float] = {}
         self._client: Any = None
 
@@ -311,7 +335,7 @@ class HeapdumpAction(Action):
         event.extra["heapdump"] = info
         summary: list[dict[str, Any]] = []
         if cap.body is not None:
-            summary = self._analyze(cap.body, key)
+            summary = self._analyze(event, cap.body, key)
             if summary:
                 event.extra["pprof_top"] = summary
         try:
@@ -333,21 +357,20 @@ class HeapdumpAction(Action):
         else:
             log.info("heapdump: stored %s (%d bytes) from %s", key, size, url)
 
-    def _analyze(self, body: bytes, key: str) -> list[dict[str, Any]]:
+    def _analyze(self, event: Event, body: bytes, key: str) -> list[dict[str, Any]]:
         try:
-            from pressured import pprof  # noqa: PLC0415
-
-            result = pprof.top(pprof.load_profile(body, key), None, n=self.top_n)
-            return pprof.summarize_top(result, k=self.top_n)
+            report = run_top(
+                body, key, n=self.top_n, summary_k=self.top_n, limits=self.analyze_limits
+            )
         except PprofError as exc:
             log.warning("heapdump: stored, but not analysed: %s", exc)
-        except ImportError as exc:
-            log.warning(
-                "heapdump: stored, but not analysed: protobuf missing (%s); "
-                "install pressured[pprof]",
-                exc,
-            )
-        return []
+            event.extra["pprof_error"] = str(exc)
+            return []
+        for warning in report.warnings:
+            log.warning("heapdump: %s", warning)
+        if report.warnings:
+            event.extra["pprof_warnings"] = list(report.warnings)
+        return report.summary
 
 
 class _FetchFailed(Exception):

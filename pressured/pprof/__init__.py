@@ -6,12 +6,20 @@
     print(format_top(result))                         # the layout of `go tool pprof -top`
     event.extra["pprof_top"] = summarize_top(result)  # [{"function", "flat", "flat_pct", ...}]
 
+Those run in the calling process. A profile from outside (a pod's /debug/pprof/heap, a dump
+stored from one) goes through the worker instead, bounded in time and memory:
+
+    from pressured.pprof.worker import Limits, run_top
+    report = run_top(data, "heap.pb.gz", n=20, limits=Limits(seconds=5, memory_mib=512))
+
 The modules:
 
     decode       profile.proto (gzip or raw) into a validated Profile; drop_frames/keep_frames
+    goregexp     Go's regexp syntax through RE2 (linear time), for drop_frames/keep_frames
     top          per-function flat and cum, sorted and cut as pprof does; summaries for events
     format       units, percentages and the text report, equal to go tool pprof's
     fetch        the bytes of a file or an http(s) URL (through pressured.httpget)
+    worker       decode + top in a child process under RLIMIT_AS/RLIMIT_CPU and a deadline
     cli          the ``pressured pprof`` commands
     _pprof_pb2   generated from profile.proto by scripts/gen_pprof_pb2.sh
 

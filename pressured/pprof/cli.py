@@ -6,10 +6,17 @@ The numbers and the layout are those of ``go tool pprof -top -nodecount=N -sampl
 (see pressured.pprof.top and .format). pressured/cli.py mounts this app with
 ``app.add_typer(pprof_app, name="pprof")``.
 
+The profile is decoded and analysed in a worker process (pressured.pprof.worker) that is
+killed past ``--max-seconds`` or ``--max-memory``, for a file as for a URL: a file is often a
+dump the heapdump action stored from a pod, as hostile as the pod that served it, and the worker
+costs about 0.1 s. The limits are roomier than the daemon's (a person is waiting, and can raise
+them for a profile known to be big).
+
 Exit status:
     0   the report was printed
     1   bad input: a file that cannot be read, a download that failed, data that is not a pprof
-        profile, an unknown sample index (the message names the input and lists what exists)
+        profile, an unknown sample index (the message names the input and lists what exists),
+        an analysis killed at its limits
     2   bad usage: unknown option, missing argument (typer's own)
 """
 
@@ -21,9 +28,8 @@ from typing import Annotated
 import typer
 
 from pressured.errors import PprofError
-from pressured.pprof.fetch import open_profile
-from pressured.pprof.format import format_top
-from pressured.pprof.top import top
+from pressured.pprof.fetch import read_source
+from pressured.pprof.worker import Limits, ProfileLimitError, run_top
 
 pprof_app = typer.Typer(
     help="Analyse Go pprof heap profiles (files or /debug/pprof URLs).",
@@ -73,21 +79,41 @@ def top_command(
         float,
         typer.Option("--timeout", min=0.1, help="seconds the whole download of a URL may take"),
     ] = 30.0,
+    max_seconds: Annotated[
+        float,
+        typer.Option("--max-seconds", min=0.1, help="kill the analysis after this many seconds"),
+    ] = 60.0,
+    max_memory: Annotated[
+        int,
+        typer.Option(
+            "--max-memory", min=64, metavar="MIB", help="address space the analysis may use"
+        ),
+    ] = 2048,
 ) -> None:
     """Per-function flat and cum values, as `go tool pprof -top` prints them."""
     try:
-        profile = open_profile(source, timeout_s=timeout)
-        result = top(profile, sample_index, n=nodecount, sort_cum=cum, node_fraction=node_fraction)
-    except PprofError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    except ImportError as exc:  # the protobuf runtime is an extra
+        data = read_source(source, timeout_s=timeout)
+        report = run_top(
+            data,
+            source,
+            sample_index=sample_index,
+            n=nodecount,
+            sort_cum=cum,
+            node_fraction=node_fraction,
+            limits=Limits(seconds=max_seconds, memory_mib=max_memory),
+        )
+    except ProfileLimitError as exc:
         typer.echo(
-            f"error: reading profiles needs the protobuf runtime ({exc}); install pressured[pprof]",
+            f"error: {exc}; a profile this big needs a larger --max-seconds or --max-memory",
             err=True,
         )
         raise typer.Exit(1) from exc
+    except PprofError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=2))
+        typer.echo(json.dumps(report.data, indent=2))
     else:
-        typer.echo(format_top(result), nl=False)
+        typer.echo(report.text, nl=False)

@@ -9,7 +9,9 @@ ship with Go: internal/graph, profile/prune.go):
 - A node is a function name. Every Line of a Location is a frame: Line[0] is the innermost
   inlined function, the last Line its outermost caller; a function without a name falls back to
   its object file and start line.
-- drop_frames / keep_frames are honoured as pprof's RemoveUninteresting does.
+- drop_frames / keep_frames are honoured as pprof's RemoveUninteresting does, with Go's regexp
+  syntax and RE2's linear-time matching (pressured.pprof.goregexp): the expressions come from
+  whoever served the profile.
 
 The message classes are generated from profile.proto beside this file (_pprof_pb2.py, by
 scripts/gen_pprof_pb2.sh); the protobuf runtime is imported on first use only.
@@ -24,17 +26,19 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pressured.errors import PprofError
+from pressured.pprof.goregexp import GoRegexp, compile_go
 
 log = logging.getLogger("pressured.pprof")
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_PROFILE_BYTES = 1 << 30
 """Refuse to inflate a profile beyond this (a gzip bomb must not take the daemon down)."""
+_INFLATE_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +79,7 @@ class Profile:
         loc_nodes: dict[int, tuple[int, ...]],
         prune: frozenset[int],
         prune_beneath: frozenset[int],
+        warnings: tuple[str, ...] = (),
     ) -> None:
         self.source = source
         self.sample_types = sample_types
@@ -91,6 +96,8 @@ class Profile:
         self._loc_nodes = loc_nodes
         self._prune = prune
         self._prune_beneath = prune_beneath
+        self.warnings = warnings
+        """What was ignored as go tool pprof ignores it (an unusable drop_frames, say)."""
 
     @property
     def num_samples(self) -> int:
@@ -126,13 +133,15 @@ class Profile:
         )
 
 
-def load_profile(data: bytes, source: str, *, max_bytes: int = MAX_PROFILE_BYTES) -> Profile:
+def load_profile(
+    data: bytes | bytearray, source: str, *, max_bytes: int = MAX_PROFILE_BYTES
+) -> Profile:
     """Decode a profile.proto, gzip-compressed (detected by its magic) or raw.
 
     ``source`` names the input (a path, a URL, a storage key) in every PprofError.
     """
     if data[:2] == GZIP_MAGIC:
-        data = _gunzip(data, source, max_bytes)
+        data = _gunzip(data, source, max_bytes)  # a bytearray: no copy to bytes
     pb2 = importlib.import_module("pressured.pprof._pprof_pb2")
     from google.protobuf.message import DecodeError  # noqa: PLC0415 - heavy, lazy
 
@@ -140,14 +149,24 @@ def load_profile(data: bytes, source: str, *, max_bytes: int = MAX_PROFILE_BYTES
     try:
         msg.ParseFromString(data)
     except DecodeError as exc:
+        # upb reports an allocation that failed (a memory limit, or claims too big for memory)
+        # as a decode error; it is not a verdict on the data.
+        if "alloc failed" in str(exc).lower():
+            raise MemoryError(f"{source}: out of memory decoding the profile ({exc})") from exc
         raise PprofError(f"{source}: not a pprof profile (protobuf decode failed: {exc})") from exc
     return _decode(msg, source)
 
 
-def _gunzip(data: bytes, source: str, max_bytes: int) -> bytes:
+def _gunzip(data: bytes | bytearray, source: str, max_bytes: int) -> bytearray:
+    # In chunks: read(max_bytes + 1) would allocate its whole buffer first, 1 GiB for any profile
+    out = bytearray()
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
-            out = f.read(max_bytes + 1)
+            while len(out) <= max_bytes:
+                chunk = f.read(min(_INFLATE_CHUNK, max_bytes + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
     except EOFError as exc:
         raise PprofError(f"{source}: bad gzip data: truncated ({exc})") from exc
     except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
@@ -235,7 +254,8 @@ def _decode(msg: Any, source: str) -> Profile:
         string(f.filename, f"function[{i}].filename")
         functions[f.id] = (name, f.start_line)
 
-    drop_rx, keep_rx = _frame_filters(drop_frames, keep_frames, source)
+    warnings: list[str] = []
+    prune_here = _frame_filter(drop_frames, keep_frames, source, warnings)
     loc_nodes: dict[int, tuple[int, ...]] = {}
     prune: set[int] = set()
     prune_beneath: set[int] = set()
@@ -258,14 +278,9 @@ def _decode(msg: Any, source: str) -> Profile:
                     "which does not exist"
                 )
             lines.append(fn)
-        if drop_rx is not None:
+        if prune_here is not None:
             lines = _prune_location(
-                loc.id,
-                lines,
-                drop_rx=drop_rx,
-                keep_rx=keep_rx,
-                prune=prune,
-                prune_beneath=prune_beneath,
+                loc.id, lines, prune_here=prune_here, prune=prune, prune_beneath=prune_beneath
             )
         if lines:
             nodes = tuple(node(n, "" if n else objfile, 0 if n else sl) for n, sl in lines)
@@ -304,6 +319,7 @@ def _decode(msg: Any, source: str) -> Profile:
         loc_nodes=loc_nodes,
         prune=frozenset(prune),
         prune_beneath=frozenset(prune_beneath),
+        warnings=tuple(warnings),
     )
 
 
@@ -322,38 +338,54 @@ def _simplify_func(name: str) -> str:
     return name
 
 
-def _frame_filters(
-    drop: str, keep: str, source: str
-) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+def _frame_filter(
+    drop: str, keep: str, source: str, warnings: list[str]
+) -> Callable[[str], bool] | None:
+    """pruneFromHere of pprof's Prune: does a frame of this function name start the pruning?
+
+    None when nothing is pruned. Results are cached per name, as pprof caches them.
+    """
     if not drop:
-        return None, None
-    # pprof ignores the error of RemoveUninteresting: a bad expression means no pruning.
+        return None
+    # go tool pprof compiles "^(" + pattern + ")$" and calls RemoveUninteresting without looking
+    # at its error (internal/driver/fetch.go), so an expression Go's regexp rejects is ignored:
+    # no frame is dropped, not even when only keep_frames is bad. The same here, with the
+    # PprofError's message kept as a warning (logged, and shown by the CLI and in events).
     try:
-        drop_rx = re.compile(f"(?:{drop})")
-        keep_rx = re.compile(f"(?:{keep})") if keep else None
-    except re.error as exc:
-        log.warning(
-            "%s: drop_frames/keep_frames not a usable expression (%s); ignored", source, exc
-        )
-        return None, None
-    return drop_rx, keep_rx
+        drop_rx = compile_go(drop, "drop_frames", source, whole=True)
+        keep_rx: GoRegexp | None = None
+        if keep:
+            keep_rx = compile_go(keep, "keep_frames", source, whole=True)
+    except PprofError as exc:
+        message = f"{exc}; ignored, as go tool pprof ignores it: no frame is dropped"
+        log.warning("%s", message)
+        warnings.append(message)
+        return None
+    cache: dict[str, bool] = {}
+
+    def prune_here(name: str) -> bool:
+        hit = cache.get(name)
+        if hit is None:
+            simple = _simplify_func(name)
+            hit = cache[name] = drop_rx.matches(simple) and (
+                keep_rx is None or not keep_rx.matches(simple)
+            )
+        return hit
+
+    return prune_here
 
 
 def _prune_location(
     loc_id: int,
     lines: list[tuple[str, int]],
     *,
-    drop_rx: re.Pattern[str],
-    keep_rx: re.Pattern[str] | None,
+    prune_here: Callable[[str], bool],
     prune: set[int],
     prune_beneath: set[int],
 ) -> list[tuple[str, int]]:
     for i in range(len(lines) - 1, -1, -1):
         name = lines[i][0]
-        if not name:
-            continue
-        simple = _simplify_func(name)
-        if drop_rx.fullmatch(simple) and (keep_rx is None or not keep_rx.fullmatch(simple)):
+        if name and prune_here(name):
             prune_beneath.add(loc_id)
             if i == len(lines) - 1:
                 prune.add(loc_id)

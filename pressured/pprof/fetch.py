@@ -44,5 +44,9 @@ def read_source(
 
 
 def open_profile(source: str, *, timeout_s: float = 30.0) -> Profile:
-    """``load_profile`` of a file path or an http(s) URL (e.g. a /debug/pprof/heap endpoint)."""
+    """``load_profile`` of a file path or an http(s) URL (e.g. a /debug/pprof/heap endpoint).
+
+    In this process, without limits: for profiles you trust. The CLI and the heapdump action
+    read with ``read_source`` and analyse with pressured.pprof.worker.run_top.
+    """
     return load_profile(read_source(source, timeout_s=timeout_s), source)

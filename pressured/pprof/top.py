@@ -65,6 +65,7 @@ class TopResult:
             "nodes": self.nodes,
             "dropped_nodes": self.dropped_nodes,
             "sort": "cum" if self.sort_cum else "flat",
+            "warnings": list(self.profile.warnings),
             "rows": [
                 {
                     "function": r.function,
