@@ -5,13 +5,20 @@ Sample        one reading of a target at one instant
 PressureEvent the engine's verdict (event_type "memory_pressure")
 KillRecord    what one kill source saw of one kill, the kill reconciler's input
 OomKill       a confirmed kill (event_type "oom_killed"), built by the kill reconciler
+
+An event's ``processes`` holds the processes of ``extra["pids"]`` open from when they were read
+(kernel.pidfd): what a signal goes to, never the numbers. It is not part of the event contract:
+``to_json`` leaves it out, equality and repr ignore it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from pressured.kernel.pidfd import ProcessHandles
 
 Severity = Literal["ok", "warn", "critical"]
 EventSeverity = Literal["warn", "critical", "recovered"]
@@ -125,6 +132,7 @@ class PressureEvent:
     extra: dict[str, Any] = field(default_factory=dict)
 
     event_type: Literal["memory_pressure"] = "memory_pressure"
+    processes: ProcessHandles | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -206,6 +214,7 @@ class OomKill:
     extra: dict[str, Any] = field(default_factory=dict)
 
     event_type: Literal["oom_killed"] = "oom_killed"
+    processes: ProcessHandles | None = field(default=None, compare=False, repr=False)
 
     @property
     def severity(self) -> str:

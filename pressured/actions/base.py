@@ -54,6 +54,9 @@ class Action:
     type: ClassVar[str] = ""
     destructive: ClassVar[bool] = False
     """Destructive actions (signal, evict) run only after the daemon re-read the target."""
+    holds_processes: ClassVar[bool] = False
+    """The action acts on the target's processes (signal): events for it should carry them
+    held open from when their pids were read (``event.processes``, kernel.pidfd)."""
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"

@@ -228,7 +228,13 @@ def read_psi(ref: CgroupRef, resource: str = "memory") -> Psi | None:
 
 
 def read_pids(ref: CgroupRef) -> list[int]:
-    path = ref.file("cgroup.procs")
+    return read_procs(ref.path)
+
+
+def read_procs(cgroup_dir: str) -> list[int]:
+    """The processes of a cgroup directory (its cgroup.procs), numbered in the reader's PID
+    namespace. CgroupFileError when it cannot be read (the cgroup is gone) or holds a non-pid."""
+    path = os.path.join(cgroup_dir, "cgroup.procs")
     out = []
     for line in read_text(path).split():
         try:
