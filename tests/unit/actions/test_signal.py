@@ -25,46 +25,8 @@ from pressured.actions.base import ActionContext
 from pressured.actions.signal import SignalAction, is_namespace_init
 from pressured.errors import ActionError, ConfigError
 from pressured.kernel.procfs import process_start_ticks
-from tests.unit.actions.conftest import CGROUP, fake_proc, oom_kill, pressure, wait_for
-
-CATCHER = textwrap.dedent(
-    """
-    import signal, sys
-    out = sys.argv[1]
-    wanted = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGWINCH}
-    # blocked and taken with sigwaitinfo: recorded one at a time, in the kernel's order
-    # (pending standard signals leave lowest number first), never interleaved by handlers
-    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
-    print("ready", flush=True)
-    while True:
-        info = signal.sigwaitinfo(wanted)
-        with open(out, "a") as f:
-            f.write(signal.Signals(info.si_signo).name + "\\n")
-    """
-)
-
-
-@dataclass
-class Catcher:
-    """A child process that appends the name of every signal it gets to a file."""
-
-    proc: subprocess.Popen[str]
-    record: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def got(self) -> list[str]:
-        return self.record.read_text().split() if self.record.exists() else []
-
-    def settle(self) -> list[str]:
-        """Everything received so far. SIGWINCH is a barrier: sent after the action returned
-        and numbered above the others, it is taken after any signal the action sent."""
-        before = len(self.got())
-        os.kill(self.pid, signal.SIGWINCH)
-        wait_for(lambda: "SIGWINCH" in self.got()[before:], f"pid {self.pid} to see SIGWINCH")
-        return [s for s in self.got() if s != "SIGWINCH"]
+from tests.support.catcher import CATCHER, Catcher
+from tests.unit.actions.conftest import CGROUP, fake_proc, oom_kill, pressure
 
 
 @dataclass
@@ -79,8 +41,7 @@ class Catchers:
         )
         catcher = Catcher(proc, record)
         self.started.append(catcher)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+        catcher.wait_ready()
         return catcher
 
 
@@ -89,10 +50,7 @@ def catchers(tmp_path: Path) -> Iterator[Catchers]:
     made = Catchers(tmp_path)
     yield made
     for c in made.started:
-        c.proc.kill()
-        c.proc.wait()
-        if c.proc.stdout is not None:
-            c.proc.stdout.close()
+        c.stop()
 
 
 @pytest.fixture
