@@ -5,9 +5,16 @@ or ``oldest``. Never PID 1 of a pod (a process that is PID 1 in its own PID name
 pause container or the container's init, whose death restarts the pod), never pressured itself.
 A failed kill() is logged and counted, never fatal.
 
-The pids come from the event (``extra["pids"]``, read from cgroup.procs by the daemon) and are
-looked up under ``extra["proc_root"]`` when the daemon sees the target's processes through
-another /proc (sidecar mode), else under the context's proc root.
+A signal goes to a process, never to a number. The event's ``processes`` hold the target's
+processes from when their pids (``extra["pids"]``, from cgroup.procs) were read, through pidfds
+where the kernel has them (kernel.pidfd.open_processes, called where the event is emitted). Just
+before sending, each must still be in the memory cgroup it was read in: one that left is not
+signalled, one that exited is "gone" (info, not an error). An event that holds none has its pids
+opened here, and only those the target's cgroup.procs lists after that are signalled.
+
+Which processes qualify (namespace inits, the oldest) is looked up under ``extra["proc_root"]``
+when the daemon sees the target's processes through another /proc (sidecar mode), else under the
+context's proc root.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from typing import Any
 
 from pressured.actions.base import Action, ActionContext
 from pressured.config import parse_signal
-from pressured.errors import ActionError, ConfigError
+from pressured.errors import ActionError, CgroupFileError, ConfigError
+from pressured.kernel.cgroupfs import read_procs
+from pressured.kernel.pidfd import ProcessHandle, ProcessHandles, open_processes
 from pressured.kernel.procfs import is_namespace_init, namespace_pids, started_after_boot
 from pressured.model import Event
 
@@ -39,6 +48,7 @@ PROCESSES = ("all", "oldest")
 
 class SignalAction(Action):
     type = "signal"
+    holds_processes = True
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
@@ -90,27 +100,68 @@ class SignalAction(Action):
         sig = self.signals.get(event.severity)
         if sig is None:
             return
+        if event.processes is not None:
+            self._send(event, event.processes, sig)
+            return
+        # Not held since they were read: opened now, and kept only where the target's
+        # cgroup.procs lists them after that (a number now held by a process elsewhere is not)
         pids = [int(p) for p in event.extra.get("pids", [])]
-        proc = str(event.extra.get("proc_root") or self.ctx.proc_root)
-        chosen = self.choose(pids, proc)
+        try:
+            held = open_processes(
+                pids, self.ctx.proc_root, members=lambda: read_procs(event.cgroup)
+            )
+        except CgroupFileError as exc:
+            log.info(
+                "signal: cannot tell which processes are in %s (%s): %s not sent",
+                event.cgroup,
+                exc.reason,
+                _signal.Signals(sig).name,
+            )
+            return
+        with held:
+            left = sorted(set(pids) - set(held.pids))
+            if left:
+                log.info(
+                    "signal: pids %s are no longer in %s (exited or moved), skipped",
+                    left,
+                    event.cgroup,
+                )
+            self._send(event, held, sig)
+
+    def _send(self, event: Event, held: ProcessHandles, sig: int) -> None:
         name = _signal.Signals(sig).name
-        if not chosen:
+        proc = str(event.extra.get("proc_root") or self.ctx.proc_root)
+        by_pid: dict[int, ProcessHandle] = {}
+        for h in held:
+            why = h.refusal()
+            if why is not None:
+                log.info("signal: pid %d %s: %s not sent", h.pid, why, name)
+            else:
+                by_pid.setdefault(h.pid, h)
+        ready = [by_pid[p] for p in self.choose(list(by_pid), proc)]
+        if not ready:
             log.info("signal: no process to send %s to in %s", name, event.cgroup)
             return
         if self.ctx.dry_run:
-            log.info("dry-run: would send %s to pids %s of %s", name, chosen, event.cgroup)
+            log.info(
+                "dry-run: would send %s to pids %s of %s",
+                name,
+                [h.pid for h in ready],
+                event.cgroup,
+            )
             return
         sent: list[int] = []
         failed: list[str] = []
-        for pid in chosen:
+        for h in ready:
             try:
-                os.kill(pid, sig)
+                h.send(sig)
             except ProcessLookupError:
-                continue  # exited since the cgroup was read: nothing to signal
+                # exited since it was read: the signal reached nobody, whoever has the number
+                log.info("signal: pid %d of %s is gone: %s not sent", h.pid, event.cgroup, name)
             except OSError as exc:
-                failed.append(f"pid {pid}: {errno.errorcode.get(exc.errno or 0, exc.errno)}")
+                failed.append(f"pid {h.pid}: {errno.errorcode.get(exc.errno or 0, exc.errno)}")
             else:
-                sent.append(pid)
+                sent.append(h.pid)
         if sent:
             log.info("sent %s to pids %s of %s", name, sent, event.cgroup)
         if failed:

@@ -1,9 +1,14 @@
 """The signal action against real child processes that record what they receive.
 
 Which processes get a signal is checked on fake /proc trees too (namespace inits, start
-times). The one stub is os.kill raising EPERM/ESRCH in
-``test_kill_failures_are_collected_not_fatal`` (named there): the real EPERM case needs a
-second uid and runs only as root.
+times). The stubs: os.kill raising EPERM/ESRCH in ``test_kill_failures_are_collected_not_fatal``
+(the real EPERM case needs a second uid and runs only as root), and os.pidfd_open raising ENOSYS
+as a kernel before 5.3 does, in ``test_without_pidfds_a_reused_pid_is_told_by_its_start_time``.
+
+Events carry their processes held as the daemon's emit holds them (``held``). A pid taken by
+another process after the event is simulated with real processes: A is held, exits and is
+reaped, B starts, and the event names B's number. The guard against a process that moved to
+another cgroup needs real cgroups: tests/kernel/test_signal_kernel.py.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +29,10 @@ import pytest
 from pressured.actions.base import ActionContext
 from pressured.actions.signal import SignalAction, is_namespace_init
 from pressured.errors import ActionError, ConfigError
+from pressured.kernel import pidfd
+from pressured.kernel.pidfd import ProcessHandle, ProcessHandles, open_processes
 from pressured.kernel.procfs import process_start_ticks
+from pressured.model import PressureEvent
 from tests.support.catcher import CATCHER, Catcher
 from tests.unit.actions.conftest import CGROUP, fake_proc, oom_kill, pressure
 
@@ -65,13 +73,19 @@ def own_signals() -> Iterator[list[int]]:
         signal.signal(s, handler)
 
 
+def held(event: PressureEvent, proc: str = "/proc") -> PressureEvent:
+    """``event`` as the daemon emits it: its pids held (``event.processes``) from when they were
+    read. A fake /proc's pids are held by number and start time (its cgroup file is needed)."""
+    return replace(event, processes=open_processes(event.extra["pids"], proc))
+
+
 def test_signal_defaults_usr1_for_warn_usr2_for_critical_to_every_process(
     catchers: Catchers,
 ) -> None:
     a, b = catchers.spawn(), catchers.spawn()
     action = SignalAction({}, ActionContext(), "actions[0]")
-    action.run(pressure("warn", pids=[a.pid, b.pid]))
-    action.run(pressure("critical", pids=[a.pid, b.pid]))
+    action.run(held(pressure("warn", pids=[a.pid, b.pid])))
+    action.run(held(pressure("critical", pids=[a.pid, b.pid])))
     assert a.settle() == ["SIGUSR1", "SIGUSR2"]
     assert b.settle() == ["SIGUSR1", "SIGUSR2"]
 
@@ -79,7 +93,7 @@ def test_signal_defaults_usr1_for_warn_usr2_for_critical_to_every_process(
 def test_signal_recovered_and_kills_send_nothing_by_default(catchers: Catchers) -> None:
     a = catchers.spawn()
     action = SignalAction({}, ActionContext(), "actions[0]")
-    action.run(pressure("recovered", pids=[a.pid]))
+    action.run(held(pressure("recovered", pids=[a.pid])))
     action.run(oom_kill())
     assert a.settle() == []
 
@@ -89,9 +103,9 @@ def test_signal_configured_per_severity(catchers: Catchers) -> None:
     action = SignalAction(
         {"warn": False, "critical": "HUP", "recovered": "SIGUSR2"}, ActionContext(), "actions[0]"
     )
-    action.run(pressure("warn", pids=[a.pid]))
-    action.run(pressure("critical", pids=[a.pid]))
-    action.run(pressure("recovered", pids=[a.pid]))
+    action.run(held(pressure("warn", pids=[a.pid])))
+    action.run(held(pressure("critical", pids=[a.pid])))
+    action.run(held(pressure("recovered", pids=[a.pid])))
     assert a.settle() == ["SIGHUP", "SIGUSR2"]
 
 
@@ -101,7 +115,7 @@ def test_signal_oldest_only(catchers: Catchers) -> None:
     older_ticks, younger_ticks = process_start_ticks(older.pid), process_start_ticks(younger.pid)
     assert older_ticks is not None and younger_ticks is not None and older_ticks < younger_ticks
     action = SignalAction({"processes": "oldest"}, ActionContext(), "actions[0]")
-    action.run(pressure("warn", pids=[younger.pid, older.pid]))
+    action.run(held(pressure("warn", pids=[younger.pid, older.pid])))
     assert older.settle() == ["SIGUSR1"]
     assert younger.settle() == []
 
@@ -109,7 +123,7 @@ def test_signal_oldest_only(catchers: Catchers) -> None:
 def test_signal_never_sends_to_itself(catchers: Catchers, own_signals: list[int]) -> None:
     a = catchers.spawn()
     action = SignalAction({}, ActionContext(), "actions[0]")
-    action.run(pressure("warn", pids=[os.getpid(), a.pid]))
+    action.run(held(pressure("warn", pids=[os.getpid(), a.pid])))
     assert a.settle() == ["SIGUSR1"]
     assert own_signals == []
     # nor to pid 0 or -1, which kill() reads as "my process group" and "everyone"
@@ -120,7 +134,7 @@ def test_signal_dry_run_sends_nothing(catchers: Catchers, caplog: pytest.LogCapt
     a = catchers.spawn()
     action = SignalAction({}, ActionContext(dry_run=True), "actions[0]")
     with caplog.at_level(logging.INFO, logger="pressured.actions.signal"):
-        action.run(pressure("critical", pids=[a.pid]))
+        action.run(held(pressure("critical", pids=[a.pid])))
     assert a.settle() == []
     assert f"dry-run: would send SIGUSR2 to pids [{a.pid}] of {CGROUP}" in caplog.text
 
@@ -130,8 +144,105 @@ def test_signal_skips_a_process_that_exited(catchers: Catchers) -> None:
     gone.proc.kill()
     gone.proc.wait()  # reaped: its pid has no /proc entry now
     action = SignalAction({}, ActionContext(), "actions[0]")
-    action.run(pressure("warn", pids=[gone.pid, a.pid]))  # no error for the missing one
+    action.run(held(pressure("warn", pids=[gone.pid, a.pid])))  # no error for the missing one
     assert a.settle() == ["SIGUSR1"]
+
+
+def test_a_pid_taken_by_another_process_after_emit_is_not_signalled(
+    catchers: Catchers, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = catchers.spawn()
+    event = held(pressure("warn", pids=[a.pid]))  # read at emit: A
+    a.stop()  # A exits and is reaped...
+    b = catchers.spawn()  # ...and B, not in the event, starts
+    # the event's pid list names B, as it would if B had been given A's number: the action
+    # goes by the held process, never by the number
+    event = replace(event, extra={**event.extra, "pids": [b.pid]})
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    with caplog.at_level(logging.INFO, logger="pressured.actions.signal"):
+        action.run(event)
+    assert b.settle() == []
+    assert f"signal: pid {a.pid} is gone: SIGUSR1 not sent" in caplog.text
+
+
+def test_the_pidfd_of_an_exited_process_reaches_nobody_whoever_has_its_number(
+    catchers: Catchers, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = catchers.spawn()
+    (held_a,) = open_processes([a.pid])
+    assert held_a.pidfd is not None, "this kernel has pidfd_open (Linux 5.3)"
+    a.stop()
+    b = catchers.spawn()
+    # A's number given to B: the handle a reused pid would leave, B's number with A's pidfd
+    reused = ProcessHandle(
+        b.pid,
+        os.dup(held_a.pidfd),
+        cgroup=held_a.cgroup,  # the same cgroup as B's: only the pidfd tells them apart
+        start_ticks=held_a.start_ticks,
+    )
+    held_a.close()
+    with pytest.raises(ProcessLookupError):
+        reused.send(signal.SIGUSR1)
+    event = replace(pressure("warn", pids=[b.pid]), processes=ProcessHandles([reused]))
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    with caplog.at_level(logging.INFO, logger="pressured.actions.signal"):
+        action.run(event)  # ESRCH: "gone", not an error
+    assert b.settle() == []
+    assert f"signal: pid {b.pid} of {CGROUP} is gone: SIGUSR1 not sent" in caplog.text
+    assert not [r for r in caplog.records if r.levelno > logging.INFO]
+
+
+@pytest.fixture
+def no_pidfd_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel before 5.3: pidfd_open fails with ENOSYS (the module relearns it per test)."""
+
+    def enosys(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", enosys)
+    monkeypatch.setattr(pidfd, "_unavailable", None)
+    monkeypatch.setattr(pidfd, "_said", set())
+
+
+def test_without_pidfds_a_reused_pid_is_told_by_its_start_time(
+    catchers: Catchers, no_pidfd_open: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        a = catchers.spawn()
+        (held_a,) = open_processes([a.pid])
+        assert held_a.pidfd is None
+        a.stop()
+        b = catchers.spawn()  # started after A said "ready": a later start tick
+        # A's number given to B: the handle a reused pid would leave, B's number, A's start
+        reused = ProcessHandle(b.pid, None, cgroup=held_a.cgroup, start_ticks=held_a.start_ticks)
+        action = SignalAction({}, ActionContext(), "actions[0]")
+        action.run(replace(pressure("warn", pids=[b.pid]), processes=ProcessHandles([reused])))
+        assert b.settle() == []
+        assert f"signal: pid {b.pid} is gone: the pid now names another process" in caplog.text
+        action.run(held(pressure("critical", pids=[b.pid])))  # B itself, held by its start
+        assert b.settle() == ["SIGUSR2"]
+    said = [r.getMessage() for r in caplog.records if "no pidfds" in r.getMessage()]
+    assert said == [
+        "no pidfds (ENOSYS from pidfd_open: Linux before 5.3): signals go to pid numbers, "
+        "each checked against the start time its process had when it was read"
+    ]
+
+
+def test_an_event_without_held_processes_sends_nothing_where_its_cgroup_cannot_be_read(
+    catchers: Catchers, caplog: pytest.LogCaptureFixture
+) -> None:
+    # not emitted by the daemon: the pids are opened at run time and must then be listed in
+    # the target's cgroup.procs (tests/kernel/test_signal_kernel.py has real ones); this
+    # event's cgroup does not exist
+    a = catchers.spawn()
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    with caplog.at_level(logging.INFO, logger="pressured.actions.signal"):
+        action.run(pressure("warn", pids=[a.pid]))
+    assert a.settle() == []
+    assert (
+        f"signal: cannot tell which processes are in {CGROUP} (missing): SIGUSR1 not sent"
+        in caplog.text
+    )
 
 
 def test_is_namespace_init_on_a_fake_proc_tree(tmp_path: Path) -> None:
@@ -171,9 +282,9 @@ def test_signal_looks_pids_up_under_the_events_proc_root(
     proc = tmp_path / "proc"
     fake_proc(proc, a.pid, f"{a.pid}\t1")
     action = SignalAction({}, ActionContext(), "actions[0]")
-    action.run(pressure("warn", pids=[a.pid], proc_root=str(proc)))
+    action.run(held(pressure("warn", pids=[a.pid], proc_root=str(proc))))
     assert a.settle() == []
-    action.run(pressure("warn", pids=[a.pid]))  # the context's /proc: a normal process
+    action.run(held(pressure("warn", pids=[a.pid])))  # the context's /proc: a normal process
     assert a.settle() == ["SIGUSR1"]
 
 
@@ -183,6 +294,7 @@ def test_kill_failures_are_collected_not_fatal(
     proc = tmp_path / "proc"
     for pid in (21, 22, 23):
         fake_proc(proc, pid, str(pid))
+        (proc / str(pid) / "cgroup").write_text("0::/kubepods/pod-a/app\n")
     sent: list[tuple[int, int]] = []
 
     def kill_stub(pid: int, sig: int) -> None:
@@ -199,7 +311,7 @@ def test_kill_failures_are_collected_not_fatal(
         caplog.at_level(logging.INFO, logger="pressured.actions.signal"),
         pytest.raises(ActionError) as info,
     ):
-        action.run(pressure("warn", pids=[21, 22, 23]))
+        action.run(held(pressure("warn", pids=[21, 22, 23]), str(proc)))
     assert str(info.value) == f"signal SIGUSR1 failed in {CGROUP}: pid 21: EPERM"
     assert sent == [(23, signal.SIGUSR1)]  # the failure did not stop the others
     assert f"sent SIGUSR1 to pids [23] of {CGROUP}" in caplog.text
@@ -214,9 +326,13 @@ def test_real_eperm_from_another_uid(catchers: Catchers) -> None:
         from pressured.actions.base import ActionContext
         from pressured.actions.signal import SignalAction
         from pressured.errors import ActionError
+        from dataclasses import replace
+        from pressured.kernel.pidfd import open_processes
         from tests.unit.actions.conftest import pressure
         action = SignalAction({{}}, ActionContext(), "actions[0]")
-        event = pressure("warn", pids=[{target.pid}])
+        event = replace(
+            pressure("warn", pids=[{target.pid}]), processes=open_processes([{target.pid}])
+        )
         # the interpreter's stdlib lives under /root: load what run() needs before dropping
         assert action.choose([{target.pid}], "/proc") == [{target.pid}]
         os.setgroups([])
