@@ -44,7 +44,7 @@ log = logging.getLogger("pressured.kernel.pidfd")
 MAX_PIDFDS = 512
 """Pidfds held by every unreleased handle together; more handles fall back to start times."""
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # a handle dropped (finalized) while it is held is released
 _held = 0
 _unavailable: str | None = None
 """Why pidfd_open cannot be used on this kernel (or Python), once found out."""
