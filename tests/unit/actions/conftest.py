@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pressured.kernel.pidfd import open_processes
 from pressured.model import Identity, OomKill, PressureEvent
 
 CGROUP = "/sys/fs/cgroup/kubepods/pod-a/app"
@@ -80,3 +82,9 @@ def fake_proc(root: Path, pid: int, nspid: str | None, start_ticks: int = 100) -
     # /proc/PID/stat: field 22 (starttime) is the 20th after the ") " that ends comm
     rest = ["S", *(str(i) for i in range(4, 22)), str(start_ticks), "0", "0"]
     (d / "stat").write_text(f"{pid} (app (v2)) " + " ".join(rest) + "\n")
+
+
+def held(event: PressureEvent, proc: str = "/proc") -> PressureEvent:
+    """``event`` as the daemon emits it: its pids held (``event.processes``) from when they were
+    read. A fake /proc's pids are held by number and start time (its cgroup file is needed)."""
+    return replace(event, processes=open_processes(event.extra["pids"], proc))

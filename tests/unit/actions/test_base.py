@@ -16,7 +16,7 @@ import pytest
 from pressured.actions.base import ActionContext
 from pressured.actions.log import LogAction
 from pressured.actions.signal import SignalAction
-from tests.unit.actions.conftest import fake_proc, pressure
+from tests.unit.actions.conftest import fake_proc, held, pressure
 
 
 def test_a_failed_action_is_counted_and_the_chain_goes_on(
@@ -26,6 +26,7 @@ def test_a_failed_action_is_counted_and_the_chain_goes_on(
 
     proc = tmp_path / "proc"
     fake_proc(proc, 31, "31")
+    (proc / "31" / "cgroup").write_text("0::/kubepods/pod-a/app\n")
 
     def kill_stub(pid: int, sig: int) -> None:
         """Stub at the edge: the kernel refusing the kill."""
@@ -41,7 +42,7 @@ def test_a_failed_action_is_counted_and_the_chain_goes_on(
         on_failure=failures.append,
     )
     try:
-        runner.run_chain(pressure("warn", pids=[31]))
+        runner.run_chain(held(pressure("warn", pids=[31]), str(proc)))
     finally:
         runner.close()
     assert failures == ["signal"]

@@ -32,9 +32,8 @@ from pressured.errors import ActionError, ConfigError
 from pressured.kernel import pidfd
 from pressured.kernel.pidfd import ProcessHandle, ProcessHandles, open_processes
 from pressured.kernel.procfs import process_start_ticks
-from pressured.model import PressureEvent
 from tests.support.catcher import CATCHER, Catcher
-from tests.unit.actions.conftest import CGROUP, fake_proc, oom_kill, pressure
+from tests.unit.actions.conftest import CGROUP, fake_proc, held, oom_kill, pressure
 
 
 @dataclass
@@ -71,12 +70,6 @@ def own_signals() -> Iterator[list[int]]:
     yield got
     for s, handler in old.items():
         signal.signal(s, handler)
-
-
-def held(event: PressureEvent, proc: str = "/proc") -> PressureEvent:
-    """``event`` as the daemon emits it: its pids held (``event.processes``) from when they were
-    read. A fake /proc's pids are held by number and start time (its cgroup file is needed)."""
-    return replace(event, processes=open_processes(event.extra["pids"], proc))
 
 
 def test_signal_defaults_usr1_for_warn_usr2_for_critical_to_every_process(
