@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from pressured.errors import StorageError
-from pressured.storage.base import Storage, Writer, validate_key
+from pressured.storage.base import Destination, Storage, Writer, validate_key
 from pressured.storage.fsio import create_exclusive, discard, fsync_dir, make_dirs, write_all
 
 log = logging.getLogger("pressured.storage.local")
@@ -82,6 +82,9 @@ class LocalStorage(Storage):
 
     def __repr__(self) -> str:
         return f"LocalStorage(root={str(self.root)!r})"
+
+    def destination(self) -> Destination:
+        return Destination("local", {"path": str(self.root)})
 
     def _error(self, what: str, key: str, exc: OSError) -> StorageError:
         reason = exc.strerror or str(exc)

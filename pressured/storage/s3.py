@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from pressured.errors import StorageError
-from pressured.storage.base import Storage, Writer, validate_key
+from pressured.storage.base import Destination, Storage, Writer, validate_key
 
 log = logging.getLogger("pressured.storage.s3")
 
@@ -269,6 +269,13 @@ class S3Storage(Storage):
         return (
             f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r}, "
             f"region={self.region!r}, endpoint_url={self.endpoint_url!r})"
+        )
+
+    def destination(self) -> Destination:
+        return Destination(
+            "s3",
+            {"bucket": self.bucket, "prefix": self.prefix, "endpoint_url": self.endpoint_url},
+            {"region": self.region, "path_style": self.path_style},
         )
 
     def object_key(self, key: str) -> str:
