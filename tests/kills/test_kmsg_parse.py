@@ -72,6 +72,15 @@ def test_record_text_may_start_with_a_space() -> None:
         b"6,1;text",
         b"\xff\xfe;;;",
         b"6,1,2,3",
+        # found by tests/kills/test_kmsg_fuzz.py: the kernel prints unsigned decimal (u8, u64,
+        # u64); int() took signs, spaces, underscores, other scripts' digits and any size
+        b"+6,1,2,-;t",
+        b" 6,1,2,-;t",
+        b"6,1_0,2,-;t",
+        "6,\u0663,2,-;t".encode(),
+        b"6,1,18446744073709551616,-;t",
+        b"6,1,%s,-;t" % (b"9" * 4000),
+        b"6,1,%s,-;t" % (b"9" * 5000),
     ],
 )
 def test_garbage_is_not_a_record(raw: bytes) -> None:

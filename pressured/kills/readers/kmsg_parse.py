@@ -41,6 +41,10 @@ GROUP_MAX_GAP_USEC = 1_000_000
 """memory.oom.group members are killed in one loop; a "Killed process" line further than
 this from the previous one belongs to another kill."""
 
+_U64 = 1 << 64
+_HEADER_NUMBER = re.compile(r"[0-9]{1,20}")
+"""The kernel prints prio, seq and usec as unsigned decimal (u8, u64, u64)."""
+
 
 @dataclass(frozen=True)
 class KmsgRecord:
@@ -89,13 +93,10 @@ def parse_kmsg_record(raw: bytes | str) -> KmsgRecord | None:
     if not sep:
         return None
     parts = head.split(",")
-    if len(parts) < 4:
+    if len(parts) < 4 or not all(_HEADER_NUMBER.fullmatch(p) for p in parts[:3]):
         return None
-    try:
-        prio, seq, usec = int(parts[0]), int(parts[1]), int(parts[2])
-    except ValueError:
-        return None
-    if prio < 0 or seq < 0 or usec < 0:
+    prio, seq, usec = int(parts[0]), int(parts[1]), int(parts[2])
+    if max(prio, seq, usec) >= _U64:
         return None
     caller = None
     for extra in parts[4:]:
