@@ -15,13 +15,13 @@ from typing import IO
 
 
 def validate_key(key: str) -> str:
-    from pressured.errors import StorageError  # noqa: PLC0415
+    from pressured.errors import StorageError, quote  # noqa: PLC0415
 
     if not isinstance(key, str) or not key or key.startswith("/") or "\0" in key:
-        raise StorageError(f"invalid storage key {key!r}: must be a non-empty relative path")
+        raise StorageError(f"invalid storage key {quote(key)}: must be a non-empty relative path")
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise StorageError(f"invalid storage key {key!r}: empty, '.' or '..' path parts")
+        raise StorageError(f"invalid storage key {quote(key)}: empty, '.' or '..' path parts")
     return key
 
 
@@ -44,7 +44,9 @@ class Destination:
         return json.dumps([self.type, dict(self.where)], sort_keys=True)
 
     def describe(self) -> str:
-        parts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.where.items()) if v)
+        from pressured.errors import quote  # noqa: PLC0415
+
+        parts = ", ".join(f"{k}={quote(v)}" for k, v in sorted(self.where.items()) if v)
         return f"{self.type}({parts})"
 
     def to_json(self) -> dict[str, object]:

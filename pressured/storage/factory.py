@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pressured.errors import ConfigError, StorageError, suggest
+from pressured.errors import QUOTE_LIMIT, ConfigError, StorageError, quote, suggest
 from pressured.storage.base import Destination, Storage, validate_key
 from pressured.storage.local import DEFAULT_ROOT, LocalStorage
 from pressured.storage.s3 import S3Storage
@@ -50,8 +50,13 @@ class StorageConfig:
 
 
 def _suggest(word: str, known: tuple[str, ...]) -> str:
-    close = suggest(word, known)
+    close = suggest(word, known) if len(word) <= QUOTE_LIMIT else None
     return f"did you mean {close!r}?" if close else f"known: {', '.join(known)}"
+
+
+def _shown(name: str) -> str:
+    """A key as errors name it: whole when of a sane length, else quoted and cut."""
+    return name if len(name) <= QUOTE_LIMIT else quote(name)
 
 
 class _Checker:
@@ -59,7 +64,7 @@ class _Checker:
         self.problems: list[str] = []
 
     def bad(self, where: str, what: str, value: object) -> None:
-        self.problems.append(f"{where}: {what} (got {value!r})")
+        self.problems.append(f"{where}: {what} (got {quote(value)})")
 
     def section(self, value: object, where: str, known: tuple[str, ...]) -> Mapping[str, object]:
         if value is None:
@@ -69,7 +74,8 @@ class _Checker:
             return {}
         for name in value:
             if name not in known:
-                self.bad(f"{where}.{name}", f"unknown key, {_suggest(str(name), known)}", name)
+                shown = _shown(str(name))
+                self.bad(f"{where}.{shown}", f"unknown key, {_suggest(str(name), known)}", name)
         return value
 
     def text(
@@ -93,7 +99,7 @@ def parse_storage_config(
 
     kind = top.get("type", "local")
     if kind not in TYPES:
-        close = suggest(str(kind).lower(), TYPES)
+        close = suggest(str(kind).lower(), TYPES) if len(str(kind)) <= QUOTE_LIMIT else None
         hint = f", did you mean {close!r}?" if close else ""
         check.bad(f"{where}.type", f"must be one of {', '.join(TYPES)}{hint}", kind)
         kind = "local"
@@ -185,7 +191,7 @@ def open_destination(destination: Destination) -> Storage:
         section = {"type": "local", "path": destination.where.get("path")}
     else:
         raise StorageError(
-            f"recorded destination: unknown storage type {destination.type!r} "
+            f"recorded destination: unknown storage type {quote(destination.type)} "
             f"(known: {', '.join(TYPES)})"
         )
     try:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from pressured.errors import StorageError
+from pressured.errors import StorageError, quote
 from pressured.storage.base import Destination, Storage, Writer, validate_key
 from pressured.storage.fsio import create_exclusive, discard, fsync_dir, make_dirs, write_all
 
@@ -123,7 +123,7 @@ class SpoolWriter(Writer):
 
     def write(self, data: bytes) -> int:
         if self._done:
-            raise StorageError(f"spool: write to a closed writer for key {self._key!r}")
+            raise StorageError(f"spool: write to a closed writer for key {quote(self._key)}")
         try:
             self._spool._reserve(self._key, len(data))
         except StorageError:
@@ -233,7 +233,9 @@ class SpoolingStorage(Storage):
     # -- spool files -------------------------------------------------------------------------
 
     def _error(self, what: str, key: str, exc: OSError) -> StorageError:
-        return StorageError(f"spool {self.spool_dir}: {what} (key {key!r}): {exc.strerror or exc}")
+        return StorageError(
+            f"spool {self.spool_dir}: {what} (key {quote(key)}): {exc.strerror or exc}"
+        )
 
     def _data_path(self, entry: _Entry) -> Path:
         return self.spool_dir / f"{entry.id}.data"
@@ -364,7 +366,7 @@ class SpoolingStorage(Storage):
             if self._used + size > self.max_bytes:
                 raise StorageError(
                     f"spool {self.spool_dir}: full ({self._used} of {self.max_bytes} bytes "
-                    f"used), cannot take key {key!r}"
+                    f"used), cannot take key {quote(key)}"
                 )
             self._used += size
 
@@ -457,11 +459,11 @@ class SpoolingStorage(Storage):
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt and kin: the entry stays due for the next round
             if isinstance(exc, _NoBackend):
-                log.error("spooled %r: next try in %.1fs: %s", entry.key, delay, exc)
+                log.error("spooled %s: next try in %.1fs: %s", quote(entry.key), delay, exc)
             elif isinstance(exc, _EXPECTED):
                 log.warning(
-                    "spooled %r: upload to %s failed, attempt %d, next in %.1fs: %s",
-                    entry.key,
+                    "spooled %s: upload to %s failed, attempt %d, next in %.1fs: %s",
+                    quote(entry.key),
                     self._name(entry),
                     entry.attempts,
                     delay,
@@ -469,8 +471,8 @@ class SpoolingStorage(Storage):
                 )
             else:
                 log.exception(
-                    "spooled %r: unexpected error uploading to %s, next in %.1fs",
-                    entry.key,
+                    "spooled %s: unexpected error uploading to %s, next in %.1fs",
+                    quote(entry.key),
                     self._name(entry),
                     delay,
                 )
@@ -484,8 +486,8 @@ class SpoolingStorage(Storage):
                 self._delete_files(entry)
                 if entry.attempts or entry.route != self._home_route:
                     log.info(
-                        "spooled %r: uploaded to %s after %d failed attempt(s)",
-                        entry.key,
+                        "spooled %s: uploaded to %s after %d failed attempt(s)",
+                        quote(entry.key),
                         self._name(entry),
                         entry.attempts,
                     )
@@ -620,7 +622,7 @@ class SpoolingStorage(Storage):
             try:
                 self._write_meta(moved)
             except OSError as exc:
-                raise self._error(f"cannot rename to {dst!r}", src, exc) from exc
+                raise self._error(f"cannot rename to {quote(dst)}", src, exc) from exc
             with self._cond:
                 self._entries.pop(entry.slot, None)
                 self._drop_locked(dst)
@@ -631,10 +633,10 @@ class SpoolingStorage(Storage):
                 self.primary.remove(src)
             except _EXPECTED as exc:
                 log.warning(
-                    "spool: renamed %r to %r; an older %r may remain in %s: %s",
-                    src,
-                    dst,
-                    src,
+                    "spool: renamed %s to %s; an older %s may remain in %s: %s",
+                    quote(src),
+                    quote(dst),
+                    quote(src),
                     self.primary.name,
                     exc,
                 )
