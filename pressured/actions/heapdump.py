@@ -68,7 +68,14 @@ from typing import Any
 
 from pressured import httpget
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError, HttpGetError, PprofError, StorageError
+from pressured.errors import (
+    ActionError,
+    ConfigError,
+    HttpGetError,
+    PprofError,
+    StorageError,
+    quote,
+)
 from pressured.k8s.annotations import (
     PPROF_ENABLED,
     PPROF_PATH,
@@ -203,7 +210,7 @@ class HeapdumpAction(Action):
         refused: list[str] = []
 
         def refuse(name: str, raw: str, exc: ValueError, used: str) -> None:
-            refused.append(f"annotation {name}={raw[:80]!r} refused: {exc}; using {used}")
+            refused.append(f"annotation {name}={quote(raw)} refused: {exc}; using {used}")
 
         raw = ann.get(PPROF_ENABLED)
         if raw is not None:

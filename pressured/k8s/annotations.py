@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pressured.errors import QUOTE_LIMIT, quote
 from pressured.model import Overrides
 
 PREFIX = "pressured.io/"
@@ -103,7 +104,8 @@ def parse_annotations(annotations: Mapping[str, str], where: str = "pod") -> Pod
     warnings: list[str] = []
 
     def bad(key: str, value: str, why: str) -> None:
-        warnings.append(f"{where}: annotation {key}={value[:80]!r} ignored: {why}")
+        name = key if len(key) <= QUOTE_LIMIT else quote(key)
+        warnings.append(f"{where}: annotation {name}={quote(value)} ignored: {why}")
 
     def percent(key: str) -> float | None:
         raw = annotations.get(key)
@@ -125,7 +127,7 @@ def parse_annotations(annotations: Mapping[str, str], where: str = "pod") -> Pod
         bad(
             WARN_PERCENT,
             annotations[WARN_PERCENT],
-            f"above {CRITICAL_PERCENT} ({annotations[CRITICAL_PERCENT]})",
+            f"above {CRITICAL_PERCENT} ({critical:g})",
         )
         warn = None
 

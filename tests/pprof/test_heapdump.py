@@ -426,6 +426,23 @@ def test_hostile_pprof_path_is_refused_and_only_the_option_is_fetched(
     assert stored["heapdump_refused"] == event.extra["heapdump_refused"]
 
 
+def test_a_huge_annotation_is_quoted_briefly(
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    action = make_action({"port": recorder.port, "analyze": False}, _ctx(storage))
+    event = _event(_pod(), annotations={"pressured.io/pprof-port": "6" * (1 << 20)})
+    with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
+        action.run(event)
+    [message] = _refusals(caplog, "pressured.io/pprof-port")
+    assert len(message) < 500
+    assert "characters)" in message
+    assert event.extra["heapdump_refused"] == [message.removeprefix("heapdump: shop/web-1/app: ")]
+    assert [path for path, _ in recorder.requests] == ["/debug/pprof/heap?gc=1"]
+
+
 # --------------------------------------------------------------------------------------------
 # where the target is
 
