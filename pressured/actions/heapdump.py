@@ -19,7 +19,11 @@ Where: ``http://<host>:<port><path>`` with host the pod IP (``event.identity.pod
 and cluster modes, 127.0.0.1 in sidecar and local modes (the pod's network namespace, or this
 machine). Pod annotations override the options: ``pressured.io/pprof-enabled: "false"`` turns
 dumps off for the pod, ``pressured.io/pprof-port`` and ``pressured.io/pprof-path`` set where to
-ask; an unusable annotation is logged and the option is used instead.
+ask. They are checked by pressured.k8s.annotations (the one check the daemon's warnings and Lua
+also use): the port is decimal digits only, the path has no "//", "@", backslash, space or
+control character, so no value can name another host. A refused annotation is logged and listed
+in ``event.extra["heapdump_refused"]`` (one message per value), and the option is used instead;
+nothing is fetched from what it named.
 
 The cooldown counts from the last attempt, failed or not (a pod that does not serve pprof is
 not asked again every poll), and a dry run counts as an attempt so its log shows what a real
@@ -64,7 +68,22 @@ from typing import Any
 
 from pressured import httpget
 from pressured.actions.base import Action, ActionContext
-from pressured.errors import ActionError, ConfigError, HttpGetError, PprofError, StorageError
+from pressured.errors import (
+    ActionError,
+    ConfigError,
+    HttpGetError,
+    PprofError,
+    StorageError,
+    quote,
+)
+from pressured.k8s.annotations import (
+    PPROF_ENABLED,
+    PPROF_PATH,
+    PPROF_PORT,
+    pprof_enabled,
+    pprof_path,
+    pprof_port,
+)
 from pressured.kernel.procfs import listening_ports
 from pressured.model import Event
 from pressured.pprof.worker import Limits, run_top
@@ -74,12 +93,7 @@ log = logging.getLogger("pressured.actions.heapdump")
 DEFAULT_PORT = 6060
 DEFAULT_PATH = "/debug/pprof/heap?gc=1"
 GOROUTINE_PATH = "goroutine?debug=2"
-ANNOTATION_ENABLED = "pressured.io/pprof-enabled"
-ANNOTATION_PORT = "pressured.io/pprof-port"
-ANNOTATION_PATH = "pressured.io/pprof-path"
 CHUNK_BYTES = 64 * 1024
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -152,7 +166,7 @@ class HeapdumpAction(Action):
         enabled, port, path = self._settings(event)
         target = event.key or event.cgroup
         if not enabled:
-            log.debug("heapdump: %s disabled by annotation %s", target, ANNOTATION_ENABLED)
+            log.debug("heapdump: %s disabled by annotation %s", target, PPROF_ENABLED)
             return
         now = time.monotonic()
         last = self._last_capture.get(target)
@@ -193,28 +207,33 @@ class HeapdumpAction(Action):
     def _settings(self, event: Event) -> tuple[bool, int, str]:
         ann = event.annotations
         enabled, port, path = True, self.port, self.path
-        raw = ann.get(ANNOTATION_ENABLED)
-        if raw is not None:
-            if raw.strip().lower() in _FALSE:
-                enabled = False
-            elif raw.strip().lower() not in _TRUE:
-                _bad_annotation(event, ANNOTATION_ENABLED, raw, "true or false", "true")
-        raw = ann.get(ANNOTATION_PORT)
+        refused: list[str] = []
+
+        def refuse(name: str, raw: str, exc: ValueError, used: str) -> None:
+            refused.append(f"annotation {name}={quote(raw)} refused: {exc}; using {used}")
+
+        raw = ann.get(PPROF_ENABLED)
         if raw is not None:
             try:
-                value = int(raw.strip())
-            except ValueError:
-                value = 0
-            if 1 <= value <= 65535:
-                port = value
-            else:
-                _bad_annotation(event, ANNOTATION_PORT, raw, "a TCP port 1..65535", str(port))
-        raw = ann.get(ANNOTATION_PATH)
+                enabled = pprof_enabled(raw)
+            except ValueError as exc:
+                refuse(PPROF_ENABLED, raw, exc, "true")
+        raw = ann.get(PPROF_PORT)
         if raw is not None:
-            if raw.startswith("/") and not any(c.isspace() for c in raw):
-                path = raw
-            else:
-                _bad_annotation(event, ANNOTATION_PATH, raw, "a path starting with '/'", path)
+            try:
+                port = pprof_port(raw)
+            except ValueError as exc:
+                refuse(PPROF_PORT, raw, exc, f"port {port}")
+        raw = ann.get(PPROF_PATH)
+        if raw is not None:
+            try:
+                path = pprof_path(raw)
+            except ValueError as exc:
+                refuse(PPROF_PATH, raw, exc, f"path {path}")
+        if refused:
+            event.extra["heapdump_refused"] = refused
+            for message in refused:
+                log.warning("heapdump: %s: %s", event.key or event.cgroup, message)
         return enabled, port, path
 
     def _host(self, event: Event) -> str:
@@ -415,14 +434,3 @@ def _goroutine_path(heap_path: str) -> str:
 def _key_part(text: str) -> str:
     part = _UNSAFE_KEY_CHARS.sub("_", text)
     return "_" if part in ("", ".", "..") else part
-
-
-def _bad_annotation(event: Event, name: str, value: str, expected: str, used: str) -> None:
-    log.warning(
-        "heapdump: %s: annotation %s=%r is not %s; using %s",
-        event.key or event.cgroup,
-        name,
-        value,
-        expected,
-        used,
-    )

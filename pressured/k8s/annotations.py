@@ -11,7 +11,8 @@
 
 A pod's owner writes these, not the operator, so a bad value never stops anything: it keeps
 the default and comes back as a warning the caller logs and posts as a Warning Event.
-``pprof_port`` and ``pprof_path`` are the one check of the two values that end up in a URL;
+``pprof_enabled``, ``pprof_port`` and ``pprof_path`` are the one check of the pprof values
+(the port and the path end up in a URL; the heapdump action uses these, not a copy);
 ``validated_annotations`` is what a pod's annotations look like once the refused
 ``pressured.io/*`` values are left out (what Lua scripts see).
 """
@@ -23,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pressured.errors import QUOTE_LIMIT, quote
 from pressured.model import Overrides
 
 PREFIX = "pressured.io/"
@@ -40,6 +42,17 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _PORT = re.compile(r"[0-9]{1,5}")
 _PATH_REFUSED = ("//", "@", "\\")
+
+
+def pprof_enabled(raw: str) -> bool:
+    """The switch an annotation value names (true/false, 1/0, yes/no, on/off, any case,
+    surrounding spaces allowed); ValueError for anything else."""
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("expected true or false")
 
 
 def pprof_port(raw: str) -> int:
@@ -91,7 +104,8 @@ def parse_annotations(annotations: Mapping[str, str], where: str = "pod") -> Pod
     warnings: list[str] = []
 
     def bad(key: str, value: str, why: str) -> None:
-        warnings.append(f"{where}: annotation {key}={value[:80]!r} ignored: {why}")
+        name = key if len(key) <= QUOTE_LIMIT else quote(key)
+        warnings.append(f"{where}: annotation {name}={quote(value)} ignored: {why}")
 
     def percent(key: str) -> float | None:
         raw = annotations.get(key)
@@ -113,7 +127,7 @@ def parse_annotations(annotations: Mapping[str, str], where: str = "pod") -> Pod
         bad(
             WARN_PERCENT,
             annotations[WARN_PERCENT],
-            f"above {CRITICAL_PERCENT} ({annotations[CRITICAL_PERCENT]})",
+            f"above {CRITICAL_PERCENT} ({critical:g})",
         )
         warn = None
 
@@ -132,13 +146,10 @@ def parse_annotations(annotations: Mapping[str, str], where: str = "pod") -> Pod
     enabled: bool | None = None
     raw = annotations.get(PPROF_ENABLED)
     if raw is not None:
-        word = raw.strip().lower()
-        if word in _TRUE:
-            enabled = True
-        elif word in _FALSE:
-            enabled = False
-        else:
-            bad(PPROF_ENABLED, raw, "expected true or false")
+        try:
+            enabled = pprof_enabled(raw)
+        except ValueError as exc:
+            bad(PPROF_ENABLED, raw, str(exc))
 
     port: int | None = None
     raw = annotations.get(PPROF_PORT)

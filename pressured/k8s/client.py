@@ -23,9 +23,10 @@ import time
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote as url_quote
+from urllib.parse import urlencode
 
-from pressured.errors import ConfigError, KubernetesError
+from pressured.errors import ConfigError, KubernetesError, quote
 
 if TYPE_CHECKING:
     import lightkube
@@ -83,18 +84,27 @@ def rfc3339_seconds(wall: float) -> str:
     return _dt.datetime.fromtimestamp(wall, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+REPLY_QUOTE_LIMIT = 200
+"""Characters of an API server's message an error shows: enough for an RBAC refusal whole."""
+
+
+def _reply(message: str) -> str:
+    """The API server's own words for an error message: quoted, cut when long."""
+    return quote(message, REPLY_QUOTE_LIMIT)
+
+
 def _status_message(resp: Any) -> str:
     try:
         data = resp.json()
     except ValueError:
-        return str(resp.text[:200])
+        return str(resp.text[: REPLY_QUOTE_LIMIT + 1])
     if isinstance(data, dict):
         return str(data.get("message") or data.get("reason") or "")
     return ""
 
 
 def _raise_status(what: str, code: int, message: str) -> None:
-    text = f"{what}: HTTP {code}: {message}"
+    text = f"{what}: HTTP {code}: {_reply(message)}"
     if code == 410:
         raise ResourceExpired(text)
     if code == 404:
@@ -129,7 +139,7 @@ def _str_option(section: Mapping[str, Any], key: str, where: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise ConfigError(f"{where}.{key}: expected a string (got {value!r})")
+        raise ConfigError(f"{where}.{key}: expected a string (got {quote(value)})")
     return value
 
 
@@ -140,7 +150,7 @@ def validate_section(
     if section is None:
         return dict.fromkeys(SECTION_KEYS)
     if not isinstance(section, Mapping):
-        raise ConfigError(f"{where}: expected a mapping (got {section!r})")
+        raise ConfigError(f"{where}: expected a mapping (got {quote(section)})")
     problems = [
         f"{where}.{key}: unknown key (known: {', '.join(sorted(SECTION_KEYS))})"
         for key in sorted(set(section) - SECTION_KEYS)
@@ -242,9 +252,11 @@ class KubeClient:
             try:
                 config = KubeConfig.from_file(path)
             except LkConfigError as exc:
-                raise ConfigError(f"{key}: {exc} (got {path!r})") from exc
+                raise ConfigError(f"{key}: {exc} (got {quote(path)})") from exc
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ConfigError(f"{key}: not a usable kubeconfig: {exc} (got {path!r})") from exc
+                raise ConfigError(
+                    f"{key}: not a usable kubeconfig: {exc} (got {quote(path)})"
+                ) from exc
             credentials = path
         try:
             single = config.get()
@@ -253,9 +265,11 @@ class KubeClient:
                 config=single, timeout=httpx.Timeout(timeout_seconds), field_manager=COMPONENT
             )
         except LkConfigError as exc:
-            raise ConfigError(f"{key}: {exc} (got {credentials!r})") from exc
+            raise ConfigError(f"{key}: {exc} (got {quote(credentials)})") from exc
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{key}: cannot build a client: {exc} (got {credentials!r})") from exc
+            raise ConfigError(
+                f"{key}: cannot build a client: {exc} (got {quote(credentials)})"
+            ) from exc
         return cls(
             client, server=single.cluster.server, credentials=credentials, node_name=node_name
         )
@@ -379,7 +393,7 @@ class KubeClient:
                     event = json.loads(line)
                 if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
                     raise KubernetesError(
-                        f"{what}: a watch line that is not an event: {line[:120]!r}"
+                        f"{what}: a watch line that is not an event: {quote(line, 120)}"
                     )
                 kind = str(event.get("type"))
                 obj: dict[str, Any] = event["object"]
@@ -530,13 +544,13 @@ class KubeClient:
                     retry_after = float(retry) if retry else None
                 except ValueError:
                     retry_after = None
-                raise EvictionRefused(f"{what}: HTTP 429: {detail}", retry_after) from exc
+                raise EvictionRefused(f"{what}: HTTP 429: {_reply(detail)}", retry_after) from exc
 
     # ---- kubelet through the API server
     def node_summary(self, node: str) -> dict[str, Any]:
         """The kubelet's /stats/summary of ``node`` through nodes/{name}/proxy (the API
         server's credentials to the kubelet; RBAC: nodes/proxy get)."""
-        path = f"api/v1/nodes/{quote(node, safe='')}/proxy/stats/summary"
+        path = f"api/v1/nodes/{url_quote(node, safe='')}/proxy/stats/summary"
         what = f"GET {self._url(path)}"
         with self._calling(what):
             # The proxy subresource has no lightkube resource; the request goes through the

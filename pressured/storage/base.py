@@ -8,19 +8,67 @@ Every failure is a StorageError naming the backend and the key (``raise ... from
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import IO
 
 
 def validate_key(key: str) -> str:
-    from pressured.errors import StorageError  # noqa: PLC0415
+    from pressured.errors import StorageError, quote  # noqa: PLC0415
 
     if not isinstance(key, str) or not key or key.startswith("/") or "\0" in key:
-        raise StorageError(f"invalid storage key {key!r}: must be a non-empty relative path")
+        raise StorageError(f"invalid storage key {quote(key)}: must be a non-empty relative path")
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise StorageError(f"invalid storage key {key!r}: empty, '.' or '..' path parts")
+        raise StorageError(f"invalid storage key {quote(key)}: empty, '.' or '..' path parts")
     return key
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a backend's writes land, in a form that survives a restart (JSON in a spool entry).
+
+    ``where`` names the place (for S3: bucket, prefix, endpoint): two destinations with the same
+    type and ``where`` are the same place. ``how`` holds what reaching it takes (for S3: region,
+    path style); it may change between configurations without changing the place.
+    """
+
+    type: str
+    where: Mapping[str, str | None]
+    how: Mapping[str, str | bool | None] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The place as one comparable string."""
+        return json.dumps([self.type, dict(self.where)], sort_keys=True)
+
+    def describe(self) -> str:
+        from pressured.errors import quote  # noqa: PLC0415
+
+        parts = ", ".join(f"{k}={quote(v)}" for k, v in sorted(self.where.items()) if v)
+        return f"{self.type}({parts})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"type": self.type, "where": dict(self.where), "how": dict(self.how)}
+
+    @classmethod
+    def from_json(cls, value: object) -> Destination:
+        """The inverse of ``to_json``; ValueError for anything else."""
+        if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+            raise ValueError("destination: not a mapping with a type")
+        where, how = value.get("where"), value.get("how", {})
+        if not isinstance(where, dict) or not isinstance(how, dict):
+            raise ValueError("destination: where and how must be mappings")
+        if not all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in where.items()
+        ):
+            raise ValueError("destination: where holds strings only")
+        if not all(
+            isinstance(k, str) and (v is None or isinstance(v, (str, bool))) for k, v in how.items()
+        ):
+            raise ValueError("destination: how holds strings and booleans only")
+        return cls(value["type"], dict(where), dict(how))
 
 
 class Writer(abc.ABC):
@@ -65,6 +113,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]: ...
+
+    def destination(self) -> Destination | None:
+        """Where writes land, for the spool to record; None when it cannot be described (the
+        spool then retries its entries against whatever primary it has)."""
+        return None
 
     def write(self, key: str, data: bytes) -> None:
         with self.open_write(key) as w:

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pressured.errors import ConfigError, StorageError, suggest
-from pressured.storage.base import Storage, validate_key
+from pressured.errors import QUOTE_LIMIT, ConfigError, StorageError, quote, suggest
+from pressured.storage.base import Destination, Storage, validate_key
 from pressured.storage.local import DEFAULT_ROOT, LocalStorage
 from pressured.storage.s3 import S3Storage
 from pressured.storage.spool import DEFAULT_MAX_BYTES, DEFAULT_SPOOL_DIR, SpoolingStorage
@@ -50,8 +50,13 @@ class StorageConfig:
 
 
 def _suggest(word: str, known: tuple[str, ...]) -> str:
-    close = suggest(word, known)
+    close = suggest(word, known) if len(word) <= QUOTE_LIMIT else None
     return f"did you mean {close!r}?" if close else f"known: {', '.join(known)}"
+
+
+def _shown(name: str) -> str:
+    """A key as errors name it: whole when of a sane length, else quoted and cut."""
+    return name if len(name) <= QUOTE_LIMIT else quote(name)
 
 
 class _Checker:
@@ -59,7 +64,7 @@ class _Checker:
         self.problems: list[str] = []
 
     def bad(self, where: str, what: str, value: object) -> None:
-        self.problems.append(f"{where}: {what} (got {value!r})")
+        self.problems.append(f"{where}: {what} (got {quote(value)})")
 
     def section(self, value: object, where: str, known: tuple[str, ...]) -> Mapping[str, object]:
         if value is None:
@@ -69,7 +74,8 @@ class _Checker:
             return {}
         for name in value:
             if name not in known:
-                self.bad(f"{where}.{name}", f"unknown key, {_suggest(str(name), known)}", name)
+                shown = _shown(str(name))
+                self.bad(f"{where}.{shown}", f"unknown key, {_suggest(str(name), known)}", name)
         return value
 
     def text(
@@ -93,7 +99,7 @@ def parse_storage_config(
 
     kind = top.get("type", "local")
     if kind not in TYPES:
-        close = suggest(str(kind).lower(), TYPES)
+        close = suggest(str(kind).lower(), TYPES) if len(str(kind)) <= QUOTE_LIMIT else None
         hint = f", did you mean {close!r}?" if close else ""
         check.bad(f"{where}.type", f"must be one of {', '.join(TYPES)}{hint}", kind)
         kind = "local"
@@ -151,18 +157,50 @@ def parse_storage_config(
     return StorageConfig(str(kind), path, s3, spool_path, max_bytes)
 
 
+def _s3(config: S3Config) -> S3Storage:
+    return S3Storage(
+        config.bucket,
+        region=config.region,
+        prefix=config.prefix,
+        endpoint_url=config.endpoint_url,
+        path_style=config.path_style,
+    )
+
+
 def build_storage(config: StorageConfig) -> Storage:
     """The backend for a validated config; S3 comes wrapped in the spool."""
     if config.type == "local" or config.s3 is None:
         return LocalStorage(config.path)
-    primary = S3Storage(
-        config.s3.bucket,
-        region=config.s3.region,
-        prefix=config.s3.prefix,
-        endpoint_url=config.s3.endpoint_url,
-        path_style=config.s3.path_style,
+    return SpoolingStorage(
+        _s3(config.s3),
+        config.spool_path,
+        max_bytes=config.spool_max_bytes,
+        opener=open_destination,
     )
-    return SpoolingStorage(primary, config.spool_path, max_bytes=config.spool_max_bytes)
+
+
+def open_destination(destination: Destination) -> Storage:
+    """The bare backend (no spool) for a destination recorded earlier: the spool delivers an
+    entry written under an earlier configuration to where it was meant to go. The recorded
+    values pass the same checks as the configuration; StorageError when they do not."""
+    section: dict[str, object]
+    if destination.type == "s3":
+        fields = {**destination.how, **destination.where}
+        section = {"type": "s3", "s3": {k: v for k, v in fields.items() if v is not None}}
+    elif destination.type == "local":
+        section = {"type": "local", "path": destination.where.get("path")}
+    else:
+        raise StorageError(
+            f"recorded destination: unknown storage type {quote(destination.type)} "
+            f"(known: {', '.join(TYPES)})"
+        )
+    try:
+        config = parse_storage_config(section, "recorded destination")
+    except ConfigError as exc:
+        raise StorageError(str(exc)) from exc
+    if config.s3 is not None and config.type == "s3":
+        return _s3(config.s3)
+    return LocalStorage(config.path)
 
 
 def open_storage(section: Mapping[str, object] | None, where: str = "storage") -> Storage:

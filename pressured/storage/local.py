@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from pressured.errors import StorageError
-from pressured.storage.base import Storage, Writer, validate_key
+from pressured.errors import StorageError, quote
+from pressured.storage.base import Destination, Storage, Writer, validate_key
 from pressured.storage.fsio import create_exclusive, discard, fsync_dir, make_dirs, write_all
 
 log = logging.getLogger("pressured.storage.local")
@@ -41,7 +41,7 @@ class LocalWriter(Writer):
     def write(self, data: bytes) -> int:
         if self._done:
             raise StorageError(
-                f"{self._storage.name}: write to closed writer for key {self._key!r}"
+                f"{self._storage.name}: write to closed writer for key {quote(self._key)}"
             )
         try:
             write_all(self._fd, data)
@@ -83,9 +83,14 @@ class LocalStorage(Storage):
     def __repr__(self) -> str:
         return f"LocalStorage(root={str(self.root)!r})"
 
+    def destination(self) -> Destination:
+        return Destination("local", {"path": str(self.root)})
+
     def _error(self, what: str, key: str, exc: OSError) -> StorageError:
         reason = exc.strerror or str(exc)
-        return StorageError(f"{self.name}: cannot {what} key {key!r} under {self.root}: {reason}")
+        return StorageError(
+            f"{self.name}: cannot {what} key {quote(key)} under {self.root}: {reason}"
+        )
 
     def _real_root(self, create: bool = False) -> Path:
         if create:
@@ -100,12 +105,12 @@ class LocalStorage(Storage):
     def _path(self, key: str, create: bool = False) -> Path:
         validate_key(key)
         if key.rsplit("/", 1)[-1].startswith(_TMP_PREFIX):
-            raise StorageError(f"invalid storage key {key!r}: reserved temporary name")
+            raise StorageError(f"invalid storage key {quote(key)}: reserved temporary name")
         root = self._real_root(create)
         path = root / key
         # validate_key refuses '..' in the key; a symlink inside the root could still point out.
         if not path.resolve().is_relative_to(root):
-            raise StorageError(f"{self.name}: key {key!r} resolves outside {self.root}")
+            raise StorageError(f"{self.name}: key {quote(key)} resolves outside {self.root}")
         return path
 
     def _ensure_parent(self, key: str, path: Path) -> None:
@@ -145,7 +150,7 @@ class LocalStorage(Storage):
             os.replace(src_path, dst_path)
             fsync_dir(dst_path.parent)
         except OSError as exc:
-            raise self._error(f"rename to {dst!r} the", src, exc) from exc
+            raise self._error(f"rename to {quote(dst)} the", src, exc) from exc
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with ``prefix`` (a plain string prefix, as in S3), sorted."""

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from pressured.errors import StorageError
-from pressured.storage.base import Storage, Writer, validate_key
+from pressured.errors import StorageError, quote
+from pressured.storage.base import Destination, Storage, Writer, validate_key
 
 log = logging.getLogger("pressured.storage.s3")
 
@@ -103,6 +103,10 @@ def install_log_redaction() -> None:
     )
     for name in names:
         logging.getLogger(name).addFilter(_REDACTOR)
+
+
+_DESCRIBE_LIMIT = 200
+"""Characters of an object's s3:// URL an error message shows whole."""
 
 
 def _join(prefix: str, key: str) -> str:
@@ -271,11 +275,19 @@ class S3Storage(Storage):
             f"region={self.region!r}, endpoint_url={self.endpoint_url!r})"
         )
 
+    def destination(self) -> Destination:
+        return Destination(
+            "s3",
+            {"bucket": self.bucket, "prefix": self.prefix, "endpoint_url": self.endpoint_url},
+            {"region": self.region, "path_style": self.path_style},
+        )
+
     def object_key(self, key: str) -> str:
         return _join(self.prefix, validate_key(key))
 
     def describe(self, key: str) -> str:
-        return f"s3://{self.bucket}/{_join(self.prefix, key)}"
+        where = f"s3://{self.bucket}/{_join(self.prefix, key)}"
+        return where if len(where) <= _DESCRIBE_LIMIT else quote(where, _DESCRIBE_LIMIT)
 
     @property
     def client(self) -> Any:
@@ -309,7 +321,7 @@ class S3Storage(Storage):
             )
         except (BotoCoreError, ValueError) as exc:
             raise StorageError(
-                f"s3: cannot create a client for bucket {self.bucket!r} "
+                f"s3: cannot create a client for bucket {quote(self.bucket)} "
                 f"(endpoint {self.endpoint_url or 'default'}): {redact(str(exc))}"
             ) from exc
         install_log_redaction()  # loggers created while the client was built

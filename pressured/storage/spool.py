@@ -2,21 +2,35 @@
 
 Every write is streamed first into the spool directory (constant memory, one local file), then
 committed: the data file is renamed into place and a small JSON ``.meta`` beside it records the
-key. Only a committed entry is uploaded, by streaming the file to the primary backend; the entry
-is deleted once the primary has accepted it. If the upload fails, ``close()`` still succeeds
-(the bytes are on local disk) and a daemon thread retries with exponential backoff and jitter.
+key and the destination (for S3: bucket, prefix, endpoint, and the region and addressing style
+used to reach them). Only a committed entry is uploaded, by streaming the file to its
+destination; the entry is deleted once the destination has accepted it. If the upload fails,
+``close()`` still succeeds (the bytes are on local disk) and a daemon thread retries with
+exponential backoff and jitter.
 A new instance over the same directory finds the committed entries and uploads them, so a
 restart during an outage loses nothing either.
+
+An entry goes where it was meant to go when it was written, not wherever the configuration
+points now: after a change of bucket, prefix or endpoint, the entries spooled for the old one are
+delivered there through a backend built from the recorded destination (``opener``), checked as a
+configuration would be. One that cannot be built (a type this version does not know, values
+that no longer pass the checks) is kept on disk and reported on every retry, never sent to the
+new destination: a capture in the wrong bucket may be readable by people who were not meant to
+read it, while a kept one is only late. An entry of the first spool format, which recorded no
+destination, goes to the current primary (the only destination known for it). Entries are
+retried, backed off and held back per destination, so an old destination that stays away does
+not hold up the current one.
 
 Spool layout (one flat directory, names sort by creation time)::
 
     <id>.part        a write in progress; deleted at start (the writer never committed it)
     <id>.data        committed bytes
-    <id>.meta        {"version": 1, "key": ..., "size": ..., "created": <unix time>}
+    <id>.meta        {"version": 2, "key": ..., "size": ..., "created": <unix time>,
+                      "destination": {"type": "s3", "where": {...}, "how": {...}} or null}
     .lock            flock(2) so two daemons never upload and delete the same entries
 
-At most one entry per key is kept: committing a newer write supersedes the older entry, and
-uploads are serialized, so an older version never lands after a newer one.
+At most one entry per key and destination is kept: committing a newer write supersedes the older
+entry, and uploads are serialized, so an older version never lands after a newer one.
 """
 
 from __future__ import annotations
@@ -35,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from pressured.errors import StorageError
-from pressured.storage.base import Storage, Writer, validate_key
+from pressured.errors import StorageError, quote
+from pressured.storage.base import Destination, Storage, Writer, validate_key
 from pressured.storage.fsio import create_exclusive, discard, fsync_dir, make_dirs, write_all
 
 log = logging.getLogger("pressured.storage.spool")
@@ -44,10 +58,15 @@ log = logging.getLogger("pressured.storage.spool")
 DEFAULT_SPOOL_DIR = "/var/lib/pressured/spool"
 DEFAULT_MAX_BYTES = 1 << 30
 CHUNK_SIZE = 1024 * 1024
-META_VERSION = 1
+META_VERSION = 2
+_META_VERSIONS = (1, 2)  # 1 recorded no destination
 # Failures the primary may raise when the remote end is away; anything else is a bug, logged
 # with its traceback, and still retried (the bytes are safe in the spool either way).
 _EXPECTED = (StorageError, OSError)
+
+
+class _NoBackend(StorageError):
+    """No backend can be built for an entry's recorded destination (reported as an error)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +93,17 @@ class _Entry:
     key: str
     size: int
     created: float
+    dest: Destination | None = None
+    """As recorded; None when the writer could not describe it (or an old spool format)."""
+    route: str = ""
+    """The destination the entry is kept, retried and held back under (``Destination.id``)."""
     attempts: int = 0
     due: float = 0.0
     busy: bool = False
+
+    @property
+    def slot(self) -> tuple[str, str]:
+        return (self.route, self.key)
 
 
 class SpoolWriter(Writer):
@@ -96,7 +123,7 @@ class SpoolWriter(Writer):
 
     def write(self, data: bytes) -> int:
         if self._done:
-            raise StorageError(f"spool: write to a closed writer for key {self._key!r}")
+            raise StorageError(f"spool: write to a closed writer for key {quote(self._key)}")
         try:
             self._spool._reserve(self._key, len(data))
         except StorageError:
@@ -114,7 +141,9 @@ class SpoolWriter(Writer):
         if self._done:
             return
         spool = self._spool
-        entry = _Entry(self._id, self._key, self._written, time.time())
+        entry = _Entry(
+            self._id, self._key, self._written, time.time(), spool._home, spool._home_route
+        )
         try:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -142,7 +171,9 @@ class SpoolingStorage(Storage):
     """``primary`` with a durable local spool; see the module docstring.
 
     ``clock`` (monotonic seconds) and ``rng`` drive the backoff schedule. With ``start=False``
-    no thread runs and the caller drives retries with :meth:`retry_due`.
+    no thread runs and the caller drives retries with :meth:`retry_due`. ``opener`` builds the
+    backend for an entry whose recorded destination is not the primary's (by default
+    :func:`pressured.storage.factory.open_destination`).
     """
 
     def __init__(
@@ -156,6 +187,7 @@ class SpoolingStorage(Storage):
         rng: random.Random | None = None,
         start: bool = True,
         close_timeout: float = 30.0,
+        opener: Callable[[Destination], Storage] | None = None,
     ) -> None:
         self.primary = primary
         self.name = primary.name
@@ -168,9 +200,14 @@ class SpoolingStorage(Storage):
         self._cond = threading.Condition()
         # Held for every upload and for remove/rename, so none of them interleave per key.
         self._upload_lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._opener = opener
+        self._home = primary.destination()
+        self._home_route = self._home.id if self._home is not None else ""
+        # Backends built for recorded destinations other than the primary's, by route.
+        self._others: dict[str, Storage] = {}
+        self._entries: dict[tuple[str, str], _Entry] = {}
         self._used = 0
-        self._healthy = True
+        self._failing: set[str] = set()  # routes whose last upload failed
         self._stopping = False
         self._lock_fd = self._take_lock()
         try:
@@ -196,7 +233,9 @@ class SpoolingStorage(Storage):
     # -- spool files -------------------------------------------------------------------------
 
     def _error(self, what: str, key: str, exc: OSError) -> StorageError:
-        return StorageError(f"spool {self.spool_dir}: {what} (key {key!r}): {exc.strerror or exc}")
+        return StorageError(
+            f"spool {self.spool_dir}: {what} (key {quote(key)}): {exc.strerror or exc}"
+        )
 
     def _data_path(self, entry: _Entry) -> Path:
         return self.spool_dir / f"{entry.id}.data"
@@ -227,6 +266,7 @@ class SpoolingStorage(Storage):
             "key": entry.key,
             "size": entry.size,
             "created": entry.created,
+            "destination": entry.dest.to_json() if entry.dest is not None else None,
         }
         tmp = self.spool_dir / f"{entry.id}.meta.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -245,15 +285,19 @@ class SpoolingStorage(Storage):
 
     def _read_meta(self, path: Path) -> _Entry:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
-            raise ValueError("not a version 1 spool entry")
+        if not isinstance(meta, dict) or meta.get("version") not in _META_VERSIONS:
+            raise ValueError(f"not a version {' or '.join(map(str, _META_VERSIONS))} spool entry")
         key, size, created = meta.get("key"), meta.get("size"), meta.get("created")
         if not isinstance(key, str) or not isinstance(size, int):
             raise ValueError("key or size missing")
         if not isinstance(created, (int, float)):
             raise ValueError("created missing")
         validate_key(key)
-        return _Entry(path.name.removesuffix(".meta"), str(key), size, float(created))
+        recorded = meta.get("destination")
+        dest = Destination.from_json(recorded) if recorded is not None else None
+        # No record, or the primary's own place: the primary (its current settings) takes it.
+        route = self._home_route if dest is None else dest.id
+        return _Entry(path.name.removesuffix(".meta"), key, size, float(created), dest, route)
 
     def _scan(self) -> None:
         """Adopt committed entries left by an earlier run; drop what was never committed."""
@@ -290,11 +334,11 @@ class SpoolingStorage(Storage):
         now = self._clock()
         for entry in sorted(found, key=lambda e: e.id):
             entry.due = now
-            older = self._entries.get(entry.key)
+            older = self._entries.get(entry.slot)
             if older is not None:
                 self._delete_files(older)
                 self._used -= older.size
-            self._entries[entry.key] = entry
+            self._entries[entry.slot] = entry
             self._used += entry.size
         if self._entries:
             log.info(
@@ -303,13 +347,26 @@ class SpoolingStorage(Storage):
                 len(self._entries),
                 self.primary.name,
             )
+        away: dict[str, list[_Entry]] = {}
+        for entry in self._entries.values():
+            if entry.route != self._home_route:
+                away.setdefault(entry.route, []).append(entry)
+        for entries in away.values():
+            log.warning(
+                "spool %s: %d item(s) were written for %s, which is no longer configured; "
+                "they are delivered there, not to %s",
+                self.spool_dir,
+                len(entries),
+                self._name(entries[0]),
+                self.primary.name,
+            )
 
     def _reserve(self, key: str, size: int) -> None:
         with self._cond:
             if self._used + size > self.max_bytes:
                 raise StorageError(
                     f"spool {self.spool_dir}: full ({self._used} of {self.max_bytes} bytes "
-                    f"used), cannot take key {key!r}"
+                    f"used), cannot take key {quote(key)}"
                 )
             self._used += size
 
@@ -319,16 +376,43 @@ class SpoolingStorage(Storage):
 
     # -- the upload path ---------------------------------------------------------------------
 
+    def _name(self, entry: _Entry) -> str:
+        """The entry's destination, for logs."""
+        if entry.route == self._home_route or entry.dest is None:
+            return self.primary.name
+        return entry.dest.describe()
+
+    def _target(self, entry: _Entry) -> Storage:
+        """The backend the entry goes to (called under the upload lock)."""
+        if entry.route == self._home_route or entry.dest is None:
+            return self.primary
+        other = self._others.get(entry.route)
+        if other is None:
+            opener = self._opener
+            if opener is None:
+                from pressured.storage.factory import open_destination  # noqa: PLC0415
+
+                opener = open_destination
+            try:
+                other = opener(entry.dest)
+            except StorageError as exc:
+                raise _NoBackend(
+                    f"cannot build a backend for its recorded destination "
+                    f"{entry.dest.describe()}, kept in the spool {self.spool_dir}: {exc}"
+                ) from exc
+            self._others[entry.route] = other
+        return other
+
     def _commit(self, entry: _Entry) -> None:
         with self._cond:
-            older = self._entries.get(entry.key)
+            older = self._entries.get(entry.slot)
             if older is not None:
                 # Superseded: an upload of it under way finishes first (the upload lock), and
                 # this newer entry is uploaded after it.
                 self._delete_files(older)
                 self._used -= older.size
-            self._entries[entry.key] = entry
-            try_now = self._healthy and not self._stopping
+            self._entries[entry.slot] = entry
+            try_now = entry.route not in self._failing and not self._stopping
             entry.busy = try_now
             entry.due = self._clock()
             self._cond.notify_all()
@@ -338,10 +422,11 @@ class SpoolingStorage(Storage):
     def _upload(self, entry: _Entry) -> None:
         with self._upload_lock:
             with self._cond:
-                if self._entries.get(entry.key) is not entry:
+                if self._entries.get(entry.slot) is not entry:
                     return  # superseded or removed while waiting for the lock
+            target = self._target(entry)
             with open(self._data_path(entry), "rb") as f:
-                writer = self.primary.open_write(entry.key)
+                writer = target.open_write(entry.key)
                 try:
                     while chunk := f.read(CHUNK_SIZE):
                         writer.write(chunk)
@@ -357,72 +442,82 @@ class SpoolingStorage(Storage):
         except BaseException as exc:
             with self._cond:
                 entry.busy = False
-                if self._entries.get(entry.key) is not entry:
+                if self._entries.get(entry.slot) is not entry:
                     return True
-                self._healthy = False
+                self._failing.add(entry.route)
                 entry.attempts += 1
                 now = self._clock()
                 entry.due = now + self.retry.delay(entry.attempts, self._rng)
-                # The primary is most likely down for every key: hold the others back too, so
-                # an outage costs one failed attempt per backoff step, not one per entry.
+                # The destination is most likely down for every key: hold its other entries
+                # back too, so an outage costs one failed attempt per backoff step, not one per
+                # entry. Other destinations go on.
                 for other in self._entries.values():
-                    if other is not entry and not other.busy:
+                    if other is not entry and not other.busy and other.route == entry.route:
                         other.due = max(other.due, entry.due)
                 delay = entry.due - now
                 self._cond.notify_all()
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt and kin: the entry stays due for the next round
-            if isinstance(exc, _EXPECTED):
+            if isinstance(exc, _NoBackend):
+                log.error("spooled %s: next try in %.1fs: %s", quote(entry.key), delay, exc)
+            elif isinstance(exc, _EXPECTED):
                 log.warning(
-                    "spooled %r: upload to %s failed, attempt %d, next in %.1fs: %s",
-                    entry.key,
-                    self.primary.name,
+                    "spooled %s: upload to %s failed, attempt %d, next in %.1fs: %s",
+                    quote(entry.key),
+                    self._name(entry),
                     entry.attempts,
                     delay,
                     exc,
                 )
             else:
                 log.exception(
-                    "spooled %r: unexpected error uploading to %s, next in %.1fs",
-                    entry.key,
-                    self.primary.name,
+                    "spooled %s: unexpected error uploading to %s, next in %.1fs",
+                    quote(entry.key),
+                    self._name(entry),
                     delay,
                 )
             return False
         with self._cond:
             entry.busy = False
-            self._healthy = True
-            if self._entries.get(entry.key) is entry:
-                del self._entries[entry.key]
+            self._failing.discard(entry.route)
+            if self._entries.get(entry.slot) is entry:
+                del self._entries[entry.slot]
                 self._used -= entry.size
                 self._delete_files(entry)
-                if entry.attempts:
+                if entry.attempts or entry.route != self._home_route:
                     log.info(
-                        "spooled %r: uploaded to %s after %d failed attempt(s)",
-                        entry.key,
-                        self.primary.name,
+                        "spooled %s: uploaded to %s after %d failed attempt(s)",
+                        quote(entry.key),
+                        self._name(entry),
                         entry.attempts,
                     )
             self._cond.notify_all()
         return True
 
     def retry_due(self) -> int:
-        """Try every entry whose backoff has expired, oldest and least-tried first; stop at the
-        first failure. Returns how many were uploaded."""
+        """Try every entry whose backoff has expired, oldest and least-tried first; the first
+        failure for a destination ends the round for that destination. Returns how many were
+        uploaded."""
         uploaded = 0
+        failed: set[str] = set()
         while True:
             with self._cond:
                 if self._stopping:
                     break
                 now = self._clock()
-                due = [e for e in self._entries.values() if not e.busy and e.due <= now]
+                due = [
+                    e
+                    for e in self._entries.values()
+                    if not e.busy and e.due <= now and e.route not in failed
+                ]
                 if not due:
                     break
                 entry = min(due, key=lambda e: (e.attempts, e.id))
                 entry.busy = True
-            if not self._attempt(entry):
-                break
-            uploaded += 1
+            if self._attempt(entry):
+                uploaded += 1
+            else:
+                failed.add(entry.route)
         return uploaded
 
     def _run(self) -> None:
@@ -444,7 +539,8 @@ class SpoolingStorage(Storage):
                     self._cond.wait(self.retry.initial)
 
     def pending(self) -> list[str]:
-        """Keys spooled and not yet accepted by the primary, oldest first."""
+        """Keys spooled and not yet accepted by their destination, oldest first (a key twice
+        when it waits for two destinations)."""
         with self._cond:
             return [e.key for e in sorted(self._entries.values(), key=lambda e: e.id)]
 
@@ -476,8 +572,10 @@ class SpoolingStorage(Storage):
         return SpoolWriter(self, key)
 
     def _spooled(self, key: str) -> _Entry | None:
+        """The pending entry for ``key`` in the primary's destination; the others are no part
+        of what this storage holds."""
         with self._cond:
-            return self._entries.get(key)
+            return self._entries.get((self._home_route, key))
 
     def open_read(self, key: str) -> IO[bytes]:
         """The spooled copy while one is pending (it is newer than the primary's), else the
@@ -501,7 +599,7 @@ class SpoolingStorage(Storage):
 
     def _drop(self, key: str) -> None:
         with self._cond:
-            entry = self._entries.pop(key, None)
+            entry = self._entries.pop((self._home_route, key), None)
             if entry is not None:
                 self._used -= entry.size
                 self._delete_files(entry)
@@ -518,31 +616,33 @@ class SpoolingStorage(Storage):
                 self.primary.rename(src, dst)
                 self._drop(dst)
                 return
-            moved = _Entry(entry.id, dst, entry.size, entry.created, due=self._clock())
+            moved = _Entry(
+                entry.id, dst, entry.size, entry.created, entry.dest, entry.route, due=self._clock()
+            )
             try:
                 self._write_meta(moved)
             except OSError as exc:
-                raise self._error(f"cannot rename to {dst!r}", src, exc) from exc
+                raise self._error(f"cannot rename to {quote(dst)}", src, exc) from exc
             with self._cond:
-                self._entries.pop(src, None)
+                self._entries.pop(entry.slot, None)
                 self._drop_locked(dst)
-                self._entries[dst] = moved
+                self._entries[moved.slot] = moved
                 self._cond.notify_all()
             try:
                 # An older src may sit in the primary; the spooled copy is what src was.
                 self.primary.remove(src)
             except _EXPECTED as exc:
                 log.warning(
-                    "spool: renamed %r to %r; an older %r may remain in %s: %s",
-                    src,
-                    dst,
-                    src,
+                    "spool: renamed %s to %s; an older %s may remain in %s: %s",
+                    quote(src),
+                    quote(dst),
+                    quote(src),
                     self.primary.name,
                     exc,
                 )
 
     def _drop_locked(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
+        entry = self._entries.pop((self._home_route, key), None)
         if entry is not None:
             self._used -= entry.size
             self._delete_files(entry)
@@ -552,7 +652,11 @@ class SpoolingStorage(Storage):
         incomplete listing would look like missing captures)."""
         keys = set(self.primary.list(prefix))
         with self._cond:
-            keys.update(k for k in self._entries if k.startswith(prefix))
+            keys.update(
+                key
+                for route, key in self._entries
+                if route == self._home_route and key.startswith(prefix)
+            )
         return iter(sorted(keys))
 
     def close(self) -> None:
@@ -570,10 +674,14 @@ class SpoolingStorage(Storage):
         with self._cond:
             if self._entries:
                 log.warning(
-                    "spool %s: %d item(s) not yet in %s, kept for the next start",
+                    "spool %s: %d item(s) not yet in their destination, kept for the next start",
                     self.spool_dir,
                     len(self._entries),
-                    self.primary.name,
                 )
+        for other in self._others.values():
+            try:
+                other.close()
+            except Exception:
+                log.exception("spool %s: closing %r failed", self.spool_dir, other)
         self.primary.close()
         os.close(self._lock_fd)

@@ -200,11 +200,14 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.cond:
             fake.requests.append(rec)
             forced = fake.forced.get((self.command, url.path))
+            message = fake.forced_message.get(
+                (self.command, url.path), f"forced {forced} by the test"
+            )
         if fake.token is not None and self.headers.get("Authorization") != f"Bearer {fake.token}":
             self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
             return
         if forced is not None:
-            self._send_json(forced, _status(forced, "Forced", f"forced {forced} by the test"))
+            self._send_json(forced, _status(forced, "Forced", message))
             return
         code, obj = fake.route(self.command, url.path, query, body, self)
         if code:
@@ -238,6 +241,8 @@ class FakeKube:
         self.nodes: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.forced: dict[tuple[str, str], int] = {}
+        self.forced_message: dict[tuple[str, str], str] = {}
+        """The Status message of a forced reply, when not the default one."""
         self.handler_errors: list[str] = []
         self.token = token
         self._server = _Server(self)

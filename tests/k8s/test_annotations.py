@@ -158,3 +158,26 @@ def test_validated_annotations_leave_refused_values_out() -> None:
     assert (settings.pprof.port, settings.pprof.path) == (6061, None)
     assert len(settings.warnings) == 3
     assert all(w.startswith("shop/web: annotation pressured.io/") for w in settings.warnings)
+
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {"pressured.io/pprof-port": "6" * MB},
+        {"pressured.io/pprof-path": "/" + "x" * MB + "//"},
+        {"pressured.io/pprof-enabled": "y" * MB},
+        {"pressured.io/warn-percent": "9" * MB},
+        {"pressured.io/cooldown-seconds": "x" * MB},
+        # accepted alone: the warning names it as the bound the other one broke
+        {"pressured.io/warn-percent": "90", "pressured.io/critical-percent": "0" * MB + "50"},
+        {"pressured.io/" + "k" * MB: "1"},
+    ],
+    ids=lambda a: ",".join(k[:30] for k in a),
+)
+def test_a_huge_annotation_value_is_quoted_briefly(annotations: dict[str, str]) -> None:
+    (warning,) = parse_annotations(annotations, "shop/web").warnings
+    assert len(warning) < 500, warning[:600]
+    assert "characters)" in warning or warning.endswith("(50)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,46 @@ def test_wrong_token_is_an_error_naming_the_request(fake_api: FakeKube, tmp_path
             kube.list_events(field_selector="reason=OOMKilling")
     finally:
         kube.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "method", "path", "call"),
+    [
+        # lightkube's ApiError
+        (403, "GET", "/api/v1/namespaces/shop/pods/web-0", lambda k: k.get_pod("web-0", "shop")),
+        # plain httpx
+        (
+            403,
+            "GET",
+            "/api/v1/nodes/node-1/proxy/stats/summary",
+            lambda k: k.node_summary("node-1"),
+        ),
+        # EvictionRefused
+        (
+            429,
+            "POST",
+            "/api/v1/namespaces/shop/pods/web-0/eviction",
+            lambda k: k.evict("web-0", "shop"),
+        ),
+    ],
+    ids=["api-error", "httpx", "eviction"],
+)
+def test_a_huge_api_reply_is_quoted_briefly(
+    kube: KubeClient,
+    fake_api: FakeKube,
+    code: int,
+    method: str,
+    path: str,
+    call: Callable[[KubeClient], object],
+) -> None:
+    fake_api.forced[(method, path)] = code
+    fake_api.forced_message[(method, path)] = "denied: " + "x" * (1 << 20)
+    with pytest.raises(KubernetesError) as info:
+        call(kube)
+    text = str(info.value)
+    assert f"{path}: HTTP {code}: 'denied: xxx" in text
+    assert "characters)" in text
+    assert len(text) < 500, text[:600]
 
 
 # ---------------------------------------------------------------- cluster mode

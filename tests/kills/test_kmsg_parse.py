@@ -72,6 +72,15 @@ def test_record_text_may_start_with_a_space() -> None:
         b"6,1;text",
         b"\xff\xfe;;;",
         b"6,1,2,3",
+        # found by tests/kills/test_kmsg_fuzz.py: the kernel prints unsigned decimal (u8, u64,
+        # u64); int() took signs, spaces, underscores, other scripts' digits and any size
+        b"+6,1,2,-;t",
+        b" 6,1,2,-;t",
+        b"6,1_0,2,-;t",
+        "6,\u0663,2,-;t".encode(),
+        b"6,1,18446744073709551616,-;t",
+        b"6,1,%s,-;t" % (b"9" * 4000),
+        b"6,1,%s,-;t" % (b"9" * 5000),
     ],
 )
 def test_garbage_is_not_a_record(raw: bytes) -> None:
@@ -239,6 +248,64 @@ def test_oom_reaper_is_not_a_kill() -> None:
         ]
     )
     assert kills == []
+
+
+# ------------------------------------------------- found by tests/kills/test_kmsg_fuzz.py
+@pytest.mark.parametrize(
+    "pid",
+    [
+        "9" * 5000,  # int() raised ValueError out of feed(): past its 4300-digit limit
+        "0",
+        str(4 * 1024 * 1024 + 1),  # above PID_MAX_LIMIT
+        "\u0663",  # ARABIC-INDIC DIGIT THREE: \d matched it, int() took it
+    ],
+)
+def test_killed_line_without_a_pid_is_no_kill(pid: str) -> None:
+    kills, _ = run(
+        [f"3,1,1,-;Memory cgroup out of memory: Killed process {pid} (x) total-vm:1kB\n"]
+    )
+    assert kills == []
+
+
+def test_numbers_no_kernel_prints_are_left_out() -> None:
+    kills, _ = run(
+        [
+            "3,1,1,-;Memory cgroup out of memory: Killed process 7 (x) "
+            f"total-vm:{1 << 54}kB, anon-rss:{'9' * 5000}kB, file-rss:1kB, shmem-rss:0kB, "
+            f"UID:{(1 << 32) - 1} pgtables:4kB oom_score_adj:1001\n"
+        ]
+    )
+    assert summary(kills) == [(7, "x", None)]
+    assert kills[0].rss == {"file_rss": 1024, "shmem_rss": 0, "pgtables": 4096}
+    assert (kills[0].uid, kills[0].oom_score_adj) == (None, None)
+
+
+def test_garbled_oom_kill_and_report_lines_name_no_cgroup() -> None:
+    invoked = "4,1,100,-;a invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0\n"
+    killed = "3,3,300,-;Memory cgroup out of memory: Killed process 9 (a) total-vm:1kB\n"
+    # a cgroup path from the kernel starts at its hierarchy's root: '/'
+    kills, _ = run(
+        [
+            invoked,
+            "6,2,200,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+            "mems_allowed=0,oom_memcg=\\x00/a,task_memcg=a/b,task=a,pid=9,uid=0\n",
+            killed,
+        ]
+    )
+    assert summary(kills) == [(9, "a", None)]
+    assert "oom_memcg" not in kills[0].extra
+    kills, _ = run([invoked, "6,2,200,-;Task in t killed as a result of limit of /t\n", killed])
+    assert summary(kills) == [(9, "a", None)]
+    # an oom-kill line whose pid no kernel prints is garbled as a whole
+    kills, _ = run(
+        [
+            invoked,
+            "6,2,200,-;oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/a,task_memcg=/a/b,"
+            f"task=a,pid={'9' * 5000},uid=0\n",
+            killed,
+        ]
+    )
+    assert summary(kills) == [(9, "a", None)]
 
 
 # --------------------------------------------------------------------------- fuzz

@@ -96,6 +96,19 @@ def test_malformed_records_are_skipped() -> None:
     reader.close()
 
 
+def test_a_timestamp_too_big_for_a_float_is_not_a_record() -> None:
+    # found by tests/kills/test_kmsg_fuzz.py: replaying a record whose usec has 4000 digits
+    # raised OverflowError (int too large to convert to float) out of read()
+    huge = b"9" * 4000
+    fake = FakeKmsgRead(
+        [b"4,700,%s,-;app invoked oom-killer: order=0\n" % huge, KILL % (701, 9, 7)]
+    )
+    reader = reader_with(fake, replay=True)
+    assert [k.pid for k in reader.read()] == [7]
+    assert reader.malformed == 1
+    reader.close()
+
+
 def test_a_fragment_waits_for_the_next_wakeup() -> None:
     fake = FakeKmsgRead(
         [

@@ -7,8 +7,10 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +309,138 @@ def test_bad_annotation_warns_and_uses_the_option(
         action.run(event)
     assert event.extra["heapdump"]["url"] == leaky_server.url()
     assert any(name in r.getMessage() and repr(value) in r.getMessage() for r in caplog.records)
+
+
+class Recorder:
+    """A loopback HTTP server that records every request (path and Host header) and answers
+    200 with a few bytes."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                recorder.requests.append((self.path, self.headers.get("Host", "")))
+                self.send_response(200)
+                self.send_header("Content-Length", "7")
+                self.end_headers()
+                self.wfile.write(b"profile")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder()
+    yield server
+    server.close()
+
+
+def _refusals(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and name in r.getMessage() and "refused" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "6060@169.254.169.254:80",
+        "{closed}@127.0.0.1:{recorder}",  # would reach the recorder if taken apart loosely
+        "{recorder}/",
+        "+{recorder}",  # int() takes these three
+        "{recorder_underscored}",
+        "{recorder_fullwidth}",
+        "{recorder}.0",
+    ],
+)
+def test_hostile_pprof_port_is_refused_and_nothing_is_fetched(
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    closed = _closed_port()
+    port = recorder.port
+    value = value.format(
+        closed=closed,
+        recorder=port,
+        recorder_underscored=f"{port // 100}_{port % 100:02d}",
+        recorder_fullwidth=str(port).translate({ord("0") + i: 0xFF10 + i for i in range(10)}),
+    )
+    action = make_action({"port": closed, "analyze": False, "timeout_ms": 2000}, _ctx(storage))
+    event = _event(_pod(), annotations={"pressured.io/pprof-port": value})
+    with (
+        caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"),
+        pytest.raises(ActionError, match=rf"GET http://127\.0\.0\.1:{closed}/debug/pprof/heap"),
+    ):
+        action.run(event)  # the option's port, where nothing listens
+    assert recorder.requests == []
+    assert _files(storage.root) == []
+    [message] = _refusals(caplog, "pressured.io/pprof-port")
+    assert repr(value) in message
+    assert "not a port number" in message
+    assert f"using port {closed}" in message
+    assert event.extra["heapdump_refused"] == [message.removeprefix("heapdump: shop/web-1/app: ")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["//evil.example/", "//evil.example/debug/pprof/heap", "/@evil.example/", "/a\\b"],
+)
+def test_hostile_pprof_path_is_refused_and_only_the_option_is_fetched(
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    action = make_action({"port": recorder.port, "analyze": False}, _ctx(storage))
+    event = _event(_pod(), annotations={"pressured.io/pprof-path": value})
+    with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
+        action.run(event)
+    assert recorder.requests == [("/debug/pprof/heap?gc=1", f"127.0.0.1:{recorder.port}")]
+    [message] = _refusals(caplog, "pressured.io/pprof-path")
+    assert repr(value) in message
+    assert "no '//', '@', backslash" in message
+    assert "using path /debug/pprof/heap?gc=1" in message
+    assert event.extra["heapdump_refused"] == [message.removeprefix("heapdump: shop/web-1/app: ")]
+    stored = json.loads(storage.read(event.extra["heapdump"]["key"].replace(".pb.gz", ".json")))
+    assert stored["heapdump_refused"] == event.extra["heapdump_refused"]
+
+
+def test_a_huge_annotation_is_quoted_briefly(
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    action = make_action({"port": recorder.port, "analyze": False}, _ctx(storage))
+    event = _event(_pod(), annotations={"pressured.io/pprof-port": "6" * (1 << 20)})
+    with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
+        action.run(event)
+    [message] = _refusals(caplog, "pressured.io/pprof-port")
+    assert len(message) < 500
+    assert "characters)" in message
+    assert event.extra["heapdump_refused"] == [message.removeprefix("heapdump: shop/web-1/app: ")]
+    assert [path for path, _ in recorder.requests] == ["/debug/pprof/heap?gc=1"]
 
 
 # --------------------------------------------------------------------------------------------

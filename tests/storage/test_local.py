@@ -215,3 +215,37 @@ def test_s3_section_is_parsed() -> None:
     assert config.type == "s3"
     assert config.s3 == S3Config("dumps", "eu-west-1", "prod", "http://minio:9000", True)
     assert (config.spool_path, config.spool_max_bytes) == ("/var/spool/p", 4096)
+
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"type": "s3", "s3": {"bucket": "b" * MB}},
+        {"type": "s3", "s3": {"bucket": "s3://b/" + "p" * MB}},
+        {"type": "s3", "s3": {"bucket": "ok-bucket", "prefix": "../" + "p" * MB}},
+        {"type": "s3", "s3": {"bucket": "ok-bucket", "endpoint_url": "ftp://" + "e" * MB}},
+        {"type": "s3", "s3": {"bucket": "ok-bucket", "region": ["r"] * MB}},
+        {"type": "t" * MB},
+        {"type": "local", "k" * MB: 1},
+        {"type": "local", "spool": {"max_bytes": "m" * MB}},
+    ],
+    ids=lambda section: repr(section)[:40],
+)
+def test_storage_config_errors_quote_a_bad_value_briefly(section: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_storage_config(section)
+    (problem,) = info.value.problems
+    assert len(problem) < 500, problem[:600]
+    assert "characters)" in problem
+
+
+def test_storage_errors_quote_a_huge_key_briefly(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    for key in ("k" * MB, "/" + "k" * MB, "a/" * MB + "..", f"d/{'k' * MB}/.pressured-tmp-x"):
+        with pytest.raises(StorageError) as info:
+            store.write(key, b"x")
+        assert len(str(info.value)) < 500, str(info.value)[:600]
+        assert "characters)" in str(info.value)

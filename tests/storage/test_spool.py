@@ -14,7 +14,7 @@ from typing import IO, Any
 import pytest
 
 from pressured.errors import StorageError
-from pressured.storage.base import Storage, Writer
+from pressured.storage.base import Destination, Storage, Writer
 from pressured.storage.factory import open_storage
 from pressured.storage.local import LocalStorage
 from pressured.storage.s3 import MIB, S3Storage
@@ -61,6 +61,9 @@ class SwitchableStorage(Storage):
         self.attempts = 0
         self.aborts = 0
         self.closed = False
+
+    def destination(self) -> Destination:
+        return Destination("switchable", {"root": str(self.inner.root)})
 
     def _check(self) -> None:
         if self.down:
@@ -448,3 +451,140 @@ def test_open_storage_puts_s3_behind_the_spool(
     finally:
         store.close()
     assert s3_client.get_object(Bucket=bucket, Key="prod/heaps/x")["Body"].read() == b"profile"
+
+
+def test_entries_go_to_the_destination_they_were_written_for(
+    tmp_path: Path, spool_dir: Path
+) -> None:
+    old = SwitchableStorage(tmp_path / "old")
+    first = open_spool(old, spool_dir)
+    old.down = True
+    first.write("heaps/a", b"for the old place")
+    first.close()
+
+    opened: list[Destination] = []
+
+    def opener(destination: Destination) -> Storage:
+        opened.append(destination)
+        return SwitchableStorage(Path(str(destination.where["root"])))
+
+    new = SwitchableStorage(tmp_path / "new")
+    second = open_spool(new, spool_dir, opener=opener)
+    second.write("heaps/a", b"for the new place")  # another object: supersedes nothing
+    assert second.pending() == ["heaps/a"]
+    assert second.read("heaps/a") == b"for the new place"
+    assert second.retry_due() == 1
+    second.close()
+
+    assert opened == [old.destination()]
+    assert (tmp_path / "old" / "heaps" / "a").read_bytes() == b"for the old place"
+    assert new.inner.read("heaps/a") == b"for the new place"
+    assert spool_files(spool_dir) == [".lock"]
+
+
+def test_an_old_destination_that_cannot_be_built_is_kept_and_reported(
+    tmp_path: Path, spool_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = SwitchableStorage(tmp_path / "old")
+    old.down = True
+    first = open_spool(old, spool_dir)
+    first.write("heaps/a", b"for the old place")
+    first.close()
+
+    clock = FakeClock()
+    new = SwitchableStorage(tmp_path / "new")
+    # The default opener builds s3 and local backends only.
+    second = open_spool(new, spool_dir, clock=clock, retry=Backoff(initial=10, jitter=0))
+    assert "no longer configured" in caplog.text
+    assert second.retry_due() == 0
+    assert "cannot build a backend for its recorded destination switchable(root=" in caplog.text
+    assert "unknown storage type 'switchable'" in caplog.text
+    assert "kept in the spool" in caplog.text
+    assert any(r.levelno == logging.ERROR and "kept" in r.getMessage() for r in caplog.records)
+
+    second.write("heaps/b", b"new")  # the old destination's failure holds back nothing here
+    assert new.inner.read("heaps/b") == b"new"
+    new.down = True
+    second.write("heaps/c", b"new, during an outage")
+    new.down = False
+    clock.now += 10
+    assert second.retry_due() == 1  # heaps/c; heaps/a fails again
+    assert second.pending() == ["heaps/a"]
+    assert not new.inner.exists("heaps/a")
+    assert not (tmp_path / "old" / "heaps" / "a").exists()
+    second.close()
+    assert len([f for f in spool_files(spool_dir) if f.endswith(".data")]) == 1
+
+
+def test_entries_of_the_first_spool_format_go_to_the_primary(
+    primary: SwitchableStorage, spool_dir: Path
+) -> None:
+    spool_dir.mkdir()
+    (spool_dir / "1.data").write_bytes(b"old format")
+    (spool_dir / "1.meta").write_text('{"version": 1, "key": "k", "size": 10, "created": 1}')
+    spool = open_spool(primary, spool_dir)
+    assert spool.pending() == ["k"]
+    assert spool.read("k") == b"old format"
+    assert spool.retry_due() == 1
+    assert primary.inner.read("k") == b"old format"
+
+
+def test_s3_entries_keep_bucket_prefix_and_endpoint_across_a_config_change(
+    tmp_path: Path,
+    moto_server: MotoServer,
+    s3_client: Any,
+    bucket: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Spooled during an outage of the old store; the configuration then moves to another
+    endpoint, bucket and prefix: the old capture still lands where it was meant to."""
+    old_server = MotoServer(tmp_path)
+    spool_dir = tmp_path / "spool"
+    old_section = {
+        "type": "s3",
+        "s3": {
+            "bucket": "pressured-old",
+            "prefix": "old",
+            "endpoint_url": old_server.url,
+            "path_style": True,
+            "region": "us-east-1",
+        },
+        "spool": {"path": str(spool_dir)},
+    }
+    new_section = {
+        "type": "s3",
+        "s3": {
+            "bucket": bucket,
+            "prefix": "new",
+            "endpoint_url": moto_server.url,
+            "path_style": True,
+            "region": "us-east-1",
+        },
+        "spool": {"path": str(spool_dir)},
+    }
+    try:
+        first = open_storage(old_section)
+        assert isinstance(first, SpoolingStorage)
+        first.write("heaps/a", b"meant for the old bucket")  # the old store is down
+        assert first.pending() == ["heaps/a"]
+        first.close()
+
+        old_server.start()
+        old_client = raw_client(old_server.url)
+        old_client.create_bucket(Bucket="pressured-old")
+        second = open_storage(new_section)
+        assert isinstance(second, SpoolingStorage)
+        try:
+            second.write("heaps/b", b"meant for the new bucket")
+            assert second.flush(timeout=30)
+        finally:
+            second.close()
+
+        body = old_client.get_object(Bucket="pressured-old", Key="old/heaps/a")["Body"].read()
+        assert body == b"meant for the old bucket"
+    finally:
+        old_server.stop()
+    listed = s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert [item["Key"] for item in listed] == ["new/heaps/b"]
+    assert spool_files(spool_dir) == [".lock"]
+    assert "no longer configured" in caplog.text

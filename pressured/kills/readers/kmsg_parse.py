@@ -41,6 +41,30 @@ GROUP_MAX_GAP_USEC = 1_000_000
 """memory.oom.group members are killed in one loop; a "Killed process" line further than
 this from the previous one belongs to another kill."""
 
+_U64 = 1 << 64
+_HEADER_NUMBER = re.compile(r"[0-9]{1,20}")
+"""The kernel prints prio, seq and usec as unsigned decimal (u8, u64, u64)."""
+
+PID_MAX_LIMIT = 4 * 1024 * 1024
+"""No pid is above this (include/linux/threads.h, 64-bit)."""
+_UID_MAX = (1 << 32) - 2  # uid_t; (uid_t)-1 is "no uid"
+_ADJ_MIN, _ADJ_MAX = -1000, 1000  # OOM_SCORE_ADJ_MIN/MAX
+_KB_MAX = (_U64 >> 10) - 1  # the sizes are unsigned long kB: bytes fit in 64 bits
+
+
+def _bounded(text: str | None, low: int, high: int) -> int | None:
+    """An ASCII decimal (the patterns take [0-9] only) if it lies in [low, high], else None.
+    The length is checked first: int() refuses strings past 4300 digits by raising."""
+    if text is None or len(text.lstrip("-")) > 20:
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
+def _cgroup(path: str | None) -> str | None:
+    """A cgroup path as the kernel prints it: from the hierarchy's root, so starting with '/'."""
+    return path if path and path.startswith("/") else None
+
 
 @dataclass(frozen=True)
 class KmsgRecord:
@@ -89,13 +113,10 @@ def parse_kmsg_record(raw: bytes | str) -> KmsgRecord | None:
     if not sep:
         return None
     parts = head.split(",")
-    if len(parts) < 4:
+    if len(parts) < 4 or not all(_HEADER_NUMBER.fullmatch(p) for p in parts[:3]):
         return None
-    try:
-        prio, seq, usec = int(parts[0]), int(parts[1]), int(parts[2])
-    except ValueError:
-        return None
-    if prio < 0 or seq < 0 or usec < 0:
+    prio, seq, usec = int(parts[0]), int(parts[1]), int(parts[2])
+    if max(prio, seq, usec) >= _U64:
         return None
     caller = None
     for extra in parts[4:]:
@@ -110,30 +131,31 @@ def parse_kmsg_record(raw: bytes | str) -> KmsgRecord | None:
 
 
 _INVOKED = re.compile(r"^(?P<comm>.*) invoked oom-killer: (?P<rest>.*)$")
+# Numbers are [0-9], not \d: \d takes every script's digits, and int() with them.
 _OOM_KILL = re.compile(
     r"^oom-kill:constraint=(?P<constraint>[A-Z_]+),(?P<mid>.*?),?task=(?P<task>.*),"
-    r"pid=(?P<pid>\d+),uid=(?P<uid>\d+)\s*$"
+    r"pid=(?P<pid>[0-9]+),uid=(?P<uid>[0-9]+)\s*$"
 )
 _TASKS_GROUP = re.compile(
-    r"^Tasks in (?P<cgroup>.*) are going to be killed due to memory\.oom\.group set\s*$"
+    r"^Tasks in (?P<cgroup>/.*) are going to be killed due to memory\.oom\.group set\s*$"
 )
-_TASK_IN = re.compile(r"^Task in (?P<task>.*) killed as a result of limit of (?P<limit>.*?)\s*$")
+_TASK_IN = re.compile(r"^Task in (?P<task>/.*) killed as a result of limit of (?P<limit>/.*?)\s*$")
 _KILL_PROCESS = re.compile(
-    r"^(?:(?P<msg>.*?): )?Kill process (?P<pid>\d+) \((?P<comm>.*)\) score (?P<score>-?\d+)"
-    r" or sacrifice child\s*$"
+    r"^(?:(?P<msg>.*?): )?Kill process (?P<pid>[0-9]+) \((?P<comm>.*)\) "
+    r"score (?P<score>-?[0-9]+) or sacrifice child\s*$"
 )
 _KILLED = re.compile(
-    r"^(?:(?P<msg>.*?): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\)(?P<rest>[^)]*)$"
+    r"^(?:(?P<msg>.*?): )?Killed process (?P<pid>[0-9]+) \((?P<comm>.*)\)(?P<rest>[^)]*)$"
 )
 _RSS_FIELDS = {
-    "total_vm": re.compile(r"total-vm:(\d+)kB"),
-    "anon_rss": re.compile(r"anon-rss:(\d+)kB"),
-    "file_rss": re.compile(r"file-rss:(\d+)kB"),
-    "shmem_rss": re.compile(r"shmem-rss:(\d+)kB"),
-    "pgtables": re.compile(r"pgtables:(\d+)kB"),
+    "total_vm": re.compile(r"total-vm:([0-9]+)kB"),
+    "anon_rss": re.compile(r"anon-rss:([0-9]+)kB"),
+    "file_rss": re.compile(r"file-rss:([0-9]+)kB"),
+    "shmem_rss": re.compile(r"shmem-rss:([0-9]+)kB"),
+    "pgtables": re.compile(r"pgtables:([0-9]+)kB"),
 }
-_UID = re.compile(r"UID[: ](\d+)")
-_ADJ = re.compile(r"oom_score_adj:(-?\d+)")
+_UID = re.compile(r"UID[: ]([0-9]+)")
+_ADJ = re.compile(r"oom_score_adj:(-?[0-9]+)")
 
 
 @dataclass
@@ -224,9 +246,8 @@ class KmsgOomParser:
         text = text.rstrip("\n")
         if "Killed process" in text:
             m = _KILLED.match(text)
-            if m:
-                return [self._killed(rec, m, now, wall)]
-            return []
+            kill = self._killed(rec, m, now, wall) if m else None
+            return [] if kill is None else [kill]
         if "invoked oom-killer" in text:
             m = _INVOKED.match(text)
             if m:
@@ -249,9 +270,10 @@ class KmsgOomParser:
             return []
         if "Kill process" in text:
             m = _KILL_PROCESS.match(text)
-            if m:
+            chose = _bounded(m.group("pid"), 1, PID_MAX_LIMIT) if m else None
+            if chose is not None:
                 ctx = self._ctx_for(rec, starts_report=False)
-                ctx.chose_pid = int(m.group("pid"))
+                ctx.chose_pid = chose
         return []
 
     def _ctx_for(self, rec: KmsgRecord, *, starts_report: bool) -> _Context:
@@ -271,35 +293,44 @@ class KmsgOomParser:
         m = _OOM_KILL.match(text)
         if not m:
             return
+        pid = _bounded(m.group("pid"), 1, PID_MAX_LIMIT)
+        uid = _bounded(m.group("uid"), 0, _UID_MAX)
+        if pid is None or uid is None:
+            return  # not what the kernel prints: the line is garbled
         ctx = self._ctx
         if ctx is None or ctx.used or rec.usec - ctx.usec > CONTEXT_MAX_USEC:
             ctx = _Context(rec.usec)
             self._ctx = ctx
         ctx.constraint = m.group("constraint")
-        ctx.pid = int(m.group("pid"))
+        ctx.pid = pid
         ctx.comm = m.group("task")
-        ctx.uid = int(m.group("uid"))
+        ctx.uid = uid
         mid = m.group("mid")
         # cgroup names may hold commas: take the memcg paths by their keys, not by splitting
         task_at = mid.rfind("task_memcg=")
         if task_at >= 0:
-            ctx.cgroup = mid[task_at + len("task_memcg=") :].rstrip(",") or None
+            ctx.cgroup = _cgroup(mid[task_at + len("task_memcg=") :].rstrip(","))
             head = mid[:task_at].rstrip(",")
         else:
             head = mid
         oom_at = head.rfind("oom_memcg=")
         if oom_at >= 0:
-            ctx.oom_memcg = head[oom_at + len("oom_memcg=") :] or None
+            ctx.oom_memcg = _cgroup(head[oom_at + len("oom_memcg=") :])
 
-    def _killed(self, rec: KmsgRecord, m: re.Match[str], now: float, wall: float) -> KillRecord:
-        pid = int(m.group("pid"))
+    def _killed(
+        self, rec: KmsgRecord, m: re.Match[str], now: float, wall: float
+    ) -> KillRecord | None:
+        pid = _bounded(m.group("pid"), 1, PID_MAX_LIMIT)
+        if pid is None:
+            return None  # not a pid: the line is garbled
         comm = m.group("comm")
         rest = m.group("rest")
         rss = {}
         for name, rx in _RSS_FIELDS.items():
             f = rx.search(rest)
-            if f:
-                rss[name] = int(f.group(1)) * 1024
+            kb = _bounded(f.group(1), 0, _KB_MAX) if f else None
+            if kb is not None:
+                rss[name] = kb * 1024
         uid_m = _UID.search(rest)
         adj_m = _ADJ.search(rest)
         extra: dict[str, object] = {"kmsg_seq": rec.seq, "kmsg_usec": rec.usec}
@@ -338,7 +369,7 @@ class KmsgOomParser:
             pid=pid,
             comm=comm,
             rss=rss,
-            uid=int(uid_m.group(1)) if uid_m else None,
-            oom_score_adj=int(adj_m.group(1)) if adj_m else None,
+            uid=_bounded(uid_m.group(1), 0, _UID_MAX) if uid_m else None,
+            oom_score_adj=_bounded(adj_m.group(1), _ADJ_MIN, _ADJ_MAX) if adj_m else None,
             extra=extra,
         )
