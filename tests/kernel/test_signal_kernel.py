@@ -26,7 +26,7 @@ from tests.support.catcher import CATCHER, Catcher
 from tests.support.cgroups import Child
 from tests.unit.actions.conftest import pressure
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.hostile]
 
 
 def catcher_in(child: Child, record: Path) -> Catcher:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,8 @@ from pressured.kills.readers.kmsg import KMSG_READ_SIZE, KmsgReader
 from pressured.model import SOURCE_KMSG, KillRecord
 
 from . import FIXTURES, fixture_records
+
+pytestmark = pytest.mark.hostile
 
 PID_MAX_LIMIT = 4 * 1024 * 1024
 """include/linux/threads.h on 64-bit: no pid is above this."""

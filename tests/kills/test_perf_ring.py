@@ -19,6 +19,8 @@ from pressured.kills.readers.tracepoint import MarkVictimSource
 
 from .test_tracepoint import FORMAT_6_18, raw_6_18
 
+pytestmark = pytest.mark.hostile
+
 PAGE = 4096
 # struct perf_event_mmap_page (linux/perf_event.h): where the ring's positions and area are
 DATA_HEAD, DATA_TAIL, DATA_OFFSET, DATA_SIZE = 1024, 1032, 1040, 1048

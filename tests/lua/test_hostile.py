@@ -27,6 +27,8 @@ from pressured.model import PressureEvent
 from pressured.storage.local import LocalStorage
 from tests.lua import LoopbackServer, Route, pressure
 
+pytestmark = pytest.mark.hostile
+
 MakeAction = Callable[..., LuaAction]
 BIG = 20 * 1024 * 1024
 

@@ -48,6 +48,8 @@ from pressured.pprof.worker import (
 from pressured.storage.local import LocalStorage
 from tests.pprof.conftest import ProfileBuilder, go_pprof_text
 
+pytestmark = pytest.mark.hostile
+
 MIB = 1 << 20
 
 EVIL_PATTERN = "(a|aa)+$x|(a|a)*b"

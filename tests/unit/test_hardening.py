@@ -44,6 +44,8 @@ from pressured.kills.sources import KillSources
 from pressured.metrics import Metrics, MetricsServer, start_http
 from tests.unit.actions.conftest import pressure
 
+pytestmark = pytest.mark.hostile
+
 MiB = 1 << 20
 
 

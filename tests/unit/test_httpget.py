@@ -19,6 +19,8 @@ import pytest
 from pressured import httpget
 from pressured.errors import HttpGetError
 
+pytestmark = pytest.mark.hostile
+
 MIB = 1024 * 1024
 GOOD = os.urandom(3 * MIB + 17)
 """Not compressible: what arrives is what was sent."""

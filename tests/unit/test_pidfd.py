@@ -20,6 +20,8 @@ from pressured.kernel import pidfd, procfs
 from pressured.kernel.pidfd import open_process, open_processes
 from tests.unit.actions.conftest import pressure
 
+pytestmark = pytest.mark.hostile
+
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
