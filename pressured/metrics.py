@@ -180,6 +180,13 @@ class Metrics:
         self.actions_failed = Counter(
             "pressured_actions_failed", "Actions that failed, by action", ["action"], registry=r
         )
+        self.actions_dropped = Counter(
+            "pressured_actions_dropped",
+            "Events an action did not run, or not within its deadline, by action and reason "
+            "(queue_full, deadline, shutdown, reload, closed)",
+            ["action", "reason"],
+            registry=r,
+        )
         self.kill_sources_active = Gauge(
             "pressured_kill_sources_active",
             "1 for each kill source that is running",
@@ -287,6 +294,9 @@ class Metrics:
 
     def action_failed(self, name: str) -> None:
         self.actions_failed.labels(name).inc()
+
+    def action_dropped(self, name: str, reason: str) -> None:
+        self.actions_dropped.labels(name, reason).inc()
 
     def set_watched(self, n: int) -> None:
         self.watched.set(n)

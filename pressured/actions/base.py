@@ -5,7 +5,11 @@ An action class is registered in the ``pressured.actions.v1`` entry-point group 
 
     instance = ActionClass(options, ctx)   # validate; raise ConfigError naming "actions[i].key"
 
-and calls ``instance.run(event)`` for each event, in the configured order. ``run`` raises
+and calls ``instance.run(event)`` for each event, in its lane (actions/runner.py): an action's
+``lane`` is "immediate" (local work that must never wait: log, signal; run in configured order
+on one thread) or "slow" (network, processes, storage: exec, webhook, heapdump, lua,
+k8s-event, evict and any plugin that says nothing; each on a thread of its own, with a bounded
+queue and a deadline per run, ``run_deadline_s``). ``run`` raises
 ActionError for a failure worth counting (actions_failed_total); any other exception is caught
 by the daemon, logged with the action's name, and counted the same way. Nothing an action does
 stops the daemon. With ``ctx.dry_run`` an action has no side effect at all: it logs what it
@@ -26,6 +30,16 @@ from pressured.model import Event
 
 SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
 """What an event's ``severity`` can be: the engine's three, and a confirmed kill."""
+
+IMMEDIATE = "immediate"
+SLOW = "slow"
+LANES = (IMMEDIATE, SLOW)
+IMMEDIATE_TYPES = frozenset({"log", "signal"})
+"""The built-in types whose work is a local system call (a write, a kill): immediate unless
+their class says otherwise. Every other type, a plugin's included, is slow unless its class
+sets ``lane = IMMEDIATE``."""
+ENRICHING_TYPES = frozenset({"heapdump"})
+"""The built-in types that add to the event what later actions report (heapdump: pprof_top)."""
 
 
 @dataclass
@@ -57,6 +71,23 @@ class Action:
     holds_processes: ClassVar[bool] = False
     """The action acts on the target's processes (signal): events for it should carry them
     held open from when their pids were read (``event.processes``, kernel.pidfd)."""
+    lane: ClassVar[str] = SLOW
+    """IMMEDIATE: runs at once, in order with the other immediate actions, never behind network
+    work; it must not block (no network, no child process). SLOW: its own worker thread and
+    bounded queue; it may wait on the network, but only until ``run_deadline_s``."""
+
+    enriches: ClassVar[bool] = False
+    """It adds to ``event.extra`` what the actions after it report (heapdump's pprof_top): the
+    slow actions configured after it run in its lane, after it, and see what it added."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "lane" not in vars(cls) and cls.type in IMMEDIATE_TYPES:
+            cls.lane = IMMEDIATE
+        if "enriches" not in vars(cls) and cls.type in ENRICHING_TYPES:
+            cls.enriches = True
+        if cls.lane not in LANES:
+            raise TypeError(f"{cls.__name__}.lane must be one of {LANES}, got {cls.lane!r}")
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
@@ -70,6 +101,12 @@ class Action:
 
     def close(self) -> None:
         """Release what the action holds (clients, interpreters)."""
+
+    def run_deadline_s(self) -> float | None:
+        """The longest one ``run`` may take, from the action's own options (timeouts, retries);
+        None: the runner's cap (actions.runner.RUN_CAP_S). A slow run past it is abandoned by
+        the runner, which goes on with the next event."""
+        return None
 
     # helpers for option validation: every error names actions[i].key and the bad value
     def opt(

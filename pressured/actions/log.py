@@ -13,13 +13,14 @@ import threading
 from collections.abc import Mapping
 from typing import IO, Any
 
-from pressured.actions.base import Action, ActionContext
+from pressured.actions.base import IMMEDIATE, Action, ActionContext
 from pressured.errors import ActionError, ConfigError
 from pressured.model import Event
 
 
 class LogAction(Action):
     type = "log"
+    lane = IMMEDIATE  # the line is the record: written when the event is made
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"

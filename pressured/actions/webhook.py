@@ -4,6 +4,10 @@ A reply below 300 is success. 5xx, 429 and transport errors (refused, reset, tim
 retried up to ``retries`` times, sleeping ``backoff_ms`` and doubling it each time; any other
 status means the receiver refused this body, and a retry would be refused too.
 
+One run (every attempt and every backoff) lasts at most ``run_deadline_s()``: ``timeout_ms`` per
+attempt plus the backoffs (13.4 s with the defaults). No attempt starts with less than its
+timeout left; the runner abandons a run that still goes past that (a server trickling bytes).
+
 ``format: oomhero`` sends a flat body in OOMHero's vocabulary (warning/critical, the signal it
 would have sent) instead of the event contract: {"pod", "namespace", "container", "cgroup",
 "severity", "usage_percent", "usage_bytes", "limit_bytes", "signal", "time"}.
@@ -33,11 +37,11 @@ OOMHERO_SEVERITY = {
 OOMHERO_SIGNAL = {"warn": "SIGUSR1", "critical": "SIGUSR2"}
 FORMATS = ("pressured", "oomhero")
 MAX_RETRIES = 10
+"""With the doubling backoff, ten retries already span minutes: more only delays this webhook's
+later events (its lane runs them in order)."""
 MAX_TIMEOUT_MS = 60_000
 """Per attempt: a receiver that has not answered in a minute is not going to."""
 MAX_BACKOFF_MS = 60_000
-"""With the doubling backoff, ten retries already span minutes: more only delays later events
-(the action chain runs in order on one thread)."""
 
 
 def oomhero_body(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,12 +120,16 @@ class WebhookAction(Action):
             return
         last = ""
         attempts = 0
+        end = time.monotonic() + self.run_deadline_s()
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * (2 ** (attempt - 1)))
+            pause = self.backoff * (2 ** (attempt - 1)) if attempt else 0.0
+            left = end - time.monotonic() - pause
+            if left <= 0:
+                break  # the attempts took longer than their timeouts: no time for another
+            time.sleep(pause)
             attempts += 1
             try:
-                reply = self._client.post(self.url, json=body)
+                reply = self._client.post(self.url, json=body, timeout=min(self.timeout, left))
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
@@ -131,6 +139,11 @@ class WebhookAction(Action):
             if reply.status_code < 500 and reply.status_code != 429:
                 break  # the receiver refused this body: a retry would be refused too
         raise ActionError(f"webhook {self.url}: {last} after {attempts} attempt(s)")
+
+    def run_deadline_s(self) -> float:
+        """Every attempt's timeout and every backoff between them."""
+        pauses = sum(self.backoff * 2**i for i in range(self.retries))
+        return float((self.retries + 1) * self.timeout + pauses)
 
     def close(self) -> None:
         self._client.close()

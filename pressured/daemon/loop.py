@@ -4,8 +4,9 @@ rest (signals, reload, the source's polls, the kill pipeline's windows) on the s
 Everything waits in one epoll set: kernel notifications, the adaptive-read deadlines, the
 signal pipe (SIGTERM/SIGINT stop, SIGHUP reloads, SIGQUIT dumps stacks), kmsg and perf rings,
 the source's inotify. A wake-up becomes a sample (targets.py), the engine turns samples into
-events, and the action runner takes them on its own thread (actions/runner.py); kill records
-go through the kill pipeline (kill_pipeline.py).
+events, and the action runner takes them into its lanes, on threads of their own
+(actions/runner.py); kill records go through the kill pipeline (kill_pipeline.py). Nothing on
+this thread waits for an action: not an event, not a reload, and a stop only for a bounded time.
 """
 
 from __future__ import annotations
@@ -158,8 +159,14 @@ class Daemon:
             self._sync_targets()
         self._announce_ready()
 
-    def _runner(self, actions: list[Action]) -> ActionRunner:
-        return ActionRunner(actions, still_holds=self._still_valid, on_failure=self._action_failed)
+    def _runner(self, actions: list[Action], after: ActionRunner | None = None) -> ActionRunner:
+        return ActionRunner(
+            actions,
+            still_holds=self._still_valid,
+            on_failure=self._action_failed,
+            on_drop=self._action_dropped,
+            after=after,
+        )
 
     def _announce_ready(self) -> None:
         """Say once that start-up is over: tests, probes and people wait for this line (or for
@@ -324,6 +331,10 @@ class Daemon:
     def _action_failed(self, name: str) -> None:
         if self.metrics is not None:
             self.metrics.action_failed(name)
+
+    def _action_dropped(self, name: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.action_dropped(name, reason)
 
     # ------------------------------------------------------------------ the loop
     def _handle(self, wake: Wakeup) -> None:
