@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 from pressured import native
 from pressured.actions.base import Action, ActionContext
 from pressured.actions.registry import build_actions
-from pressured.actions.runner import ActionRunner
+from pressured.actions.runner import CLOSE_BUDGET_S, RELOAD_BUDGET_S, ActionRunner
 from pressured.config import Config
 from pressured.engine import Engine, EngineSettings
 from pressured.errors import CgroupFileError, ConfigError, PressuredError
@@ -110,6 +111,8 @@ class Daemon:
         self._metrics_server: MetricsServer | None = None
         self._storage_obj: Storage | None = None
         self.runner: ActionRunner | None = None
+        self._retiring: list[tuple[ActionRunner, threading.Thread]] = []
+        """Runners replaced by a reload, closing on threads of their own."""
         self.ctx: ActionContext | None = None
         self._fd_handlers: dict[str, Callable[[], None]] = {}
         self._dirs: native.Inotify | None = None
@@ -406,13 +409,28 @@ class Daemon:
             log.warning("reload: changes to %s take effect after a restart", ", ".join(fixed))
         self.cfg = new
         self.engine.update_settings(settings)
-        old, self.runner = self.runner, self._runner(actions)
+        old = self.runner
+        self.runner = self._runner(actions, after=old)
         self.ctx = ctx
         if old is not None:
-            old.close()
+            self._retire(old)
         for state in self.targets.states():
             self.targets.rearm(state)
         log.info("configuration reloaded%s", f" from {new.file}" if new.file else "")
+
+    def _retire(self, old: ActionRunner) -> None:
+        """Close the replaced actions on a thread of their own: what they still run (a webhook
+        waiting on its server) must not hold the loop. The new runner's log lines follow the
+        old one's (ActionRunner's ``after``)."""
+        self._retiring = [(r, t) for r, t in self._retiring if t.is_alive()]
+        t = threading.Thread(
+            target=old.close,
+            kwargs={"budget": RELOAD_BUDGET_S, "reason": "reload"},
+            name="pressured-retire-actions",
+            daemon=True,
+        )
+        t.start()
+        self._retiring.append((old, t))
 
     def _next_timeout(self) -> float:
         now = self._clock()
@@ -483,8 +501,13 @@ class Daemon:
     def close(self) -> None:
         self.kills.close()  # every kill still in a merge window is reported first
         if self.runner is not None:
-            self.runner.close()
+            # the immediate lane writes every event; the slow lanes get CLOSE_BUDGET_S in all,
+            # then what they did not deliver is logged by name and counted
+            self.runner.close(CLOSE_BUDGET_S, reason="shutdown")
             self.runner = None
+        for old, _t in self._retiring:  # a reload's actions, still finishing: no more wait
+            old.abandon("shutdown")
+        self._retiring = []
         with contextlib.suppress(Exception):
             self.source.close()
         if self._dirs is not None:

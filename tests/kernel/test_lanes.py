@@ -1,6 +1,7 @@
 """Action lanes with `pressured run` on a real leak: a webhook whose server (a real HTTP server on
-loopback, started here) answers only after 30 s must not delay the log lines or the signals,
-and a stop while it hangs still writes every event and names what the webhook did not deliver.
+loopback, started here) answers only after 30 s must delay neither the log lines nor the
+signals, nor a reload's wake-ups, and a stop while it hangs still writes every event and names
+what the webhook did not deliver.
 
 Times are compared on one clock: the leaker records each signal with time.monotonic(), the test
 notes when each line of the events file first appears (it reads the file every 20 ms), and an
@@ -204,6 +205,47 @@ def test_signals_and_event_lines_do_not_wait_for_a_hanging_webhook(
         assert received[sig] < dead
     seen, _kill = lines.seen("oom_killed")
     assert seen - dead < KILL_WINDOW_S + PROMPT_S, f"oom_killed line {seen - dead:.1f} s late"
+
+
+def test_a_reload_while_the_webhook_hangs_does_not_delay_the_critical(
+    make_cgroup: Callable[[int | None], Child], tmp_path: Path, slow_server: SlowServer
+) -> None:
+    """Defect: SIGHUP closed the old actions on the main thread and joined their worker for up
+    to 10 s; meanwhile no wake-up was handled and the critical (75 %) fired at 98 %."""
+    child = make_cgroup(256 * MiB)
+    events, signals, cfg = tmp_path / "events.jsonl", tmp_path / "signals.txt", tmp_path / "c.yaml"
+    write_config(cfg, slow_server.url, warn=50, critical=75)
+    offset = clock_offset()
+    args = ["run", "-c", str(cfg), "--cgroup", child.path, "--events-out", str(events)]
+    lines = LineClock(events)
+    try:
+        with running(args) as daemon:
+            # 16 MiB/s: from warn (50 %) to 90 % in about 6 s, well inside the old 10 s join;
+            # held at 232 MiB (about 94 % with the interpreter), short of an OOM kill
+            child.spawn(
+                leaker_argv(
+                    "--rate-mib", "16", "--max-mib", "232", "--hold", "--signals-out", str(signals)
+                )
+            )
+            assert has("warn")(lines.wait_for(has("warn"), 30)), daemon.stderr.text()
+            slow_server.wait_for_requests(1, 5)  # the webhook hangs on the warn now
+            mark = daemon.log_mark()
+            asked = time.monotonic()
+            daemon.proc.send_signal(signal.SIGHUP)
+            daemon.wait_for_log("configuration reloaded", 15, start=mark)
+            reloaded = time.monotonic() - asked
+            docs = lines.wait_for(has("critical"), 30)
+            assert has("critical")(docs), daemon.stderr.text()
+            assert daemon.stop() == 0
+    finally:
+        lines.close()
+    assert reloaded < PROMPT_S, f"the reload took {reloaded:.1f} s"
+    seen, crit = lines.seen("critical")
+    assert crit["usage_percent"] < 90, f"the critical came late: {crit}"
+    made = monotonic_of(crit, offset)
+    assert seen - made < PROMPT_S
+    received = dict(reversed(read_signals(signals)))
+    assert "SIGUSR2" in received and received["SIGUSR2"] - made < PROMPT_S, received
 
 
 def test_sigterm_while_the_webhook_hangs_writes_every_event_and_names_the_undelivered(
