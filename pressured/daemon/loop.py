@@ -500,13 +500,15 @@ class Daemon:
 
     def close(self) -> None:
         self.kills.close()  # every kill still in a merge window is reported first
+        # the immediate lane writes every event; the slow lanes, a reload's old ones too, get
+        # CLOSE_BUDGET_S in all, then what they did not deliver is logged by name and counted
+        end = time.monotonic() + CLOSE_BUDGET_S
         if self.runner is not None:
-            # the immediate lane writes every event; the slow lanes get CLOSE_BUDGET_S in all,
-            # then what they did not deliver is logged by name and counted
             self.runner.close(CLOSE_BUDGET_S, reason="shutdown")
             self.runner = None
-        for old, _t in self._retiring:  # a reload's actions, still finishing: no more wait
-            old.abandon("shutdown")
+        for old, closing in self._retiring:
+            closing.join(max(0.0, end - time.monotonic()))
+            old.abandon("shutdown", budget=CLOSE_BUDGET_S)
         self._retiring = []
         with contextlib.suppress(Exception):
             self.source.close()

@@ -237,9 +237,13 @@ def test_a_reload_while_the_webhook_hangs_does_not_delay_the_critical(
             docs = lines.wait_for(has("critical"), 30)
             assert has("critical")(docs), daemon.stderr.text()
             assert daemon.stop() == 0
+            log = daemon.stderr.text()
     finally:
         lines.close()
     assert reloaded < PROMPT_S, f"the reload took {reloaded:.1f} s"
+    # the stop came while both webhooks waited: the old one's warn, the new one's critical
+    undelivered = "\n".join(re.findall(r"webhook: \d+ event\(s\) not delivered .*", log))
+    assert "warn of" in undelivered and "critical of" in undelivered, log
     seen, crit = lines.seen("critical")
     assert crit["usage_percent"] < 90, f"the critical came late: {crit}"
     made = monotonic_of(crit, offset)
