@@ -37,16 +37,14 @@ def load_action_classes() -> dict[str, type[Action]]:
 
 
 def build_actions(cfg: Config, ctx: ActionContext) -> list[Action]:
-    """Validate and build every configured action, in the order they run: the configured
-    order, except that heapdump actions come first (they add pprof_top to the event that the
-    later actions report). All problems come back in one ConfigError."""
+    """Validate and build every configured action, in the configured order: the runner puts
+    each into its lane (actions/runner.py), and the slow actions configured after heapdump run
+    in its lane, after it, and report the pprof_top it added. All problems come back in one
+    ConfigError."""
     classes = load_action_classes()
     actions: list[Action] = []
     problems: list[str] = []
-    entries = sorted(
-        enumerate(cfg.actions), key=lambda e: 0 if e[1].get("type") == "heapdump" else 1
-    )
-    for i, entry in entries:
+    for i, entry in enumerate(cfg.actions):
         where = f"actions[{i}]"
         kind = entry.get("type")
         cls = classes.get(str(kind))

@@ -1,6 +1,10 @@
 """End to end on this host: a real Go program with net/http/pprof leaks in a limited cgroup;
 `pressured run` warns, captures its heap into storage, finds the leaking function on top, and
-confirms the kernel's kill."""
+confirms the kernel's kill.
+
+The warn's log line is written when the warn is made, without waiting for the dump (log is an
+immediate action, heapdump a slow one): the dump's result is the JSON stored beside it and
+heapdump's own line in the daemon's log."""
 
 from __future__ import annotations
 
@@ -53,15 +57,18 @@ def test_go_leak_warned_dumped_analysed_and_kill_confirmed(leaky_bin: Path, tmp_
             )
             assert go.wait(timeout=120) == -9, "the Go program should end in a real OOM kill"
             docs = wait_for_events(events, has_kill, 20)
+            stored = daemon.wait_for_log(r"heapdump: stored (\S+) \(\d+ bytes\).*; top: (.*)", 30)
             assert daemon.stop() == 0, daemon.stderr.text()
     finally:
         child.remove()
-    warn = next(d for d in docs if d.get("severity") == "warn")
-    assert warn["pprof_top"][0]["function"] == LEAK_FUNCTION, warn.get("pprof_top")
-    key = warn["heapdump"]["key"]
+    key, top = stored[1], stored[2]
+    assert top.startswith(LEAK_FUNCTION), top
     assert key.startswith(f"heaps/local/{Path(child.path).name}/") and key.endswith(".pb.gz")
     assert (storage / key).stat().st_size > 0
-    assert json.loads((storage / key.replace(".pb.gz", ".json")).read_text())["severity"] == "warn"
+    beside = json.loads((storage / key.replace(".pb.gz", ".json")).read_text())
+    assert beside["severity"] == "warn"
+    assert beside["pprof_top"][0]["function"] == LEAK_FUNCTION, beside.get("pprof_top")
+    assert beside["heapdump"]["key"] == key
     kill = next(d for d in docs if d["event_type"] == "oom_killed")
     assert kill["pid"] == go.pid and "counters" in kill["sources"]
     assert kill["warned_seconds_before"] > 0
