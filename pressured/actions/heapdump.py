@@ -43,8 +43,10 @@ memory unless ``analyze``, which keeps at most ``max_bytes``) under::
 with the event JSON beside it (same name, ``.json``) and the goroutine dump as
 ``.goroutines.txt``. After a capture the top functions go into ``event.extra["pprof_top"]``
 (a list of {function, flat, flat_pct, cum, cum_pct, unit, sample_type}) and the storage key into
-``event.extra["heapdump"]``: the event's ``extra`` dict is the agreed channel, so actions after
-this one (log, Lua's ``event.pprof_top``, the Kubernetes Event) see them.
+``event.extra["heapdump"]``: the event's ``extra`` dict is the agreed channel, so the slow
+actions configured after this one, which run in its lane after it (Lua's ``event.pprof_top``,
+the Kubernetes Event, a webhook), see them. The log line does not wait for the dump: the result
+is this action's own log line and the event JSON stored beside the profile.
 
 The profile is the pod owner's to write, so it is analysed in a worker process
 (pressured.pprof.worker) killed past ``analyze_timeout_ms`` or ``analyze_max_mib``: a profile
