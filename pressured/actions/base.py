@@ -34,12 +34,6 @@ SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
 IMMEDIATE = "immediate"
 SLOW = "slow"
 LANES = (IMMEDIATE, SLOW)
-IMMEDIATE_TYPES = frozenset({"log", "signal"})
-"""The built-in types whose work is a local system call (a write, a kill): immediate unless
-their class says otherwise. Every other type, a plugin's included, is slow unless its class
-sets ``lane = IMMEDIATE``."""
-ENRICHING_TYPES = frozenset({"heapdump"})
-"""The built-in types that add to the event what later actions report (heapdump: pprof_top)."""
 
 
 @dataclass
@@ -82,10 +76,6 @@ class Action:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "lane" not in vars(cls) and cls.type in IMMEDIATE_TYPES:
-            cls.lane = IMMEDIATE
-        if "enriches" not in vars(cls) and cls.type in ENRICHING_TYPES:
-            cls.enriches = True
         if cls.lane not in LANES:
             raise TypeError(f"{cls.__name__}.lane must be one of {LANES}, got {cls.lane!r}")
 

@@ -101,6 +101,7 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 class HeapdumpAction(Action):
     type = "heapdump"
+    enriches = True  # adds pprof_top for the actions after it
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"

@@ -100,8 +100,9 @@ def describe(event: Event) -> str:
 
 
 def _own_copy(event: Event) -> Event:
-    """What a lane may add to (heapdump's pprof_top) without touching another lane's event."""
-    return replace(event, extra=dict(event.extra))
+    """What a lane may add to (heapdump's pprof_top) without touching another lane's event.
+    The processes the event holds stay with the immediate lane (signal), which closes them."""
+    return replace(event, extra=dict(event.extra), processes=None)
 
 
 def run_action(action: Action, event: Event, on_failure: OnFailure) -> None:
@@ -233,6 +234,8 @@ class _Lane:
             try:
                 self._run(event)
             finally:
+                if event.processes is not None:
+                    event.processes.close()
                 with self._cond:
                     self._current = None
                     self._cond.notify_all()
@@ -351,6 +354,9 @@ class ActionRunner:
         self._on_failure = on_failure
         self._on_drop: OnDrop = on_drop or (lambda _action, _reason: None)
         immediate, chains = lane_chains(actions)
+        self.holds_processes = any(a.holds_processes for a in immediate)
+        """Whether events should hold their target's processes from when their pids are read
+        (an immediate action such as signal uses them: Action.holds_processes)."""
 
         def lane(
             name: str, chain: list[Action], limit: int | None, cap: float | None, **kw: _Lane | None
@@ -395,9 +401,13 @@ class ActionRunner:
     def run_chain(self, event: Event) -> None:
         """Every action for ``event`` in configured order on the caller's thread, untimed."""
         recheck = _Recheck(self._still_holds, event)
-        for action in self.actions:
-            if recheck.allows(action):
-                run_action(action, event, self._on_failure)
+        try:
+            for action in self.actions:
+                if recheck.allows(action):
+                    run_action(action, event, self._on_failure)
+        finally:
+            if event.processes is not None:
+                event.processes.close()
 
     # ------------------------------------------------------------------ closing
     def close(self, budget: float = CLOSE_BUDGET_S, *, reason: str = "shutdown") -> int:

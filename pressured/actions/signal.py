@@ -26,7 +26,7 @@ import signal as _signal
 from collections.abc import Mapping
 from typing import Any
 
-from pressured.actions.base import Action, ActionContext
+from pressured.actions.base import IMMEDIATE, Action, ActionContext
 from pressured.config import parse_signal
 from pressured.errors import ActionError, CgroupFileError, ConfigError
 from pressured.kernel.cgroupfs import read_procs
@@ -48,6 +48,7 @@ PROCESSES = ("all", "oldest")
 
 class SignalAction(Action):
     type = "signal"
+    lane = IMMEDIATE  # a kill(2): never behind network work
     holds_processes = True
 
     def __init__(

@@ -30,6 +30,8 @@ from pressured.actions.runner import CLOSE_BUDGET_S, RELOAD_BUDGET_S, ActionRunn
 from pressured.config import Config
 from pressured.engine import Engine, EngineSettings
 from pressured.errors import CgroupFileError, ConfigError, PressuredError
+from pressured.kernel import cgroupfs
+from pressured.kernel.pidfd import ProcessHandles, open_processes
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from pressured.model import MACHINE, Event, PressureEvent, Sample
 from pressured.sources.base import Source
@@ -305,12 +307,26 @@ class Daemon:
             event.extra.setdefault("pids", self.targets.pids(state, live=True))
             if state.spec.pids_root:
                 event.extra.setdefault("proc_root", state.spec.pids_root)
+            if self.runner is not None and self.runner.holds_processes:
+                event = replace(event, processes=self._hold(event.extra["pids"], state))
         if isinstance(event, PressureEvent) and event.key == "":
             event = replace(event, key=state.key if state else "")
         if self.metrics is not None:
             self.metrics.observe_event(event)
         if self.runner is not None:
             self.runner.submit(event)
+
+    def _hold(self, pids: list[int], state: TargetState) -> ProcessHandles:
+        """The target's processes held open from now (kernel.pidfd), for the signal action:
+        opened, then kept only where the target's cgroup.procs still lists them. Opened under
+        this daemon's /proc: cgroup.procs numbers pids in the reader's PID namespace."""
+        ref = state.spec.ref
+        if ref is None:
+            return ProcessHandles()
+        try:
+            return open_processes(pids, self.proc_root, members=lambda: cgroupfs.read_pids(ref))
+        except CgroupFileError:
+            return ProcessHandles()  # the cgroup is gone, and its processes with it
 
     def _reread_sample(self, key: str) -> Sample | None:
         state = self.targets.get(key)
