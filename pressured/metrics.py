@@ -174,6 +174,12 @@ class Metrics:
             "pressured_kills_unwarned", "OOM kills with no warning before them", registry=r
         )
         self.watched = Gauge("pressured_watched_cgroups", "Cgroups being watched", registry=r)
+        self._vanished_seen = 0
+        self.vanished = Counter(
+            "pressured_targets_vanished",
+            "Cgroups removed between being listed and being armed (short-lived containers)",
+            registry=r,
+        )
         self.wakeups = Counter(
             "pressured_wakeups", "Wake-ups of the main loop, by cause", ["cause"], registry=r
         )
@@ -298,8 +304,12 @@ class Metrics:
     def action_dropped(self, name: str, reason: str) -> None:
         self.actions_dropped.labels(name, reason).inc()
 
-    def set_watched(self, n: int) -> None:
+    def set_watched(self, n: int, vanished_total: int = 0) -> None:
+        """``vanished_total``: cgroups that vanished while being armed, since the start."""
         self.watched.set(n)
+        if vanished_total > self._vanished_seen:
+            self.vanished.inc(vanished_total - self._vanished_seen)
+            self._vanished_seen = vanished_total
 
     def set_kill_source(self, source: str, active: bool) -> None:
         self.kill_sources_active.labels(source).set(1 if active else 0)

@@ -250,7 +250,7 @@ class Daemon:
 
     def _watched_changed(self) -> None:
         if self.metrics is not None:
-            self.metrics.set_watched(len(self.targets))
+            self.metrics.set_watched(len(self.targets), self.targets.vanished_while_arming)
 
     def _watch_source_dirs(self) -> None:
         if self._dirs is None:

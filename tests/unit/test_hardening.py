@@ -628,3 +628,42 @@ def test_a_cgroup_of_plain_files_is_refused_naming_the_file(tmp_path: Path) -> N
         assert "fake" not in w and w.open_fds() == 0
     finally:
         w.close()
+
+
+# --------------------------------------------------------------------------------------------
+# cgroups that come and go faster than they can be armed
+
+
+def test_a_cgroup_that_vanished_while_being_armed_is_counted_not_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """2,600 cgroups created and removed under watch logged 401 WARNING lines: the race of a
+    short-lived container with arming is expected; it is debug, and counted in a metric."""
+    import logging
+    import shutil
+
+    from pressured.daemon.targets import Targets
+    from pressured.engine import Engine, EngineSettings
+    from pressured.kernel import cgroupfs
+    from pressured.kernel.watch import Watcher, WatchOptions
+    from pressured.metrics import Metrics
+    from pressured.sources.base import TargetSpec
+    from tests.unit.test_cgroupfs import v2_tree
+
+    cg = v2_tree(tmp_path)
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path)))
+    shutil.rmtree(cg)  # listed by the source, gone before it is armed
+    watcher = Watcher(WatchOptions(psi=None))
+    targets = Targets(Engine(EngineSettings()), watcher, proc_root="/proc", clock=lambda: 0.0)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="pressured.daemon"):
+            assert targets.add(TargetSpec(str(cg), ref)) is None
+        assert targets.vanished_while_arming == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        assert "vanished while being armed" in caplog.text
+    finally:
+        watcher.close()
+    metrics = Metrics(node=None, pid_labels=False)
+    metrics.set_watched(0, targets.vanished_while_arming)
+    metrics.set_watched(0, targets.vanished_while_arming)  # a total, not an increment
+    assert metrics.registry.get_sample_value("pressured_targets_vanished_total") == 1.0
