@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from pressured import native
 from pressured.errors import KernelFeatureError
+from pressured.kernel import procfs
 from pressured.model import SOURCE_TRACEPOINT, KillRecord
 
 log = logging.getLogger("pressured.kills.readers.tracepoint")
@@ -216,27 +217,12 @@ def parse_cpu_list(spec: str) -> list[int]:
 
 
 def pid_cgroup(pid: int, proc: str = "/proc") -> str | None:
-    """The victim's memory cgroup path from /proc/<pid>/cgroup (v1 memory line, else v2)."""
-    try:
-        with open(os.path.join(proc, str(pid), "cgroup"), encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    v2: str | None = None
-    for line in text.splitlines():
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if "memory" in controllers.split(","):
-            return _known(path)
-        if hier == "0" and controllers == "":
-            v2 = _known(path)
-    return v2
+    """The victim's memory cgroup path from /proc/<pid>/cgroup (v1 memory line, else v2).
 
-
-def _known(path: str) -> str | None:
-    """A dying task can already read as the root cgroup ("/", seen here under load); that says
+    A dying task can already read as the root cgroup ("/", seen here under load); that says
     nothing about where it was killed, so it counts as unknown and the kill is matched by pid."""
-    return None if path in ("", "/") else path
+    path = procfs.memory_cgroup(pid, proc)
+    return None if path in (None, "", "/") else path
 
 
 def _kb(value: int | str | None) -> int | None:
