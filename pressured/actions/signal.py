@@ -12,9 +12,9 @@ before sending, each must still be in the memory cgroup it was read in: one that
 signalled, one that exited is "gone" (info, not an error). An event that holds none has its pids
 opened here, and only those the target's cgroup.procs lists after that are signalled.
 
-Which processes qualify (namespace inits, the oldest) is looked up under ``extra["proc_root"]``
-when the daemon sees the target's processes through another /proc (sidecar mode), else under the
-context's proc root.
+Which processes qualify (namespace inits, the oldest) is looked up under the context's proc
+root: cgroup.procs numbers pids in the reader's PID namespace, also when a sidecar reads a
+container's cgroup through /proc/PID/root.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class SignalAction(Action):
 
     def _send(self, event: Event, held: ProcessHandles, sig: int) -> None:
         name = _signal.Signals(sig).name
-        proc = str(event.extra.get("proc_root") or self.ctx.proc_root)
+        proc = self.ctx.proc_root
         by_pid: dict[int, ProcessHandle] = {}
         for h in held:
             why = h.refusal()

@@ -305,8 +305,6 @@ class Daemon:
     def emit(self, event: Event, state: TargetState | None) -> None:
         if state is not None:
             event.extra.setdefault("pids", self.targets.pids(state, live=True))
-            if state.spec.pids_root:
-                event.extra.setdefault("proc_root", state.spec.pids_root)
             if self.runner is not None and self.runner.holds_processes:
                 event = replace(event, processes=self._hold(event.extra["pids"], state))
         if isinstance(event, PressureEvent) and event.key == "":

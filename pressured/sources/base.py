@@ -35,8 +35,6 @@ class TargetSpec:
     identity: Identity = field(default_factory=Identity)
     annotations: Mapping[str, str] = field(default_factory=dict)
     overrides: Overrides = field(default_factory=Overrides)
-    pids_root: str | None = None
-    """Where the target's processes are seen from (sidecar: /proc/PID/root), else None."""
 
 
 @dataclass(frozen=True)

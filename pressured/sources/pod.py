@@ -192,7 +192,6 @@ def target_spec(
     info: PodInfo | None,
     node_name: str | None,
     *,
-    pids_root: str | None = None,
     key: str | None = None,
 ) -> TargetSpec:
     """A TargetSpec for one container cgroup, from the path and (when known) its pod."""
@@ -202,7 +201,7 @@ def target_spec(
             container_id=pod_cgroup.container_id,
             node_name=node_name,
         )
-        return TargetSpec(key or ref.path, ref, identity, pids_root=pids_root)
+        return TargetSpec(key or ref.path, ref, identity)
     container = info.container_by_id(pod_cgroup.container_id or "")
     identity = Identity(
         namespace=info.namespace,
@@ -220,7 +219,6 @@ def target_spec(
         identity,
         annotations=event_annotations(info.annotations),
         overrides=settings.overrides,
-        pids_root=pids_root,
     )
 
 

@@ -10,8 +10,9 @@ The pod is named by the Downward API (POD_UID, POD_NAME, POD_NAMESPACE, or the
   ``source.proc_root``. ``<proc>/<pid>/cgroup`` names each process's container (its last
   component, ``cri-containerd-<id>.scope``, ``crio-<id>.scope``, ``docker-<id>.scope`` or a bare
   id, is readable even through a cgroup namespace) and ``<proc>/<pid>/root/sys/fs/cgroup`` is
-  that container's own cgroup mount. Signals for such a target are aimed through that PID's
-  view (``pids_root``).
+  that container's own cgroup mount. Its cgroup.procs numbers pids in the sidecar's own PID
+  namespace (the kernel translates them for the reader), so signals go through the sidecar's
+  /proc like any other.
 
 ``auto`` tries cgroupfs first and falls back to proc. With API access (a Role allowing get/list/
 watch on its own pod), container names, annotations and overrides come from a one-pod watch;
@@ -60,7 +61,6 @@ Discovery = Literal["auto", "cgroupfs", "proc"]
 class _Found:
     ref: CgroupRef
     pod: PodCgroup
-    pids_root: str | None
 
 
 class SidecarSource(Source):
@@ -207,7 +207,7 @@ class SidecarSource(Source):
                 continue
             if info is not None and info.container_by_id(f.pod.container_id or "") is None:
                 continue  # the sandbox (pause) container, or one already replaced
-            spec = target_spec(f.ref, f.pod, info, self.node_name, pids_root=f.pids_root)
+            spec = target_spec(f.ref, f.pod, info, self.node_name)
             if info is None:
                 spec = TargetSpec(
                     spec.key,
@@ -219,7 +219,6 @@ class SidecarSource(Source):
                         container_id=f.pod.container_id,
                         node_name=self.node_name,
                     ),
-                    pids_root=f.pids_root,
                 )
             out.append(spec)
         return out
@@ -255,7 +254,7 @@ class SidecarSource(Source):
             if pod is None or pod.is_pod_level or pod.pod_uid != self.pod_uid:
                 continue
             if self._limited(ref):
-                out.append(_Found(ref, pod, None))
+                out.append(_Found(ref, pod))
         return out
 
     def _find_pod_dir(self, base: str) -> str | None:
@@ -308,7 +307,7 @@ class SidecarSource(Source):
             if pod.pod_uid != self.pod_uid:
                 continue
             if self._limited(ref):
-                out.append(_Found(ref, pod, root))
+                out.append(_Found(ref, pod))
         return out
 
     def _limited(self, ref: CgroupRef) -> bool:

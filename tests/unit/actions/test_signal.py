@@ -266,18 +266,19 @@ def test_choose_skips_namespace_init_and_gone_pids_and_picks_the_oldest(tmp_path
     assert oldest.choose([10, 12], str(proc)) == []
 
 
-def test_signal_looks_pids_up_under_the_events_proc_root(
+def test_signal_looks_pids_up_under_the_contexts_proc_root(
     tmp_path: Path, catchers: Catchers
 ) -> None:
-    # sidecar mode: the event names the /proc its pids belong to. Here the real child's pid
-    # appears in a fake tree as a namespace init, so it must be left alone.
+    # Here the real child's pid appears in a fake tree as a namespace init (NSpid ends in 1),
+    # so it must be left alone; under the real /proc it is a normal process.
     a = catchers.spawn()
     proc = tmp_path / "proc"
     fake_proc(proc, a.pid, f"{a.pid}\t1")
-    action = SignalAction({}, ActionContext(), "actions[0]")
-    action.run(held(pressure("warn", pids=[a.pid], proc_root=str(proc))))
+    action = SignalAction({}, ActionContext(proc_root=str(proc)), "actions[0]")
+    action.run(held(pressure("warn", pids=[a.pid])))
     assert a.settle() == []
-    action.run(held(pressure("warn", pids=[a.pid])))  # the context's /proc: a normal process
+    action = SignalAction({}, ActionContext(), "actions[0]")
+    action.run(held(pressure("warn", pids=[a.pid])))
     assert a.settle() == ["SIGUSR1"]
 
 
