@@ -326,7 +326,7 @@ def test_action_errors_quote_a_bad_value_briefly(options: dict[str, Any], cls: t
         ),
         (
             {"thresholds": {"predict_samples": 10**6}},
-            "thresholds.predict_samples: must be at least 3 and at most 300 (got 1000000)",
+            "thresholds.predict_samples: must be at most 300 (got 1000000)",
         ),
         (
             {"kills": {"window_seconds": math.inf}},
