@@ -408,7 +408,7 @@ def test_kills_are_checked_by_the_rules_the_daemon_runs_by(tmp_path: Path) -> No
     found = problems(write(tmp_path, "kills:\n  kmsg: {enabled: yes please, path: dev/kmsg}\n"))
     assert found == [
         "kills.kmsg.enabled: expected true or false (got 'yes please')",
-        "kills.kmsg.path: expected an absolute path (got 'dev/kmsg')",
+        "kills.kmsg.path: must be an absolute path (got 'dev/kmsg')",
     ]
 
 
