@@ -305,6 +305,22 @@ class Checker:
         expected: str | None = None,
     ) -> float | _D: ...
 
+    @overload
+    def number(
+        self,
+        value: Any,
+        where: str,
+        default: _D,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+        above: float | None = None,
+        integer: bool,
+        from_text: bool = False,
+        nullable: bool = False,
+        expected: str | None = None,
+    ) -> float | _D: ...
+
     def number(
         self,
         value: Any,
