@@ -123,6 +123,17 @@ def test_bad_plugins_lua_is_a_config_error_naming_the_key(
         make_action(plugins_lua=section)
 
 
+def test_every_problem_of_the_section_is_reported_at_once(make_action: MakeAction) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_action(plugins_lua={"timeout": 5, "memory_mb": 0, "env_allow": "HOME"})
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "plugins.lua.timeout",
+        "plugins.lua",
+        "plugins.lua.memory_mb",
+        "plugins.lua.env_allow",
+    ]
+
+
 def test_syntax_error_in_a_file_names_file_and_line(
     make_action: MakeAction, tmp_path: Path
 ) -> None:
