@@ -32,6 +32,8 @@ from pressured.actions.lua.budget import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT_MS,
     KILL_GRACE_MS,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_MS,
     START_TIMEOUT_MS,
 )
 from pressured.actions.lua.convert import clip
@@ -166,16 +168,18 @@ class LuaScripts:
             f"{where}.timeout_ms",
             DEFAULT_TIMEOUT_MS,
             min=1,
+            max=MAX_TIMEOUT_MS,
             integer=True,
-            expected="a positive integer",
+            expected=f"a positive integer up to {MAX_TIMEOUT_MS}",
         )
         memory_mb = check.number(
             options.get("memory_mb", DEFAULT_MEMORY_MB),
             f"{where}.memory_mb",
             DEFAULT_MEMORY_MB,
             min=1,
+            max=MAX_MEMORY_MB,
             integer=True,
-            expected="a positive integer",
+            expected=f"a positive integer up to {MAX_MEMORY_MB}",
         )
         env_allow = options.get("env_allow", [])
         if not isinstance(env_allow, list) or not all(isinstance(n, str) for n in env_allow):
