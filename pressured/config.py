@@ -1,8 +1,9 @@
 """One validated Config from defaults, a JSON/YAML file, the environment and flags.
 
 Precedence: flags > environment > file > defaults. Every value remembers where it came from
-(``Config.origin``), which `pressured config check` prints. Errors name the key path and the bad
-value and suggest the closest known key; they are collected, not stopped at the first.
+(``Config.origin``), which `pressured config check` prints. Errors name the key path, the bad
+value and where it came from, and suggest the closest known key; they are collected, not stopped
+at the first. Values are checked with pressured.settings' Checker, as every section is.
 
 Environment:
   PRESSURED_CONFIG                  the config file (like -c)
@@ -26,13 +27,32 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
-import signal as _signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pressured.errors import QUOTE_LIMIT, ConfigError, quote, suggest
+from pressured.errors import ConfigError, quote
+from pressured.settings import COMMA, Checker, hint, parse_duration, parse_signal, shown
+
+__all__ = [
+    "BOUNDS",
+    "DEFAULTS",
+    "ENV_KEYS",
+    "KNOWN_KEYS",
+    "LOG_LEVELS",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_VALUES",
+    "MODES",
+    "OOMHERO_KEYS",
+    "Config",
+    "check",
+    "check_shape",
+    "load",
+    "load_file",
+    "parse_duration",  # these two are pressured.settings'
+    "parse_signal",
+]
 
 MODES = ("local", "sidecar", "node", "cluster")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -156,51 +176,6 @@ BOUNDS: dict[str, tuple[int, int]] = {
 """Inclusive (lowest, highest) of the whole-number keys checked here. Intervals: at most an
 hour (a longer one is a watcher that does not watch); PSI: what the kernel accepts; the spool:
 at most 1 TiB of disk."""
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str, where: str) -> float:
-    """Go durations ("1m30s", "500ms", "2h") or bare seconds ("90", "1.5")."""
-    s = text.strip()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    pos = 0
-    total = 0.0
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or not s:
-        raise ConfigError(
-            f"{where}: not a duration: {quote(text)} (use seconds or Go form like 1m30s)"
-        )
-    return total
-
-
-def parse_signal(value: Any, where: str) -> int:
-    """A signal by name (SIGUSR1, USR1) or number (10, or "10" from the environment)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return int(_signal.Signals(value))
-        except ValueError:
-            raise ConfigError(f"{where}: no such signal number: {quote(value)}") from None
-    if isinstance(value, str):
-        name = value.strip().upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        try:
-            return int(_signal.Signals[name])
-        except KeyError:
-            pass
-    raise ConfigError(f"{where}: not a signal name: {quote(value)} (e.g. SIGUSR1)")
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -384,26 +359,18 @@ def _coerce_env(path: str, raw: str, source: str) -> Any:
             raise ConfigError(f"{where}: invalid JSON: {exc}") from None
         check_shape(value, where)
         return value
+    check = Checker(got=COMMA)
+    value = raw
     if isinstance(default, bool):
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {quote(raw)}")
-    if isinstance(default, int):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {quote(raw)}") from None
-    if isinstance(default, float) or path == "thresholds.predict_seconds":
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {quote(raw)}") from None
-    if isinstance(default, list):
-        return [p for p in raw.split(",") if p]
-    return raw
+        value = check.flag(raw, where, None, from_text=True)
+    elif isinstance(default, int):
+        value = check.number(raw, where, None, integer=True, from_text=True)
+    elif isinstance(default, float) or path == "thresholds.predict_seconds":
+        value = check.number(raw, where, None, from_text=True)
+    elif isinstance(default, list):
+        value = [p for p in raw.split(",") if p]
+    check.raise_if_any()
+    return value
 
 
 def _default_for(path: str) -> Any:
@@ -413,19 +380,6 @@ def _default_for(path: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def _shown(name: str) -> str:
-    """A key path as errors name it: whole when of a sane length, else quoted and cut."""
-    return name if len(name) <= QUOTE_LIMIT else quote(name)
-
-
-def _hint(name: str, known: Iterable[str], prefix: str = "") -> str:
-    """', did you mean 'prefix.key'?' for the closest known key, or nothing."""
-    if len(name) > QUOTE_LIMIT:
-        return ""  # no key is that long: nothing is close
-    match = suggest(name, known)
-    return f", did you mean {prefix + match!r}?" if match else ""
 
 
 def _merge(
@@ -449,7 +403,7 @@ def _merge(
                 if k.startswith(prefix)
             }
             problems.append(
-                f"{_shown(path)}: unknown key (in {source})" + _hint(key, siblings, prefix)
+                f"{shown(path)}: unknown key (in {source})" + hint(key, siblings, prefix)
             )
             continue
         if path in SECTIONS and path not in KNOWN_KEYS:
@@ -481,7 +435,7 @@ def _env_layer(env: Mapping[str, str], problems: list[str]) -> list[tuple[str, A
             continue  # an empty variable is an unset one (Helm and compose render them so)
         if path not in KNOWN_KEYS:
             problems.append(
-                f"{_shown(path)}: unknown key (from env:{_shown(name)})" + _hint(path, KNOWN_KEYS)
+                f"{shown(path)}: unknown key (from env:{shown(name)})" + hint(path, KNOWN_KEYS)
             )
             continue
         try:
@@ -555,7 +509,7 @@ def load(
         if value is None:
             continue
         if key not in KNOWN_KEYS:
-            problems.append(f"{_shown(key)}: unknown key (from flags)" + _hint(key, KNOWN_KEYS))
+            problems.append(f"{shown(key)}: unknown key (from flags)" + hint(key, KNOWN_KEYS))
             continue
         _set(data, key, copy.deepcopy(value))
         origin[key] = f"flag:{key}"
@@ -571,58 +525,37 @@ def load(
     return cfg
 
 
-def _from(cfg: Config, path: str) -> str:
-    return f"(from {cfg.origin.get(path, 'default')})"
+def _origin(cfg: Config) -> Callable[[str], str | None]:
+    """Where the value a problem names came from: its key's origin (an item of a list: the
+    list's). The entries of an opaque key are the actions': they report as the actions do."""
 
+    def origin(where: str) -> str | None:
+        key = where.split("[", 1)[0]
+        if key != where and key in OPAQUE:
+            return None
+        return cfg.origin.get(key, "default")
 
-def _want(
-    cfg: Config, path: str, kinds: tuple[type, ...], problems: list[str], *, nullable: bool = False
-) -> Any:
-    value = cfg.get(path)
-    if value is None and nullable:
-        return None
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if not ok:
-        names = " or ".join(k.__name__ for k in kinds)
-        problems.append(f"{path}: expected {names}, got {quote(value)} {_from(cfg, path)}")
-        return None
-    return value
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return origin
 
 
 def check(cfg: Config) -> list[str]:
     """Validate core keys here and delegate owned sections; returns every problem found."""
-    p: list[str] = []
-    mode = cfg.get("source.mode")
-    if mode not in MODES:
-        p.append(
-            f"source.mode: must be one of {', '.join(MODES)}, got {quote(mode)} "
-            f"{_from(cfg, 'source.mode')}" + (_hint(mode, MODES) if isinstance(mode, str) else "")
-        )
-    for key, (lo, hi) in BOUNDS.items():
-        v = _want(cfg, key, (int,), p)
-        if v is not None and v < lo:
-            p.append(f"{key}: must be at least {lo}, got {quote(v)} {_from(cfg, key)}")
-        elif v is not None and v > hi:
-            p.append(f"{key}: must be at most {hi}, got {quote(v)} {_from(cfg, key)}")
-    lo_ms, hi_ms = _int(cfg.get("source.min_interval_ms")), _int(cfg.get("source.poll_interval_ms"))
+    check = Checker(got=COMMA, origin=_origin(cfg))
+    check.choice(cfg.get("source.mode"), "source.mode", MODES, None)
+    number: dict[str, int | None] = {
+        key: check.number(cfg.get(key), key, None, min=lo, max=hi, integer=True)
+        for key, (lo, hi) in BOUNDS.items()
+    }
+    lo_ms, hi_ms = number["source.min_interval_ms"], number["source.poll_interval_ms"]
     if lo_ms is not None and hi_ms is not None and lo_ms > hi_ms:
-        p.append(
+        check.add(
             f"source.min_interval_ms: {quote(lo_ms)} is above source.poll_interval_ms "
             f"{quote(hi_ms)}"
         )
-    kind = cfg.get("source.psi.kind")
-    if kind not in ("some", "full"):
-        p.append(
-            f"source.psi.kind: must be 'some' or 'full', got {quote(kind)} "
-            f"{_from(cfg, 'source.psi.kind')}"
-        )
-    st, win = _int(cfg.get("source.psi.stall_us")), _int(cfg.get("source.psi.window_us"))
+    check.choice(cfg.get("source.psi.kind"), "source.psi.kind", ("some", "full"), None)
+    st, win = number["source.psi.stall_us"], number["source.psi.window_us"]
     if st is not None and win is not None and st > win:
-        p.append(f"source.psi.stall_us: {quote(st)} is above source.psi.window_us {quote(win)}")
+        check.add(f"source.psi.stall_us: {quote(st)} is above source.psi.window_us {quote(win)}")
     for key in (
         "source.machine",
         "source.psi.enabled",
@@ -630,20 +563,15 @@ def check(cfg: Config) -> list[str]:
         "metrics.enabled",
         "metrics.pid_labels",
     ):
-        _want(cfg, key, (bool,), p)
+        check.flag(cfg.get(key), key, None)
     for key in (
         "source.proc_root",
         "source.kubelet.namespace_filter",
         "source.kubelet.label_selector",
         "metrics.address",
     ):
-        _want(cfg, key, (str,), p)
-    root = _want(cfg, "source.cgroup.path", (str,), p)
-    if root is not None and not os.path.isabs(root):
-        p.append(
-            f"source.cgroup.path: must be an absolute path, got {quote(root)} "
-            f"{_from(cfg, 'source.cgroup.path')}"
-        )
+        check.text(cfg.get(key), key, None)
+    check.path(cfg.get("source.cgroup.path"), "source.cgroup.path", None)
     for key in (
         "state_dir",
         "events_out",
@@ -653,38 +581,23 @@ def check(cfg: Config) -> list[str]:
         "kubernetes.pod_name",
         "kubernetes.pod_namespace",
     ):
-        _want(cfg, key, (str,), p, nullable=True)
+        check.text(cfg.get(key), key, None, nullable=True)
     paths = cfg.get("source.cgroup.paths")
     if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
-        p.append(
-            f"source.cgroup.paths: expected a list of cgroup directories, got {quote(paths)} "
-            f"{_from(cfg, 'source.cgroup.paths')}"
-        )
+        check.bad("source.cgroup.paths", "expected a list of cgroup directories", paths)
     else:
         for i, x in enumerate(paths):
-            if not os.path.isabs(x):
-                p.append(
-                    f"source.cgroup.paths[{i}]: must be an absolute path, got {quote(x)} "
-                    f"{_from(cfg, 'source.cgroup.paths')}"
-                )
-    level = cfg.get("log_level")
-    if not isinstance(level, str) or level.lower() not in LOG_LEVELS:
-        p.append(
-            f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {quote(level)} "
-            f"{_from(cfg, 'log_level')}"
-            + (_hint(level.lower(), LOG_LEVELS) if isinstance(level, str) else "")
-        )
+            check.path(x, f"source.cgroup.paths[{i}]", None)
+    check.choice(cfg.get("log_level"), "log_level", LOG_LEVELS, None, fold_case=True)
     actions = cfg.get("actions")
     if not isinstance(actions, list):
-        p.append(
-            f"actions: expected a list of {{type: NAME, ...}}, got {quote(actions)} "
-            f"{_from(cfg, 'actions')}"
-        )
+        check.bad("actions", "expected a list of {type: NAME, ...}", actions)
     else:
         for i, a in enumerate(actions):
             if not isinstance(a, Mapping) or not isinstance(a.get("type"), str):
-                p.append(f"actions[{i}]: expected a mapping with a 'type', got {quote(a)}")
+                check.bad(f"actions[{i}]", "expected a mapping with a 'type'", a)
     # An owner's second opinion on a key already reported here would only repeat it.
+    p = check.problems
     reported = {_key_of(line) for line in p}
     p.extend(line for line in _delegate(cfg) if _key_of(line) not in reported)
     return p

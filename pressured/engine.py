@@ -41,7 +41,6 @@ engine usually sees the recovery before the kill reconciler asks when the warnin
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import statistics
@@ -63,6 +62,7 @@ from pressured.model import (
     Sample,
     Severity,
 )
+from pressured.settings import Checker
 
 __all__ = [
     "EPISODE_RETENTION_SECONDS",
@@ -171,18 +171,15 @@ class EngineSettings:
         """Build from the root config mapping: its ``thresholds`` and ``rules`` sections.
 
         ``where`` is the key path of the thresholds section; the rules section is its sibling
-        (``rules.warning``). Every problem is collected into one ConfigError.
+        (``rules.warning``). Every problem is collected into one ConfigError. Numbers and
+        booleans may also be given as text ("60", "false").
         """
         parent, _, leaf = where.rpartition(".")
         rules_where = f"{parent}.rules" if parent else "rules"
-        problems: list[str] = []
+        check = Checker()
 
-        section = _section(cfg, leaf, where, problems)
-        for key in sorted(set(section) - _THRESHOLD_KEYS):
-            problems.append(
-                f"{where}.{key}: unknown key (known: {', '.join(sorted(_THRESHOLD_KEYS))})"
-            )
-        d = {f.name: f.default for f in fields(cls)}
+        section = check.section(cfg.get(leaf), where, _THRESHOLD_KEYS)
+        d: dict[str, Any] = {f.name: f.default for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key in (
             "warn_percent",
@@ -191,27 +188,33 @@ class EngineSettings:
             "cooldown_seconds",
             "predict_window_seconds",
         ):
-            kwargs[key] = _number(section, key, d[key], where, problems)
-        samples = _number(section, "predict_samples", d["predict_samples"], where, problems)
-        if not samples.is_integer():
-            problems.append(
-                f"{where}.predict_samples: expected a whole number (got {quote(samples)})"
+            kwargs[key] = check.number(
+                section.get(key, d[key]), f"{where}.{key}", float(d[key]), from_text=True
             )
+        samples = check.number(
+            section.get("predict_samples", d["predict_samples"]),
+            f"{where}.predict_samples",
+            float(d["predict_samples"]),
+            from_text=True,
+        )
+        if not samples.is_integer():
+            check.bad(f"{where}.predict_samples", "expected a whole number", samples)
         kwargs["predict_samples"] = int(samples)
         if section.get("predict_seconds") is not None:
-            kwargs["predict_seconds"] = _number(section, "predict_seconds", 0.0, where, problems)
-        kwargs["recovered_events"] = _boolean(section, "recovered_events", True, where, problems)
-        metric = section.get("metric", "working_set")
-        if metric not in METRICS:
-            problems.append(
-                f"{where}.metric: must be one of {', '.join(METRICS)} (got {quote(metric)})"
+            kwargs["predict_seconds"] = check.number(
+                section["predict_seconds"], f"{where}.predict_seconds", 0.0, from_text=True
             )
-        else:
-            kwargs["metric"] = metric
+        kwargs["recovered_events"] = check.flag(
+            section.get("recovered_events", True),
+            f"{where}.recovered_events",
+            True,
+            from_text=True,
+        )
+        kwargs["metric"] = check.choice(
+            section.get("metric", "working_set"), f"{where}.metric", METRICS, "working_set"
+        )
 
-        rules = _section(cfg, "rules", rules_where, problems)
-        for key in sorted(set(rules) - _RULE_KEYS):
-            problems.append(f"{rules_where}.{key}: unknown key (known: critical, warning)")
+        rules = check.section(cfg.get("rules"), rules_where, _RULE_KEYS)
         for key, target in (("warning", "warning_expr"), ("critical", "critical_expr")):
             text = rules.get(key)
             if text is None or (isinstance(text, str) and not text.strip()):
@@ -219,103 +222,65 @@ class EngineSettings:
             try:
                 kwargs[target] = compile_expr(text, f"{rules_where}.{key}", VARIABLES)
             except ConfigError as exc:
-                problems.extend(exc.problems)
+                check.problems.extend(exc.problems)
 
-        if not problems:
-            defaults = {f.name: f.default for f in fields(cls)}
-            problems.extend(_settings_problems({**defaults, **kwargs}, where))
-        if problems:
-            raise ConfigError(problems)
+        if not check.problems:
+            check.problems.extend(_settings_problems({**d, **kwargs}, where))
+        check.raise_if_any()
         return cls(**kwargs)
 
 
 def _settings_problems(v: Mapping[str, Any], where: str) -> list[str]:
-    out: list[str] = []
-    for key in ("warn_percent", "critical_percent"):
-        if not 0 < v[key] <= 100:
-            out.append(f"{where}.{key}: must be above 0 and at most 100 (got {quote(v[key])})")
-    if v["warn_percent"] >= v["critical_percent"]:
-        out.append(
-            f"{where}.warn_percent: must be below critical_percent "
-            f"({quote(v['critical_percent'])}) (got {quote(v['warn_percent'])})"
+    """The bounds of each value, and the rules between them."""
+    check = Checker()
+    warn, critical = (
+        check.number(v[key], f"{where}.{key}", None, above=0, max=100)
+        for key in ("warn_percent", "critical_percent")
+    )
+    if warn is not None and critical is not None and warn >= critical:
+        check.bad(
+            f"{where}.warn_percent",
+            f"must be below critical_percent ({quote(v['critical_percent'])})",
+            v["warn_percent"],
         )
-    if not 0 <= v["hysteresis_percent"] < v["warn_percent"]:
-        out.append(
-            f"{where}.hysteresis_percent: must be at least 0 and below warn_percent "
-            f"(got {quote(v['hysteresis_percent'])})"
+    hysteresis = check.number(v["hysteresis_percent"], f"{where}.hysteresis_percent", None)
+    if hysteresis is not None and warn is not None and not 0 <= hysteresis < warn:
+        check.bad(
+            f"{where}.hysteresis_percent",
+            "must be at least 0 and below warn_percent",
+            v["hysteresis_percent"],
         )
-    if not v["cooldown_seconds"] >= 0:
-        out.append(
-            f"{where}.cooldown_seconds: must be at least 0 (got {quote(v['cooldown_seconds'])})"
-        )
-    if v["metric"] not in METRICS:
-        out.append(
-            f"{where}.metric: must be one of {', '.join(METRICS)} (got {quote(v['metric'])})"
-        )
-    if v["predict_seconds"] is not None and not v["predict_seconds"] > 0:
-        out.append(f"{where}.predict_seconds: must be above 0 (got {quote(v['predict_seconds'])})")
-    if not v["predict_window_seconds"] > 0:
-        out.append(
-            f"{where}.predict_window_seconds: must be above 0 "
-            f"(got {quote(v['predict_window_seconds'])})"
-        )
-    for key, most in MAX_SECONDS.items():
-        if v[key] is not None and v[key] > most:
-            out.append(f"{where}.{key}: must be at most {most:g} (got {quote(v[key])})")
-    if not _MIN_FIT_SAMPLES <= v["predict_samples"] <= MAX_FIT_SAMPLES:
-        out.append(
-            f"{where}.predict_samples: must be at least {_MIN_FIT_SAMPLES} and at most "
-            f"{MAX_FIT_SAMPLES} (got {quote(v['predict_samples'])})"
-        )
-    return out
-
-
-def _section(
-    cfg: Mapping[str, Any], key: str, where: str, problems: list[str]
-) -> Mapping[str, Any]:
-    value = cfg.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        problems.append(f"{where}: expected a mapping (got {quote(value)})")
-        return {}
-    return value
-
-
-def _number(
-    section: Mapping[str, Any], key: str, default: Any, where: str, problems: list[str]
-) -> float:
-    raw = section.get(key, default)
-    value: float | None = None
-    # Environment variables and flags arrive as strings; a YAML boolean is never a number.
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        with contextlib.suppress(OverflowError):  # an integer beyond any float
-            value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            value = None
-    if value is None or not math.isfinite(value):
-        problems.append(f"{where}.{key}: expected a number (got {quote(raw)})")
-        return float(default) if isinstance(default, int | float) else 0.0
-    return value
-
-
-_TRUE: Final = frozenset({"true", "yes", "on", "1"})
-_FALSE: Final = frozenset({"false", "no", "off", "0"})
-
-
-def _boolean(
-    section: Mapping[str, Any], key: str, default: bool, where: str, problems: list[str]
-) -> bool:
-    raw = section.get(key, default)
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-        return raw.strip().lower() in _TRUE
-    problems.append(f"{where}.{key}: expected true or false (got {quote(raw)})")
-    return default
+    check.number(
+        v["cooldown_seconds"],
+        f"{where}.cooldown_seconds",
+        None,
+        min=0,
+        max=MAX_SECONDS["cooldown_seconds"],
+    )
+    check.choice(v["metric"], f"{where}.metric", METRICS, None)
+    check.number(
+        v["predict_seconds"],
+        f"{where}.predict_seconds",
+        None,
+        above=0,
+        max=MAX_SECONDS["predict_seconds"],
+        nullable=True,
+    )
+    check.number(
+        v["predict_window_seconds"],
+        f"{where}.predict_window_seconds",
+        None,
+        above=0,
+        max=MAX_SECONDS["predict_window_seconds"],
+    )
+    check.number(
+        v["predict_samples"],
+        f"{where}.predict_samples",
+        None,
+        min=_MIN_FIT_SAMPLES,
+        max=MAX_FIT_SAMPLES,
+    )
+    return check.problems
 
 
 def theil_sen_slope(points: Sequence[tuple[float, float]]) -> float | None:

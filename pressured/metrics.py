@@ -39,8 +39,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from pressured.errors import ConfigError, quote
+from pressured.errors import ConfigError
 from pressured.model import Identity, OomKill, PressureEvent, Sample
+from pressured.settings import Checker
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -58,6 +59,7 @@ _LEVELS: Final = ("some", "full")
 _WINDOWS: Final = ("avg10", "avg60", "avg300")
 _TARGET_LABELS: Final = ("namespace", "pod", "container", "cgroup")
 _KILL_LABELS: Final = ("node", "namespace", "pod", "container")
+_SETTINGS_KEYS: Final = ("enabled", "port", "address", "pid_labels")
 
 
 @dataclass(frozen=True)
@@ -72,35 +74,31 @@ class MetricsSettings:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], where: str = "metrics") -> MetricsSettings:
         """Build from the root config mapping's ``metrics`` section (``where`` is its path)."""
-        leaf = where.rpartition(".")[2]
-        section = cfg.get(leaf) or {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping (got {quote(section)})")
-        problems: list[str] = []
-        known = {"enabled", "port", "address", "pid_labels"}
-        problems.extend(
-            f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})"
-            for key in sorted(set(section) - known)
+        check = Checker()
+        section = check.section(cfg.get(where.rpartition(".")[2]), where, _SETTINGS_KEYS)
+        enabled = check.flag(section.get("enabled", cls.enabled), f"{where}.enabled", cls.enabled)
+        pid_labels = check.flag(
+            section.get("pid_labels", cls.pid_labels), f"{where}.pid_labels", cls.pid_labels
         )
-        enabled = section.get("enabled", cls.enabled)
-        pid_labels = section.get("pid_labels", cls.pid_labels)
-        for key, value in (("enabled", enabled), ("pid_labels", pid_labels)):
-            if not isinstance(value, bool):
-                problems.append(f"{where}.{key}: expected true or false (got {quote(value)})")
-        raw_port = section.get("port", cls.port)
-        port = -1
-        if isinstance(raw_port, int) and not isinstance(raw_port, bool):
-            port = raw_port
-        elif isinstance(raw_port, str) and raw_port.strip().isdigit():
-            port = int(raw_port)
-        if not 0 <= port <= 65535:
-            problems.append(f"{where}.port: expected a port number 0-65535 (got {quote(raw_port)})")
-        address = section.get("address", cls.address)
-        if not isinstance(address, str) or not address:
-            problems.append(f"{where}.address: expected a host address (got {quote(address)})")
-        if problems:
-            raise ConfigError(problems)
-        return cls(bool(enabled), port, str(address), bool(pid_labels))
+        port = check.number(
+            section.get("port", cls.port),
+            f"{where}.port",
+            cls.port,
+            min=0,
+            max=65535,
+            integer=True,
+            from_text=True,
+            expected="a port number 0-65535",
+        )
+        address = check.text(
+            section.get("address", cls.address),
+            f"{where}.address",
+            cls.address,
+            empty=False,
+            expected="a host address",
+        )
+        check.raise_if_any()
+        return cls(enabled, port, address, pid_labels)
 
 
 def _label(value: str | None) -> str:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import builtins
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pressured.errors import QUOTE_LIMIT, ConfigError, did_you_mean, quote
+from pressured.errors import ConfigError
 from pressured.model import Event
+from pressured.settings import COMMA, Checker
 
 SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
 """What an event's ``severity`` can be: the engine's three, and a confirmed kill."""
@@ -107,57 +107,44 @@ class Action:
         *,
         required: bool = False,
     ) -> Any:
+        """The option ``key`` of the Python type ``kind``; a number where ``kind`` is float or
+        (int, float): a finite float."""
+        where = f"{self.where}.{key}"
         if key not in self.options:
             if required:
-                raise ConfigError(f"{self.where}.{key}: required for type {self.type!r}")
+                raise ConfigError(f"{where}: required for type {self.type!r}")
             return default
-        value = self.options[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if (
-            isinstance(value, bool)
-            and kind is not bool
-            and bool not in (kind if isinstance(kind, tuple) else (kind,))
-        ):
-            raise ConfigError(
-                f"{self.where}.{key}: expected {_kind_name(kind)}, got {quote(value)}"
-            )
-        if not isinstance(value, kind):
-            raise ConfigError(
-                f"{self.where}.{key}: expected {_kind_name(kind)}, got {quote(value)}"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{self.where}.{key}: expected a finite number, got {quote(value)}")
+        check = Checker(got=COMMA)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and set(kinds) <= {int, float}:
+            value = check.number(self.options[key], where, None)
+        else:
+            value = check.kind(self.options[key], where, kinds)
+        check.raise_if_any()
         return value
 
     def at_most(self, key: str, value: float | None, most: float) -> None:
         """Refuse an option above its upper bound (None: not given)."""
-        if value is not None and value > most:
-            raise ConfigError(f"{self.where}.{key}: must be at most {most:g}, got {quote(value)}")
+        if value is not None:
+            check = Checker(got=COMMA)
+            integer = isinstance(value, int)
+            check.number(value, f"{self.where}.{key}", None, max=most, integer=integer)
+            check.raise_if_any()
 
     def severities_opt(self, default: tuple[str, ...] = SEVERITIES) -> set[str]:
         """The ``severities`` option: which events the action handles, each name checked."""
         raw = self.opt("severities", list, list(default))
-        out: set[str] = set()
-        for i, s in enumerate(raw):
-            if s not in SEVERITIES:
-                raise ConfigError(
-                    f"{self.where}.severities[{i}]: must be one of {', '.join(SEVERITIES)}, "
-                    f"got {quote(s)}{did_you_mean(s, SEVERITIES) if isinstance(s, str) else ''}"
-                )
-            out.add(s)
+        check = Checker(got=COMMA)
+        out = {
+            s
+            for i, s in enumerate(raw)
+            if check.choice(s, f"{self.where}.severities[{i}]", SEVERITIES, None) is not None
+        }
+        check.raise_if_any()
         return out
 
     def reject_unknown(self, known: set[str]) -> None:
-        for key in self.options:
-            if key not in known and key != "type":
-                sane = isinstance(key, str) and len(key) <= QUOTE_LIMIT
-                raise ConfigError(
-                    f"{self.where}.{key if sane else quote(key)}: unknown option for type "
-                    f"{self.type!r}{did_you_mean(key, known) if sane else ''}"
-                )
-
-
-def _kind_name(kind: builtins.type | tuple[builtins.type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
+        check = Checker(got=COMMA)
+        options = {k: v for k, v in self.options.items() if k != "type"}
+        check.section(options, self.where, known, noun=f"option for type {self.type!r}")
+        check.raise_if_any()

@@ -7,7 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pressured.errors import ConfigError, quote
+from pressured.settings import Checker
+
+_KEYS = ("kmsg", "tracepoint", "bcc", "window_seconds")
+_KMSG_KEYS = ("enabled", "path", "replay")
+_TRACEPOINT_KEYS = ("enabled", "tracefs")
+_BCC_KEYS = ("enabled",)
+MAX_WINDOW_SECONDS = 300
+"""The longest ``window_seconds``: how long the reconciler waits for a kill's other records
+before it reports the kill (its ``window_s``)."""
 
 
 @dataclass(frozen=True)
@@ -25,63 +33,41 @@ class KillsConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, where: str = "kills") -> KillsConfig:
         """Validate the section; every problem is reported at once in one ConfigError."""
-        problems: list[str] = []
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping (got {quote(data)})")
-        known = {"kmsg", "tracepoint", "bcc", "window_seconds"}
-        problems += [
-            f"{where}.{k}: unknown key (got {quote(data[k])})" for k in data if k not in known
-        ]
-
-        def section(name: str, keys: set[str]) -> Mapping[str, Any]:
-            value = data.get(name, {})
-            if value is None:
-                return {}
-            if not isinstance(value, Mapping):
-                problems.append(f"{where}.{name}: expected a mapping (got {quote(value)})")
-                return {}
-            problems.extend(
-                f"{where}.{name}.{k}: unknown key (got {quote(value[k])})"
-                for k in value
-                if k not in keys
-            )
-            return value
-
-        def flag(sec: Mapping[str, Any], path: str, name: str, default: bool) -> bool:
-            value = sec.get(name, default)
-            if not isinstance(value, bool):
-                problems.append(f"{path}.{name}: expected true or false (got {quote(value)})")
-                return default
-            return value
-
-        def text(sec: Mapping[str, Any], path: str, name: str, default: str) -> str:
-            value = sec.get(name, default)
-            if not isinstance(value, str) or not value.startswith("/"):
-                problems.append(f"{path}.{name}: expected an absolute path (got {quote(value)})")
-                return default
-            return value
-
-        kmsg = section("kmsg", {"enabled", "path", "replay"})
-        tp = section("tracepoint", {"enabled", "tracefs"})
-        bcc = section("bcc", {"enabled"})
-        window = data.get("window_seconds", cls.window_seconds)
-        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window <= 300:
-            problems.append(
-                f"{where}.window_seconds: expected a number of seconds in (0, 300] "
-                f"(got {quote(window)})"
-            )
-            window = cls.window_seconds
-        out = cls(
-            kmsg_enabled=flag(kmsg, f"{where}.kmsg", "enabled", cls.kmsg_enabled),
-            kmsg_path=text(kmsg, f"{where}.kmsg", "path", cls.kmsg_path),
-            kmsg_replay=flag(kmsg, f"{where}.kmsg", "replay", cls.kmsg_replay),
-            tracepoint_enabled=flag(tp, f"{where}.tracepoint", "enabled", cls.tracepoint_enabled),
-            tracefs=text(tp, f"{where}.tracepoint", "tracefs", cls.tracefs),
-            bcc_enabled=flag(bcc, f"{where}.bcc", "enabled", cls.bcc_enabled),
-            window_seconds=float(window),
+        check = Checker()
+        top = check.section(data, where, _KEYS)
+        kmsg = check.section(top.get("kmsg"), f"{where}.kmsg", _KMSG_KEYS)
+        tp = check.section(top.get("tracepoint"), f"{where}.tracepoint", _TRACEPOINT_KEYS)
+        bcc = check.section(top.get("bcc"), f"{where}.bcc", _BCC_KEYS)
+        window = check.number(
+            top.get("window_seconds", cls.window_seconds),
+            f"{where}.window_seconds",
+            cls.window_seconds,
+            above=0,
+            max=MAX_WINDOW_SECONDS,
+            expected=f"a number of seconds in (0, {MAX_WINDOW_SECONDS}]",
         )
-        if problems:
-            raise ConfigError(problems)
+        out = cls(
+            kmsg_enabled=check.flag(
+                kmsg.get("enabled", cls.kmsg_enabled), f"{where}.kmsg.enabled", cls.kmsg_enabled
+            ),
+            kmsg_path=check.path(
+                kmsg.get("path", cls.kmsg_path), f"{where}.kmsg.path", cls.kmsg_path
+            ),
+            kmsg_replay=check.flag(
+                kmsg.get("replay", cls.kmsg_replay), f"{where}.kmsg.replay", cls.kmsg_replay
+            ),
+            tracepoint_enabled=check.flag(
+                tp.get("enabled", cls.tracepoint_enabled),
+                f"{where}.tracepoint.enabled",
+                cls.tracepoint_enabled,
+            ),
+            tracefs=check.path(
+                tp.get("tracefs", cls.tracefs), f"{where}.tracepoint.tracefs", cls.tracefs
+            ),
+            bcc_enabled=check.flag(
+                bcc.get("enabled", cls.bcc_enabled), f"{where}.bcc.enabled", cls.bcc_enabled
+            ),
+            window_seconds=window,
+        )
+        check.raise_if_any()
         return out

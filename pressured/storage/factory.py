@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pressured.errors import QUOTE_LIMIT, ConfigError, StorageError, quote, suggest
+from pressured.errors import ConfigError, StorageError, quote
+from pressured.settings import Checker
 from pressured.storage.base import Destination, Storage, validate_key
 from pressured.storage.local import DEFAULT_ROOT, LocalStorage
 from pressured.storage.s3 import S3Storage
@@ -49,61 +50,14 @@ class StorageConfig:
     spool_max_bytes: int = DEFAULT_MAX_BYTES
 
 
-def _suggest(word: str, known: tuple[str, ...]) -> str:
-    close = suggest(word, known) if len(word) <= QUOTE_LIMIT else None
-    return f"did you mean {close!r}?" if close else f"known: {', '.join(known)}"
-
-
-def _shown(name: str) -> str:
-    """A key as errors name it: whole when of a sane length, else quoted and cut."""
-    return name if len(name) <= QUOTE_LIMIT else quote(name)
-
-
-class _Checker:
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def bad(self, where: str, what: str, value: object) -> None:
-        self.problems.append(f"{where}: {what} (got {quote(value)})")
-
-    def section(self, value: object, where: str, known: tuple[str, ...]) -> Mapping[str, object]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.bad(where, "must be a mapping", value)
-            return {}
-        for name in value:
-            if name not in known:
-                shown = _shown(str(name))
-                self.bad(f"{where}.{shown}", f"unknown key, {_suggest(str(name), known)}", name)
-        return value
-
-    def text(
-        self, section: Mapping[str, object], name: str, where: str, default: str | None
-    ) -> str | None:
-        value = section.get(name, default)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            self.bad(f"{where}.{name}", "must be a non-empty string", value)
-            return default
-        return value
-
-
 def parse_storage_config(
     section: Mapping[str, object] | None, where: str = "storage"
 ) -> StorageConfig:
     """Validate the storage section; raises ConfigError naming every bad key."""
-    check = _Checker()
+    check = Checker()
     top = check.section(section, where, _TOP_KEYS)
-
-    kind = top.get("type", "local")
-    if kind not in TYPES:
-        close = suggest(str(kind).lower(), TYPES) if len(str(kind)) <= QUOTE_LIMIT else None
-        hint = f", did you mean {close!r}?" if close else ""
-        check.bad(f"{where}.type", f"must be one of {', '.join(TYPES)}{hint}", kind)
-        kind = "local"
-    path = check.text(top, "path", where, DEFAULT_ROOT) or DEFAULT_ROOT
+    kind = check.choice(top.get("type", "local"), f"{where}.type", TYPES, "local")
+    path = check.text(top.get("path"), f"{where}.path", DEFAULT_ROOT, empty=False, nullable=True)
 
     s3_where = f"{where}.s3"
     s3_section = check.section(top.get("s3"), s3_where, _S3_KEYS)
@@ -119,41 +73,42 @@ def parse_storage_config(
             else "must be a bucket name (3-255 letters, digits, '.', '-', '_')"
         )
         check.bad(f"{s3_where}.bucket", hint, bucket)
-    region = check.text(s3_section, "region", s3_where, None)
-    prefix = s3_section.get("prefix", "")
-    if not isinstance(prefix, str):
-        check.bad(f"{s3_where}.prefix", "must be a string", prefix)
-        prefix = ""
-    prefix = prefix.strip("/")
+    region = check.text(
+        s3_section.get("region"), f"{s3_where}.region", None, empty=False, nullable=True
+    )
+    prefix = check.text(s3_section.get("prefix", ""), f"{s3_where}.prefix", "").strip("/")
     if prefix:
         try:
             validate_key(prefix)
         except StorageError:
             check.bad(f"{s3_where}.prefix", "must be a relative path without '.' or '..'", prefix)
-    endpoint_url = check.text(s3_section, "endpoint_url", s3_where, None)
+    endpoint_url = check.text(
+        s3_section.get("endpoint_url"), f"{s3_where}.endpoint_url", None, empty=False, nullable=True
+    )
     if endpoint_url is not None:
         parts = urlsplit(endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             check.bad(
                 f"{s3_where}.endpoint_url", "must be an http:// or https:// URL", endpoint_url
             )
-    path_style = s3_section.get("path_style", False)
-    if not isinstance(path_style, bool):
-        check.bad(f"{s3_where}.path_style", "must be true or false", path_style)
-        path_style = False
+    path_style = check.flag(s3_section.get("path_style", False), f"{s3_where}.path_style", False)
     if isinstance(bucket, str):
         s3 = S3Config(bucket, region, prefix, endpoint_url, path_style)
 
     spool_where = f"{where}.spool"
     spool = check.section(top.get("spool"), spool_where, _SPOOL_KEYS)
-    spool_path = check.text(spool, "path", spool_where, DEFAULT_SPOOL_DIR) or DEFAULT_SPOOL_DIR
-    max_bytes = spool.get("max_bytes", DEFAULT_MAX_BYTES)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-        check.bad(f"{spool_where}.max_bytes", "must be a positive integer (bytes)", max_bytes)
-        max_bytes = DEFAULT_MAX_BYTES
+    spool_path = check.text(
+        spool.get("path"), f"{spool_where}.path", DEFAULT_SPOOL_DIR, empty=False, nullable=True
+    )
+    max_bytes = check.number(
+        spool.get("max_bytes", DEFAULT_MAX_BYTES),
+        f"{spool_where}.max_bytes",
+        DEFAULT_MAX_BYTES,
+        min=1,
+        integer=True,
+    )
 
-    if check.problems:
-        raise ConfigError(check.problems)
+    check.raise_if_any()
     return StorageConfig(str(kind), path, s3, spool_path, max_bytes)
 
 

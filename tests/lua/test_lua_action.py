@@ -99,6 +99,18 @@ def test_no_script_anywhere_is_a_config_error(make_action: MakeAction) -> None:
             r"plugins\.lua\.env_allow: expected a list",
         ),
         (
+            {"inline_script": "x=1", "timeout_ms": 60_001},
+            r"plugins\.lua\.timeout_ms: expected a positive integer up to 60000 \(got 60001\)",
+        ),
+        (
+            {"inline_script": "x=1", "memory_mb": 4097},
+            r"plugins\.lua\.memory_mb: expected a positive integer up to 4096 \(got 4097\)",
+        ),
+        (
+            {"inline_script": "x=1", "memory_mb": 10**400},
+            r"plugins\.lua\.memory_mb: expected a positive integer up to 4096 \(got 1000",
+        ),
+        (
             {"inline_script": "x=1", "timeout": 5},
             r"plugins\.lua\.timeout: unknown option \(did you mean 'timeout_ms'\?\)",
         ),
@@ -121,6 +133,22 @@ def test_bad_plugins_lua_is_a_config_error_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=expected):
         make_action(plugins_lua=section)
+
+
+def test_the_limits_may_be_set_to_their_bounds(make_action: MakeAction) -> None:
+    action = make_action({"inline_script": OK_SCRIPT, "timeout_ms": 60_000, "memory_mb": 4096})
+    assert (action.scripts.timeout_ms, action.scripts.memory_mb) == (60_000, 4096)
+
+
+def test_every_problem_of_the_section_is_reported_at_once(make_action: MakeAction) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_action(plugins_lua={"timeout": 5, "memory_mb": 0, "env_allow": "HOME"})
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "plugins.lua.timeout",
+        "plugins.lua",
+        "plugins.lua.memory_mb",
+        "plugins.lua.env_allow",
+    ]
 
 
 def test_syntax_error_in_a_file_names_file_and_line(

@@ -150,13 +150,13 @@ def test_local_section_builds_a_working_store(tmp_path: Path) -> None:
 def test_typo_in_a_key_names_it_and_suggests_the_known_one() -> None:
     with pytest.raises(ConfigError) as info:
         open_storage({"type": "local", "pth": "/x"})
-    assert info.value.problems == ["storage.pth: unknown key, did you mean 'path'? (got 'pth')"]
+    assert info.value.problems == ["storage.pth: unknown key (did you mean 'path'?)"]
 
 
 def test_typo_in_the_type_suggests_the_closest() -> None:
-    with pytest.raises(ConfigError, match=r"storage\.type: .*did you mean 's3'\? \(got 'S3'\)"):
+    with pytest.raises(ConfigError, match=r"storage\.type: .*\(got 'S3'\) \(did you mean 's3'\?\)"):
         open_storage({"type": "S3"})
-    with pytest.raises(ConfigError, match=r"did you mean 'local'\? \(got 'locl'\)"):
+    with pytest.raises(ConfigError, match=r"\(got 'locl'\) \(did you mean 'local'\?\)"):
         open_storage({"type": "locl"})
 
 
@@ -187,10 +187,10 @@ def test_every_bad_key_is_reported_at_once() -> None:
         ({"type": "s3", "s3": {"bucket": ""}}, "must be a bucket name"),
         ({"type": "s3", "s3": {"bucket": "b-1", "prefix": "a/../b"}}, "storage.s3.prefix"),
         ({"type": "s3", "s3": {"bucket": "b-1", "region": 5}}, "storage.s3.region"),
-        ({"s3": "bucket"}, "storage.s3: must be a mapping"),
+        ({"s3": "bucket"}, "storage.s3: expected a mapping"),
         ({"spool": {"max_bytes": True}}, "storage.spool.max_bytes"),
         ({"path": ""}, "storage.path: must be a non-empty string"),
-        ("local", "storage: must be a mapping"),
+        ("local", "storage: expected a mapping"),
     ],
 )
 def test_bad_values_name_their_key(section: object, message: str) -> None:

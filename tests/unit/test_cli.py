@@ -203,11 +203,11 @@ def test_config_check_bad_file_lists_every_error(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "pressured: invalid configuration:",
-        f"  thresholds.warn_precent: unknown key (in file:{path}), "
-        "did you mean 'thresholds.warn_percent'?",
+        f"  thresholds.warn_precent: unknown key (in file:{path}) "
+        "(did you mean 'thresholds.warn_percent'?)",
         "  source.mode: must be one of local, sidecar, node, cluster, got 'lcoal' "
-        f"(from file:{path}), did you mean 'local'?",
-        f"  source.poll_interval_ms: expected int, got 'fast' (from file:{path})",
+        f"(from file:{path}) (did you mean 'local'?)",
+        f"  source.poll_interval_ms: expected an integer, got 'fast' (from file:{path})",
     ]
 
 

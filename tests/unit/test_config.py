@@ -288,12 +288,12 @@ def test_non_text_key(tmp_path: Path) -> None:
 def test_wrong_type_names_key_value_and_origin(tmp_path: Path) -> None:
     path = write(tmp_path, "source:\n  poll_interval_ms: fast\n")
     msg = one_problem(path)
-    assert msg == f"source.poll_interval_ms: expected int, got 'fast' (from file:{path})"
+    assert msg == f"source.poll_interval_ms: expected an integer, got 'fast' (from file:{path})"
 
 
 def test_a_boolean_is_not_an_integer_and_is_reported_once(tmp_path: Path) -> None:
     msg = one_problem(write(tmp_path, "source:\n  min_interval_ms: true\n"))
-    assert msg.startswith("source.min_interval_ms: expected int, got True")
+    assert msg.startswith("source.min_interval_ms: expected an integer, got True")
 
 
 def test_section_that_is_not_a_mapping(tmp_path: Path) -> None:
@@ -377,7 +377,7 @@ def test_interval_and_psi_cross_checks(tmp_path: Path) -> None:
     assert "source.min_interval_ms: 2000 is above source.poll_interval_ms 1000" in found
     assert "source.psi.stall_us: 2000000 is above source.psi.window_us 1000000" in found
     assert any(
-        p.startswith("source.psi.kind: must be 'some' or 'full', got 'partial'") for p in found
+        p.startswith("source.psi.kind: must be one of some, full, got 'partial'") for p in found
     )
 
 
@@ -408,7 +408,7 @@ def test_kills_are_checked_by_the_rules_the_daemon_runs_by(tmp_path: Path) -> No
     found = problems(write(tmp_path, "kills:\n  kmsg: {enabled: yes please, path: dev/kmsg}\n"))
     assert found == [
         "kills.kmsg.enabled: expected true or false (got 'yes please')",
-        "kills.kmsg.path: expected an absolute path (got 'dev/kmsg')",
+        "kills.kmsg.path: must be an absolute path (got 'dev/kmsg')",
     ]
 
 

@@ -584,8 +584,8 @@ def test_from_config_defaults_and_values() -> None:
     ("thresholds", "problem"),
     [
         ({"warn_percent": 90}, "thresholds.warn_percent: must be below critical_percent"),
-        ({"warn_percent": 0}, "thresholds.warn_percent: must be above 0 and at most 100 (got 0"),
-        ({"critical_percent": 101}, "thresholds.critical_percent: must be above 0 and at most 100"),
+        ({"warn_percent": 0}, "thresholds.warn_percent: must be above 0 (got 0"),
+        ({"critical_percent": 101}, "thresholds.critical_percent: must be at most 100"),
         ({"hysteresis_percent": -1}, "thresholds.hysteresis_percent: must be at least 0"),
         ({"hysteresis_percent": 75}, "thresholds.hysteresis_percent:"),
         ({"cooldown_seconds": -5}, "thresholds.cooldown_seconds: must be at least 0 (got -5"),

@@ -328,7 +328,7 @@ def test_action_errors_quote_a_bad_value_briefly(options: dict[str, Any], cls: t
         ),
         (
             {"thresholds": {"predict_samples": 10**6}},
-            "thresholds.predict_samples: must be at least 3 and at most 300 (got 1000000)",
+            "thresholds.predict_samples: must be at most 300 (got 1000000)",
         ),
         (
             {"kills": {"window_seconds": math.inf}},
@@ -374,7 +374,7 @@ def test_action_options_refuse_nan_and_infinity(options: dict[str, Any], cls: ty
     with pytest.raises(ConfigError) as info:
         cls(options, ActionContext(mode="node", kube=object()), "actions[0]")
     (key,) = options
-    assert str(info.value) == f"actions[0].{key}: expected a finite number, got {options[key]!r}"
+    assert str(info.value) == f"actions[0].{key}: expected a number, got {options[key]!r}"
 
 
 @pytest.mark.parametrize(

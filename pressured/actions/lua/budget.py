@@ -33,6 +33,12 @@ from typing import Any
 
 DEFAULT_TIMEOUT_MS = 5000
 DEFAULT_MEMORY_MB = 64
+MAX_TIMEOUT_MS = 60_000
+"""The longest timeout_ms a script may be given: a minute, as for a webhook. The actions run one
+after another on one thread (actions/runner.py): a longer call holds up every action after it."""
+MAX_MEMORY_MB = 4096
+"""The largest memory_mb: the worker's address-space limit grows by several times each
+script's cap (worker.py), so an unbounded one is an unbounded worker."""
 HOOK_INSTRUCTIONS = 1000
 """VM instructions between deadline checks: one Python call per ~1000 instructions costs a few
 per cent of a tight loop and stops a runaway script within a fraction of a millisecond."""

@@ -32,14 +32,17 @@ from pressured.actions.lua.budget import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT_MS,
     KILL_GRACE_MS,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_MS,
     START_TIMEOUT_MS,
 )
 from pressured.actions.lua.convert import clip
 from pressured.actions.lua.process import WorkerGone, WorkerProcess, WorkerTimeout, levels
 from pressured.actions.lua.sandbox import ScriptFailure, ScriptSource
-from pressured.errors import ConfigError, LuaError, did_you_mean
+from pressured.errors import ConfigError, LuaError, quote
 from pressured.k8s.annotations import validated_annotations
 from pressured.model import Event
+from pressured.settings import Checker
 
 log = logging.getLogger("pressured.lua")
 
@@ -148,26 +151,42 @@ class LuaScripts:
     ) -> LuaScripts:
         """Validate a ``plugins.lua`` section (or a ``{type: lua}`` action entry) and load its
         scripts; every problem is a ConfigError naming ``where.key``."""
+        check = Checker()
         if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: expected a mapping (got {section!r})")
-        for key in section:
-            if key not in _KNOWN_KEYS and key != "type":
-                raise ConfigError(
-                    f"{where}.{key}: unknown option{did_you_mean(str(key), _KNOWN_KEYS)}"
-                )
-        given = [k for k in _SOURCE_KEYS if section.get(k) is not None]
+            check.bad(where, "expected a mapping", section)
+            check.raise_if_any()
+        own = {k: v for k, v in section.items() if k != "type"}  # an action entry names its type
+        options = check.section(own, where, _KNOWN_KEYS, noun="option")
+        given = [k for k in _SOURCE_KEYS if options.get(k) is not None]
         if len(given) != 1:
-            raise ConfigError(
+            check.add(
                 f"{where}: set exactly one of script, scripts_dir, inline_script "
                 f"(got {', '.join(given) if given else 'none'})"
             )
-        timeout_ms = _int_option(section, "timeout_ms", DEFAULT_TIMEOUT_MS, where)
-        memory_mb = _int_option(section, "memory_mb", DEFAULT_MEMORY_MB, where)
-        env_allow = section.get("env_allow", [])
+        timeout_ms = check.number(
+            options.get("timeout_ms", DEFAULT_TIMEOUT_MS),
+            f"{where}.timeout_ms",
+            DEFAULT_TIMEOUT_MS,
+            min=1,
+            max=MAX_TIMEOUT_MS,
+            integer=True,
+            expected=f"a positive integer up to {MAX_TIMEOUT_MS}",
+        )
+        memory_mb = check.number(
+            options.get("memory_mb", DEFAULT_MEMORY_MB),
+            f"{where}.memory_mb",
+            DEFAULT_MEMORY_MB,
+            min=1,
+            max=MAX_MEMORY_MB,
+            integer=True,
+            expected=f"a positive integer up to {MAX_MEMORY_MB}",
+        )
+        env_allow = options.get("env_allow", [])
         if not isinstance(env_allow, list) or not all(isinstance(n, str) for n in env_allow):
-            raise ConfigError(f"{where}.env_allow: expected a list of names (got {env_allow!r})")
+            check.bad(f"{where}.env_allow", "expected a list of names", env_allow)
+        check.raise_if_any()
         key = given[0]
-        sources = _sources(key, section[key], f"{where}.{key}")
+        sources = _sources(key, options[key], f"{where}.{key}")
         try:
             return cls(
                 sources, ctx=ctx, timeout_ms=timeout_ms, memory_mb=memory_mb, env_allow=env_allow
@@ -272,23 +291,23 @@ def script_view(event: Event) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _sources(key: str, value: Any, where: str) -> list[ScriptSource]:
+    check = Checker()
     if key == "inline_script":
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{where}: expected Lua source text (got {value!r})")
-        return [ScriptSource.inline(value)]
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a path (got {value!r})")
-    path = Path(value)
+        text = check.text(value, where, "", empty=False, expected="Lua source text")
+        check.raise_if_any()
+        return [ScriptSource.inline(text)]
+    path = Path(check.text(value, where, "", empty=False, expected="a path"))
+    check.raise_if_any()
     if key == "script":
         if not path.is_file():
-            raise ConfigError(f"{where}: no such file (got {value!r})")
+            raise ConfigError(f"{where}: no such file (got {quote(value)})")
         files = [path]
     else:
         if not path.is_dir():
-            raise ConfigError(f"{where}: no such directory (got {value!r})")
+            raise ConfigError(f"{where}: no such directory (got {quote(value)})")
         files = sorted(p for p in path.glob("*.lua") if p.is_file())
         if not files:
-            raise ConfigError(f"{where}: no *.lua files in {value!r}")
+            raise ConfigError(f"{where}: no *.lua files in {quote(value)}")
     out = []
     for file in files:
         try:
@@ -296,10 +315,3 @@ def _sources(key: str, value: Any, where: str) -> list[ScriptSource]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{where}: cannot read {file}: {exc}") from exc
     return out
-
-
-def _int_option(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{where}.{key}: expected a positive integer (got {value!r})")
-    return value
