@@ -2,6 +2,7 @@
 #   make run        pressured run with embedded defaults on this machine (Ctrl-C stops)
 #   make demo       a leaking app in a limited cgroup: warn, signal, kill confirmed
 #   make test       lint, types, C warnings, and every host test (unit, kernel, HTTP, Go, Lua)
+#   make test-k8s   the chart and the API calls against a real kube-apiserver + etcd (scripts/k8s-lane)
 #   make test-vm    the cgroup v2 + bcc tests inside a real Debian kernel under qemu
 #   make bench      benchmarks; each prints one JSON object
 #   make lint       ruff, ruff format --check, mypy
@@ -9,7 +10,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run demo test test-host test-kernel test-vm bench lint native clean
+.PHONY: run demo test test-host test-kernel test-k8s test-vm bench lint native clean
 
 run:
 	@scripts/bootstrap
@@ -34,13 +35,20 @@ native:
 
 test: lint native test-host
 
+# The k8s_real tests need binaries that take minutes to build the first time: test-k8s runs them.
 test-host:
 	@scripts/bootstrap --dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not k8s_real" $(PYTEST_ARGS)
 
 test-kernel:
 	@scripts/bootstrap --dev
 	$(PY) -m pytest -m kernel $(PYTEST_ARGS)
+
+# Builds the lane first (once: the binaries are cached by version), then every k8s_real test.
+test-k8s:
+	@scripts/bootstrap --dev
+	scripts/k8s-lane build
+	PRESSURED_K8S_LANE=1 $(PY) -m pytest -m k8s_real $(PYTEST_ARGS)
 
 test-vm:
 	@scripts/bootstrap --dev
