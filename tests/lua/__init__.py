@@ -139,3 +139,18 @@ def oom_kill(**kw: Any) -> OomKill:
     }
     fields.update(kw)
     return OomKill(**fields)
+
+
+# A handler for probing the sandbox: on a "probe" annotation it runs the probe, else it counts
+# its calls in a global and stores the count, so a test sees the next event handled normally
+# (by a new worker after a kill: count 1).
+PROBED = """
+calls = 0
+function on_event(event, ctx)
+  if event.annotations.probe == "1" then
+{probe}
+  end
+  calls = calls + 1
+  assert(storage.write("calls", tostring(calls)))
+end
+"""

@@ -25,25 +25,13 @@ from pressured.actions.lua import LuaAction, bundled_script, scripts
 from pressured.errors import ActionError
 from pressured.model import PressureEvent
 from pressured.storage.local import LocalStorage
-from tests.lua import LoopbackServer, Route, pressure
+from tests.lua import PROBED, LoopbackServer, Route, pressure
 
 pytestmark = pytest.mark.hostile
 
 MakeAction = Callable[..., LuaAction]
 BIG = 20 * 1024 * 1024
 
-# On a "probe" annotation the handler runs the probe; otherwise it counts its calls in a global
-# and stores the count, so a test sees the next event handled (by a new worker: count 1).
-PROBED = """
-calls = 0
-function on_event(event, ctx)
-  if event.annotations.probe == "1" then
-{probe}
-  end
-  calls = calls + 1
-  assert(storage.write("calls", tostring(calls)))
-end
-"""
 
 # Backtracking over 30000 characters for every "a*": far beyond any timeout, inside one C call
 # (string.find, gsub or match) that the instruction hook never interrupts.

@@ -13,22 +13,10 @@ from pressured.actions.lua import LuaScripts
 from pressured.errors import ConfigError
 from pressured.model import PressureEvent
 from pressured.storage.local import LocalStorage
-from tests.lua import LoopbackServer, Route, pressure
+from tests.lua import PROBED, LoopbackServer, Route, pressure
 
 MakeScripts = Callable[..., LuaScripts]
 
-# A fresh handler per probe: on a "probe" annotation it runs the probe, else it counts calls in a
-# global and stores the count, so a test can see the next event handled normally.
-PROBED = """
-calls = 0
-function on_event(event, ctx)
-  if event.annotations.probe == "1" then
-{probe}
-  end
-  calls = calls + 1
-  assert(storage.write("calls", tostring(calls)))
-end
-"""
 PROBE_LINE = 5
 
 

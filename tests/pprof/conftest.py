@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pressured.model import Identity, PressureEvent
+
 LEAKY_SRC = Path(__file__).resolve().parents[1] / "go" / "leaky"
 LEAK_FUNCTION = "main.(*leakyCache).grow"
 OBJECTS_FUNCTION = "main.(*retainedTable).fill"
@@ -234,3 +236,35 @@ class ProfileBuilder:
 
     def gz(self) -> bytes:
         return gzip.compress(self.raw())
+
+
+def pod_event(
+    identity: Identity | None = None,
+    *,
+    severity: str = "critical",
+    key: str = "shop/web-1/app",
+    annotations: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> PressureEvent:
+    """A pressure event on a pod's container, as heap capture sees one."""
+    return PressureEvent(
+        time=time.time(),
+        severity=severity,  # type: ignore[arg-type]
+        previous_severity="warn",
+        cgroup="/kubepods/burstable/pod1234/cri-containerd-abc.scope",
+        usage_bytes=900,
+        working_set_bytes=880,
+        limit_bytes=1000,
+        usage_percent=90.0,
+        growth_bytes_per_s=None,
+        eta_seconds=None,
+        psi_some_avg10=None,
+        psi_full_avg10=None,
+        rule="usage_percent >= 85",
+        key=key,
+        identity=identity or Identity(),
+        annotations=annotations or {},
+        dry_run=dry_run,
+        extra=extra if extra is not None else {},
+    )

@@ -8,7 +8,6 @@ import os
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,10 +18,10 @@ import pytest
 from pressured.actions.base import ActionContext
 from pressured.actions.heapdump import HeapdumpAction, listening_ports
 from pressured.errors import ActionError, ConfigError
-from pressured.model import Identity, PressureEvent
+from pressured.model import Identity
 from pressured.pprof import load_profile, top
 from pressured.storage.local import LocalStorage
-from tests.pprof.conftest import LEAK_FUNCTION, LeakyServer
+from tests.pprof.conftest import LEAK_FUNCTION, LeakyServer, pod_event
 
 
 @pytest.fixture
@@ -51,37 +50,6 @@ def make_action() -> Iterator[Callable[..., HeapdumpAction]]:
         action.close()
 
 
-def _event(
-    identity: Identity | None = None,
-    *,
-    severity: str = "critical",
-    key: str = "shop/web-1/app",
-    annotations: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-    dry_run: bool = False,
-) -> PressureEvent:
-    return PressureEvent(
-        time=time.time(),
-        severity=severity,  # type: ignore[arg-type]
-        previous_severity="warn",
-        cgroup="/kubepods/burstable/pod1234/cri-containerd-abc.scope",
-        usage_bytes=900,
-        working_set_bytes=880,
-        limit_bytes=1000,
-        usage_percent=90.0,
-        growth_bytes_per_s=None,
-        eta_seconds=None,
-        psi_some_avg10=None,
-        psi_full_avg10=None,
-        rule="usage_percent >= 85",
-        key=key,
-        identity=identity or Identity(),
-        annotations=annotations or {},
-        dry_run=dry_run,
-        extra=extra if extra is not None else {},
-    )
-
-
 def _pod(pod_ip: str | None = None) -> Identity:
     return Identity(namespace="shop", pod_name="web-1", container_name="app", pod_ip=pod_ip)
 
@@ -107,7 +75,7 @@ def test_dump_is_stored_with_event_json_and_top_functions(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     action = make_action({"port": leaky_server.port}, _ctx(storage), "actions[0]")
-    event = _event(_pod(), extra={"pids": [leaky_server.pid]})
+    event = pod_event(_pod(), extra={"pids": [leaky_server.pid]})
     with caplog.at_level(logging.INFO, logger="pressured.actions.heapdump"):
         action.run(event)
 
@@ -141,7 +109,7 @@ def test_local_target_key_uses_cgroup_name(
     make_action: Callable[..., HeapdumpAction], leaky_server: LeakyServer, storage: LocalStorage
 ) -> None:
     action = make_action({"port": leaky_server.port, "analyze": False}, _ctx(storage))
-    event = _event()
+    event = pod_event()
     action.run(event)
     keys = list(storage.list())
     assert [k for k in keys if k.endswith(".pb.gz")] == [event.extra["heapdump"]["key"]]
@@ -156,7 +124,7 @@ def test_size_cap_aborts_and_stores_nothing(
     make_action: Callable[..., HeapdumpAction], leaky_server: LeakyServer, storage: LocalStorage
 ) -> None:
     action = make_action({"port": leaky_server.port, "max_bytes": 1024}, _ctx(storage))
-    event = _event(_pod())
+    event = pod_event(_pod())
     with pytest.raises(ActionError, match=r"GET http://127\.0\.0\.1:\d+/debug/pprof/heap\?gc=1: "):
         action.run(event)
     assert _files(storage.root) == []
@@ -170,14 +138,14 @@ def test_cooldown_is_per_target(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     action = make_action({"port": leaky_server.port, "analyze": False}, _ctx(storage))
-    action.run(_event(_pod()))
+    action.run(pod_event(_pod()))
     assert len(list(storage.list())) == 2
     with caplog.at_level(logging.INFO, logger="pressured.actions.heapdump"):
-        action.run(_event(_pod()))
+        action.run(pod_event(_pod()))
     assert len(list(storage.list())) == 2
     assert any("cooldown_seconds 300" in r.getMessage() for r in caplog.records)
     other = Identity(namespace="shop", pod_name="web-2", container_name="app")
-    action.run(_event(other, key="shop/web-2/app"))
+    action.run(pod_event(other, key="shop/web-2/app"))
     assert len(list(storage.list("heaps/shop/web-2/"))) == 2
 
 
@@ -192,7 +160,7 @@ def test_dry_run_does_no_http_and_stores_nothing(
     ctx = _ctx(storage, dry_run=where == "context")
     action = make_action({"port": port, "goroutines": True}, ctx)
     with caplog.at_level(logging.INFO, logger="pressured.actions.heapdump"):
-        action.run(_event(_pod(), dry_run=where == "event"))
+        action.run(pod_event(_pod(), dry_run=where == "event"))
     assert _files(storage.root) == []
     message = next(r.getMessage() for r in caplog.records if "dry run" in r.getMessage())
     assert f"http://127.0.0.1:{port}/debug/pprof/heap?gc=1" in message
@@ -205,7 +173,7 @@ def test_unreachable_target_raises_with_the_url(
     port = _closed_port()
     action = make_action({"port": port, "timeout_ms": 2000}, _ctx(storage))
     with pytest.raises(ActionError, match=rf"GET http://127\.0\.0\.1:{port}/debug/pprof/heap"):
-        action.run(_event(_pod()))
+        action.run(pod_event(_pod()))
     assert _files(storage.root) == []
 
 
@@ -214,7 +182,7 @@ def test_http_error_raises_with_status(
 ) -> None:
     action = make_action({"port": leaky_server.port, "path": "/nope"}, _ctx(storage))
     with pytest.raises(ActionError, match=rf":{leaky_server.port}/nope: HTTP 404"):
-        action.run(_event(_pod()))
+        action.run(pod_event(_pod()))
     assert _files(storage.root) == []
 
 
@@ -225,7 +193,7 @@ def test_reply_that_is_not_a_profile_is_stored_but_not_analysed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     action = make_action({"port": leaky_server.port, "path": "/debug/pprof/cmdline"}, _ctx(storage))
-    event = _event(_pod())
+    event = pod_event(_pod())
     with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
         action.run(event)
     assert "pprof_top" not in event.extra
@@ -239,7 +207,7 @@ def test_goroutine_dump_is_stored_beside(
     action = make_action(
         {"port": leaky_server.port, "goroutines": True, "analyze": False}, _ctx(storage)
     )
-    event = _event(_pod())
+    event = pod_event(_pod())
     action.run(event)
     key = event.extra["heapdump"]["goroutines_key"]
     assert key == event.extra["heapdump"]["key"].removesuffix(".pb.gz") + ".goroutines.txt"
@@ -252,11 +220,11 @@ def test_severities_filter_events(
     make_action: Callable[..., HeapdumpAction], storage: LocalStorage
 ) -> None:
     action = make_action({"port": _closed_port()}, _ctx(storage))
-    action.run(_event(_pod(), severity="warn"))  # default: critical only; no HTTP attempted
+    action.run(pod_event(_pod(), severity="warn"))  # default: critical only; no HTTP attempted
     assert _files(storage.root) == []
     warn_too = make_action({"port": _closed_port(), "severities": ["warn"]}, _ctx(storage))
     with pytest.raises(ActionError):
-        warn_too.run(_event(_pod(), severity="warn"))
+        warn_too.run(pod_event(_pod(), severity="warn"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +235,7 @@ def test_annotation_port_and_path_override_options(
     make_action: Callable[..., HeapdumpAction], leaky_server: LeakyServer, storage: LocalStorage
 ) -> None:
     action = make_action({"port": _closed_port(), "analyze": False}, _ctx(storage))
-    event = _event(
+    event = pod_event(
         _pod(),
         annotations={
             "pressured.io/pprof-port": str(leaky_server.port),
@@ -282,7 +250,7 @@ def test_annotation_disables(
     make_action: Callable[..., HeapdumpAction], storage: LocalStorage
 ) -> None:
     action = make_action({"port": _closed_port()}, _ctx(storage))
-    action.run(_event(_pod(), annotations={"pressured.io/pprof-enabled": "false"}))
+    action.run(pod_event(_pod(), annotations={"pressured.io/pprof-enabled": "false"}))
     assert _files(storage.root) == []
 
 
@@ -304,7 +272,7 @@ def test_bad_annotation_warns_and_uses_the_option(
     value: str,
 ) -> None:
     action = make_action({"port": leaky_server.port, "analyze": False}, _ctx(storage))
-    event = _event(_pod(), annotations={name: value})
+    event = pod_event(_pod(), annotations={name: value})
     with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
         action.run(event)
     assert event.extra["heapdump"]["url"] == leaky_server.url()
@@ -386,7 +354,7 @@ def test_hostile_pprof_port_is_refused_and_nothing_is_fetched(
         recorder_fullwidth=str(port).translate({ord("0") + i: 0xFF10 + i for i in range(10)}),
     )
     action = make_action({"port": closed, "analyze": False, "timeout_ms": 2000}, _ctx(storage))
-    event = _event(_pod(), annotations={"pressured.io/pprof-port": value})
+    event = pod_event(_pod(), annotations={"pressured.io/pprof-port": value})
     with (
         caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"),
         pytest.raises(ActionError, match=rf"GET http://127\.0\.0\.1:{closed}/debug/pprof/heap"),
@@ -413,7 +381,7 @@ def test_hostile_pprof_path_is_refused_and_only_the_option_is_fetched(
     value: str,
 ) -> None:
     action = make_action({"port": recorder.port, "analyze": False}, _ctx(storage))
-    event = _event(_pod(), annotations={"pressured.io/pprof-path": value})
+    event = pod_event(_pod(), annotations={"pressured.io/pprof-path": value})
     with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
         action.run(event)
     assert recorder.requests == [("/debug/pprof/heap?gc=1", f"127.0.0.1:{recorder.port}")]
@@ -433,7 +401,7 @@ def test_a_huge_annotation_is_quoted_briefly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     action = make_action({"port": recorder.port, "analyze": False}, _ctx(storage))
-    event = _event(_pod(), annotations={"pressured.io/pprof-port": "6" * (1 << 20)})
+    event = pod_event(_pod(), annotations={"pressured.io/pprof-port": "6" * (1 << 20)})
     with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
         action.run(event)
     [message] = _refusals(caplog, "pressured.io/pprof-port")
@@ -451,11 +419,11 @@ def test_node_mode_uses_the_pod_ip(
     make_action: Callable[..., HeapdumpAction], leaky_server: LeakyServer, storage: LocalStorage
 ) -> None:
     action = make_action({"port": leaky_server.port, "analyze": False}, _ctx(storage, mode="node"))
-    event = _event(_pod(pod_ip="127.0.0.1"))
+    event = pod_event(_pod(pod_ip="127.0.0.1"))
     action.run(event)
     assert event.extra["heapdump"]["url"] == leaky_server.url()
     with pytest.raises(ActionError, match=r"no pod IP to reach in node mode \(pod shop/web-2\)"):
-        action.run(_event(Identity(namespace="shop", pod_name="web-2"), key="shop/web-2/app"))
+        action.run(pod_event(Identity(namespace="shop", pod_name="web-2"), key="shop/web-2/app"))
 
 
 def test_discover_ports_finds_the_pprof_server(
@@ -463,7 +431,7 @@ def test_discover_ports_finds_the_pprof_server(
 ) -> None:
     closed = _closed_port()
     action = make_action({"port": closed, "discover_ports": True, "analyze": False}, _ctx(storage))
-    event = _event(_pod(), extra={"pids": [leaky_server.pid]})
+    event = pod_event(_pod(), extra={"pids": [leaky_server.pid]})
     action.run(event)
     assert event.extra["heapdump"]["url"] == leaky_server.url()
 

@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from pressured.actions.base import ActionContext
 from pressured.actions.heapdump import HeapdumpAction
 from pressured.errors import ConfigError, PprofError
-from pressured.model import Identity, PressureEvent
+from pressured.model import Identity
 from pressured.pprof import format_top, load_profile, summarize_top, top
 from pressured.pprof.cli import pprof_app
 from pressured.pprof.goregexp import compile_go
@@ -46,7 +46,7 @@ from pressured.pprof.worker import (
     worker_env,
 )
 from pressured.storage.local import LocalStorage
-from tests.pprof.conftest import ProfileBuilder, go_pprof_text
+from tests.pprof.conftest import ProfileBuilder, go_pprof_text, pod_event
 
 pytestmark = pytest.mark.hostile
 
@@ -483,34 +483,11 @@ def _heapdump(port: int, storage: LocalStorage, **options: Any) -> HeapdumpActio
     return HeapdumpAction({"port": port, **options}, ctx, "actions[0]")
 
 
-def _pod_event() -> PressureEvent:
-    return PressureEvent(
-        time=time.time(),
-        severity="critical",
-        previous_severity="warn",
-        cgroup="/kubepods/burstable/pod1234/cri-containerd-abc.scope",
-        usage_bytes=900,
-        working_set_bytes=880,
-        limit_bytes=1000,
-        usage_percent=90.0,
-        growth_bytes_per_s=None,
-        eta_seconds=None,
-        psi_some_avg10=None,
-        psi_full_avg10=None,
-        rule="usage_percent >= 85",
-        key="shop/web-1/app",
-        identity=Identity(namespace="shop", pod_name="web-1", container_name="app"),
-        annotations={},
-        dry_run=False,
-        extra={},
-    )
-
-
 def test_heapdump_of_the_hostile_profile(pod_pprof: _Served, tmp_path: Path) -> None:
     pod_pprof.body = hostile_profile()
     storage = LocalStorage(tmp_path / "store")
     action = _heapdump(pod_pprof.port, storage)
-    event = _pod_event()
+    event = pod_event(Identity(namespace="shop", pod_name="web-1", container_name="app"))
     start = time.monotonic()
     try:
         action.run(event)
@@ -541,7 +518,7 @@ def test_heapdump_reports_a_killed_analysis_and_goes_on(
     pod_pprof.body = make()
     storage = LocalStorage(tmp_path / "store")
     action = _heapdump(pod_pprof.port, storage, **options)
-    event = _pod_event()
+    event = pod_event(Identity(namespace="shop", pod_name="web-1", container_name="app"))
     start = time.monotonic()
     try:
         with caplog.at_level(logging.WARNING, logger="pressured.actions.heapdump"):
@@ -568,7 +545,7 @@ def test_heapdump_analysis_leaves_the_daemon_responsive(pod_pprof: _Served, tmp_
     pod_pprof.body = slow_profile()
     storage = LocalStorage(tmp_path / "store")
     action = _heapdump(pod_pprof.port, storage, analyze_timeout_ms=2000)
-    event = _pod_event()
+    event = pod_event(Identity(namespace="shop", pod_name="web-1", container_name="app"))
     worker = threading.Thread(target=action.run, args=(event,))
     try:
         worker.start()
@@ -595,7 +572,7 @@ def test_heapdump_passes_warnings_into_the_event(pod_pprof: _Served, tmp_path: P
     pod_pprof.body = _framed(r"(a)\1").raw()
     storage = LocalStorage(tmp_path / "store")
     action = _heapdump(pod_pprof.port, storage)
-    event = _pod_event()
+    event = pod_event(Identity(namespace="shop", pod_name="web-1", container_name="app"))
     try:
         action.run(event)
     finally:
