@@ -17,6 +17,7 @@ from pressured.k8s.identity import (
 UID = "3f1c2b9e-8a47-4c1e-9d2a-6b5e7f8a9c01"
 UID_SYSTEMD = UID.replace("-", "_")
 CID = "a7a1d1b1b26d8785d3cae7a3b8b137b8f08991a2412713846e58baaba5683a4c"
+CUUID = "15aa6e53-b09a-40c7-8558-c6c31e36c88a"  # a UUID-shaped container id
 STATIC_UID = "6f5e4d3c2b1a09f8e7d6c5b4a3928170"  # a static pod's config hash
 
 RUNTIMES = {"containerd": "cri-containerd", "cri-o": "crio", "docker": "docker"}
@@ -123,31 +124,34 @@ JUNK = [
     "/user.slice/user-1000.slice/session-3.scope",
     "/init.scope",
     f"/docker/{CID}",  # plain docker, not under the kubelet
-    # CRI-O's monitor process: a sibling scope, not the container.
-    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_SYSTEMD}.slice/"
-    f"crio-conmon-{CID}.scope",
-    f"/kubepods/burstable/pod{UID}/crio-conmon-{CID}",
-    # systemd mount units that land in the tree.
-    f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_SYSTEMD}.slice/"
-    "run-containerd-io.containerd.runtime.v2.task-k8s.io-abc-rootfs.mount",
+    # systemd mount units under a QoS slice, outside any pod slice.
     f"/kubepods.slice/kubepods-burstable.slice/var-lib-kubelet-pods-{UID}.mount",
-    # a sub-cgroup inside a container (crun's "container" leaf): the container is its parent.
-    systemd_path("burstable", "cri-o") + "/container",
-    cgroupfs_path("burstable", CID) + "/nested",
-    # malformed ids and uids
-    f"/kubepods/burstable/pod{UID}/{CID[:-1]}",
-    f"/kubepods/burstable/pod{UID}/{CID}z",
-    f"/kubepods/burstable/pod{UID}/{CID.upper()}",
+    # malformed uids and QoS levels: no pod is named
     f"/kubepods/burstable/pod-not-a-uid/{CID}",
     f"/kubepods/burstable/pod{UID[:-2]}/{CID}",
+    f"/kubepods/burstable/pod{UID.upper()}/{CID}",
     f"/kubepods/gold/pod{UID}/{CID}",
-    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_SYSTEMD}.slice/"
-    f"cri-containerd-{CID}",  # a scope without .scope
-    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_SYSTEMD}.slice/"
-    f"runc-{CID}.scope",  # unknown runtime prefix
+    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_SYSTEMD[:-1]}.slice",
     # a pod slice under the wrong QoS slice
     f"/kubepods.slice/kubepods-besteffort.slice/kubepods-burstable-pod{UID_SYSTEMD}.slice",
     f"/kubepods.slice/kubepods-pod{UID_SYSTEMD}.slice/../{CID}",
+    f"/kubepods/pod{UID}/../{CID}",
+    f"/kubepods/burstable/pod{UID}/{CID}/../..",
+    # the kubepods parents themselves, nested or prefixed
+    "/kubepods/kubepods",
+    "/kubepods/kubepods/besteffort",
+    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice",
+    "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice",
+    # system services and user slices
+    "/system.slice/kubelet.service",
+    f"/system.slice/containerd.service/{CID}",
+    f"/system.slice/docker-{CID}.scope",
+    "/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-1234.scope",
+    # a pod-shaped directory outside the kubelet's tree
+    f"/pod{UID}/{CID}",
+    f"pod{UID}/{CID}",
+    f"/machine.slice/pod{UID}/{CID}",
+    f"/docker/{CID}/burstable/pod{UID}",
 ]
 
 
@@ -164,6 +168,10 @@ def test_junk_paths_are_not_identities(path: str) -> None:
         (f"docker-{CID}.scope", (CID, "docker")),
         (f"crio-{CID}", (CID, "cri-o")),
         (CID, (CID, None)),
+        (f"cri-containerd-{CID}", (CID, "containerd")),
+        (CUUID, (CUUID, None)),
+        (f"kubepods-burstable-pod{UID_SYSTEMD}.slice:cri-containerd:{CID}", (CID, "containerd")),
+        (f"kubepods-burstable-pod{UID_SYSTEMD}.slice", None),
         (f"crio-conmon-{CID}.scope", None),
         ("container", None),
         ("", None),
@@ -190,3 +198,102 @@ def test_split_container_id(raw: str, expected: tuple[str, str | None]) -> None:
 def test_pod_uid_forms() -> None:
     assert pod_uid_forms(UID) == (UID, UID_SYSTEMD)
     assert pod_uid_forms(UID_SYSTEMD) == (UID, UID_SYSTEMD)
+
+
+BURSTABLE_SLICE = (
+    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_SYSTEMD}.slice"
+)
+BESTEFFORT_SLICE = f"kubepods-besteffort-pod{UID_SYSTEMD}.slice"
+
+
+def ident(
+    qos: str | None, driver: str, cid: str | None = None, runtime: str | None = None
+) -> PodCgroup:
+    return PodCgroup(UID, qos, driver, cid, runtime)  # type: ignore[arg-type]
+
+
+# Shapes beyond the plain driver x runtime layouts: (path, what it names).
+SHAPES = [
+    # the kubepods component twice (a kubelet nested in a kubelet's cgroupfs tree)
+    (f"/kubepods/kubepods/besteffort/pod{UID}/{CID}", ident("besteffort", "cgroupfs", CID)),
+    (f"/kubepods/kubepods/pod{UID}", ident("guaranteed", "cgroupfs")),
+    (
+        f"/kubepods.slice/kubepods.slice/kubepods-pod{UID_SYSTEMD}.slice/docker-{CID}.scope",
+        ident("guaranteed", "systemd", CID, "docker"),
+    ),
+    # a sub-cgroup inside a container: crun's "container" leaf (cgroup v2), a process's own
+    (
+        f"{BURSTABLE_SLICE}/crio-{CID}.scope/container",
+        ident("burstable", "systemd", CID, "cri-o"),
+    ),
+    (
+        f"/sys/fs/cgroup{BURSTABLE_SLICE}/cri-containerd-{CID}.scope/init.scope",
+        ident("burstable", "systemd", CID, "containerd"),
+    ),
+    (f"/kubepods/besteffort/pod{UID}/{CID}/kube-proxy", ident("besteffort", "cgroupfs", CID)),
+    (f"/kubepods/pod{UID}/crio-{CID}/container/a/b", ident("guaranteed", "cgroupfs", CID, "cri-o")),
+    # containerd's slice:prefix:id cgroupsPath placed literally under containerd.service
+    (
+        f"/system.slice/containerd.service/kubepods-burstable-pod{UID_SYSTEMD}.slice"
+        f":cri-containerd:{CID}",
+        ident("burstable", "systemd", CID, "containerd"),
+    ),
+    (
+        f"/system.slice/containerd.service/kubepods-pod{UID_SYSTEMD}.slice:cri-containerd:{CID}",
+        ident("guaranteed", "systemd", CID, "containerd"),
+    ),
+    (
+        f"/sys/fs/cgroup/memory/system.slice/containerd.service/{BESTEFFORT_SLICE}"
+        f":cri-containerd:{CID}/sub",
+        ident("besteffort", "systemd", CID, "containerd"),
+    ),
+    # a UUID-shaped container id
+    (f"/kubepods/besteffort/pod{UID}/{CUUID}", ident("besteffort", "cgroupfs", CUUID)),
+    (f"{BURSTABLE_SLICE}/crio-{CUUID}.scope", ident("burstable", "systemd", CUUID, "cri-o")),
+    # cri-containerd-<id> without .scope; crio-<id>.scope under the cgroupfs driver
+    (
+        f"{BURSTABLE_SLICE}/cri-containerd-{CID}",
+        ident("burstable", "systemd", CID, "containerd"),
+    ),
+    (f"/kubepods/pod{UID}/crio-{CID}.scope", ident("guaranteed", "cgroupfs", CID, "cri-o")),
+    (
+        f"/kubepods/burstable/pod{UID}/docker-{CID}.scope",
+        ident("burstable", "cgroupfs", CID, "docker"),
+    ),
+    # read inside a cgroup namespace: the systemd slice name still says the QoS class
+    (
+        f"/../../{BESTEFFORT_SLICE}/docker-{CID}.scope",
+        ident("besteffort", "systemd", CID, "docker"),
+    ),
+    (f"/../kubepods-pod{UID_SYSTEMD}.slice", ident("guaranteed", "systemd")),
+    (f"/../../pod{UID}/{CID}", ident(None, "cgroupfs", CID)),
+    (f"/../burstable/pod{UID}/crio-{CID}", ident("burstable", "cgroupfs", CID, "cri-o")),
+    # the pod is named, the rest is no container: the pod alone
+    (f"{BURSTABLE_SLICE}/crio-conmon-{CID}.scope", ident("burstable", "systemd")),
+    (f"/kubepods/burstable/pod{UID}/crio-conmon-{CID}", ident("burstable", "cgroupfs")),
+    (
+        f"/kubepods.slice/kubepods-besteffort.slice/{BESTEFFORT_SLICE}/"
+        "run-containerd-io.containerd.runtime.v2.task-k8s.io-abc-rootfs.mount",
+        ident("besteffort", "systemd"),
+    ),
+    (f"{BURSTABLE_SLICE}/runc-{CID}.scope", ident("burstable", "systemd")),
+    (f"/kubepods/burstable/pod{UID}/{CID[:-1]}", ident("burstable", "cgroupfs")),
+    (f"/kubepods/burstable/pod{UID}/{CID}z", ident("burstable", "cgroupfs")),
+    (f"/kubepods/burstable/pod{UID}/{CID.upper()}", ident("burstable", "cgroupfs")),
+    (f"/kubepods/burstable/pod{UID}/{CID}.scope", ident("burstable", "cgroupfs")),
+    (f"/kubepods/burstable/pod{UID}/nested/{CID}", ident("burstable", "cgroupfs")),
+]
+
+
+@pytest.mark.parametrize(("path", "expected"), SHAPES)
+def test_more_shapes(path: str, expected: PodCgroup) -> None:
+    assert parse_cgroup_path(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"), [s for s in SHAPES if not s[0].startswith(("/..", "/sys"))]
+)
+def test_shapes_keep_their_identity_with_a_filesystem_prefix(
+    path: str, expected: PodCgroup
+) -> None:
+    assert parse_cgroup_path("/sys/fs/cgroup/memory" + path) == expected

@@ -404,3 +404,127 @@ def test_killed_line_round_trip(pid: int, comm: str, rss: list[int], uid: int, a
     }
     assert (k.pid, k.uid, k.oom_score_adj, k.rss) == (pid, uid, adj, want)
     assert k.comm == comm
+
+
+# --------------------------------------------------------------------------- older kernels
+RHEL6_KILLED = (
+    "3,9,5000,-;Killed process 13550, UID 500, (java) total-vm:12466024kB, "
+    "anon-rss:7625016kB, file-rss:2608kB\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "pid", "comm", "uid", "rss"),
+    [
+        (
+            RHEL6_KILLED,
+            13550,
+            "java",
+            500,
+            {"total_vm": 12466024, "anon_rss": 7625016, "file_rss": 2608},
+        ),
+        (
+            "3,9,5000,-;Memory cgroup out of memory: Killed process 7, UID 0, (my app) "
+            "total-vm:10kB, anon-rss:4kB, file-rss:0kB\n",
+            7,
+            "my app",
+            0,
+            {"total_vm": 10, "anon_rss": 4, "file_rss": 0},
+        ),
+        (  # upstream 2.6.32: vsz, no uid
+            "3,9,5000,-;Killed process 31 (x (y)) vsz:2048kB, anon-rss:1024kB, file-rss:4kB\n",
+            31,
+            "x (y)",
+            None,
+            {"total_vm": 2048, "anon_rss": 1024, "file_rss": 4},
+        ),
+        (  # uid no uid_t holds: the kill stands, the uid does not
+            "3,9,5000,-;Killed process 8, UID 4294967295, (a) total-vm:1kB\n",
+            8,
+            "a",
+            None,
+            {"total_vm": 1},
+        ),
+    ],
+)
+def test_linux_2_6_32_killed_forms(
+    line: str, pid: int, comm: str, uid: int | None, rss: dict[str, int]
+) -> None:
+    kills, _ = run([line])
+    assert summary(kills) == [(pid, comm, None)]
+    assert kills[0].uid == uid
+    assert kills[0].rss == {k: v * 1024 for k, v in rss.items()}
+
+
+def test_linux_2_6_32_rhel6_global_oom_carries_its_trigger() -> None:
+    kills, _ = run(
+        [
+            "4,1,100,-;java invoked oom-killer: gfp_mask=0x201da, order=0, oom_adj=0, "
+            "oom_score_adj=0\n",
+            "4,2,110,-;java cpuset=/ mems_allowed=0\n",
+            "4,3,120,-;Pid: 13550, comm: java Not tainted 2.6.32-431.el6.x86_64 #1\n",
+            "3,4,200,-;Out of memory: Kill process 13550 (java) score 962 or sacrifice child\n",
+            RHEL6_KILLED.replace("3,9,", "3,5,"),
+        ]
+    )
+    assert summary(kills) == [(13550, "java", None)]
+    assert kills[0].extra["trigger"] == {"comm": "java", "pid": 13550}
+    assert kills[0].uid == 500
+
+
+# (stack dump head, trigger pid): the forms dump_stack printed before 4.19 and after.
+STACK_HEADS = [
+    ("Pid: 4100, comm: kworker/u8:1 Not tainted 2.6.32-754.el6.x86_64 #1", 4100),
+    ("CPU: 2 PID: 4100 Comm: kworker/u8:1 Not tainted 3.10.0-1160.el7.x86_64 #1", 4100),
+    ("CPU: 0 PID: 4100 Comm: kworker/u8:1 Tainted: G           O    4.14.0 #1", 4100),
+    ("CPU: 1 UID: 0 PID: 4100 Comm: kworker/u8:1 Not tainted 6.13.0 #1", 4100),
+    ("CPU: 1 PID: 4100 Comm: someone-else Not tainted 4.14.0 #1", None),  # not the trigger
+    ("CPU: 1 PID: 0 Comm: kworker/u8:1 Not tainted 4.14.0 #1", None),  # no pid is 0
+]
+
+
+@pytest.mark.parametrize(("head", "trigger_pid"), STACK_HEADS)
+def test_pre_4_19_global_oom_trigger_is_tied_to_the_kill(
+    head: str, trigger_pid: int | None
+) -> None:
+    kills, _ = run(
+        [
+            "4,1,100,-;kworker/u8:1 invoked oom-killer: gfp_mask=0x24201ca, order=0, "
+            "oom_score_adj=0\n",
+            f"4,2,110,-;{head}\n",
+            "3,3,200,-;Out of memory: Kill process 900 (postgres) score 500 or sacrifice child\n",
+            "3,4,210,-;Killed process 901 (postgres) total-vm:100kB, anon-rss:50kB, "
+            "file-rss:0kB, shmem-rss:0kB\n",
+        ]
+    )
+    assert summary(kills) == [(901, "postgres", None)]
+    assert kills[0].extra["trigger"] == {"comm": "kworker/u8:1", "pid": trigger_pid}
+    assert kills[0].extra["invoker"] == "kworker/u8:1"
+    assert kills[0].extra["chosen_pid"] == 900
+
+
+def test_trigger_is_not_carried_into_a_later_rate_limited_kill() -> None:
+    kills, _ = run(
+        [
+            "4,1,100,-;a invoked oom-killer: gfp_mask=0x0, order=0, oom_score_adj=0\n",
+            "3,2,200,-;Out of memory: Kill process 9 (b) score 1 or sacrifice child\n",
+            "3,3,210,-;Killed process 9 (b) total-vm:1kB\n",
+            # the next OOM's report was rate limited: only these two lines
+            "3,4,300,-;Out of memory: Kill process 10 (c) score 1 or sacrifice child\n",
+            "3,5,310,-;Killed process 10 (c) total-vm:1kB\n",
+        ]
+    )
+    assert summary(kills) == [(9, "b", None), (10, "c", None)]
+    assert kills[0].extra["trigger"] == {"comm": "a", "pid": None}
+    assert "trigger" not in kills[1].extra
+
+
+def test_a_report_without_its_kill_line_is_no_kill() -> None:
+    kills, _ = run(
+        [
+            "4,1,100,-;a invoked oom-killer: gfp_mask=0x0, order=0, oom_score_adj=0\n",
+            "6,2,200,-;oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/k,task_memcg=/k/c,"
+            "task=a,pid=9,uid=0\n",
+        ]
+    )
+    assert kills == []

@@ -17,6 +17,19 @@ The OOM killer prints, per kill (mm/oom_kill.c):
 - ``< 5.0``: ``"Task in <path> killed as a result of limit of <path>"`` in the report,
   ``"Memory cgroup out of memory: Kill process <pid> (<comm>) score <n> or sacrifice child"``
   and ``"Killed process <pid> (<comm>) total-vm:..."`` (RHEL 7: ``"..., UID 0, total-vm:..."``).
+- ``2.6.32`` (RHEL 6): ``"Killed process <pid>, UID <n>, (<comm>) total-vm:..kB, anon-rss:..kB,
+  file-rss:..kB"`` (upstream: ``"Killed process <pid> (<comm>) vsz:..kB, ..."``). There kmsg is
+  the only source: the kernel keeps no oom_kill counter.
+
+Before 4.19 nothing ties a global OOM's kill to its report by cgroup or pid: the report's
+``"<comm> invoked oom-killer"`` line and its stack dump (``"CPU: <n> PID: <pid> Comm: <comm>
+..."``, 2.6.32: ``"Pid: <pid>, comm: <comm> ..."``) name the task that triggered it, and the
+``"Kill process ... or sacrifice child"`` line that follows joins them: the kill then carries the
+trigger as ``extra["trigger"]`` (``{"comm": ..., "pid": ...}``; every tied kill does).
+
+Kept as they are: a kill is reported when its "Killed process" line arrives (the
+"oom-kill:" summary alone is not one: it belongs to the rate-limited report), and records of
+the user facility (written to /dev/kmsg by user space) are never kills.
 
 The report (everything up to the oom-kill summary) is rate limited (10 per 5 s); the
 "Killed process" line is not, so a burst yields kills with pid, comm and rss but no cgroup.
@@ -147,8 +160,18 @@ _KILL_PROCESS = re.compile(
 _KILLED = re.compile(
     r"^(?:(?P<msg>.*?): )?Killed process (?P<pid>[0-9]+) \((?P<comm>.*)\)(?P<rest>[^)]*)$"
 )
+_KILLED_UID_FIRST = re.compile(
+    r"^(?:(?P<msg>.*?): )?Killed process (?P<pid>[0-9]+), UID (?P<uid>[0-9]+), "
+    r"\((?P<comm>.*)\)(?P<rest>[^)]*)$"
+)
+"""2.6.32 (RHEL 6): the uid comes before the comm."""
+_STACK_HEAD = re.compile(
+    r"^(?:CPU: [0-9]+ (?:UID: [0-9]+ )?PID: (?P<pid>[0-9]+) Comm: |"
+    r"Pid: (?P<old_pid>[0-9]+), comm: )(?P<comm>.*?) (?:Not tainted|Tainted)"
+)
+"""The first line of the trigger's stack dump (dump_stack), ``Pid: ..., comm:`` before 3.x."""
 _RSS_FIELDS = {
-    "total_vm": re.compile(r"total-vm:([0-9]+)kB"),
+    "total_vm": re.compile(r"(?:total-vm|vsz):([0-9]+)kB"),
     "anon_rss": re.compile(r"anon-rss:([0-9]+)kB"),
     "file_rss": re.compile(r"file-rss:([0-9]+)kB"),
     "shmem_rss": re.compile(r"shmem-rss:([0-9]+)kB"),
@@ -164,6 +187,7 @@ class _Context:
 
     usec: int
     invoker: str | None = None
+    invoker_pid: int | None = None
     cgroup: str | None = None
     oom_memcg: str | None = None
     constraint: str | None = None
@@ -245,13 +269,16 @@ class KmsgOomParser:
     def _line(self, rec: KmsgRecord, text: str, now: float, wall: float) -> list[KillRecord]:
         text = text.rstrip("\n")
         if "Killed process" in text:
-            m = _KILLED.match(text)
+            m = _KILLED.match(text) or _KILLED_UID_FIRST.match(text)
             kill = self._killed(rec, m, now, wall) if m else None
             return [] if kill is None else [kill]
         if "invoked oom-killer" in text:
             m = _INVOKED.match(text)
             if m:
                 self._ctx = _Context(rec.usec, invoker=m.group("comm"))
+            return []
+        if text.startswith(("CPU: ", "Pid: ")):
+            self._stack_head(rec, text)
             return []
         if text.startswith("oom-kill:"):
             self._oom_kill(rec, text)
@@ -288,6 +315,21 @@ class KmsgOomParser:
             ctx = _Context(rec.usec)
             self._ctx = ctx
         return ctx
+
+    def _stack_head(self, rec: KmsgRecord, text: str) -> None:
+        """The pid of the task that invoked the OOM killer, from its stack dump."""
+        ctx = self._ctx
+        m = _STACK_HEAD.match(text)
+        if (
+            m is None
+            or ctx is None
+            or ctx.used
+            or ctx.invoker_pid is not None
+            or ctx.invoker != m.group("comm")
+            or rec.usec - ctx.usec > CONTEXT_MAX_USEC
+        ):
+            return
+        ctx.invoker_pid = _bounded(m.group("pid") or m.group("old_pid"), 1, PID_MAX_LIMIT)
 
     def _oom_kill(self, rec: KmsgRecord, text: str) -> None:
         m = _OOM_KILL.match(text)
@@ -331,7 +373,9 @@ class KmsgOomParser:
             kb = _bounded(f.group(1), 0, _KB_MAX) if f else None
             if kb is not None:
                 rss[name] = kb * 1024
-        uid_m = _UID.search(rest)
+        uid_text = m.groupdict().get("uid")
+        if uid_text is None and (uid_m := _UID.search(rest)) is not None:
+            uid_text = uid_m.group(1)
         adj_m = _ADJ.search(rest)
         extra: dict[str, object] = {"kmsg_seq": rec.seq, "kmsg_usec": rec.usec}
         if m.group("msg"):
@@ -343,7 +387,12 @@ class KmsgOomParser:
             and rec.usec - ctx.usec <= CONTEXT_MAX_USEC
             and not ctx.used
             and (ctx.pid == pid or ctx.pid is None or ctx.chose_pid is not None)
-            and (ctx.cgroup is not None or ctx.pid == pid)
+            and (
+                ctx.cgroup is not None
+                or ctx.pid == pid
+                # before 4.19, a global OOM: its report chose a victim, this is the kill
+                or (ctx.invoker is not None and ctx.chose_pid is not None)
+            )
         ):
             ctx.used = True
             cgroup = ctx.cgroup
@@ -351,8 +400,12 @@ class KmsgOomParser:
                 value = getattr(ctx, name)
                 if value is not None:
                     extra[name] = value
+            if ctx.invoker is not None:
+                extra["trigger"] = {"comm": ctx.invoker, "pid": ctx.invoker_pid}
             if ctx.pid is not None and ctx.pid != pid:
                 extra["chosen_pid"] = ctx.pid
+            elif ctx.pid is None and ctx.chose_pid is not None and ctx.chose_pid != pid:
+                extra["chosen_pid"] = ctx.chose_pid
         elif (
             ctx is not None
             and ctx.group is not None
@@ -369,7 +422,7 @@ class KmsgOomParser:
             pid=pid,
             comm=comm,
             rss=rss,
-            uid=_bounded(uid_m.group(1), 0, _UID_MAX) if uid_m else None,
+            uid=_bounded(uid_text, 0, _UID_MAX),
             oom_score_adj=_bounded(adj_m.group(1), _ADJ_MIN, _ADJ_MAX) if adj_m else None,
             extra=extra,
         )
