@@ -6,8 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import yaml
 from pressured.k8s.client import KubeClient
 from pressured.k8s.podcache import PodCache
 from tests.k8s.fake_apiserver import FakeKube
+from tests.support.wait import wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "pressured-test-token"
@@ -37,18 +37,6 @@ def pod_named(name: str) -> dict[str, Any]:
         if p["metadata"]["name"] == name:
             return p
     raise KeyError(name)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until ``predicate()`` is truthy; a guard against hanging, not a timing assert."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def write_kubeconfig(path: Path, server: str, token: str | None = TOKEN, **cluster: Any) -> Path:

@@ -24,9 +24,10 @@ from pressured.model import Overrides, Sample
 from pressured.sources.base import TargetSpec
 from pressured.sources.node import NodeSource
 from pressured.sources.sidecar import SidecarSource
-from tests.k8s.conftest import pod_named, stop_cache, wait_for
+from tests.k8s.conftest import pod_named, stop_cache
 from tests.k8s.fake_apiserver import FakeKube
 from tests.support.cgroups import own_memory_cgroup
+from tests.support.wait import wait_for
 
 WEB_UID = "3f1c2b9e-8a47-4c1e-9d2a-6b5e7f8a9c01"
 BATCH_UID = "9b2e4c6a-1f3d-4e5b-8a7c-0d1e2f3a4b5c"

@@ -12,7 +12,6 @@ are stored and admitted, never reconciled.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 
 from tests.k8s_real.conftest import FIELD_MANAGER, ROOT, Lane, api_error
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.k8s_real
 
@@ -53,17 +53,6 @@ MODES = chart_modes()
 # node mode's NOTES ask for privileged; the cluster mode claims to run under restricted.
 WORKLOAD = {"node": "DaemonSet", "cluster": "Deployment"}
 POD_SECURITY = {"node": "privileged", "cluster": "restricted"}
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -218,7 +207,7 @@ def servicemonitor_crd(k8s_lane: Lane) -> None:
             c["type"] == "Established" and c["status"] == "True" for c in conditions
         )
 
-    wait_for(established, "the ServiceMonitor CRD to be served")
+    wait_for(established, 15.0, "the ServiceMonitor CRD to be served", poll=0.1)
 
 
 # ---------------------------------------------------------------- the lane
@@ -300,7 +289,9 @@ def test_rbac_forbids_a_service_account_until_a_role_grants_it(
         # The authorizer reads RBAC objects from its informers: a moment after the binding.
         r = wait_for(
             lambda: (resp := sa.get(pods)).status_code == 200 and resp,
+            15.0,
             "the RoleBinding to take effect",
+            poll=0.1,
         )
         assert r.json()["kind"] == "PodList"
         # Exactly what was granted: not another verb, resource or namespace.

@@ -7,8 +7,6 @@ exist only on paper. Fixtures used by one file only live in that file.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,15 +59,6 @@ def oom_kill() -> OomKill:
         key=CGROUP,
         identity=IDENTITY,
     )
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll until ``predicate`` holds; the timeout only bounds a hang, it asserts no speed."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def fake_proc(root: Path, pid: int, nspid: str | None, start_ticks: int = 100) -> None:

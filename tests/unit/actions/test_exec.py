@@ -15,7 +15,8 @@ import pytest
 from pressured.actions.base import ActionContext
 from pressured.actions.exec import ExecAction, event_env
 from pressured.errors import ActionError, ConfigError
-from tests.unit.actions.conftest import CGROUP, oom_kill, pressure, wait_for
+from tests.support.wait import wait_for
+from tests.unit.actions.conftest import CGROUP, oom_kill, pressure
 
 REPORT = textwrap.dedent(
     """
@@ -95,7 +96,7 @@ def test_exec_timeout_kills_the_whole_command(tmp_path: Path) -> None:
         except FileNotFoundError:
             return True
 
-    wait_for(gone, f"the grandchild {sleeper} to be killed")
+    wait_for(gone, what=f"the grandchild {sleeper} to be killed")
 
 
 def test_exec_non_zero_exit_reports_the_stderr_tail() -> None:

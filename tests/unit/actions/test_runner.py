@@ -20,7 +20,8 @@ from pressured.actions.runner import DROP_RANK, ActionRunner, lane_chains, run_d
 from pressured.actions.signal import SignalAction
 from pressured.actions.webhook import WebhookAction
 from pressured.model import Event
-from tests.unit.actions.conftest import oom_kill, pressure, wait_for
+from tests.support.wait import wait_for
+from tests.unit.actions.conftest import oom_kill, pressure
 
 
 class Recorder(Action):
@@ -135,17 +136,17 @@ def test_immediate_actions_do_not_wait_for_a_slow_one(make_runner: Any) -> None:
     runner = make_runner([rec, slow])
     for ev in (pressure("warn"), pressure("critical"), oom_kill()):
         runner.submit(ev)
-    wait_for(lambda: rec.seen == ["warn", "critical", "oom_killed"], "the immediate lane")
+    wait_for(lambda: rec.seen == ["warn", "critical", "oom_killed"], what="the immediate lane")
     assert slow.started == ["warn"] and slow.done == []
     slow.release.set()
-    wait_for(lambda: slow.done == ["warn", "critical", "oom_killed"], "the slow lane")
+    wait_for(lambda: slow.done == ["warn", "critical", "oom_killed"], what="the slow lane")
 
 
 def test_each_slow_action_has_its_own_lane(make_runner: Any) -> None:
     stuck, free = Blocking({}, CTX), Blocking({}, CTX)
     free.release.set()
     make_runner([stuck, free]).submit(pressure("warn"))
-    wait_for(lambda: free.done == ["warn"], "the free lane")
+    wait_for(lambda: free.done == ["warn"], what="the free lane")
     assert stuck.done == []
 
 
@@ -155,7 +156,7 @@ def test_a_full_queue_drops_the_oldest_lowest_severity(
     slow = Blocking({}, CTX)
     runner = make_runner([slow], queue_size=3)
     runner.submit(pressure("warn", n=0))  # taken at once: in flight
-    wait_for(lambda: slow.started == ["warn"], "the first run")
+    wait_for(lambda: slow.started == ["warn"], what="the first run")
     with caplog.at_level(logging.WARNING, "pressured.actions"):
         for i, ev in enumerate(
             [
@@ -172,7 +173,7 @@ def test_a_full_queue_drops_the_oldest_lowest_severity(
     assert drops == [("test-blocking", "queue_full")] * 3
     assert "dropped warn of" in caplog.text and "3 events queued" in caplog.text
     slow.release.set()
-    wait_for(lambda: len(slow.done) == 4, "the rest")
+    wait_for(lambda: len(slow.done) == 4, what="the rest")
     assert [e["n"] for e in slow.extras] == [0, 3, 5, 6]
     assert slow.started == ["warn", "oom_killed", "critical", "oom_killed"]
 
@@ -191,7 +192,7 @@ def test_a_run_past_its_deadline_is_abandoned_and_the_lane_goes_on(
     with caplog.at_level(logging.WARNING, "pressured.actions"):
         runner.submit(pressure("warn"))
         runner.submit(pressure("critical"))
-        wait_for(lambda: slow.started == ["warn", "critical"], "the second run")
+        wait_for(lambda: slow.started == ["warn", "critical"], what="the second run")
     assert ("test-blocking", "deadline") in drops
     assert "run for warn of" in caplog.text and "abandoned" in caplog.text
 
@@ -201,7 +202,7 @@ def test_the_runner_cap_bounds_an_action_without_a_deadline(make_runner: Any) ->
     runner = make_runner([slow], run_cap_s=0.2)
     runner.submit(pressure("warn"))
     runner.submit(pressure("critical"))
-    wait_for(lambda: slow.started == ["warn", "critical"], "the second run")
+    wait_for(lambda: slow.started == ["warn", "critical"], what="the second run")
 
 
 def test_slow_actions_after_heapdump_see_its_result_the_log_does_not(make_runner: Any) -> None:
@@ -214,7 +215,7 @@ def test_slow_actions_after_heapdump_see_its_result_the_log_does_not(make_runner
     for a in (before, after):
         a.release.set()
     make_runner([before, rec, heap, after]).submit(pressure("critical"))
-    wait_for(lambda: bool(before.done and after.done and rec.seen), "every lane")
+    wait_for(lambda: bool(before.done and after.done and rec.seen), what="every lane")
     assert "pprof_top" in after.extras[0]
     assert "pprof_top" not in before.extras[0] and "pprof_top" not in rec.extras[0]
 
@@ -226,7 +227,7 @@ def test_close_runs_every_immediate_event_and_names_what_slow_lanes_did_not_run(
     runner = make_runner([rec, slow])
     for ev in (pressure("warn"), pressure("critical"), oom_kill()):
         runner.submit(ev)
-    wait_for(lambda: slow.started == ["warn"], "the first run")
+    wait_for(lambda: slow.started == ["warn"], what="the first run")
     with caplog.at_level(logging.WARNING, "pressured.actions"):
         missed = runner.close(budget=0.2)
     assert missed == 3
@@ -271,7 +272,7 @@ def test_a_new_runner_writes_after_the_one_it_replaces(make_runner: Any) -> None
     new.submit(pressure("critical"))
     gate.set()
     closer.join(10)
-    wait_for(lambda: len(order) == 2, "both lines")
+    wait_for(lambda: len(order) == 2, what="both lines")
     assert order == ["old warn", "new critical"]
 
 
