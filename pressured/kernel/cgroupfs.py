@@ -144,11 +144,126 @@ def _relative(path: str, mount: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class Unreclaimable:
+    """What the kernel cannot reclaim from a cgroup short of an OOM kill, term by term (bytes).
+
+    The kernel reclaims page cache before it kills (cgroup-v2.rst, "memory.high"/"memory.max":
+    "the OOM killer is invoked ... if the cgroup ... can't be reduced by reclaim"), so a cgroup
+    full of page cache is not at risk; these terms are what reclaim cannot drop. Swap is not
+    counted as relief: Kubernetes nodes mostly run without it, and a container's may be 0.
+    """
+
+    anon: int = 0
+    """Anonymous memory (heap, stacks, MAP_ANONYMOUS). Lazily freed pages (MADV_FREE) count
+    too, though the kernel may drop them: telling them apart takes LRU arithmetic that a
+    lagging counter could turn into a missed warning."""
+    shmem: int = 0
+    """shmem, tmpfs, SysV shm, shared anonymous mappings: swap-backed, never dropped."""
+    file_locked: int = 0
+    """File pages off the evictable file LRUs: mlocked (mlock(2)) and ramfs pages."""
+    kernel: int = 0
+    """Kernel memory charged to the cgroup that reclaim cannot free (stacks, page tables,
+    percpu, socket buffers, unreclaimable slab, pipe buffers, ...)."""
+
+    @property
+    def total(self) -> int:
+        return self.anon + self.shmem + self.file_locked + self.kernel
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "anon": self.anon,
+            "shmem": self.shmem,
+            "file_locked": self.file_locked,
+            "kernel": self.kernel,
+        }
+
+
+_V2_KERNEL_PARTS = (
+    # cgroup-v2.rst memory.stat, before the "kernel" total (5.18):
+    "kernel_stack",  # "Amount of memory allocated to kernel stacks."
+    "pagetables",  # "Amount of memory allocated for page tables."
+    "sec_pagetables",  # "Amount of memory allocated for secondary page tables" (KVM, IOMMU)
+    "percpu",  # "Amount of memory used for storing per-cpu kernel data structures."
+    "vmalloc",  # "Amount of memory used for vmap backed memory."
+    "slab_unreclaimable",  # "Part of "slab" that cannot be reclaimed on memory pressure."
+)
+
+
+def unreclaimable(
+    stat: dict[str, int], version: Version, *, usage: int, kmem: int | None = None
+) -> Unreclaimable:
+    """The OOM-risk terms of a cgroup from its memory.stat (``usage``: its charge; ``kmem``:
+    memory.kmem.usage_in_bytes on v1, None where absent)."""
+    if version == 2:
+        # cgroup-v2.rst, memory.stat:
+        #   anon  "Amount of memory used in anonymous mappings such as brk(), sbrk(), and
+        #          mmap(MAP_ANONYMOUS)"
+        #   file  "Amount of memory used to cache filesystem data, including tmpfs and shared
+        #          memory."
+        #   shmem "Amount of cached filesystem data that is swap-backed, such as tmpfs, shm
+        #          segments, shared anonymous mmap()s"
+        #   active_file, inactive_file "on the internal memory management lists used by the
+        #          page reclaim algorithm. ... shmem pages are on anon memory management lists"
+        anon, file, shmem = stat.get("anon", 0), stat.get("file", 0), stat.get("shmem", 0)
+        lru_file = stat.get("active_file", 0) + stat.get("inactive_file", 0)
+        if "kernel" in stat:
+            # "kernel": "Amount of total kernel memory, including (kernel_stack, pagetables,
+            # percpu, vmalloc, slab) in addition to other kernel memory use cases" (5.18+);
+            # less slab_reclaimable ("Part of "slab" that might be reclaimed, such as dentries
+            # and inodes"); plus "sock" ("Amount of memory used in network transmission
+            # buffers"), charged to memory.current apart from kernel memory (MEMCG_SOCK)
+            kernel = stat["kernel"] - stat.get("slab_reclaimable", 0) + stat.get("sock", 0)
+        else:
+            kernel = sum(stat.get(k, 0) for k in _V2_KERNEL_PARTS) + stat.get("sock", 0)
+    else:
+        # cgroup-v1/memory.rst 5.2 (memory.stat; the total_ forms include the hierarchy below):
+        #   rss   "# of bytes of anonymous and swap cache memory (includes transparent
+        #          hugepages)"
+        #   cache "# of bytes of page cache memory." (tmpfs and shmem included; memory.stat
+        #          also prints shmem on its own since 4.x, not in the doc's table)
+        #   inactive_file "# of bytes of file-backed memory and MADV_FREE anonymous memory
+        #          (LazyFree pages) on inactive LRU list."; active_file alike;
+        #   unevictable "# of bytes of memory that cannot be reclaimed (mlocked etc)."
+        def total(key: str) -> int:
+            return stat.get(f"total_{key}", stat.get(key, 0))
+
+        anon, file, shmem = total("rss"), total("cache"), total("shmem")
+        lru_file = total("active_file") + total("inactive_file")
+        # memory.rst 2.7: kernel memory is charged to memory.usage_in_bytes too, and counted
+        # apart in memory.kmem.usage_in_bytes; v1's memory.stat has no slab split, so
+        # reclaimable slab (dentries, inodes) counts here: it errs towards a warning
+        kernel = kmem if kmem is not None else usage - anon - file
+    # Page cache off the evictable file LRUs is locked (mlock, ramfs). (The file LRUs may also
+    # hold MADV_FREE anonymous pages, which makes this smaller, never larger, than it is.)
+    return Unreclaimable(
+        anon=max(0, anon),
+        shmem=max(0, shmem),
+        file_locked=max(0, file - shmem - lru_file),
+        kernel=max(0, kernel),
+    )
+
+
+@dataclass(frozen=True)
 class MemoryReading:
     usage_bytes: int
     working_set_bytes: int
     limit_bytes: int | None
     stat: dict[str, int] = field(default_factory=dict)
+    oom_risk: Unreclaimable = field(default_factory=Unreclaimable)
+
+    @property
+    def unreclaimable_bytes(self) -> int:
+        return self.oom_risk.total
+
+    @property
+    def refault_file(self) -> int | None:
+        """cgroup-v2.rst "workingset_refault_file: Number of refaults of previously evicted
+        file pages" (5.9+; "workingset_refault" before, which counted anon too); v1 kernels
+        print it in memory.stat as well (6.x)."""
+        for key in ("total_workingset_refault_file", "workingset_refault_file"):
+            if key in self.stat:
+                return self.stat[key]
+        return self.stat.get("workingset_refault")
 
 
 @dataclass(frozen=True)
@@ -191,10 +306,24 @@ def working_set(usage: int, stat: dict[str, int], version: Version) -> int:
     return max(0, usage - (inactive or 0))
 
 
+def read_kmem(ref: CgroupRef) -> int | None:
+    """v1 memory.kmem.usage_in_bytes, None on v2 or where the kernel has none (nokmem)."""
+    if ref.version == 2:
+        return None
+    path = ref.file("memory.kmem.usage_in_bytes")
+    try:
+        return parse.parse_int(read_text(path), path)
+    except CgroupFileError:
+        if os.path.exists(path):
+            raise
+        return None
+
+
 def read_memory(ref: CgroupRef) -> MemoryReading:
     usage = read_usage(ref)
     stat = read_stat(ref)
-    return MemoryReading(usage, working_set(usage, stat, ref.version), read_limit(ref), stat)
+    risk = unreclaimable(stat, ref.version, usage=usage, kmem=read_kmem(ref))
+    return MemoryReading(usage, working_set(usage, stat, ref.version), read_limit(ref), stat, risk)
 
 
 def read_kill_counters(ref: CgroupRef) -> KillCounters:

@@ -1,9 +1,11 @@
 """One reading of a target, a cgroup or the machine itself, as the engine takes it: the daemon
 and `pressured diagnose` both sample here.
 
-A cgroup's sample is its memory numbers (usage, working set, limit), its PSI, its OOM kill
-count and the highest oom_score among its first processes. The machine's is /proc/meminfo
-(its working set, as usage too: MemTotal - MemAvailable, against MemTotal) and
+A cgroup's sample is its memory numbers (usage, working set, the unreclaimable OOM-risk figure
+of kernel/cgroupfs.py, limit), its file refault counter, its PSI, its OOM kill count and the
+highest oom_score among its first processes. The machine's is /proc/meminfo (MemTotal -
+MemAvailable as usage, working set and OOM-risk figure alike, against MemTotal: MemAvailable
+is the kernel's own estimate of what it can free without swapping, proc.rst) and
 /proc/pressure. The memory numbers make a sample: when they cannot be read the reading fails
 with CgroupFileError; a missing kill counter or machine PSI file only leaves its field empty.
 """
@@ -56,6 +58,7 @@ def read_sample(
             readings.get("memory"),
             readings.get("io"),
             readings.get("cpu"),
+            unreclaimable_bytes=machine.working_set_bytes,
         )
     mem = cgroupfs.read_memory(ref)
     for resource in psi:
@@ -80,6 +83,8 @@ def read_sample(
         score[0] if score else None,
         score[1] if score else None,
         kills.oom_kill_count if kills else None,
+        mem.unreclaimable_bytes,
+        mem.refault_file,
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import cgroupfs, parse, procfs, sampler
-from pressured.model import MACHINE
+from pressured.model import MACHINE, Sample
 
 PSI = (
     "some avg10=1.50 avg60=0.75 avg300=0.10 total=123456\n"
@@ -327,3 +327,108 @@ def test_samples_of_a_cgroup_and_of_the_machine(tmp_path: Path) -> None:
     m = sampler.read_sample(MACHINE, None, now=8.0, proc=str(proc))
     assert (m.usage_bytes, m.working_set_bytes, m.limit_bytes) == (750 * 1024, 750 * 1024, 1024000)
     assert m.memory_psi is not None and m.io_psi is None and m.oom_kill_count is None
+    assert m.unreclaimable_bytes == 750 * 1024  # MemAvailable is what the kernel can free
+
+
+# --- the OOM-risk figure (cgroupfs.unreclaimable) ------------------------------------------
+M = 1 << 20
+
+
+def test_unreclaimable_v2_leaves_out_page_cache_and_reclaimable_slab() -> None:
+    # a job re-reading a file: page cache on the file LRUs, a little kernel memory
+    stat = {
+        "anon": 5 * M,
+        "file": 48 * M,
+        "shmem": 0,
+        "active_file": 40 * M,
+        "inactive_file": 8 * M,
+        "kernel": 3 * M,
+        "slab_reclaimable": 2 * M,
+        "sock": M // 2,
+    }
+    risk = cgroupfs.unreclaimable(stat, 2, usage=56 * M)
+    assert risk.as_dict() == {"anon": 5 * M, "shmem": 0, "file_locked": 0, "kernel": M + M // 2}
+    assert risk.total == 6 * M + M // 2
+
+
+def test_unreclaimable_v2_counts_tmpfs_and_locked_file_pages() -> None:
+    # tmpfs pages are file pages on the anon LRUs; mlocked and ramfs pages are off the file LRUs
+    stat = {
+        "anon": 4 * M,
+        "file": 80 * M,
+        "shmem": 50 * M,
+        "active_file": 6 * M,
+        "inactive_file": 4 * M,
+        "unevictable": 20 * M,
+        "kernel": M,
+    }
+    risk = cgroupfs.unreclaimable(stat, 2, usage=85 * M)
+    assert (risk.anon, risk.shmem, risk.file_locked, risk.kernel) == (4 * M, 50 * M, 20 * M, M)
+
+
+def test_unreclaimable_v2_before_the_kernel_total() -> None:
+    # kernels before 5.18 have no "kernel" line: its unreclaimable parts are added up
+    stat = {
+        "anon": M,
+        "kernel_stack": M,
+        "pagetables": 2 * M,
+        "percpu": M,
+        "slab_unreclaimable": 3 * M,
+        "slab_reclaimable": 50 * M,
+        "sock": M,
+    }
+    assert cgroupfs.unreclaimable(stat, 2, usage=0).kernel == 8 * M
+
+
+def test_unreclaimable_v1_from_total_counters_and_kmem() -> None:
+    stat = {
+        "rss": 1,  # this cgroup only: the total_ (hierarchical) forms win
+        "total_rss": 10 * M,
+        "total_cache": 60 * M,
+        "total_shmem": 20 * M,
+        "total_active_file": 30 * M,
+        "total_inactive_file": 8 * M,
+    }
+    risk = cgroupfs.unreclaimable(stat, 1, usage=80 * M, kmem=3 * M)
+    assert risk.as_dict() == {
+        "anon": 10 * M,
+        "shmem": 20 * M,
+        "file_locked": 2 * M,
+        "kernel": 3 * M,
+    }
+    # without memory.kmem.usage_in_bytes: what usage holds beyond rss and cache
+    assert cgroupfs.unreclaimable(stat, 1, usage=75 * M).kernel == 5 * M
+
+
+def test_read_memory_v1_reads_kmem(tmp_path: Path) -> None:
+    cg = v1_tree(tmp_path, hybrid=False)
+    write(
+        tmp_path,
+        "memory/job/memory.stat",
+        "total_rss 20000000\ntotal_cache 40000000\ntotal_inactive_file 30000000\n"
+        "total_active_file 10000000\ntotal_workingset_refault_file 77\n",
+    )
+    write(tmp_path, "memory/job/memory.kmem.usage_in_bytes", "1000000\n")
+    mem = cgroupfs.read_memory(cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path))))
+    assert mem.unreclaimable_bytes == 21000000
+    assert mem.working_set_bytes == 67108864 - 30000000
+    assert mem.refault_file == 77
+    write(tmp_path, "memory/job/memory.kmem.usage_in_bytes", "many\n")
+    with pytest.raises(CgroupFileError, match=r"memory\.kmem\.usage_in_bytes"):
+        cgroupfs.read_memory(cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path))))
+
+
+def test_sample_decides_on_the_working_set_where_unreclaimable_is_unknown(tmp_path: Path) -> None:
+    cg = v2_tree(tmp_path / "cg")
+    ref = cgroupfs.resolve(str(cg), cgroupfs.detect_layout(str(tmp_path / "cg")))
+    s = sampler.read_sample("app", ref, now=1.0)
+    assert s.unreclaimable_bytes == 80000000  # anon; the file pages are all on the file LRUs
+    assert (s.decided_by("unreclaimable"), s.metric_bytes("unreclaimable")) == (
+        "unreclaimable",
+        80000000,
+    )
+    assert s.metric_bytes("working_set") == 104857600 - 4857600
+    assert s.metric_bytes("usage") == 104857600
+    kubelet = Sample("pod", 1.0, 900, 800, 1000)  # the summary API has no memory.stat
+    assert kubelet.decided_by("unreclaimable") == "working_set"
+    assert kubelet.metric_bytes("unreclaimable") == 800
