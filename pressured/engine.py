@@ -2,12 +2,13 @@
 
 Per target (keyed by ``Sample.key``) the engine keeps a severity, ok < warn < critical.
 
-Percent thresholds. The metric (working set by default, or usage) as a percent of the limit is
-compared with ``warn_percent`` and ``critical_percent`` (``>=``). While a target is in a state,
-the thresholds that hold it there are lowered by ``hysteresis_percent``: in warn the warn level
-is lowered; in critical both levels are. So with 70/85/5 a target in critical stays critical
-down to 80 %, then stays warn down to 65 %. The band never exceeds half of a level, so a pod
-override of warn_percent below the band still lets the target recover.
+Percent thresholds. The metric (``unreclaimable`` by default: what the kernel cannot reclaim
+short of a kill, so page cache never raises it; or the working set, or usage) as a percent of
+the limit is compared with ``warn_percent`` and ``critical_percent`` (``>=``). While a target
+is in a state, the thresholds that hold it there are lowered by ``hysteresis_percent``: in
+warn the warn level is lowered; in critical both levels are. So with 70/85/5 a target in
+critical stays critical down to 80 %, then stays warn down to 65 %. The band never exceeds half
+of a level, so a pod override of warn_percent below the band still lets the target recover.
 
 Rules. ``rules.critical`` is evaluated first, then ``rules.warning``; a value >= 1 matches. A
 configured rule *replaces* the percent threshold of its own severity (OOMHero semantics: the
@@ -29,6 +30,13 @@ once per cooldown, and a change is reported at once). Returning to ok emits ``re
 (unless ``recovered_events`` is false). Targets without a limit never trip percent thresholds;
 rules may still match on PSI.
 
+Thrash. Page-cache thrash is pressure, not an OOM risk: the kernel keeps dropping and reading
+back file pages, the cgroup slows down, and nothing is killed. A target thrashes while its
+memory PSI "some" avg10 is at least ``thrash_psi_percent`` and its file refaults
+(workingset_refault_file) rose over the last THRASH_WINDOW_SECONDS. It is reported on its own,
+as event_type "memory_thrash" with severity "thrash" (on entry, then once per cooldown while it
+lasts); it neither starts an episode nor moves the OOM severity.
+
 Re-check. ``still_holds(event, sample)`` answers, for a fresh sample of the event's target,
 whether the engine would still be at the event's severity (same band, rules, growth fit and
 prediction) without recording anything: the daemon asks it before a destructive action.
@@ -47,13 +55,15 @@ import statistics
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pressured.errors import ConfigError, quote
 from pressured.expr import Expr, compile_expr
 from pressured.model import (
+    DEFAULT_METRIC,
     METRICS,
     SEVERITY_RANK,
+    EventSeverity,
     Identity,
     Metric,
     Overrides,
@@ -76,6 +86,10 @@ __all__ = [
 EPISODE_RETENTION_SECONDS: Final = 300.0
 """How long an ended episode is remembered for ``first_warn_time(key, at=...)``."""
 
+THRASH_WINDOW_SECONDS: Final = 10.0
+"""The refault rate is measured over about this long: PSI's avg10 window. The kernel flushes
+memcg counters lazily (every 2 s at most), so back-to-back reads may show no change."""
+
 KILL_GRACE_SECONDS: Final = 5.0
 """A kill timestamped this long after the sample that ended an episode still belongs to it:
 kernel timestamps (kmsg) and the sampling clock are read at different moments."""
@@ -92,6 +106,7 @@ VARIABLES: Final[frozenset[str]] = frozenset(
         "memory_current",
         "memory_max",
         "working_set",
+        "unreclaimable",
         "oom_score",
         "oom_score_adj",
         "growth_bytes_per_s",
@@ -104,7 +119,7 @@ VARIABLES: Final[frozenset[str]] = frozenset(
 memory_usage is the chosen metric in percent of the limit (0 without a limit); memory_current
 is usage in bytes; memory_max the limit in bytes (+inf without one); working_set in bytes;
 growth_bytes_per_s 0 until known; eta_seconds +inf unless growing toward a limit; scores and
-PSI 0 when not read.
+PSI 0 when not read; unreclaimable in bytes (the working set where the source cannot tell).
 """
 
 _THRESHOLD_KEYS: Final = frozenset(
@@ -114,6 +129,7 @@ _THRESHOLD_KEYS: Final = frozenset(
         "hysteresis_percent",
         "cooldown_seconds",
         "metric",
+        "thrash_psi_percent",
         "predict_seconds",
         "recovered_events",
         "predict_window_seconds",
@@ -141,7 +157,8 @@ class EngineSettings:
     critical_percent: float = 85.0
     hysteresis_percent: float = 5.0
     cooldown_seconds: float = 60.0
-    metric: Metric = "working_set"
+    metric: Metric = DEFAULT_METRIC
+    thrash_psi_percent: float | None = 10.0
     predict_seconds: float | None = None
     recovered_events: bool = True
     warning_expr: Expr | None = None
@@ -211,8 +228,15 @@ class EngineSettings:
             from_text=True,
         )
         kwargs["metric"] = check.choice(
-            section.get("metric", "working_set"), f"{where}.metric", METRICS, "working_set"
+            section.get("metric", DEFAULT_METRIC), f"{where}.metric", METRICS, DEFAULT_METRIC
         )
+        if "thrash_psi_percent" in section:
+            raw = section["thrash_psi_percent"]
+            kwargs["thrash_psi_percent"] = (
+                None
+                if raw is None
+                else check.number(raw, f"{where}.thrash_psi_percent", 10.0, from_text=True)
+            )
 
         rules = check.section(cfg.get("rules"), rules_where, _RULE_KEYS)
         for key, target in (("warning", "warning_expr"), ("critical", "critical_expr")):
@@ -258,6 +282,14 @@ def _settings_problems(v: Mapping[str, Any], where: str) -> list[str]:
         max=MAX_SECONDS["cooldown_seconds"],
     )
     check.choice(v["metric"], f"{where}.metric", METRICS, None)
+    check.number(
+        v["thrash_psi_percent"],
+        f"{where}.thrash_psi_percent",
+        None,
+        above=0,
+        max=100,
+        nullable=True,
+    )
     check.number(
         v["predict_seconds"],
         f"{where}.predict_seconds",
@@ -316,6 +348,7 @@ def expression_variables(
         "memory_current": float(sample.usage_bytes),
         "memory_max": float(limit) if limit is not None and limit > 0 else math.inf,
         "working_set": float(sample.working_set_bytes),
+        "unreclaimable": float(sample.metric_bytes("unreclaimable")),
         "oom_score": float(sample.oom_score or 0),
         "oom_score_adj": float(sample.oom_score_adj or 0),
         "growth_bytes_per_s": 0.0 if growth is None else growth,
@@ -342,6 +375,10 @@ class _Target:
     overrides: Overrides | None = None
     oom_kills: int | None = None
     """The oom-kill counter of the last sample that had one."""
+    refaults: Points = ()
+    """(monotonic time, workingset_refault_file) over about THRASH_WINDOW_SECONDS."""
+    thrashing: bool = False
+    last_thrash_event: float | None = None
 
 
 @dataclass(frozen=True)
@@ -499,20 +536,43 @@ class Engine:
         target.history = reading.points
         if sample.oom_kill_count is not None:
             target.oom_kills = sample.oom_kill_count
+        target.refaults = _refault_points(target.refaults, sample)
+        refault_rate = _refault_rate(target.refaults)
+        make = functools.partial(
+            self._event,
+            reading,
+            wall,
+            cgroup=cgroup,
+            identity=identity,
+            annotations=annotations,
+            dry_run=dry_run,
+            refault_rate=refault_rate,
+        )
 
+        events: list[PressureEvent] = []
         warn, critical, cooldown = self.thresholds(overrides)
+        thrash = self._thrash_rule(sample, refault_rate)
+        if thrash is None:
+            target.thrashing = False
+        else:
+            due = target.last_thrash_event is None or now - target.last_thrash_event >= cooldown
+            if not target.thrashing or due:
+                target.last_thrash_event = now
+                events.append(make("thrash", target.severity, thrash, event_type="memory_thrash"))
+            target.thrashing = True
+
         previous = target.severity
         verdict = self._classify(reading, previous, warn, critical)
 
         if verdict.severity == "ok":
             target.severity = "ok"
             if previous == "ok":
-                return []
+                return events
             if target.episode_start is not None:
                 self._end_episode(sample.key, target.episode_start, now)
             target.episode_start = None
             if not s.recovered_events:
-                return []
+                return events
             verdict = _Verdict("ok", "recovered")
         else:
             if previous == "ok":
@@ -520,32 +580,66 @@ class Engine:
             target.severity = verdict.severity
             due = target.last_event_time is None or now - target.last_event_time >= cooldown
             if verdict.severity == previous and not due:
-                return []
+                return events
         target.last_event_time = now
+        severity: EventSeverity = "recovered" if verdict.severity == "ok" else verdict.severity
+        return [make(severity, previous, verdict.rule), *events]
 
+    def _event(
+        self,
+        reading: _Reading,
+        wall: float,
+        severity: EventSeverity,
+        previous: Severity,
+        rule: str,
+        *,
+        event_type: Literal["memory_pressure", "memory_thrash"] = "memory_pressure",
+        cgroup: str,
+        identity: Identity | None,
+        annotations: Mapping[str, str] | None,
+        dry_run: bool,
+        refault_rate: float | None,
+    ) -> PressureEvent:
+        sample = reading.sample
         g, eta = reading.growth()
         memory_psi = sample.memory_psi
-        return [
-            PressureEvent(
-                time=wall,
-                severity="recovered" if verdict.severity == "ok" else verdict.severity,
-                previous_severity=previous,
-                cgroup=cgroup,
-                usage_bytes=sample.usage_bytes,
-                working_set_bytes=sample.working_set_bytes,
-                limit_bytes=sample.limit_bytes,
-                usage_percent=reading.percent,
-                growth_bytes_per_s=g,
-                eta_seconds=eta,
-                psi_some_avg10=None if memory_psi is None else memory_psi.some_avg10,
-                psi_full_avg10=None if memory_psi is None else memory_psi.full_avg10,
-                rule=verdict.rule,
-                key=sample.key,
-                identity=identity if identity is not None else Identity(),
-                annotations=dict(annotations or {}),
-                dry_run=dry_run,
-            )
-        ]
+        return PressureEvent(
+            time=wall,
+            severity=severity,
+            previous_severity=previous,
+            cgroup=cgroup,
+            usage_bytes=sample.usage_bytes,
+            working_set_bytes=sample.working_set_bytes,
+            limit_bytes=sample.limit_bytes,
+            usage_percent=reading.percent,
+            growth_bytes_per_s=g,
+            eta_seconds=eta,
+            psi_some_avg10=None if memory_psi is None else memory_psi.some_avg10,
+            psi_full_avg10=None if memory_psi is None else memory_psi.full_avg10,
+            rule=rule,
+            key=sample.key,
+            identity=identity if identity is not None else Identity(),
+            annotations=dict(annotations or {}),
+            dry_run=dry_run,
+            unreclaimable_bytes=sample.unreclaimable_bytes,
+            decided_by=sample.decided_by(self._settings.metric),
+            refault_file_per_s=refault_rate,
+            event_type=event_type,
+        )
+
+    def _thrash_rule(self, sample: Sample, refault_rate: float | None) -> str | None:
+        """Why ``sample`` shows page-cache thrash (the event's rule), or None when it does not:
+        memory stalls (PSI some avg10) while file pages evicted before are read back."""
+        level = self._settings.thrash_psi_percent
+        psi = sample.memory_psi
+        if level is None or psi is None or refault_rate is None or refault_rate <= 0:
+            return None
+        if psi.some_avg10 < level:
+            return None
+        return (
+            f"thrash: memory some avg10 {psi.some_avg10:g}>={level:g} "
+            f"with {refault_rate:.0f} file refaults/s"
+        )
 
     def still_holds(self, event: PressureEvent, sample: Sample) -> bool:
         """Whether ``event`` is still true of ``sample``, a fresh reading of its target: the
@@ -567,6 +661,10 @@ class Engine:
         overrides = target.overrides
         # Only points older than the sample: the loop may have fed a newer one meanwhile.
         history = tuple(p for p in target.history if p[0] < sample.time)
+        if event.severity == "thrash":
+            refaults = tuple(p for p in target.refaults if p[0] < sample.time)
+            rate = _refault_rate(_refault_points(refaults, sample))
+            return self._thrash_rule(sample, rate) is not None
         reading = self._read(sample, history, target.oom_kills, overrides)
         warn, critical, _ = self.thresholds(overrides)
         if event.severity == "recovered":
@@ -671,6 +769,29 @@ class Engine:
             if end >= horizon:
                 break
             del self._ended[key]
+
+
+def _refault_points(points: Points, sample: Sample) -> Points:
+    """``points`` with the sample's file refault counter added, kept to the newest point at
+    least THRASH_WINDOW_SECONDS old and those after it; restarted when the counter is unknown or
+    went down (a recreated cgroup)."""
+    count = sample.refault_file
+    if count is None:
+        return ()
+    if points and (count < points[-1][1] or sample.time <= points[-1][0]):
+        points = () if count < points[-1][1] else points[:-1]
+    horizon = sample.time - THRASH_WINDOW_SECONDS
+    old = [i for i, p in enumerate(points) if p[0] <= horizon]
+    kept = points[old[-1] :] if old else points
+    return (*kept, (sample.time, float(count)))
+
+
+def _refault_rate(points: Points) -> float | None:
+    """File refaults per second over ``points``; None over less than a second."""
+    if len(points) < 2 or points[-1][0] - points[0][0] < 1.0:
+        return None
+    (t0, c0), (t1, c1) = points[0], points[-1]
+    return (c1 - c0) / (t1 - t0)
 
 
 def _band(hysteresis: float, level: float) -> float:

@@ -17,6 +17,10 @@ Three groups of families:
 - The eBPF OOM watcher's, per kill: ``oom_kills_total``, ``oom_kills_per_node_total``,
   ``oom_memory_usage_bytes{memory_type}`` and ``oom_last_timestamp``. Counters of kills are
   never expired: a kill is history, not a reading.
+- pressured's own per target: ``pressured_memory_bytes{kind, decides}`` (usage, working_set,
+  unreclaimable; ``decides="1"`` on the one warn/critical rest on) and
+  ``pressured_memory_refaults_file`` (the kernel's workingset_refault_file counter: rate() of it
+  is page-cache thrash).
 - pressured's own: events by severity, the warning lead time before kills, unwarned kills,
   watched cgroups, wake-ups by cause, failed actions and active kill sources.
 """
@@ -145,6 +149,21 @@ class Metrics:
             "cpu_pressure", "CPU pressure stall information, percent", psi, registry=r
         )
 
+        self.memory_bytes = Gauge(
+            "pressured_memory_bytes",
+            "Memory of the target by kind (usage, working_set, unreclaimable: the OOM-risk "
+            "figure); decides=1 on the kind warn/critical rest on",
+            [*target, "kind", "decides"],
+            registry=r,
+        )
+        self.refaults_file = Gauge(
+            "pressured_memory_refaults_file",
+            "workingset_refault_file of the target's memory.stat (a counter of the kernel: "
+            "rate() of it is page-cache thrash)",
+            target,
+            registry=r,
+        )
+
         self.oom_kills = Counter("oom_kills", "OOM kills", _KILL_LABELS, registry=r)
         self.oom_kills_per_node = Counter(
             "oom_kills_per_node", "OOM kills on the node", ["node"], registry=r
@@ -219,11 +238,22 @@ class Metrics:
         usage_percent: float,
         *,
         pid: int | None = None,
+        decided_by: str | None = None,
     ) -> None:
         labels = self._target_labels(cgroup, identity, pid)
         with self._lock:
             self._seen[labels] = self._clock()
         self.memory_usage.labels(*labels).set(usage_percent)
+        for kind, value in (
+            ("usage", sample.usage_bytes),
+            ("working_set", sample.working_set_bytes),
+            ("unreclaimable", sample.unreclaimable_bytes),
+        ):
+            if value is not None:
+                decides = "1" if kind == decided_by else "0"
+                self.memory_bytes.labels(*labels, kind, decides).set(value)
+        if sample.refault_file is not None:
+            self.refaults_file.labels(*labels).set(sample.refault_file)
         if sample.oom_score is not None:
             self.oom_score.labels(*labels).set(sample.oom_score)
         for family, psi in (
@@ -253,9 +283,13 @@ class Metrics:
 
     def _remove(self, labels: tuple[str, ...]) -> None:
         # remove() raises KeyError for a combination never set (a target without PSI).
-        for family in (self.memory_usage, self.oom_score):
+        for family in (self.memory_usage, self.oom_score, self.refaults_file):
             with contextlib.suppress(KeyError):
                 family.remove(*labels)
+        for kind in ("usage", "working_set", "unreclaimable"):
+            for decides in ("0", "1"):
+                with contextlib.suppress(KeyError):
+                    self.memory_bytes.remove(*labels, kind, decides)
         for family in (self.memory_pressure, self.io_pressure, self.cpu_pressure):
             for level in _LEVELS:
                 for window in _WINDOWS:

@@ -2,7 +2,8 @@
 
 Target        who is watched: a cgroup (or the machine) and, in Kubernetes, its pod identity
 Sample        one reading of a target at one instant
-PressureEvent the engine's verdict (event_type "memory_pressure")
+PressureEvent the engine's verdict (event_type "memory_pressure", or "memory_thrash" for page-cache
+              thrash: pressure, not an OOM risk)
 KillRecord    what one kill source saw of one kill, the kill reconciler's input
 OomKill       a confirmed kill (event_type "oom_killed"), built by the kill reconciler
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from pressured.kernel.pidfd import ProcessHandles
 
 Severity = Literal["ok", "warn", "critical"]
-EventSeverity = Literal["warn", "critical", "recovered"]
+EventSeverity = Literal["warn", "critical", "recovered", "thrash"]
+"""An engine event's severity: the OOM-risk states, or "thrash" (event_type "memory_thrash":
+page-cache thrash, pressure that is no OOM risk)."""
 SEVERITY_RANK: dict[str, int] = {"ok": 0, "warn": 1, "critical": 2}
 
 MACHINE = "machine"
@@ -71,10 +74,17 @@ class Psi:
     full_total: int = 0
 
 
-Metric = Literal["working_set", "usage"]
-"""What warn/critical are decided on: the working set (usage less inactive file pages, the
-kubelet's eviction measure) or the raw usage."""
-METRICS: Final = ("working_set", "usage")
+Metric = Literal["unreclaimable", "working_set", "usage"]
+"""What warn/critical and the ETA are decided on:
+
+- unreclaimable (the default): what the kernel cannot reclaim short of an OOM kill (anonymous
+  memory, shmem/tmpfs, locked file pages, unreclaimable kernel memory; the terms and their
+  kernel docs are in kernel/cgroupfs.py). Page cache cannot raise it, so it cannot fool it.
+- working_set: usage less inactive file pages, the kubelet's eviction measure (it still counts
+  active page cache, cadvisor#2582).
+- usage: the raw charge (memory.current, memory.usage_in_bytes)."""
+METRICS: Final = ("unreclaimable", "working_set", "usage")
+DEFAULT_METRIC: Final[Metric] = "unreclaimable"
 
 
 @dataclass(frozen=True)
@@ -102,10 +112,26 @@ class Sample:
     oom_score: int | None = None
     oom_score_adj: int | None = None
     oom_kill_count: int | None = None
+    unreclaimable_bytes: int | None = None
+    """The OOM-risk figure; None where the source cannot tell (the kubelet's summary API)."""
+    refault_file: int | None = None
+    """The cgroup's workingset_refault_file counter (file pages read again after eviction)."""
+
+    def decided_by(self, metric: Metric) -> Metric:
+        """The metric a decision really rests on: the configured one, or the working set where
+        the sample has no unreclaimable figure (it over-counts, so nothing is missed)."""
+        if metric == "unreclaimable" and self.unreclaimable_bytes is None:
+            return "working_set"
+        return metric
 
     def metric_bytes(self, metric: Metric) -> int:
         """The value warn/critical are decided on, by the configured metric."""
-        return self.usage_bytes if metric == "usage" else self.working_set_bytes
+        decided = self.decided_by(metric)
+        if decided == "usage":
+            return self.usage_bytes
+        if decided == "unreclaimable" and self.unreclaimable_bytes is not None:
+            return self.unreclaimable_bytes
+        return self.working_set_bytes
 
 
 @dataclass(frozen=True)
@@ -131,7 +157,12 @@ class PressureEvent:
     dry_run: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    event_type: Literal["memory_pressure"] = "memory_pressure"
+    unreclaimable_bytes: int | None = None
+    decided_by: Metric = "working_set"
+    """The metric ``usage_percent``, the severity and the ETA rest on."""
+    refault_file_per_s: float | None = None
+
+    event_type: Literal["memory_pressure", "memory_thrash"] = "memory_pressure"
     processes: ProcessHandles | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -144,8 +175,13 @@ class PressureEvent:
             **self.identity.as_event_fields(),
             "usage_bytes": self.usage_bytes,
             "working_set_bytes": self.working_set_bytes,
+            "unreclaimable_bytes": self.unreclaimable_bytes,
             "limit_bytes": self.limit_bytes,
             "usage_percent": round(self.usage_percent, 2),
+            "decided_by": self.decided_by,
+            "refault_file_per_s": None
+            if self.refault_file_per_s is None
+            else round(self.refault_file_per_s, 1),
             "growth_bytes_per_s": None
             if self.growth_bytes_per_s is None
             else round(self.growth_bytes_per_s, 1),

@@ -28,8 +28,9 @@ from pressured.errors import ConfigError
 from pressured.model import Event
 from pressured.settings import COMMA, Checker
 
-SEVERITIES = ("warn", "critical", "recovered", "oom_killed")
-"""What an event's ``severity`` can be: the engine's three, and a confirmed kill."""
+SEVERITIES = ("warn", "critical", "recovered", "oom_killed", "thrash")
+"""What an event's ``severity`` can be: the engine's three, a confirmed kill, and page-cache
+thrash (event_type "memory_thrash": pressure, no OOM risk)."""
 
 IMMEDIATE = "immediate"
 SLOW = "slow"

@@ -97,10 +97,15 @@ def event_message(event: Event) -> str:
             parts.append("without an earlier warning")
         text = " ".join(parts)
     else:
+        risk = (
+            ""
+            if event.unreclaimable_bytes is None
+            else f"{human_bytes(event.unreclaimable_bytes)} unreclaimable (OOM risk), "
+        )
         text = (
-            f"memory {human_bytes(event.working_set_bytes)} working set, "
+            f"memory {risk}{human_bytes(event.working_set_bytes)} working set, "
             f"{human_bytes(event.usage_bytes)} usage of {human_bytes(event.limit_bytes)} limit "
-            f"({event.usage_percent:.1f}%)"
+            f"({event.usage_percent:.1f}% by {event.decided_by})"
         )
         if event.growth_bytes_per_s is not None and event.growth_bytes_per_s > 0:
             text += f", growing {human_bytes(event.growth_bytes_per_s)}/s"

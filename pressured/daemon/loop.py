@@ -295,10 +295,16 @@ class Daemon:
         )
         if self.metrics is not None:
             pct = 0.0
+            metric = self.engine.settings.metric
             if sample.limit_bytes:
-                value = sample.metric_bytes(self.engine.settings.metric)
-                pct = 100.0 * value / sample.limit_bytes
-            self.metrics.observe_sample(sample, state.cgroup, state.spec.identity, pct)
+                pct = 100.0 * sample.metric_bytes(metric) / sample.limit_bytes
+            self.metrics.observe_sample(
+                sample,
+                state.cgroup,
+                state.spec.identity,
+                pct,
+                decided_by=sample.decided_by(metric),
+            )
         for ev in events:
             self.emit(ev, state)
 

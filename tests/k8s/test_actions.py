@@ -145,7 +145,7 @@ def test_warning_event_then_aggregated_repeats(kube: KubeClient, fake_api: FakeK
     assert ev["metadata"]["namespace"] == "shop"
     assert ev["firstTimestamp"] == ev["lastTimestamp"] == "2026-03-02T10:16:00Z"
     assert "200.0Mi working set" in ev["message"]
-    assert "of 256.0Mi limit (78.1%)" in ev["message"]
+    assert "of 256.0Mi limit (78.1% by working_set)" in ev["message"]
     assert "ETA 42s" in ev["message"]
     assert ev["source"] == {"component": "pressured", "host": "node-1"}
 

@@ -589,7 +589,10 @@ def test_from_config_defaults_and_values() -> None:
         ({"hysteresis_percent": -1}, "thresholds.hysteresis_percent: must be at least 0"),
         ({"hysteresis_percent": 75}, "thresholds.hysteresis_percent:"),
         ({"cooldown_seconds": -5}, "thresholds.cooldown_seconds: must be at least 0 (got -5"),
-        ({"metric": "rss"}, "thresholds.metric: must be one of working_set, usage (got 'rss')"),
+        (
+            {"metric": "rss"},
+            "thresholds.metric: must be one of unreclaimable, working_set, usage (got 'rss')",
+        ),
         ({"predict_seconds": 0}, "thresholds.predict_seconds: must be above 0"),
         ({"predict_samples": 2}, "thresholds.predict_samples: must be at least 3"),
         ({"warn_percent": True}, "thresholds.warn_percent: expected a number (got True)"),
@@ -702,3 +705,99 @@ def test_below_warn_from_ok_never_emits(percents: list[int], cooldown: float) ->
     d = Driver(Engine(EngineSettings(cooldown_seconds=cooldown)))
     for p in percents:
         assert d.feed(p) == []
+
+
+# --- the OOM-risk metric and page-cache thrash ------------------------------------------------
+
+
+def risk_sample(
+    t: float,
+    *,
+    unreclaimable: int | None,
+    working_set: int = 90,
+    psi: float = 0.0,
+    refaults: int | None = None,
+) -> Sample:
+    return Sample(
+        key="job",
+        time=t,
+        usage_bytes=95,
+        working_set_bytes=working_set,
+        limit_bytes=100,
+        memory_psi=Psi(some_avg10=psi),
+        unreclaimable_bytes=unreclaimable,
+        refault_file=refaults,
+    )
+
+
+def feed_risk(engine: Engine, sample: Sample) -> list[PressureEvent]:
+    return engine.feed(sample, sample.time, WALL0 + sample.time, cgroup="/job")
+
+
+def test_unreclaimable_is_the_default_and_page_cache_does_not_warn() -> None:
+    engine = Engine()
+    assert engine.settings.metric == "unreclaimable"
+    # a working set of 90 % made of page cache: nothing to warn about
+    assert feed_risk(engine, risk_sample(1.0, unreclaimable=20)) == []
+    (warn,) = feed_risk(engine, risk_sample(2.0, unreclaimable=75))
+    assert (warn.severity, warn.decided_by, warn.usage_percent) == ("warn", "unreclaimable", 75.0)
+    doc = warn.to_json()
+    assert (doc["unreclaimable_bytes"], doc["working_set_bytes"]) == (75, 90)
+    assert doc["decided_by"] == "unreclaimable"
+
+
+def test_without_an_unreclaimable_figure_the_working_set_decides() -> None:
+    engine = Engine()
+    (warn,) = feed_risk(engine, risk_sample(1.0, unreclaimable=None))
+    assert (warn.decided_by, warn.usage_percent, warn.unreclaimable_bytes) == (
+        "working_set",
+        90.0,
+        None,
+    )
+    ws = Engine(EngineSettings.from_config({"thresholds": {"metric": "working_set"}}))
+    (warn,) = feed_risk(ws, risk_sample(1.0, unreclaimable=20))
+    assert (warn.decided_by, warn.unreclaimable_bytes) == ("working_set", 20)
+
+
+def test_thrash_is_pressure_not_an_oom_warning() -> None:
+    engine = Engine(EngineSettings.from_config({"thresholds": {"thrash_psi_percent": 5}}))
+    assert feed_risk(engine, risk_sample(0.0, unreclaimable=10, psi=8, refaults=0)) == []
+    # the refault rate needs a second of counters
+    assert feed_risk(engine, risk_sample(0.5, unreclaimable=10, psi=8, refaults=500)) == []
+    (thrash,) = feed_risk(engine, risk_sample(1.0, unreclaimable=10, psi=8, refaults=1000))
+    assert (thrash.event_type, thrash.severity, thrash.previous_severity) == (
+        "memory_thrash",
+        "thrash",
+        "ok",
+    )
+    assert thrash.refault_file_per_s == 1000.0
+    assert thrash.rule == "thrash: memory some avg10 8>=5 with 1000 file refaults/s"
+    assert thrash.to_json()["event_type"] == "memory_thrash"
+    # no OOM episode, no severity
+    assert engine.severity("job") == "ok" and engine.first_warn_time("job") is None
+    # held: once per cooldown (60 s); a counter the kernel had not flushed yet changes nothing
+    assert feed_risk(engine, risk_sample(2.0, unreclaimable=10, psi=8, refaults=1000)) == []
+    assert engine.still_holds(thrash, risk_sample(3.0, unreclaimable=10, psi=8, refaults=3000))
+    assert not engine.still_holds(thrash, risk_sample(3.0, unreclaimable=10, psi=1, refaults=3000))
+    (again,) = feed_risk(engine, risk_sample(61.0, unreclaimable=10, psi=8, refaults=90_000))
+    assert again.severity == "thrash"
+
+
+def test_stall_without_refaults_is_no_thrash() -> None:
+    # anonymous memory reclaim or IO can stall too: without file refaults it is not thrash
+    engine = Engine(EngineSettings.from_config({"thresholds": {"thrash_psi_percent": 5}}))
+    for t in range(5):
+        assert feed_risk(engine, risk_sample(t, unreclaimable=10, psi=50, refaults=7)) == []
+    off = Engine(EngineSettings.from_config({"thresholds": {"thrash_psi_percent": None}}))
+    for t in range(5):
+        assert feed_risk(off, risk_sample(t, unreclaimable=10, psi=50, refaults=t * 1000)) == []
+
+
+def test_thrash_beside_an_oom_warning_is_reported_apart() -> None:
+    engine = Engine(EngineSettings.from_config({"thresholds": {"thrash_psi_percent": 5}}))
+    feed_risk(engine, risk_sample(0.0, unreclaimable=50, psi=9, refaults=0))
+    events = feed_risk(engine, risk_sample(2.0, unreclaimable=80, psi=9, refaults=4000))
+    assert [(e.event_type, e.severity) for e in events] == [
+        ("memory_pressure", "warn"),
+        ("memory_thrash", "thrash"),
+    ]
