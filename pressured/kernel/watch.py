@@ -14,8 +14,13 @@ cgroup-v1/memory.rst, accounting/psi.rst):
 Where the kernel has no notifier, the Watcher reads adaptively (one batched native call per
 sweep): v2 usage always, v1 usage while it sits above the lowest threshold (the kernel only
 says when usage crosses a level; working set and growth need reads in between), and the
-machine's /proc/meminfo. The interval shrinks as headroom shrinks and as growth speeds up,
-between ``min_interval_s`` and ``max_interval_s``.
+machine's /proc/meminfo. Below its lowest threshold a v1 target is still read every
+``v1_cold_interval_s`` (all such reads in one sweep), sooner when it grows: kernel memory
+(pipe buffers, sockets, slab) is charged to memory.usage_in_bytes without the usage-threshold
+check, which runs on page charges only (mm/memcontrol-v1.c memcg1_check_events), so a kernel
+memory leak crosses the levels without an eventfd (measured here: a pipe-buffer leak went
+past warn and critical to the kill without one). The interval shrinks as headroom shrinks
+and as growth speeds up, between ``min_interval_s`` and ``max_interval_s``.
 
 ``wait()`` returns Wakeups naming the target and the cause:
 threshold, psi, events, oom, gone, read; and "fd" for a caller's own fd (``watch_fd``: the
@@ -77,6 +82,8 @@ class WatchOptions:
     v1_pressure_level: str | None = "medium"
     change_fraction: float = 0.01
     """A cold adaptive read is reported when usage moved by this fraction of the limit."""
+    v1_cold_interval_s: float = 2.0
+    """Reads of a v1 target below its lowest threshold (kernel memory crosses no eventfd)."""
     read_always: bool = False
     """Read v1 usage adaptively even below the thresholds: a rule expression has no kernel
     notifier, so only reads can see it match (and the growth it may depend on)."""
@@ -102,6 +109,8 @@ class _Target:
     usage_fd: int = -1
     usage_path: str = ""
     adaptive_always: bool = False
+    cold_reads: bool = False
+    """v1 with thresholds: read below the lowest one too (v1_cold_interval_s)."""
     last_usage: int | None = None
     last_reported: int | None = None
     last_read: float = 0.0
@@ -120,7 +129,7 @@ class _Target:
 
     @property
     def adaptive(self) -> bool:
-        return self.adaptive_always or self.hot
+        return self.adaptive_always or self.hot or self.cold_reads
 
 
 @dataclass(frozen=True)
@@ -290,6 +299,7 @@ class Watcher:
                 continue
             self._add_fd(t, _Fd(fd, "v1_threshold", t.key, t.ref.usage_file, level))
             armed.append(f"threshold {level}")
+        t.cold_reads = bool(t.levels) and t.limit is not None
         if not t.levels:
             return
         if not any(e.kind == "v1_threshold" for e in t.fds.values()):
@@ -406,6 +416,8 @@ class Watcher:
     # ------------------------------------------------------------------ waiting
     def _interval(self, t: _Target) -> float:
         lo, hi = self.options.min_interval_s, self.options.max_interval_s
+        if t.cold_reads and not t.hot and not t.adaptive_always:
+            return self._cold_interval(t)
         if not t.adaptive or t.limit is None or t.last_usage is None:
             return hi
         usage, limit = t.last_usage, t.limit
@@ -418,6 +430,16 @@ class Watcher:
             # at least four reads before the next level (or the limit) at the current growth
             interval = min(interval, max(0.0, goal - usage) / t.growth / 4.0)
         return min(hi, max(lo, interval))
+
+    def _cold_interval(self, t: _Target) -> float:
+        """Until the next read of a v1 target below its lowest threshold: the cold interval,
+        shortened by growth to four reads before the lowest level."""
+        cold = max(self.options.v1_cold_interval_s, self.options.max_interval_s)
+        if t.growth > 0 and t.levels and t.last_usage is not None:
+            before = max(0.0, min(t.levels) - t.last_usage) / t.growth / 4.0
+            if before < cold:
+                return max(self.options.min_interval_s, before)
+        return cold
 
     def next_deadline(self) -> float | None:
         due = [t.next_due for t in self._targets.values() if t.adaptive and t.usage_fd >= 0]
@@ -520,7 +542,13 @@ class Watcher:
             t.growth = 0.5 * t.growth + 0.5 * rate
         t.last_usage = usage
         t.last_read = now
-        t.next_due = now + self._interval(t)
+        interval = self._interval(t)
+        if t.cold_reads and not t.hot and interval >= self.options.v1_cold_interval_s:
+            # on a common tick: every idle v1 target is read in the same sweep
+            tick = self.options.v1_cold_interval_s
+            t.next_due = math.ceil((now + interval) / tick) * tick
+        else:
+            t.next_due = now + interval
 
     def _sweep(self) -> list[Wakeup]:
         now = self._clock()

@@ -129,3 +129,32 @@ def test_always_within_bounds(
         target(usage, limit=limit, growth=growth, levels=levels, always=always)
     )
     assert LO <= interval <= HI
+
+
+def cold_v1(usage: int, growth: float = 0.0) -> _Target:
+    t = target(usage, growth=growth, levels=[700, 850], always=False)
+    t.cold_reads = True
+    return t
+
+
+def test_v1_below_its_levels_is_read_on_the_cold_interval(watcher: Watcher) -> None:
+    # kernel memory is charged without running v1's threshold check: reads, slow ones
+    cold = watcher.options.v1_cold_interval_s
+    assert cold >= HI
+    assert watcher._interval(cold_v1(100)) == cold
+    # growing towards the lowest level: four reads before it
+    assert watcher._interval(cold_v1(500, growth=100.0)) == pytest.approx(0.5)
+    assert watcher._interval(cold_v1(699, growth=1e9)) == LO
+    # above the lowest level it is hot: the adaptive interval
+    hot = cold_v1(750)
+    assert hot.hot and watcher._interval(hot) == pytest.approx(HI * 0.5)
+
+
+def test_cold_reads_share_one_tick(watcher: Watcher) -> None:
+    tick = watcher.options.v1_cold_interval_s
+    dues = []
+    for now in (10.1, 10.7, 11.3):
+        t = cold_v1(100)
+        watcher._update(t, 100, now)
+        dues.append(t.next_due)
+    assert len(set(dues)) == 1 and dues[0] % tick == 0 and dues[0] >= 11.3 + tick
