@@ -116,6 +116,12 @@ class Child:
     def memory_file(self) -> str:
         return os.path.join(self.path, "memory.current" if self.v2 else "memory.usage_in_bytes")
 
+    def psi_file(self, resource: str = "memory") -> str | None:
+        """Its ``<resource>.pressure`` (v2, or the hybrid host's mirror), None without PSI."""
+        base = self.path if self.v2 else self.mirror
+        path = None if base is None else os.path.join(base, f"{resource}.pressure")
+        return path if path is not None and os.path.exists(path) else None
+
     def usage(self) -> int:
         with open(self.memory_file) as f:
             return int(f.read())
