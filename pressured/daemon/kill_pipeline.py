@@ -15,6 +15,7 @@ from pressured.errors import CgroupFileError
 from pressured.kernel import cgroupfs
 from pressured.kills import (
     CounterTracker,
+    KillJournal,
     KillsConfig,
     KillSources,
     KillState,
@@ -54,6 +55,7 @@ class KillPipeline:
         self.tracker = CounterTracker(
             KillState(state_dir) if state_dir else None, clock=clock, wall_clock=wall
         )
+        self.journal = KillJournal(state_dir) if state_dir else None
         self.reconciler = Reconciler(
             self.config.window_seconds,
             clock,
@@ -184,6 +186,8 @@ class KillPipeline:
                 "kill of pid %s in %s: not a watched target, not reported", kill.pid, kill.cgroup
             )
             return
+        if self.journal is not None:
+            self.journal.append(kill)
         self._emit(kill, state)
 
     def close(self) -> None:

@@ -91,6 +91,59 @@ def read_oom_score(pid: int, proc: str = PROC) -> tuple[int, int] | None:
         return None
 
 
+def process_rss(pid: int, proc: str = PROC) -> int | None:
+    """A process's resident set in bytes (psutil's memory_info().rss; VmRSS of its status
+    under another root), or None when it is gone or has no memory (a kernel thread)."""
+    if _real(proc):
+        try:
+            return int(psutil.Process(pid).memory_info().rss)
+        except (psutil.Error, ValueError):
+            return None
+    try:
+        status = read_text(os.path.join(proc, str(pid), "status"))
+    except CgroupFileError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            try:
+                return int(parts[1]) * 1024
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process as `pressured diagnose` lists it."""
+
+    pid: int
+    comm: str | None
+    rss_bytes: int | None
+    oom_score: int
+    oom_score_adj: int
+
+    def as_dict(self) -> dict[str, int | str | None]:
+        return {
+            "pid": self.pid,
+            "comm": self.comm,
+            "rss_bytes": self.rss_bytes,
+            "oom_score": self.oom_score,
+            "oom_score_adj": self.oom_score_adj,
+        }
+
+
+def processes_memory(pids: Iterable[int], proc: str = PROC) -> list[ProcessMemory]:
+    """Name, RSS and OOM score of each of ``pids`` still there (gone ones are left out)."""
+    out = []
+    for pid in pids:
+        score = read_oom_score(pid, proc)
+        if score is None:
+            continue
+        out.append(ProcessMemory(pid, process_name(pid, proc), process_rss(pid, proc), *score))
+    return out
+
+
 PF_EXITING = 0x4
 """Task flag (field 9 of /proc/PID/stat): the task is in do_exit."""
 _SIGKILL = 1 << (signal.SIGKILL - 1)

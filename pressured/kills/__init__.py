@@ -23,8 +23,9 @@ Modules: ``readers/`` (the kernel sources: kmsg, tracepoint, bcc), ``base`` (the
 :class:`~pressured.kills.base.KillSource` protocol every open reader follows: ``name``,
 ``status``, ``fds()``, ``read()``, ``poll_interval``, ``close()``), ``sources``
 (:class:`KillSources`: opens the enabled readers), ``config`` (:class:`KillsConfig`),
-``counters`` (:class:`CounterTracker`, :class:`KillState`), ``reconciler`` (:class:`Reconciler`,
-:func:`attribute`). Wiring, in the daemon loop::
+``counters`` (:class:`CounterTracker`, :class:`KillState`), ``journal`` (:class:`KillJournal`:
+the confirmed kills in the state directory, for `pressured diagnose`), ``reconciler``
+(:class:`Reconciler`, :func:`attribute`). Wiring, in the daemon loop::
 
     sources = KillSources(KillsConfig.from_mapping(cfg["kills"]), clock=clock)
     sources.start()                        # status(): {name: (active, why)}, logged
@@ -50,11 +51,13 @@ no watched target is added with key None.
 from pressured.kills.base import KillSource
 from pressured.kills.config import KillsConfig
 from pressured.kills.counters import CounterTracker, KillState
+from pressured.kills.journal import KillJournal
 from pressured.kills.reconciler import Reconciler, attribute
 from pressured.kills.sources import KillSources
 
 __all__ = [
     "CounterTracker",
+    "KillJournal",
     "KillSource",
     "KillSources",
     "KillState",

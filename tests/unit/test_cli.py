@@ -376,6 +376,64 @@ def test_diagnose_json_rows_sorted_by_headroom(tmp_path: Path, v2_tree: Path) ->
     assert b["top_processes"] == []
 
 
+def test_diagnose_shows_the_oom_risk_beside_the_working_set_and_kills_since_boot(
+    tmp_path: Path, v2_tree: Path
+) -> None:
+    from pressured.kills.journal import JOURNAL_FILE, boot_id
+
+    # 700 MiB of it page cache: a working set of 80 %, an OOM risk of 20 %
+    job = cgroup_v2(v2_tree, "batch/job", current=900 * MiB, limit=1000 * MiB, pids=(os.getpid(),))
+    (job / "memory.stat").write_text(
+        f"anon {200 * MiB}\nfile {700 * MiB}\nshmem 0\nactive_file {600 * MiB}\n"
+        f"inactive_file {100 * MiB}\nkernel 0\n"
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    kills = [
+        {
+            "boot_id": boot_id(),
+            "cgroup": str(job),
+            "pid": 11,
+            "comm": "job",
+            "time": "t1",
+            "warned_seconds_before": 4.5,
+        },
+        {
+            "boot_id": "an-earlier-boot",
+            "cgroup": str(job),
+            "pid": 10,
+            "comm": "job",
+            "time": "t0",
+            "warned_seconds_before": None,
+        },
+    ]
+    (state / JOURNAL_FILE).write_text("".join(json.dumps(k) + "\n" for k in kills))
+    cfg = write(
+        tmp_path,
+        f"source:\n  cgroup:\n    paths: [{job}]\n  machine: false\nstate_dir: {state}\n",
+    )
+    result = invoke("diagnose", "-c", cfg, "--json", "--interval", "0")
+    assert result.exit_code == EXIT_OK, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["working_set_bytes"], row["unreclaimable_bytes"]) == (800 * MiB, 200 * MiB)
+    assert (row["working_set_percent"], row["unreclaimable_percent"]) == (80.0, 20.0)
+    assert (row["decided_by"], row["percent"], row["headroom_bytes"]) == (
+        "unreclaimable",
+        20.0,
+        800 * MiB,
+    )
+    assert row["unreclaimable"] == {"anon": 200 * MiB, "shmem": 0, "file_locked": 0, "kernel": 0}
+    assert row["kills_since_boot"] == [
+        {"time": "t1", "pid": 11, "comm": "job", "warned_seconds_before": 4.5}
+    ]
+    (me,) = row["top_by_rss"]
+    assert me["pid"] == os.getpid() and me["rss_bytes"] > 0 and me["oom_score"] >= 0
+    # the table says it too
+    result = invoke("diagnose", "-c", cfg, "--interval", "0")
+    assert result.exit_code == EXIT_OK, result.output
+    assert "kills since boot" in result.stdout and "4.5s" in result.stdout
+
+
 def test_diagnose_keeps_a_row_whose_psi_file_is_malformed(tmp_path: Path, v2_tree: Path) -> None:
     (v2_tree / "kubepods/pod-b/app/memory.pressure").write_text("bogus line\n")
     rows = diagnose_json(tmp_path, v2_tree)
