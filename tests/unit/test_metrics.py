@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -271,3 +272,31 @@ def test_settings_from_config() -> None:
     assert "metrics.enabled: expected true or false (got 'sometimes')" in problems
     assert "metrics.address: expected a host address (got '')" in problems
     assert any(p.startswith("metrics.porr: unknown key") for p in problems)
+
+
+def test_both_figures_and_which_decides(
+    metrics: Metrics, server: MetricsServer, clock: Clock
+) -> None:
+    s = replace(sample(), unreclaimable_bytes=300, refault_file=4242)
+    metrics.observe_sample(s, "/kubepods/cart", IDENT, 30.0, decided_by="unreclaimable")
+    got = scrape(server)
+    assert got["pressured_memory_bytes"] == {
+        lab(TARGET, kind="usage", decides="0"): 900.0,
+        lab(TARGET, kind="working_set", decides="0"): 800.0,
+        lab(TARGET, kind="unreclaimable", decides="1"): 300.0,
+    }
+    assert got["pressured_memory_refaults_file"] == {TARGET: 4242.0}
+    # a source without the figure (the kubelet's summary): the working set decides
+    other = lab(namespace="", pod="", container="", cgroup="/kubepods/other")
+    metrics.observe_sample(
+        sample("other"), "/kubepods/other", Identity(), 80.0, decided_by="working_set"
+    )
+    got = scrape(server)["pressured_memory_bytes"]
+    assert got[lab(other, kind="working_set", decides="1")] == 800.0
+    assert not any(
+        dict(k)["cgroup"] == "/kubepods/other" and dict(k)["kind"] == "unreclaimable" for k in got
+    )
+    clock.now += 100
+    assert metrics.forget_stale(ttl=60) == 2
+    got = scrape(server)
+    assert "pressured_memory_bytes" not in got and "pressured_memory_refaults_file" not in got
