@@ -233,7 +233,7 @@ class Watcher:
             self.remove(key)
             raise
         target.notes = missing
-        target.next_due = self._clock() + self._interval(target)
+        self._schedule(target, self._clock())
         return ArmReport(key, tuple(armed), tuple(missing), target.adaptive_always)
 
     def _arm_cgroup(self, t: _Target, armed: list[str], missing: list[str]) -> None:
@@ -542,6 +542,9 @@ class Watcher:
             t.growth = 0.5 * t.growth + 0.5 * rate
         t.last_usage = usage
         t.last_read = now
+        self._schedule(t, now)
+
+    def _schedule(self, t: _Target, now: float) -> None:
         interval = self._interval(t)
         if t.cold_reads and not t.hot and interval >= self.options.v1_cold_interval_s:
             # on a common tick: every idle v1 target is read in the same sweep
