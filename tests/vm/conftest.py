@@ -5,6 +5,7 @@ cgroup v1, so the v2 memory paths can only be exercised in the guest."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -18,3 +19,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "vm" in item.keywords:
             item.add_marker(skip)
+
+
+EXT4_MOUNT = "/run/pressured-vm-mnt"
+EXT4_MIB = 512
+"""Room for the thrash test's 192 MiB file and the OOM-risk workloads' files side by side."""
+
+
+def ext4_mount(size_mib: int) -> str:
+    """An ext4 filesystem on a loop device, mounted once per guest boot: real page cache that
+    is charged to its reader and refaults (tmpfs and 9p pages do neither)."""
+    img = "/run/pressured-vm-ext4.img"
+    if os.path.ismount(EXT4_MOUNT):
+        return EXT4_MOUNT
+    subprocess.run(["modprobe", "loop"], check=False)
+    os.makedirs(EXT4_MOUNT, exist_ok=True)
+    subprocess.run(["truncate", "-s", f"{size_mib}M", img], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
+    subprocess.run(["mount", "-o", "loop", img, EXT4_MOUNT], check=True)
+    return EXT4_MOUNT

@@ -24,6 +24,7 @@ from tests.support.psi import (
     measure_stall_per_window,
     trigger_threshold_us,
 )
+from tests.vm.conftest import EXT4_MIB, ext4_mount
 
 pytestmark = pytest.mark.vm
 MiB = 1024 * 1024
@@ -75,15 +76,9 @@ def test_memory_events_wake_on_a_real_oom_kill(v2_child: Callable[[int], Child])
 
 def _ext4_thrash_file(size_mib: int) -> str:
     """ext4 on a loop device: real page cache and refaults (tmpfs and 9p pages do not refault)."""
-    mnt, img = "/run/pressured-vm-mnt", "/run/pressured-vm-ext4.img"
-    path = os.path.join(mnt, "big.bin")
+    path = os.path.join(ext4_mount(EXT4_MIB), "big.bin")
     if os.path.exists(path):
         return path
-    subprocess.run(["modprobe", "loop"], check=False)
-    os.makedirs(mnt, exist_ok=True)
-    subprocess.run(["truncate", "-s", f"{size_mib + 64}M", img], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
-    subprocess.run(["mount", "-o", "loop", img, mnt], check=True)
     with open(path, "wb") as f:
         block = b"\xa5" * MiB
         for _ in range(size_mib):
