@@ -653,7 +653,8 @@ class Engine:
         critical event holds while that verdict is at least its severity, so a critical event
         needs the critical condition (its rule, or critical_percent held down to the band) and
         a warn event any reason to be above ok. A recovered event holds while the verdict is
-        ok. The thresholds are those of the target's last fed sample (its overrides).
+        ok. The thresholds are those of the target's last fed sample (its overrides). A thrash
+        event holds while the sample still shows thrash (PSI and file refaults).
         """
         target = self._targets.get(sample.key)
         if target is None:
