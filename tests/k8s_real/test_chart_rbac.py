@@ -7,7 +7,8 @@ holds it to the code). Here:
 - the chart's RBAC objects are created in the API server, a token of its ServiceAccount is
   requested through the TokenRequest API and handed to pressured as in a pod (the in-cluster
   credentials: token, ca.crt, namespace, KUBERNETES_SERVICE_HOST), and the mode's own code (its
-  source's pod list and watch, the annotation warning Event and its patch, the eviction) runs
+  source's pod list and watch, the annotation warning Event and its patch, the k8s-event and
+  evict actions) runs
   with it: every request it sends is one of the table's and none is refused;
 - with one rule taken out of the ClusterRole, the refused call fails with an error that names
   the verb, the resource, the namespace and the ServiceAccount.
@@ -35,8 +36,12 @@ from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
 
+from pressured.actions.base import ActionContext
+from pressured.actions.evict import EvictAction
+from pressured.actions.k8s_event import K8sEventAction
 from pressured.k8s import access
 from pressured.k8s.client import Forbidden, KubeClient
+from pressured.model import Identity, PressureEvent
 from pressured.sources.cluster import ClusterSource
 from pressured.sources.node import NodeSource
 from pressured.sources.sidecar import SidecarSource
@@ -306,14 +311,36 @@ def set_running(lane: Lane, namespace: str, name: str) -> None:
     assert r.status_code == 200, api_error(r)
 
 
-def annotation_events(lane: Lane, namespace: str) -> list[Doc]:
-    r = lane.admin_http.get(
-        f"/api/v1/namespaces/{namespace}/events",
-        params={"fieldSelector": "reason=InvalidPressuredAnnotation"},
-    )
+def events_in(lane: Lane, namespace: str, reason: str | None = None) -> list[Doc]:
+    params = {"fieldSelector": f"reason={reason}"} if reason else {}
+    r = lane.admin_http.get(f"/api/v1/namespaces/{namespace}/events", params=params)
     assert r.status_code == 200, api_error(r)
     items: list[Doc] = r.json()["items"]
     return items
+
+
+def annotation_events(lane: Lane, namespace: str) -> list[Doc]:
+    return events_in(lane, namespace, "InvalidPressuredAnnotation")
+
+
+def critical_event(identity: Identity) -> PressureEvent:
+    return PressureEvent(
+        time=time.time(),
+        severity="critical",
+        previous_severity="warn",
+        cgroup="/kubepods/burstable/pod" + (identity.pod_uid or ""),
+        usage_bytes=60 * 2**20,
+        working_set_bytes=60 * 2**20,
+        limit_bytes=64 * 2**20,
+        usage_percent=93.75,
+        growth_bytes_per_s=2**20,
+        eta_seconds=4.0,
+        psi_some_avg10=None,
+        psi_full_avg10=None,
+        rule="critical_percent>=85",
+        key="/sys/fs/cgroup/kubepods/burstable/pod" + (identity.pod_uid or ""),
+        identity=identity,
+    )
 
 
 def wait_event_count(lane: Lane, namespace: str, count: int) -> None:
@@ -344,7 +371,7 @@ def test_node_mode_runs_with_the_chart_service_account(
     d = deploy_chart("node")
     node = f"node-{uuid.uuid4().hex[:6]}"
     work = make_namespace(k8s_lane, "work")
-    make_pod(k8s_lane, work, "web", node, **{BAD_ANNOTATION: "lots"})
+    uid = make_pod(k8s_lane, work, "web", node, **{BAD_ANNOTATION: "lots"})["metadata"]["uid"]
     make_pod(k8s_lane, work, "elsewhere", "another-node")
 
     src = NodeSource(kube=d.kube, node_name=node)
@@ -360,8 +387,15 @@ def test_node_mode_runs_with_the_chart_service_account(
         wait_event_count(k8s_lane, work, 2)
     finally:
         src.close()
-    # The evict action's request.
-    d.kube.evict("web", work)
+    # The two actions that call the API, as the runner calls them on a critical event.
+    ctx = ActionContext(mode="node", node_name=node, kube=d.kube)
+    event = critical_event(Identity(namespace=work, pod_name="web", pod_uid=uid, node_name=node))
+    K8sEventAction({}, ctx, "actions[1]").run(event)
+    EvictAction({}, ctx, "actions[2]").run(event)
+    reasons = {e["reason"] for e in events_in(k8s_lane, work)}
+    assert "MemoryPressureCritical" in reasons, reasons
+    gone = k8s_lane.client.get(Pod, "web", namespace=work).metadata
+    assert gone is not None and gone.deletionTimestamp is not None, "the pod was not evicted"
     assert_every_call_made_and_allowed(d, "node", {access.EVENTS, access.EVICTION})
 
 
