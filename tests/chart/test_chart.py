@@ -3,10 +3,11 @@
 These checks need no helm (the real helm and API server run in tests/k8s_real, `make test-k8s`):
 every values file against values.schema.json (what `helm install` itself enforces), every
 `.Values` path a template reads against the schema (a misspelt one renders as empty, silently),
-and the hand-written manifests in deploy/examples/ (the rendered equivalents of the chart's
-modes, plus the sidecar pod) against the Kubernetes OpenAPI schemas of the newest release that
-kubernetes-validate ships, strictly (unknown fields are errors), and then for what each mode
-needs from the kernel and the API server.
+and the manifests in deploy/examples/ (each mode's `helm template` output written by
+scripts/gen-examples, plus the hand-written sidecar pod) against the Kubernetes OpenAPI schemas
+of the newest release that kubernetes-validate ships, strictly (unknown fields are errors), and
+then for what each mode needs from the kernel and the API server: their RBAC is exactly the API
+calls of the mode (pressured/k8s/access.py).
 """
 
 from __future__ import annotations
