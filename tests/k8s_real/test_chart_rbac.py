@@ -141,7 +141,11 @@ def test_rendered_rbac_is_exactly_the_calls_of_the_mode(
 
 def test_rbac_without_rbac_create_binds_nothing(k8s_lane: Lane) -> None:
     docs = [m.doc for m in render(k8s_lane, "rbac", "watchers", "--set", "rbac.create=false")]
-    assert not [d for d in docs if "Role" in d["kind"]]
+    (sa,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert bound_rules(docs, sa["metadata"]["name"], sa["metadata"]["namespace"]) == []
+    # ...while the same render with it binds rules: the check above can see them.
+    docs = [m.doc for m in render(k8s_lane, "rbac", "watchers")]
+    assert bound_rules(docs, sa["metadata"]["name"], sa["metadata"]["namespace"])
 
 
 # ---------------------------------------------------------------- a real run with the SA's token
