@@ -321,3 +321,20 @@ def make_ns(k8s_lane: Lane) -> Callable[[], str]:
         return name
 
     return make
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chart_with_rule_and_dashboard_lints_strictly(k8s_lane: Lane, mode: str) -> None:
+    proc = k8s_lane.helm(
+        "lint",
+        "--strict",
+        str(CHART),
+        "--set",
+        f"mode={mode}",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
