@@ -25,6 +25,8 @@ import httpx
 import promql_parser
 import pytest
 import yaml
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.k8s_real.conftest import Lane, api_error
@@ -312,9 +314,6 @@ def test_dashboard_queries_name_only_metrics_a_daemon_exposes(
 
 @pytest.fixture
 def make_ns(k8s_lane: Lane) -> Callable[[], str]:
-    from lightkube.models.meta_v1 import ObjectMeta
-    from lightkube.resources.core_v1 import Namespace
-
     def make() -> str:
         name = f"mon-{uuid.uuid4().hex[:6]}"
         k8s_lane.client.create(Namespace(metadata=ObjectMeta(name=name)))
