@@ -2,7 +2,8 @@
 
 Reasons: MemoryPressureWarning (warn), MemoryPressureCritical (critical), OOMKillConfirmed
 (a confirmed kill). The message carries usage, limit, percent, growth and ETA, and the top
-allocating function when a heap profile was analysed (``event.extra["pprof_top"]``).
+allocating function when a heap profile was analysed (``event.extra["pprof_top"]``); a kill's
+says which limit killed (``event.extra["limit"]["text"]``, pressured.kills.limits).
 
 Repeats aggregate into one Event per (pod, container, reason) whose count and lastTimestamp
 are patched, as the kubelet's recorder does ("x3 over 2m"). Writes are rate-limited twice: at
@@ -96,6 +97,9 @@ def event_message(event: Event) -> str:
         else:
             parts.append("without an earlier warning")
         text = " ".join(parts)
+        limit = event.extra.get("limit")
+        if isinstance(limit, Mapping) and isinstance(limit.get("text"), str):
+            text += f": {limit['text']}"  # which limit killed (pressured.kills.limits)
     else:
         text = (
             f"memory {human_bytes(event.working_set_bytes)} working set, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -381,3 +382,15 @@ def test_evict_other_failures_are_action_errors(kube: KubeClient, fake_api: Fake
     )
     with pytest.raises(ActionError, match=r"eviction of pod shop/gone-0 failed: .*HTTP 404"):
         EvictAction({}, ctx_for(kube), "a").run(pressure("critical", identity=ghost))
+
+
+def test_oom_kill_confirmed_says_which_limit_killed(kube: KubeClient, fake_api: FakeKube) -> None:
+    words = "killed by the pod's limit of 512Mi, not the container's 1Gi"
+    verdict = {"limit_scope": "pod", "limit": {"cgroup": "/kubepods/x", "text": words}}
+    K8sEventAction({}, ctx_for(kube), "actions[0]").run(replace(kill(), extra=verdict))
+    (ev,) = pod_events(fake_api)
+    assert ev["message"] == (
+        "OOM kill confirmed of python3 (pid 41807) 12s after the first warning: " + words
+    )
+    # a limit without words (an older producer) leaves the message as it was
+    assert event_message(replace(kill(), extra={"limit": {"text": 3}})).endswith("warning")
