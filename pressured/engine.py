@@ -39,10 +39,11 @@ a workload can live there for good, slowed to a crawl (KEP-2570). While the "hig
 memory.events keeps rising (once within ``HIGH_QUIET_SECONDS``: the kernel's sleep is at most
 2 s) and memory PSI "full" avg10 is at least ``throttle_full_percent``, the target is held;
 held for ``throttle_seconds`` it gets a ``memory_throttled`` event (severity warn, rule
-``memory_throttled``) whose ``extra["throttle"]`` carries the evidence: the high count's rise,
-full avg10, the full stall and the seconds held since the hold began. It repeats once per
-cooldown while held. ``take_throttled_seconds(key)`` hands out the seconds held since the last
-call (the metric). ``throttle_full_percent: null`` turns this off.
+``memory_throttled full_avg10>=<level> for <seconds>s``) whose ``extra["throttle"]`` carries
+the evidence: the high count's rise, full avg10, the full stall and the seconds held since the
+hold began. It repeats once per cooldown while held. ``take_throttled_seconds(key)`` hands
+out the seconds held since the last call (the metric). ``throttle_full_percent: null`` turns
+this off.
 
 Episodes. An episode runs from the first sample above ok to the sample that returns to ok.
 ``first_warn_time(key, at=t)`` answers for the episode in progress at monotonic time ``t``, and
