@@ -2,8 +2,8 @@
 
 Target        who is watched: a cgroup (or the machine) and, in Kubernetes, its pod identity
 Sample        one reading of a target at one instant
-PressureEvent the engine's verdict (event_type "memory_pressure", or "memory_thrash" for page-cache
-              thrash: pressure, not an OOM risk)
+PressureEvent the engine's verdict (event_type "memory_pressure", "memory_throttled", or
+              "memory_thrash" for page-cache thrash: pressure, not an OOM risk)
 KillRecord    what one kill source saw of one kill, the kill reconciler's input
 OomKill       a confirmed kill (event_type "oom_killed"), built by the kill reconciler
 
@@ -112,6 +112,10 @@ class Sample:
     oom_score: int | None = None
     oom_score_adj: int | None = None
     oom_kill_count: int | None = None
+    memory_high_events: int | None = None
+    """memory.events "high" (cgroup v2): times the cgroup was throttled over memory.high."""
+    memory_high_bytes: int | None = None
+    """memory.high (cgroup v2), read while the "high" count is above 0; None: not set."""
     unreclaimable_bytes: int | None = None
     """The OOM-risk figure; None where the source cannot tell (the kubelet's summary API)."""
     refault_file: int | None = None
@@ -162,7 +166,10 @@ class PressureEvent:
     """The metric ``usage_percent``, the severity and the ETA rest on."""
     refault_file_per_s: float | None = None
 
-    event_type: Literal["memory_pressure", "memory_thrash"] = "memory_pressure"
+    event_type: Literal["memory_pressure", "memory_throttled", "memory_thrash"] = "memory_pressure"
+    """"memory_throttled": held at memory.high with memory stalled (engine.py), severity warn,
+    its evidence in ``extra["throttle"]``. "memory_thrash": page-cache thrash, severity
+    thrash."""
     processes: ProcessHandles | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:

@@ -305,6 +305,8 @@ class Daemon:
                 pct,
                 decided_by=sample.decided_by(metric),
             )
+            throttled = self.engine.take_throttled_seconds(sample.key)
+            self.metrics.add_throttled_seconds(state.cgroup, state.spec.identity, throttled)
         for ev in events:
             self.emit(ev, state)
 

@@ -2,7 +2,8 @@
 and `pressured diagnose` both sample here.
 
 A cgroup's sample is its memory numbers (usage, working set, the unreclaimable OOM-risk figure
-of kernel/cgroupfs.py, limit), its file refault counter, its PSI, its OOM kill count and the
+of kernel/cgroupfs.py, limit), its file refault counter, its PSI, its OOM kill count, its
+memory.high throttling count (v2; memory.high itself once that count is above 0) and the
 highest oom_score among its first processes. The machine's is /proc/meminfo (MemTotal -
 MemAvailable as usage, working set and OOM-risk figure alike, against MemTotal: MemAvailable
 is the kernel's own estimate of what it can free without swapping, proc.rst) and
@@ -70,6 +71,11 @@ def read_sample(
     kills = None
     with contextlib.suppress(CgroupFileError):
         kills = cgroupfs.read_kill_counters(ref)
+    high_bytes = None
+    if kills is not None and kills.high:
+        # memory.high matters only once the cgroup was held at it: one file less per sample
+        with contextlib.suppress(CgroupFileError):
+            high_bytes = cgroupfs.read_high(ref)
     score = top_oom_score(pids, proc)
     return Sample(
         key,
@@ -83,8 +89,10 @@ def read_sample(
         score[0] if score else None,
         score[1] if score else None,
         kills.oom_kill_count if kills else None,
-        mem.unreclaimable_bytes,
-        mem.refault_file,
+        memory_high_events=kills.high if kills else None,
+        memory_high_bytes=high_bytes,
+        unreclaimable_bytes=mem.unreclaimable_bytes,
+        refault_file=mem.refault_file,
     )
 
 

@@ -31,6 +31,9 @@ from tests.support.wait import wait_for
 from tests.support.workloads import argv, make_file, shmem_dir
 
 METRICS = ("usage", "working_set", "unreclaimable")
+SLOW = 4.0 if os.environ.get("VMTEST_GUEST") == "1" else 1.0
+"""Waits are this many times longer, and leaks this many times slower, in the VM lane's guest
+(software emulation: Python runs about 18 times slower there, VMTEST.md)."""
 _SERIES = re.compile(r'^pressured_memory_bytes\{[^}]*kind="(\w+)"[^}]*\} (\S+)$', re.M)
 
 
@@ -56,6 +59,7 @@ class Watch:
     def wait_seen(
         self, check: Callable[[dict[str, float]], bool], what: str, timeout: float = 60.0
     ) -> dict[str, float]:
+        timeout *= SLOW
         """Until every daemon's last reading satisfies ``check``; returns the last one's."""
         last: dict[str, float] = {}
 
@@ -74,6 +78,7 @@ class Watch:
         self, done: Callable[[list[Event]], bool], what: str, timeout: float = 60.0
     ) -> None:
         """Until every daemon's events satisfy ``done``."""
+        timeout *= SLOW
         wait_for(lambda: all(done(self.events(m)) for m in self.daemons), timeout, what, poll=0.1)
 
     def send(self, line: str) -> None:
@@ -121,7 +126,7 @@ def watch(
             daemons[metric] = PressuredProcess(args)
         ports = {}
         for metric, d in daemons.items():
-            d.wait_ready(ready_timeout)
+            d.wait_ready(ready_timeout * SLOW)
             ports[metric] = int(d.wait_for_log(r"metrics on http://[^:]+:(\d+)/metrics").group(1))
         if workload is not None:
             app = start(child, workload)
@@ -204,7 +209,7 @@ def summary(docs: list[Event]) -> list[dict[str, Any]]:
 
 MiB = 1024 * 1024
 LIMIT = 64 * MiB
-LEAK_MIB_PER_S = 8
+LEAK_MIB_PER_S = 8 / SLOW
 
 
 class NotHere(Exception):
@@ -232,7 +237,7 @@ def _collect(w: Watch) -> dict[str, list[Event]]:
 def _app_killed(w: Watch, timeout: float) -> None:
     assert w.app is not None
     try:
-        code = w.app.wait(timeout)
+        code = w.app.wait(timeout * SLOW)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the workload was not OOM-killed within {timeout:g}s") from None
     assert code == -9, f"the workload exited with {code}, not an OOM kill"
@@ -260,7 +265,7 @@ def thrash(make: MakeChild, tmp_path: Path, data_dir: str, metrics: Sequence[str
     psi_file = child.psi_file()
     if psi_file is None:
         raise NotHere("no memory.pressure for the cgroup (no PSI)")
-    per_window = measure_stall_per_window(psi_file)
+    per_window = measure_stall_per_window(psi_file, timeout=60 * SLOW)
     percent = per_window / PSI_WINDOW_US * 100
     if percent < 0.05:
         raise NotHere(f"the thrash stalls only {percent:.3f}% here")
@@ -329,7 +334,7 @@ def kernel_leak(make: MakeChild, tmp_path: Path, data_dir: str, metrics: Sequenc
         assert w.app is not None
         grown = wait_for(
             lambda: w.app.poll() is not None or child.usage() >= LIMIT // 2,
-            30,
+            30 * SLOW,
             "the pipes to fill half the limit",
         )
         anon = _anon_bytes(memory_stat(child))

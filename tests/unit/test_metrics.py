@@ -300,3 +300,14 @@ def test_both_figures_and_which_decides(
     assert metrics.forget_stale(ttl=60) == 2
     got = scrape(server)
     assert "pressured_memory_bytes" not in got and "pressured_memory_refaults_file" not in got
+
+
+def test_throttled_seconds_add_up_per_target_and_go_with_it(metrics: Metrics, clock: Clock) -> None:
+    name = "pressured_memory_throttled_seconds_total"
+    metrics.observe_sample(sample(), "/kubepods/cart", IDENT, 90.0)
+    metrics.add_throttled_seconds("/kubepods/cart", IDENT, 1.5)
+    metrics.add_throttled_seconds("/kubepods/cart", IDENT, 0.0)  # nothing held: no change
+    metrics.add_throttled_seconds("/kubepods/cart", IDENT, 2.25)
+    assert metrics.registry.get_sample_value(name, dict(TARGET)) == 3.75
+    assert metrics.forget_stale(clock.now + 61) == 1
+    assert metrics.registry.get_sample_value(name, dict(TARGET)) is None
