@@ -126,7 +126,8 @@ def _kills_of(journal: list[dict[str, Any]], key: str, ident: Any) -> list[dict[
         else:
             same = k.get("cgroup") == key
         if same:
-            out.append({f: k.get(f) for f in ("time", "pid", "comm", "warned_seconds_before")})
+            fields = ("time", "pid", "comm", "warned_seconds_before", "limit_scope")
+            out.append({f: k.get(f) for f in fields})
     return out
 
 
@@ -203,7 +204,7 @@ def render(rows: list[dict[str, Any]]) -> None:
     console.print(table)
     if kills:
         seen = Table(title="kills since boot (state directory)")
-        for col in ("time", "target", "victim", "warned before"):
+        for col in ("time", "target", "victim", "limit", "warned before"):
             seen.add_column(col, overflow="fold")
         for name, k in sorted(kills, key=lambda x: str(x[1]["time"])):
             lead = k["warned_seconds_before"]
@@ -211,6 +212,7 @@ def render(rows: list[dict[str, Any]]) -> None:
                 str(k["time"]),
                 name,
                 f"{k['comm'] or '?'}[{k['pid'] or '?'}]",
+                k.get("limit_scope") or "-",
                 "not warned" if lead is None else f"{lead:.1f}s",
                 style="red" if lead is None else None,
             )

@@ -47,6 +47,7 @@ def entry(kill: OomKill, boot: str | None) -> dict[str, Any]:
         "oom_kill_count",
         "sources",
         "warned_seconds_before",
+        "limit_scope",
         "dry_run",
     )
     return {"boot_id": boot, **{k: doc.get(k) for k in keep}}

@@ -68,5 +68,6 @@ def test_diagnose_lists_the_kill_the_daemon_confirmed(
     (row,) = json.loads(out.stdout)
     (seen,) = row["kills_since_boot"]
     assert seen["pid"] == kill["pid"] and seen["warned_seconds_before"] > 0
+    assert seen["limit_scope"] == kill["limit_scope"] is not None
     assert row["decided_by"] == "unreclaimable"
     assert row["unreclaimable_bytes"] < row["limit_bytes"] // 2  # the victim's memory is gone

@@ -424,7 +424,7 @@ def test_diagnose_shows_the_oom_risk_beside_the_working_set_and_kills_since_boot
     )
     assert row["unreclaimable"] == {"anon": 200 * MiB, "shmem": 0, "file_locked": 0, "kernel": 0}
     assert row["kills_since_boot"] == [
-        {"time": "t1", "pid": 11, "comm": "job", "warned_seconds_before": 4.5}
+        {"time": "t1", "pid": 11, "comm": "job", "warned_seconds_before": 4.5, "limit_scope": None}
     ]
     (me,) = row["top_by_rss"]
     assert me["pid"] == os.getpid() and me["rss_bytes"] > 0 and me["oom_score"] >= 0
