@@ -88,14 +88,17 @@ def pprof_top_text(top: Any) -> str | None:
 
 def event_message(event: Event) -> str:
     if isinstance(event, OomKill):
-        parts = ["OOM kill confirmed"]
+        # kubectl describe shows the message, not involvedObject.fieldPath: name the container.
+        container = event.identity.container_name
+        where = f" in container {container}" if container else ""
+        who = "a process"
         if event.comm or event.pid:
-            parts.append(f"of {event.comm or '?'} (pid {event.pid if event.pid else '?'})")
+            who = f"{event.comm or '?'} (pid {event.pid if event.pid else '?'})"
         if event.warned_seconds_before is not None:
-            parts.append(f"{event.warned_seconds_before:.0f}s after the first warning")
+            when = f"{event.warned_seconds_before:.0f}s after the first warning"
         else:
-            parts.append("without an earlier warning")
-        text = " ".join(parts)
+            when = "without an earlier warning"
+        text = f"OOM kill confirmed{where}: {who} killed, {when}"
     else:
         text = (
             f"memory {human_bytes(event.working_set_bytes)} working set, "

@@ -175,7 +175,10 @@ def test_each_severity_has_its_reason(kube: KubeClient, fake_api: FakeKube) -> N
     reasons = sorted(e["reason"] for e in pod_events(fake_api))
     assert reasons == ["MemoryPressureCritical", "MemoryPressureWarning", "OOMKillConfirmed"]
     oom = next(e for e in pod_events(fake_api) if e["reason"] == "OOMKillConfirmed")
-    assert oom["message"] == "OOM kill confirmed of python3 (pid 41807) 12s after the first warning"
+    assert oom["message"] == (
+        "OOM kill confirmed in container app: python3 (pid 41807) killed, 12s after the first "
+        "warning"
+    )
 
 
 def test_severities_option_filters(kube: KubeClient, fake_api: FakeKube) -> None:
