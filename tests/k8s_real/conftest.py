@@ -182,6 +182,21 @@ def k8s_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
         assert stop.returncode == 0, stop.stderr
 
 
+@pytest.fixture
+def kubepods() -> Iterator[Any]:
+    """kubepods-shaped cgroups on this host for one test (tests/k8s_real/kubelet.py), removed
+    with whatever runs in them."""
+    import uuid
+
+    from tests.k8s_real.kubelet import Kubepods
+
+    tree = Kubepods(f"pressured-k8s-e2e-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tree
+    finally:
+        tree.remove()
+
+
 def api_error(response: httpx.Response) -> str:
     """The Status message of a failed request, for assertion messages."""
     try:
