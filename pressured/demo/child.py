@@ -139,15 +139,19 @@ class Child:
                     return int(v)
         return 0
 
+    def entering(self) -> list[str]:
+        """A command prefix that moves itself into this cgroup (and its PSI mirror), then
+        execs the rest of its command line."""
+        targets = [self.path] + ([self.mirror] if self.mirror else [])
+        return [sys.executable, "-c", _ENTER, str(len(targets)), *targets]
+
     def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside this cgroup (and its PSI mirror) from its first instruction.
 
         The child moves itself, then execs: no preexec_fn, which can deadlock a forked child
         when the parent has threads (the daemon's action worker, a benchmark's poller).
         """
-        targets = [self.path] + ([self.mirror] if self.mirror else [])
-        enter = [sys.executable, "-c", _ENTER, str(len(targets)), *targets, *argv]
-        proc: subprocess.Popen[Any] = subprocess.Popen(enter, **kw)
+        proc: subprocess.Popen[Any] = subprocess.Popen([*self.entering(), *argv], **kw)
         self.procs.append(proc)
         return proc
 
