@@ -190,6 +190,7 @@ class K8sEventAction(Action):
         self._post_lock = threading.Lock()
         self._retrier: threading.Thread | None = None
         self._closed = threading.Event()
+        self.retry_seconds = RETRY_SECONDS
         self.unposted = 0
         """Writes the API server did not take (each held for a retry, or dropped)."""
         self.dropped = 0
@@ -260,7 +261,7 @@ class K8sEventAction(Action):
             self._hold(write)
             raise ActionError(
                 f"{self.where}: Event {reason} on pod {ident.namespace}/{ident.pod_name}: {exc} "
-                f"(held, retried every {RETRY_SECONDS:.0f}s for up to {HOLD_SECONDS:.0f}s)"
+                f"(held, retried every {self.retry_seconds:g}s for up to {HOLD_SECONDS:.0f}s)"
             ) from exc
 
     # ---- writes the API server did not take, retried
@@ -299,7 +300,7 @@ class K8sEventAction(Action):
                 self._retrier.start()
 
     def _retry_loop(self) -> None:
-        while not self._closed.wait(RETRY_SECONDS):
+        while not self._closed.wait(self.retry_seconds):
             with self._lock:
                 pending = list(self._held.values())
             if not pending:

@@ -14,6 +14,7 @@ from pressured.errors import ActionError, ConfigError
 from pressured.k8s.client import KubeClient
 from pressured.model import Identity, OomKill, PressureEvent
 from tests.k8s.fake_apiserver import FakeKube
+from tests.support.wait import wait_for
 
 WEB_UID = "3f1c2b9e-8a47-4c1e-9d2a-6b5e7f8a9c01"
 WALL = 1772446560.0  # 2026-03-02T10:16:00Z
@@ -284,6 +285,23 @@ def test_api_failure_is_an_action_error(kube: KubeClient, fake_api: FakeKube) ->
         r"POST .*/api/v1/namespaces/shop/events: HTTP 403",
     ):
         K8sEventAction({}, ctx_for(kube), "actions[1]").run(pressure("warn"))
+
+
+def test_an_event_not_taken_is_held_and_posted_later(kube: KubeClient, fake_api: FakeKube) -> None:
+    """The API server away (503 here: the real one's outage is in tests/k8s_real/test_faults):
+    the write fails the run and is held; a repeat joins it; both are posted as one Event once
+    the server answers again."""
+    fake_api.forced[("POST", "/api/v1/namespaces/shop/events")] = 503
+    action = K8sEventAction({"min_interval_seconds": 0}, ctx_for(kube), "actions[1]")
+    action.retry_seconds = 0.05
+    with pytest.raises(ActionError, match=r"HTTP 503: .*\(held, retried every 0.05s"):
+        action.run(pressure("warn"))
+    action.run(pressure("warn"))  # joins the held write, no request of its own
+    assert action.unposted == 1
+    del fake_api.forced[("POST", "/api/v1/namespaces/shop/events")]
+    (event,) = wait_for(lambda: pod_events(fake_api), 10, "the held Event posted")
+    assert event["count"] == 2 and event["reason"] == "MemoryPressureWarning"
+    action.close()
 
 
 # ---------------------------------------------------------------- evict
