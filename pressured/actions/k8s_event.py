@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from pressured.actions.base import Action, ActionContext
@@ -327,16 +327,21 @@ class K8sEventAction(Action):
                         HOLD_SECONDS,
                     )
                     continue
+                with self._lock:
+                    sent = replace(current)  # repeats may join ``current`` while this is sent
                 try:
-                    self._post(current)
+                    self._post(sent)
                 except KubernetesError as exc:
                     self.ctx.logger.debug("k8s-event: still not posted: %s", exc)
-                    break  # the API server is still away: the rest waits for the next round
+                    continue
                 except Exception:  # a thread of its own: nothing may end it with a traceback
                     self.ctx.logger.exception("k8s-event: retrying a held Event failed")
-                    break
+                    continue
                 with self._lock:
-                    if self._held.get(current.key) is current:
+                    left = current.occurrences - sent.occurrences
+                    if left > 0:
+                        current.occurrences = left  # those joined meanwhile: the next round
+                    elif self._held.get(current.key) is current:
                         del self._held[current.key]
                 posted += 1
             if posted:
