@@ -291,8 +291,17 @@ class PodCache:
             except KubernetesError as exc:
                 if self._stop.is_set():
                     return
+                # An API server away for minutes fails the same way every few seconds: said
+                # once as a warning, the repeats at debug level, until it works again.
+                again = self.last_error == str(exc)
                 self.last_error = str(exc)
-                log.warning("pod watch: %s; retrying in %.0f s", exc, self._retry_seconds)
+                log.log(
+                    logging.DEBUG if again else logging.WARNING,
+                    "pod watch: %s; retrying in %.0f s%s",
+                    exc,
+                    self._retry_seconds,
+                    " (again)" if again else "",
+                )
                 self._stop.wait(self._retry_seconds)
 
     def _watch(self) -> None:

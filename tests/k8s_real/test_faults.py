@@ -199,3 +199,6 @@ def test_thirty_seconds_without_the_api_server(
     for reason in ("MemoryPressureWarning", "MemoryPressureCritical"):
         assert len(pod_events(lane, ns, uid, reason)) == 1, reason
     assert "Traceback" not in log, log
+    # Each way the watch failed is a warning once (the stream cut, then the refused connection),
+    # not one every 5 s for 30 s.
+    assert len(re.findall(r"WARNING pressured\.k8s\.podcache", log)) <= 2, log
