@@ -231,7 +231,12 @@ class Daemon:
             current = self.targets.get(key)
             if current is not None:
                 if current.spec != spec:
+                    moved = current.overrides != spec.overrides
                     self.targets.update(current, spec)
+                    if moved and spec.ref is not None:
+                        # A threshold moved past the usage (a pod's pressured.io/* annotation
+                        # changed): no crossing will be signalled, so read a sample now.
+                        self._refresh(current)
                 continue
             state = self.targets.add(spec)
             if state is None or spec.ref is None:
@@ -466,6 +471,15 @@ class Daemon:
     def run(self, *, run_for: float | None = None) -> int:
         """Run until SIGTERM/SIGINT (or ``run_for`` seconds). Returns the exit code."""
         r, w = self._install_signals()
+
+        def wake_loop() -> None:
+            # A full pipe already holds a wake-up.
+            with contextlib.suppress(BlockingIOError):
+                os.write(w, b"\0")
+
+        # A pod watch changes the source on its own thread: the loop, perhaps blocked on
+        # quiet cgroups, must take the change now (a pod's annotations move its thresholds).
+        self.source.set_waker(wake_loop)
         try:
             self.start()
             end = None if run_for is None else self._clock() + run_for
@@ -503,6 +517,7 @@ class Daemon:
             faulthandler.unregister(signal.SIGQUIT)
             for signum, handler in self._old_handlers.items():
                 signal.signal(signum, handler)
+            self.source.set_waker(None)
             os.close(r)
             os.close(w)
 

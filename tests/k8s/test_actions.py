@@ -15,6 +15,7 @@ from pressured.errors import ActionError, ConfigError
 from pressured.k8s.client import KubeClient
 from pressured.model import Identity, OomKill, PressureEvent
 from tests.k8s.fake_apiserver import FakeKube
+from tests.support.wait import wait_for
 
 WEB_UID = "3f1c2b9e-8a47-4c1e-9d2a-6b5e7f8a9c01"
 WALL = 1772446560.0  # 2026-03-02T10:16:00Z
@@ -176,7 +177,10 @@ def test_each_severity_has_its_reason(kube: KubeClient, fake_api: FakeKube) -> N
     reasons = sorted(e["reason"] for e in pod_events(fake_api))
     assert reasons == ["MemoryPressureCritical", "MemoryPressureWarning", "OOMKillConfirmed"]
     oom = next(e for e in pod_events(fake_api) if e["reason"] == "OOMKillConfirmed")
-    assert oom["message"] == "OOM kill confirmed of python3 (pid 41807) 12s after the first warning"
+    assert oom["message"] == (
+        "OOM kill confirmed in container app: python3 (pid 41807) killed, 12s after the first "
+        "warning"
+    )
 
 
 def test_severities_option_filters(kube: KubeClient, fake_api: FakeKube) -> None:
@@ -282,6 +286,23 @@ def test_api_failure_is_an_action_error(kube: KubeClient, fake_api: FakeKube) ->
         r"POST .*/api/v1/namespaces/shop/events: HTTP 403",
     ):
         K8sEventAction({}, ctx_for(kube), "actions[1]").run(pressure("warn"))
+
+
+def test_an_event_not_taken_is_held_and_posted_later(kube: KubeClient, fake_api: FakeKube) -> None:
+    """The API server away (503 here: the real one's outage is in tests/k8s_real/test_faults):
+    the write fails the run and is held; a repeat joins it; both are posted as one Event once
+    the server answers again."""
+    fake_api.forced[("POST", "/api/v1/namespaces/shop/events")] = 503
+    action = K8sEventAction({"min_interval_seconds": 0}, ctx_for(kube), "actions[1]")
+    action.retry_seconds = 0.05
+    with pytest.raises(ActionError, match=r"HTTP 503: .*\(held, retried every 0.05s"):
+        action.run(pressure("warn"))
+    action.run(pressure("warn"))  # joins the held write, no request of its own
+    assert action.unposted == 1
+    del fake_api.forced[("POST", "/api/v1/namespaces/shop/events")]
+    (event,) = wait_for(lambda: pod_events(fake_api), 10, "the held Event posted")
+    assert event["count"] == 2 and event["reason"] == "MemoryPressureWarning"
+    action.close()
 
 
 # ---------------------------------------------------------------- evict
@@ -390,7 +411,8 @@ def test_oom_kill_confirmed_says_which_limit_killed(kube: KubeClient, fake_api: 
     K8sEventAction({}, ctx_for(kube), "actions[0]").run(replace(kill(), extra=verdict))
     (ev,) = pod_events(fake_api)
     assert ev["message"] == (
-        "OOM kill confirmed of python3 (pid 41807) 12s after the first warning: " + words
+        "OOM kill confirmed in container app: python3 (pid 41807) killed, 12s after the first "
+        "warning; " + words
     )
     # a limit without words (an older producer) leaves the message as it was
     assert event_message(replace(kill(), extra={"limit": {"text": 3}})).endswith("warning")
