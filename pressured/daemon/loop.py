@@ -38,6 +38,8 @@ from pressured.sources.base import Source
 from pressured.sources.factory import make_source
 
 from .kill_pipeline import KillPipeline
+from .selfwatch import SelfWatch
+from .state import STATE_PATH, LiveState
 from .targets import Targets, TargetState
 
 if TYPE_CHECKING:
@@ -124,6 +126,13 @@ class Daemon:
         self.exit_reason = ""
         self.ready = False
         """True once every target found at start is armed and the kill sources are open."""
+        self.selfwatch = SelfWatch(
+            degraded_percent=float(cfg.get("metrics.self_degraded_percent", 85.0)),
+            shed_percent=float(cfg.get("metrics.self_shed_percent", 90.0)),
+            clock=clock,
+            proc=self.proc_root,
+        )
+        self.live = LiveState(cfg.get("kubernetes.node_name"), wall=wall, extra=self._live_extra)
 
     @property
     def kill_status(self) -> dict[str, tuple[bool, str]]:
@@ -147,6 +156,7 @@ class Daemon:
         self.runner = self._runner(build_actions(self.cfg, self.ctx))
         if self.cfg.get("metrics.enabled"):
             self._start_metrics()
+        self._watch_self(self._clock())
         self.source.start()
         if self.source.fd is not None:
             self._watch_fd(self.source.fd, "source", self.source.on_fd)
@@ -171,6 +181,7 @@ class Daemon:
             on_failure=self._action_failed,
             on_drop=self._action_dropped,
             after=after,
+            shed=lambda: self.selfwatch.shedding,
         )
 
     def _announce_ready(self) -> None:
@@ -204,11 +215,32 @@ class Daemon:
             self.cfg.get("metrics.address"),
             self.cfg.get("metrics.port"),
             health=self.health,
+            routes={STATE_PATH: self.live.route},
         )
 
     def health(self) -> tuple[bool, str]:
-        """What /healthz answers: not ready (503) until every start-up target is armed."""
-        return (True, "ok") if self.ready else (False, "starting: arming targets")
+        """What /healthz answers: not ready (503) until every start-up target is armed; then
+        200 "ok", or 200 "degraded: why" (daemon/selfwatch.py)."""
+        if not self.ready:
+            return False, "starting: arming targets"
+        why = self.selfwatch.degraded()
+        return True, ("degraded: " + "; ".join(why)) if why else "ok"
+
+    def _live_extra(self) -> dict[str, object]:
+        return {"ready": self.ready, "mode": self.cfg.mode, "self": self.selfwatch.snapshot()}
+
+    def _watch_self(self, now: float) -> None:
+        reading = self.selfwatch.observe(now)
+        if reading is None or self.metrics is None:
+            return
+        self.metrics.observe_self(
+            rss=reading.rss_bytes,
+            working_set=reading.working_set_bytes,
+            usage=reading.usage_bytes,
+            limit=reading.limit_bytes,
+            shedding=self.selfwatch.shedding,
+        )
+        self.metrics.set_degraded(bool(self.selfwatch.degraded(now)))
 
     def _start_kills(self) -> None:
         status = self.kills.start()
@@ -246,6 +278,7 @@ class Daemon:
             return
         log.info("stopped watching %s: %s", key, why)
         self.kills.forget(state)
+        self.live.forget(key)
         self._watched_changed()
 
     def _watched_changed(self) -> None:
@@ -293,10 +326,18 @@ class Daemon:
             dry_run=self.cfg.dry_run,
             overrides=state.overrides,
         )
+        value = sample.metric_bytes(self.engine.settings.metric)
+        self.live.sample(
+            state.key,
+            state.cgroup,
+            state.spec.identity,
+            sample,
+            value=value,
+            severity=self.engine.severity(state.key),
+        )
         if self.metrics is not None:
             pct = 0.0
             if sample.limit_bytes:
-                value = sample.metric_bytes(self.engine.settings.metric)
                 pct = 100.0 * value / sample.limit_bytes
             self.metrics.observe_sample(sample, state.cgroup, state.spec.identity, pct)
         for ev in events:
@@ -311,6 +352,7 @@ class Daemon:
             event = replace(event, key=state.key if state else "")
         if self.metrics is not None:
             self.metrics.observe_event(event)
+        self.live.event(event)
         if self.runner is not None:
             self.runner.submit(event)
 
@@ -350,10 +392,14 @@ class Daemon:
         return sample is not None and self.engine.still_holds(event, sample)
 
     def _action_failed(self, name: str) -> None:
+        self.selfwatch.dropped(name, "failed")
         if self.metrics is not None:
             self.metrics.action_failed(name)
 
     def _action_dropped(self, name: str, reason: str) -> None:
+        if reason not in ("shutdown", "reload"):
+            # a stop or a reload is asked for; what it leaves undone is logged, not a fault
+            self.selfwatch.dropped(name, reason)
         if self.metrics is not None:
             self.metrics.action_dropped(name, reason)
 
@@ -471,7 +517,10 @@ class Daemon:
                 timeout = self._next_timeout()
                 if end is not None:
                     timeout = min(timeout, max(0.0, end - self._clock()))
-                for wake in self.watcher.wait(timeout):
+                planned = self._planned_wake(timeout)
+                wakes = self.watcher.wait(timeout)
+                self._wake_lag(planned)
+                for wake in wakes:
                     try:
                         self._handle(wake)
                     except PressuredError as exc:
@@ -490,6 +539,8 @@ class Daemon:
                 self.kills.flush(now)
                 if self.metrics is not None:
                     self.metrics.forget_stale(now)
+                self._watch_self(now)
+                self.live.turn()
                 if end is not None and now >= end:
                     break
             log.info("stopping%s", f" on {self.exit_reason}" if self.exit_reason else "")
@@ -503,6 +554,23 @@ class Daemon:
                 signal.signal(signum, handler)
             os.close(r)
             os.close(w)
+
+    def _planned_wake(self, timeout: float) -> float:
+        """When the loop means to wake at the latest: its timeout or the Watcher's next
+        adaptive read, whichever is first."""
+        now = self._clock()
+        deadline = self.watcher.next_deadline()
+        planned = now + timeout
+        return planned if deadline is None else min(planned, max(now, deadline))
+
+    def _wake_lag(self, planned: float) -> None:
+        """How late past ``planned`` the loop runs again (a wake-up before it is not late)."""
+        lag = self._clock() - planned
+        if lag < 0:
+            return
+        self.selfwatch.wake_lag(lag)
+        if self.metrics is not None:
+            self.metrics.observe_wakeup_lag(lag)
 
     def _poll_source(self, now: float) -> None:
         polled = self.source.poll(now)
