@@ -1,0 +1,306 @@
+"""`pressured diagnose --cluster` against the real API server, with two real `pressured run`
+processes standing in for the pressured pods of two nodes.
+
+No kubelet runs in the lane, so each stand-in pod is registered as the kubelet would leave it:
+created bound to its node, then its status patched to Running with a pod IP. The API server's
+pods proxy dials ``status.podIP`` and refuses any address that is not global unicast
+(loopback 127.0.0.0/8 and link-local are "address not allowed"), so each stand-in node gets a
+private address of its own on the loopback interface (ip addr add 10.250.N.1/32 dev lo),
+removed afterwards; the daemons listen on every address. The user is a ServiceAccount bound by
+the chart's own viewer-rbac.yaml and nothing else: the Role the chart ships is what is proved
+sufficient. One node's cgroup leaks into a real OOM kill, after pressured warned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from lightkube.types import PatchType
+
+from tests.k8s_real.conftest import FIELD_MANAGER, ROOT, Lane, api_error
+from tests.support.cgroups import Child, leaker_argv, own_memory_cgroup
+from tests.support.daemon import PressuredProcess, environ
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.k8s_real
+
+MiB = 1024 * 1024
+CHART = ROOT / "charts" / "pressured"
+NODES = {"node-a": "10.250.17.1", "node-b": "10.250.18.1"}
+"""Stand-in node -> its pod's IP, added to lo for the test."""
+
+
+@pytest.fixture
+def node_addresses() -> Iterator[dict[str, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("adding addresses to lo needs root")
+    ip = shutil.which("ip")
+    if ip is None:
+        pytest.fail("no `ip` command (iproute2): scripts/bootstrap --dev installs it")
+    added: list[str] = []
+    try:
+        for addr in NODES.values():
+            have = subprocess.run(
+                [ip, "-o", "addr", "show", "to", addr], capture_output=True, check=False
+            )
+            if have.stdout.strip():
+                pytest.fail(f"{addr} is already on this host; the test needs it free")
+            subprocess.run([ip, "addr", "add", f"{addr}/32", "dev", "lo"], check=True)
+            added.append(addr)
+        yield NODES
+    finally:
+        for addr in added:
+            subprocess.run([ip, "addr", "del", f"{addr}/32", "dev", "lo"], check=False)
+
+
+@pytest.fixture
+def child_cgroups() -> Iterator[Callable[[str, int], Child]]:
+    base, why = own_memory_cgroup()
+    if base is None:
+        pytest.skip(f"no writable memory cgroup here: {why}")
+    made: list[Child] = []
+
+    def make(name: str, limit: int) -> Child:
+        child = Child(f"pressured-view-{os.getpid()}-{name}", limit)
+        made.append(child)
+        return child
+
+    try:
+        yield make
+    finally:
+        for child in made:
+            child.remove()
+
+
+def _port_of(daemon: PressuredProcess) -> int:
+    m = daemon.wait_for_log(r"metrics on http://[^:]+:(\d+)/metrics")
+    return int(m.group(1))
+
+
+def _state(port: int) -> dict[str, Any]:
+    r = httpx.get(f"http://127.0.0.1:{port}/v1/state", timeout=10, trust_env=False)
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+def _register_pod(lane: Lane, ns: str, node: str, ip: str, port: int) -> None:
+    """The pressured pod of ``node`` as the kubelet would leave it: bound, Running, an IP."""
+    name = f"pressured-{node}"
+    pod = Pod.from_dict(
+        {
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "app.kubernetes.io/name": "pressured",
+                    "app.kubernetes.io/instance": "t",
+                },
+            },
+            "spec": {
+                "nodeName": node,
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "pressured",
+                        "image": "pressured:test",
+                        "ports": [{"name": "metrics", "containerPort": port}],
+                    }
+                ],
+            },
+        }
+    )
+    lane.client.create(pod, namespace=ns)
+    lane.client.patch(
+        Pod.Status,
+        name,
+        {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": ip}},
+        namespace=ns,
+        patch_type=PatchType.MERGE,
+    )
+
+
+def _apply_viewer_rbac(lane: Lane, ns: str, subject: str) -> None:
+    """The chart's viewer-rbac.yaml, rendered by helm for this namespace, created as is."""
+    rendered = lane.helm(
+        "template",
+        "t",
+        str(CHART),
+        "--namespace",
+        ns,
+        "--show-only",
+        "templates/viewer-rbac.yaml",
+        "--set",
+        f"viewer.subjects[0].kind=ServiceAccount,viewer.subjects[0].name={subject}",
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert [d["kind"] for d in docs] == ["Role", "RoleBinding"], rendered
+    for doc in docs:
+        plural = "roles" if doc["kind"] == "Role" else "rolebindings"
+        r = lane.admin_http.post(
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{plural}",
+            params={"fieldValidation": "Strict", "fieldManager": FIELD_MANAGER},
+            json=doc,
+        )
+        assert r.status_code == 201, api_error(r)
+
+
+def _kubeconfig_for(lane: Lane, ns: str, account: str, path: Path) -> Path:
+    lane.client.create(ServiceAccount(metadata=ObjectMeta(name=account)), namespace=ns)
+    req = lane.client.create(
+        ServiceAccount.Token(
+            metadata=ObjectMeta(), spec=TokenRequestSpec(audiences=[], expirationSeconds=3600)
+        ),
+        name=account,
+        namespace=ns,
+    )
+    assert req.status is not None
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "lane",
+                        "cluster": {
+                            "server": lane.server,
+                            "certificate-authority": str(lane.pki / "ca.crt"),
+                        },
+                    }
+                ],
+                "users": [{"name": account, "user": {"token": req.status.token}}],
+                "contexts": [
+                    {"name": "c", "context": {"cluster": "lane", "user": account, "namespace": ns}}
+                ],
+                "current-context": "c",
+            }
+        )
+    )
+    return path
+
+
+def _diagnose(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = environ(KUBECONFIG=str(kubeconfig))
+    for var in ("KUBERNETES_SERVICE_HOST", "PRESSURED_CONFIG"):
+        env.pop(var, None)
+    return subprocess.run(
+        [sys.executable, "-m", "pressured", "diagnose", "--cluster", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cluster_view_through_the_pods_proxy(
+    k8s_lane: Lane,
+    node_addresses: dict[str, str],
+    child_cgroups: Callable[[str, int], Child],
+    tmp_path: Path,
+) -> None:
+    ns = f"pressured-view-{uuid.uuid4().hex[:6]}"
+    k8s_lane.client.create(Namespace(metadata=ObjectMeta(name=ns)))
+    # the ServiceAccount admission plugin wants the default account (no controller makes it)
+    k8s_lane.client.create(ServiceAccount(metadata=ObjectMeta(name="default")), namespace=ns)
+
+    leaky = child_cgroups("a", 64 * MiB)
+    calm = child_cgroups("b", 256 * MiB)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "thresholds: {warn_percent: 50, critical_percent: 75, metric: usage}\n"
+        "actions: [{type: log}]\n"
+    )
+    with contextlib.ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for node, child in (("node-a", leaky), ("node-b", calm)):
+            daemon = stack.enter_context(
+                PressuredProcess(
+                    [
+                        "run",
+                        "-c",
+                        str(cfg),
+                        "--cgroup",
+                        child.path,
+                        "--metrics-port",
+                        "0",
+                        "--events-out",
+                        str(tmp_path / f"{node}.jsonl"),
+                    ],
+                    env=environ(NODE_NAME=node),
+                )
+            )
+            daemon.wait_ready()
+            ports[node] = _port_of(daemon)
+        victim = leaky.spawn(leaker_argv("--rate-mib", "16", "--max-mib", "400"))
+        assert victim.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
+        wait_for(lambda: _state(ports["node-a"])["kills"], 30, "the kill in node-a's state")
+
+        for node, ip in node_addresses.items():
+            _register_pod(k8s_lane, ns, node, ip, ports[node])
+        _apply_viewer_rbac(k8s_lane, ns, "sre")
+        viewer = _kubeconfig_for(k8s_lane, ns, "sre", tmp_path / "viewer.kubeconfig")
+
+        done = _diagnose(viewer, "--json", "--since", "10m")
+        assert done.returncode == 0, done.stderr
+        view = json.loads(done.stdout)
+        # the table as a person sees it
+        shown = _diagnose(viewer, "--since", "10m")
+
+    assert {(n["node"], n["ok"]) for n in view["nodes"]} == {
+        ("node-a", True),
+        ("node-b", True),
+    }, view["nodes"]
+    rows = view["targets"]
+    assert {r["node"] for r in rows} == {"node-a", "node-b"}
+    assert {r["cgroup"] for r in rows} == {leaky.path, calm.path}
+    headrooms = [r["headroom_bytes"] for r in rows]
+    assert headrooms == sorted(headrooms), "the table is sorted by headroom, least first"
+    assert rows[0]["cgroup"] == leaky.path
+    (kill,) = view["kills"]
+    assert kill["node"] == "node-a"
+    assert kill["cgroup"] == leaky.path
+    assert kill["victim"] == "python" or kill["victim"].startswith("python")
+    assert kill["pid"] == victim.pid
+    assert kill["warned_seconds_before"] is not None and kill["warned_seconds_before"] > 0
+
+    assert shown.returncode == 0, shown.stderr
+    assert "node-a" in shown.stdout and "node-b" in shown.stdout
+    assert re.search(r"recent OOM kills", shown.stdout), shown.stdout
+
+
+def test_cluster_view_without_the_viewer_role_is_refused(k8s_lane: Lane, tmp_path: Path) -> None:
+    ns = f"pressured-view-{uuid.uuid4().hex[:6]}"
+    k8s_lane.client.create(Namespace(metadata=ObjectMeta(name=ns)))
+    stranger = _kubeconfig_for(k8s_lane, ns, "stranger", tmp_path / "stranger.kubeconfig")
+    done = _diagnose(stranger, "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "403" in done.stderr and "pods" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_pods_proxy_refuses_a_loopback_pod_ip(k8s_lane: Lane) -> None:
+    """Why the stand-in nodes get 10.250.x addresses on lo: a pod IP of 127.0.0.1 is refused."""
+    ns = f"pressured-view-{uuid.uuid4().hex[:6]}"
+    k8s_lane.client.create(Namespace(metadata=ObjectMeta(name=ns)))
+    k8s_lane.client.create(ServiceAccount(metadata=ObjectMeta(name="default")), namespace=ns)
+    _register_pod(k8s_lane, ns, "node-lo", "127.0.0.1", 9000)
+    r = k8s_lane.admin_http.get(f"/api/v1/namespaces/{ns}/pods/pressured-node-lo:9000/proxy/")
+    assert r.status_code == 400, api_error(r)
+    assert "address not allowed" in api_error(r)
