@@ -406,6 +406,44 @@ def _diagnose_cluster(  # noqa: PLR0917
         raise typer.Exit(EXIT_RUNTIME)
 
 
+@app.command(
+    epilog=examples(
+        "pressured top                                # the daemon of this machine's config",
+        "pressured top --url http://127.0.0.1:9000    # a daemon's metrics port",
+        "kubectl port-forward -n pressured pod/NAME 9000 & pressured top",
+    )
+)
+def top(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            metavar="URL",
+            envvar="PRESSURED_TOP_URL",
+            help="The daemon's metrics endpoint (default: 127.0.0.1 and the config's "
+            "metrics.port).",
+        ),
+    ] = None,
+) -> None:
+    """Live view of a running daemon, redrawn on its own wake-ups: usage against limit, growth,
+    ETA, PSI, last events. Keys: s sort, r reverse, / filter, c clear, q quit."""
+    from pressured.top import run_top  # noqa: PLC0415
+
+    if url is None:
+        cfg = _load(_inherit(ctx, "config", config), {})
+        url = f"http://127.0.0.1:{cfg.get('metrics.port')}"
+    base = url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise fail(f"--url: expected http://HOST:PORT (got {base!r})", EXIT_CONFIG)
+    try:
+        code = run_top(base)
+    except OSError as exc:
+        raise fail(_os_error(exc), EXIT_RUNTIME) from None
+    raise typer.Exit(code)
+
+
 @config_app.command("check")
 def config_check(
     ctx: typer.Context,

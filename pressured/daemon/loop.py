@@ -173,6 +173,7 @@ class Daemon:
         with self.kills.batch():  # the state file is written once for every target found
             self._sync_targets()
         self._announce_ready()
+        self.live.turn()
 
     def _runner(self, actions: list[Action], after: ActionRunner | None = None) -> ActionRunner:
         return ActionRunner(

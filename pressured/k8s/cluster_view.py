@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from pressured.daemon.state import STATE_PATH
 from pressured.errors import KubernetesError, PressuredError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ DEFAULT_SELECTOR: Final = "app.kubernetes.io/name=pressured"
 """The chart's selector label (templates/_helpers.tpl pressured.selectorLabels)."""
 DEFAULT_PORT: Final = 9000
 PORT_NAME: Final = "metrics"
-STATE_PATH: Final = "/v1/state"
 MAX_PODS: Final = 5000
 PARALLEL: Final = 8
 """Pods read at once: the API server proxies each; a large cluster is not read one by one."""
