@@ -52,13 +52,37 @@ app = typer.Typer(
 config_app = typer.Typer(
     help="Check configuration.", context_settings={"help_option_names": ["-h", "--help"]}
 )
-app.add_typer(config_app, name="config")
+app.add_typer(
+    config_app,
+    name="config",
+    epilog=examples("pressured config check config.yaml", "pressured -c config.yaml config check"),
+)
+
+
+def _metavar_alone() -> None:
+    """An argument with a metavar shows only it in --help (FILE, not FILE <str>), as an
+    option does; typer adds the Python type after it."""
+    from typer.core import TyperArgument  # noqa: PLC0415
+
+    shown = TyperArgument.display_type_rich
+
+    def display_type_rich(self: TyperArgument, ctx: Any) -> str | None:
+        return None if self.metavar else shown(self, ctx)
+
+    TyperArgument.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+
+
+_metavar_alone()
 
 
 def _mount_pprof() -> None:
     from pressured.pprof.cli import pprof_app  # noqa: PLC0415
 
-    app.add_typer(pprof_app, name="pprof")
+    app.add_typer(
+        pprof_app,
+        name="pprof",
+        epilog=examples("pressured pprof top heap.pb.gz", "pressured pprof top --help"),
+    )
 
 
 _mount_pprof()
@@ -343,6 +367,8 @@ def diagnose(  # noqa: PLR0917 - typer maps each option to a parameter
 ) -> None:
     """One-shot table of the watched cgroups (or, with --cluster, of every node), sorted by
     headroom."""
+    if not cluster and namespace is not None:
+        raise fail("-n/--namespace: only with --cluster", EXIT_CONFIG)
     if cluster:
         _diagnose_cluster(ctx, config, namespace, selector, since, as_json)
         return
@@ -444,11 +470,18 @@ def top(
     raise typer.Exit(code)
 
 
-@config_app.command("check")
+@config_app.command(
+    "check",
+    epilog=examples(
+        "pressured config check /etc/pressured/config.yaml",
+        "PRESSURED_WARN_PERCENT=60 pressured config check config.yaml --json",
+    ),
+)
 def config_check(
     ctx: typer.Context,
     file: Annotated[
-        str | None, typer.Argument(help="Config file (default: PRESSURED_CONFIG).")
+        str | None,
+        typer.Argument(metavar="FILE", help="Config file (default: PRESSURED_CONFIG)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -476,12 +509,20 @@ def config_check(
     Console().print(table)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "pressured demo",
+        "pressured demo --limit-mib 256 --rate-mib 32",
+    )
+)
 def demo(
     limit_mib: Annotated[
-        int, typer.Option("--limit-mib", help="Memory limit of the demo cgroup.")
+        int,
+        typer.Option("--limit-mib", metavar="MIB", help="Memory limit of the demo cgroup."),
     ] = 128,
-    rate_mib: Annotated[float, typer.Option("--rate-mib", help="Leak rate, MiB/s.")] = 8.0,
+    rate_mib: Annotated[
+        float, typer.Option("--rate-mib", metavar="MIB", help="Leak rate, MiB/s.")
+    ] = 8.0,
 ) -> None:
     """Leak memory in a limited cgroup and watch pressured warn, act and confirm the kill."""
     from pressured.demo import DemoUnavailable, run_demo  # noqa: PLC0415

@@ -239,8 +239,11 @@ def run_top(base_url: str) -> int:
 
     url = base_url.rstrip("/") + STATE_PATH
 
-    stdin = sys.stdin.fileno()
-    if not os.isatty(stdin):
+    try:
+        stdin = sys.stdin.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation: not a file at all
+        stdin = -1
+    if stdin < 0 or not os.isatty(stdin):
         raise OSError("pressured top needs a terminal (stdin is not one)")
     shared = _Shared()
     view = View()
