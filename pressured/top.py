@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 WAIT_S: Final = 25.0
 """How long one request waits for a change (below the daemon's MAX_WAIT_S)."""
+COALESCE_S: Final = 0.2
+"""After an answer the next request waits this long first: a burst of wake-ups (a leak read
+every 50 ms) is one redraw, not twenty, and costs the daemon one answer."""
 MAX_BYTES: Final = 16 << 20
 SORTS: Final = ("headroom", "percent", "growth", "eta", "name")
 EVENTS_SHOWN: Final = 8
@@ -217,6 +220,7 @@ def _reader(url: str, shared: _Shared, wake_w: int, stop: threading.Event) -> No
             shared.state, shared.error = doc, None
         with contextlib.suppress(OSError):
             os.write(wake_w, b"s")
+        stop.wait(COALESCE_S)
 
 
 @contextlib.contextmanager

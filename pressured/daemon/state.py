@@ -31,8 +31,12 @@ MAX_EVENTS: Final = 50
 MAX_KILLS: Final = 50
 MAX_WAIT_S: Final = 30.0
 MAX_WAITERS: Final = 8
-FIT_POINTS: Final = 30
-"""Readings kept per target for its growth (the engine's Theil-Sen fit)."""
+FIT_POINTS: Final = 20
+"""Readings kept per target for its growth (the engine's Theil-Sen fit: pairs grow as the
+square; bench/live_state.py measures the answer for 1000 targets)."""
+REUSE_S: Final = 1.0
+"""An answer is reused for this long by the requests of the same generation (several
+viewers cost one answer; ages are then at most this stale)."""
 FIT_WINDOW_S: Final = 120.0
 
 
@@ -46,11 +50,28 @@ class _Row:
     value: int
     severity: str = "ok"
     points: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=FIT_POINTS))
+    version: int = 0
+    fitted: tuple[int, float | None] = (-1, None)
+    """(version, growth) of the last fit: a target not read again is not fitted again."""
+
+    def copy(self) -> _Row:
+        """What a reader needs, taken under the lock; the fit is done on the copy."""
+        return _Row(
+            self.key, self.cgroup, self.identity, self.sample, self.wall, self.value,
+            self.severity, self.points.copy(), self.version, self.fitted,
+        )  # fmt: skip
+
+    def growth(self) -> float | None:
+        version, growth = self.fitted
+        if version != self.version:
+            growth = theil_sen_slope(list(self.points))
+            self.fitted = (self.version, growth)
+        return growth
 
     def as_json(self, now_wall: float) -> dict[str, Any]:
         s = self.sample
         limit = s.limit_bytes if s.limit_bytes and s.limit_bytes > 0 else None
-        growth = theil_sen_slope(list(self.points))
+        growth = self.growth()
         eta = None
         if growth is not None and growth > 0 and limit is not None:
             eta = max(0.0, (limit - self.value) / growth)
@@ -122,6 +143,7 @@ class LiveState:
         self._kills: deque[dict[str, Any]] = deque(maxlen=MAX_KILLS)
         self._waiters = 0
         self._dirty = False
+        self._answer: tuple[int, float, dict[str, Any]] | None = None
         self.generation = 0
 
     # ------------------------------------------------------------------ the loop's side
@@ -145,6 +167,7 @@ class LiveState:
             while row.points and sample.time - row.points[0][0] > FIT_WINDOW_S:
                 row.points.popleft()
             row.points.append((sample.time, float(value)))
+            row.version += 1
             self._dirty = True
 
     def event(self, event: Event) -> None:
@@ -171,21 +194,31 @@ class LiveState:
 
     # ------------------------------------------------------------------ readers
     def snapshot(self, after: int | None = None, wait: float = 0.0) -> dict[str, Any]:
-        """The state now; with ``after``, first wait (at most ``wait`` s, MAX_WAIT_S) for a
-        generation past it."""
+        """The state now; with ``after``, first wait (at most ``wait`` s, MAX_WAIT_S) for
+        another generation (a later one, or an earlier one: the daemon restarted)."""
         wait = min(max(0.0, wait), MAX_WAIT_S)
         with self._cond:
             if after is not None and wait > 0 and self._waiters < MAX_WAITERS:
                 self._waiters += 1
                 try:
-                    self._cond.wait_for(lambda: self.generation > after, wait)
+                    self._cond.wait_for(lambda: self.generation != after, wait)
                 finally:
                     self._waiters -= 1
             now = self._wall()
-            rows = [row.as_json(now) for row in self._rows.values()]
+            cached = self._answer
+            if cached is not None and cached[0] == self.generation and now - cached[1] < REUSE_S:
+                return self._with_extra(cached[2])
+            copies = [row.copy() for row in self._rows.values()]
             events = list(self._events)
             kills = list(self._kills)
             generation = self.generation
+        # the fits are done outside the lock: the loop never waits for a reader
+        rows = [row.as_json(now) for row in copies]
+        with self._cond:
+            for row in copies:
+                live = self._rows.get(row.key)
+                if live is not None and live.version == row.fitted[0]:
+                    live.fitted = row.fitted
         rows.sort(key=lambda r: (r["headroom_bytes"] is None, r["headroom_bytes"] or 0))
         doc: dict[str, Any] = {
             "version": STATE_VERSION,
@@ -196,9 +229,14 @@ class LiveState:
             "events": events,
             "kills": kills,
         }
-        if self._extra is not None:
-            doc.update(self._extra())
-        return doc
+        with self._cond:
+            self._answer = (generation, now, doc)
+        return self._with_extra(doc)
+
+    def _with_extra(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if self._extra is None:
+            return doc
+        return {**doc, **self._extra()}
 
     def route(self, query: Mapping[str, list[str]]) -> tuple[str, str, bytes]:
         """GET /v1/state[?after=N&wait=S] for metrics.start_http."""
