@@ -304,3 +304,41 @@ def test_the_pods_proxy_refuses_a_loopback_pod_ip(k8s_lane: Lane) -> None:
     r = k8s_lane.admin_http.get(f"/api/v1/namespaces/{ns}/pods/pressured-node-lo:9000/proxy/")
     assert r.status_code == 400, api_error(r)
     assert "address not allowed" in api_error(r)
+
+
+def _viewer_docs(lane: Lane, *sets: str, check: bool = True) -> list[dict[str, Any]]:
+    args = ["template", "t", str(CHART), "--namespace", "mon"]
+    args += ["--show-only", "templates/viewer-rbac.yaml"]
+    for s in sets:
+        args += ["--set", s]
+    done = lane.helm(*args, check=check)
+    if done.returncode != 0:
+        raise AssertionError(done.stderr)
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def test_the_viewer_role_by_default_grants_only_what_the_view_reads(k8s_lane: Lane) -> None:
+    (role,) = _viewer_docs(k8s_lane)
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "mon"
+    grants = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert grants == {("", "pods", "get"), ("", "pods", "list"), ("", "pods/proxy", "get")}
+    assert role["metadata"]["name"] == "t-pressured-viewer"
+
+
+def test_the_viewer_role_can_be_left_out_and_its_subjects_are_checked(k8s_lane: Lane) -> None:
+    with pytest.raises(AssertionError, match="could not find template"):
+        _viewer_docs(k8s_lane, "viewer.create=false")
+    with pytest.raises(AssertionError, match="/viewer/subjects/0/kind"):
+        _viewer_docs(k8s_lane, "viewer.subjects[0].kind=Robot,viewer.subjects[0].name=x")
+    docs = _viewer_docs(k8s_lane, "viewer.subjects[0].kind=User,viewer.subjects[0].name=alice")
+    binding = docs[1]
+    assert binding["subjects"] == [
+        {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}
+    ]
+    assert binding["roleRef"]["name"] == "t-pressured-viewer"
