@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import sys
 import termios
 import threading
@@ -258,6 +259,12 @@ def run_top(base_url: str) -> int:
     )
     reader.start()
     console = Console()
+
+    def resized(_signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.write(wake_w, b"w")
+
+    old_winch = signal.signal(signal.SIGWINCH, resized)
     try:
         with (
             _raw_keys(stdin),
@@ -276,7 +283,10 @@ def run_top(base_url: str) -> int:
                 with shared.lock:
                     state, error = shared.state, shared.error
                 live.update(render(state, view, error), refresh=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C leaves as q does
     finally:
+        signal.signal(signal.SIGWINCH, old_winch)
         stop.set()
         os.close(wake_r)
         os.close(wake_w)

@@ -10,7 +10,7 @@ watcher killed by the OOM killer says nothing about the kills it missed. So:
   seconds;
 - at or above ``metrics.self_shed_percent`` it sheds optional work: the actions whose class says
   ``optional`` (heap captures, Lua) are skipped, each skip counted as a drop with reason
-  ``shed``, until it is below that level again.
+  ``shed``, until it is SHED_HYSTERESIS points below that level again.
 
 The limit is the smallest of its own cgroup's and its ancestors' (a container's limit is often
 set on a parent); the working set is its own cgroup's (usage less inactive file pages, what
@@ -38,6 +38,9 @@ DROP_HOLD_S: Final = 300.0
 READ_EVERY_S: Final = 1.0
 """The own cgroup is read at most this often (every loop turn would be a syscall storm under a
 burst of wake-ups); shedding also follows at once a reading above the level."""
+SHED_HYSTERESIS: Final = 5.0
+"""Shedding ends only this many percentage points below where it began: a working set that
+hovers at the level does not toggle it, and its log lines, every second."""
 _MAX_DROPS: Final = 1024
 
 
@@ -125,7 +128,8 @@ class SelfWatch:
         self._last_read = now
         self.reading = self._read()
         pct = self.reading.percent
-        shed = pct is not None and pct >= self.shed_percent
+        level = self.shed_percent - (SHED_HYSTERESIS if self.shedding else 0.0)
+        shed = pct is not None and pct >= level
         if shed != self.shedding:
             if shed:
                 log.warning(
@@ -139,7 +143,7 @@ class SelfWatch:
             else:
                 log.info(
                     "own memory below %.1f%% of its limit again: optional work resumes",
-                    self.shed_percent,
+                    level,
                 )
             self.shedding = shed
         return self.reading

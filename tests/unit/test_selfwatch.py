@@ -68,6 +68,13 @@ def test_near_its_own_limit_it_is_degraded_then_sheds(tmp_path: Path) -> None:
     sw.observe(1.0)
     assert sw.shedding
     assert "shedding heap captures and Lua" in sw.degraded()[0]
+    (Path(own.path) / "memory.stat").write_text(f"anon {95 * MiB}\ninactive_file {7 * MiB}\n")
+    sw.observe(2.0)
+    assert sw.reading.percent == pytest.approx(88.0) and sw.shedding, "5 points of hysteresis"
+    (Path(own.path) / "memory.stat").write_text(f"anon {95 * MiB}\ninactive_file {11 * MiB}\n")
+    sw.observe(3.0)
+    assert not sw.shedding
+    assert sw.degraded() == []
 
 
 def test_reclaimable_cache_does_not_count(tmp_path: Path) -> None:

@@ -284,7 +284,7 @@ def test_webhook_deadline_is_its_timeouts_and_backoffs() -> None:
         hook.close()
 
 
-class Optional(Recorder):
+class Sheddable(Recorder):
     """Slow and optional: work the daemon sheds near its own memory limit (heapdump, lua)."""
 
     type = "test-optional"
@@ -305,7 +305,7 @@ def test_shedding_skips_optional_actions_only_and_counts_each_skip(
 ) -> None:
     shed = threading.Event()
     shed.set()
-    optional, recorder = Optional({}, CTX), Recorder({}, CTX)
+    optional, recorder = Sheddable({}, CTX), Recorder({}, CTX)
     runner = make_runner([recorder, optional], shed=shed.is_set)
     runner.submit(pressure("warn"))
     wait_for(lambda: drops == [("test-optional", "shed")], what="the shed drop")
