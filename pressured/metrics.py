@@ -255,7 +255,7 @@ class Metrics:
         )
         self.self_limit = Gauge(
             "pressured_self_memory_limit_bytes",
-            "Memory limit of pressured's own cgroup (the smallest up its tree; absent: none)",
+            "Memory limit of pressured's own cgroup (the smallest up its tree; 0: none found)",
             registry=r,
         )
         self.self_shedding = Gauge(
