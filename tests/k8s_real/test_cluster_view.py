@@ -1,8 +1,12 @@
 """`pressured diagnose --cluster` against the real API server, with two real `pressured run`
-processes standing in for the pressured pods of two nodes.
+processes in node mode standing in for the pressured pods of two nodes.
 
-No kubelet runs in the lane, so each stand-in pod is registered as the kubelet would leave it:
-created bound to its node, then its status patched to Running with a pod IP. The API server's
+No kubelet runs in the lane, so what a kubelet would do is done here: a workload pod per node,
+bound to it, its status patched to Running with its container's id, and that container's cgroup
+made the way the kubelet's cgroupfs driver names it (kubepods/burstable/pod<uid>/<id>, a real
+v1 memory cgroup with a real limit); each daemon finds its node's pods through the API server and
+names its target after the pod. The pressured pods are registered the same way, Running with a
+pod IP. The API server's
 pods proxy dials ``status.podIP`` and refuses any address that is not global unicast
 (loopback 127.0.0.0/8 and link-local are "address not allowed"), so each stand-in node gets a
 private address of its own on the loopback interface (ip addr add 10.250.N.1/32 dev lo),
@@ -17,11 +21,15 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,7 @@ from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
 from lightkube.types import PatchType
 
 from tests.k8s_real.conftest import FIELD_MANAGER, ROOT, Lane, api_error
-from tests.support.cgroups import Child, leaker_argv, own_memory_cgroup
+from tests.support.cgroups import leaker_argv, own_memory_cgroup
 from tests.support.daemon import PressuredProcess, environ
 from tests.support.wait import wait_for
 
@@ -69,23 +77,110 @@ def node_addresses() -> Iterator[dict[str, str]]:
             subprocess.run([ip, "addr", "del", f"{addr}/32", "dev", "lo"], check=False)
 
 
-@pytest.fixture
-def child_cgroups() -> Iterator[Callable[[str, int], Child]]:
-    base, why = own_memory_cgroup()
-    if base is None:
-        pytest.skip(f"no writable memory cgroup here: {why}")
-    made: list[Child] = []
+@dataclass
+class NodeTree:
+    """<own memory cgroup>/pressured-view-PID-NODE/kubepods/burstable/pod<uid>/<id>: the
+    cgroups a node's kubelet would make for one container, with a real limit."""
 
-    def make(name: str, limit: int) -> Child:
-        child = Child(f"pressured-view-{os.getpid()}-{name}", limit)
-        made.append(child)
-        return child
+    base: Path
+    container: Path
+    made: list[Path]
+
+
+@pytest.fixture
+def node_trees() -> Iterator[Callable[[str, str, str, int], NodeTree]]:
+    own, why = own_memory_cgroup()
+    if own is None:
+        pytest.skip(f"no writable memory cgroup here: {why}")
+    if os.path.exists(os.path.join(own, "cgroup.controllers")):
+        pytest.skip("the kubepods tree is built on the hybrid host's v1 memory hierarchy")
+    trees: list[NodeTree] = []
+
+    def make(node: str, uid: str, container_id: str, limit: int) -> NodeTree:
+        base = Path(own) / f"pressured-view-{os.getpid()}-{node}"
+        container = base / "kubepods" / "burstable" / f"pod{uid}" / container_id
+        tree = NodeTree(base, container, [])
+        trees.append(tree)
+        path = base
+        for part in (None, "kubepods", "burstable", f"pod{uid}", container_id):
+            path = path / part if part else path
+            path.mkdir()
+            tree.made.append(path)
+        (container / "memory.limit_in_bytes").write_text(str(limit))
+        return tree
 
     try:
         yield make
     finally:
-        for child in made:
-            child.remove()
+        for tree in trees:
+            for path in reversed(tree.made):
+                _empty_and_remove(path)
+
+
+def _empty_and_remove(path: Path) -> None:
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            for pid in (path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+
+
+# moves itself into the cgroup directory argv[1], then execs the rest of its arguments
+ENTER = (
+    "import os,sys\n"
+    "with open(os.path.join(sys.argv[1], 'cgroup.procs'), 'w') as f: f.write(str(os.getpid()))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def _workload(lane: Lane, ns: str, node: str, name: str) -> tuple[str, str]:
+    """A pod of ``node`` with one container "app", Running as its kubelet would report it;
+    (its uid, the container's id)."""
+    pod = lane.client.create(
+        Pod.from_dict(
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": node,
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "app", "image": "shop/app:1"}],
+                },
+            }
+        ),
+        namespace=ns,
+    )
+    assert pod.metadata is not None and pod.metadata.uid is not None
+    container_id = secrets.token_hex(32)
+    lane.client.patch(
+        Pod.Status,
+        name,
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "app",
+                        "containerID": f"containerd://{container_id}",
+                        "image": "shop/app:1",
+                        "imageID": "",
+                        "ready": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                    }
+                ],
+            }
+        },
+        namespace=ns,
+        patch_type=PatchType.MERGE,
+    )
+    return pod.metadata.uid, container_id
 
 
 def _port_of(daemon: PressuredProcess) -> int:
@@ -196,7 +291,7 @@ def _kubeconfig_for(lane: Lane, ns: str, account: str, path: Path) -> Path:
 
 
 def _diagnose(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = environ(KUBECONFIG=str(kubeconfig))
+    env = environ(KUBECONFIG=str(kubeconfig), COLUMNS="200")
     for var in ("KUBERNETES_SERVICE_HOST", "PRESSURED_CONFIG"):
         env.pop(var, None)
     return subprocess.run(
@@ -212,43 +307,50 @@ def _diagnose(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cluster_view_through_the_pods_proxy(
     k8s_lane: Lane,
     node_addresses: dict[str, str],
-    child_cgroups: Callable[[str, int], Child],
+    node_trees: Callable[[str, str, str, int], NodeTree],
     tmp_path: Path,
 ) -> None:
     ns = f"pressured-view-{uuid.uuid4().hex[:6]}"
-    k8s_lane.client.create(Namespace(metadata=ObjectMeta(name=ns)))
-    # the ServiceAccount admission plugin wants the default account (no controller makes it)
-    k8s_lane.client.create(ServiceAccount(metadata=ObjectMeta(name="default")), namespace=ns)
+    shop = f"shop-{uuid.uuid4().hex[:6]}"
+    for name in (ns, shop):
+        k8s_lane.client.create(Namespace(metadata=ObjectMeta(name=name)))
+        # the ServiceAccount admission plugin wants the default account (no controller makes it)
+        k8s_lane.client.create(ServiceAccount(metadata=ObjectMeta(name="default")), namespace=name)
 
-    leaky = child_cgroups("a", 64 * MiB)
-    calm = child_cgroups("b", 256 * MiB)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(
-        "thresholds: {warn_percent: 50, critical_percent: 75, metric: usage}\n"
-        "actions: [{type: log}]\n"
-    )
+    # one workload pod on each node, its container's cgroup as the kubelet would make it
+    trees: dict[str, NodeTree] = {}
+    for node, limit in (("node-a", 64 * MiB), ("node-b", 256 * MiB)):
+        uid, container_id = _workload(k8s_lane, shop, node, f"web-{node[-1]}")
+        trees[node] = node_trees(node, uid, container_id, limit)
     with contextlib.ExitStack() as stack:
         ports: dict[str, int] = {}
-        for node, child in (("node-a", leaky), ("node-b", calm)):
-            daemon = stack.enter_context(
-                PressuredProcess(
-                    [
-                        "run",
-                        "-c",
-                        str(cfg),
-                        "--cgroup",
-                        child.path,
-                        "--metrics-port",
-                        "0",
-                        "--events-out",
-                        str(tmp_path / f"{node}.jsonl"),
-                    ],
-                    env=environ(NODE_NAME=node),
-                )
+        for node, tree in trees.items():
+            cfg = tmp_path / f"{node}.yaml"
+            cfg.write_text(
+                f"source: {{mode: node, cgroup: {{path: {tree.base}}}}}\n"
+                f"kubernetes: {{node_name: {node}, kubeconfig: {k8s_lane.kubeconfig}}}\n"
+                "thresholds: {warn_percent: 50, critical_percent: 75, metric: usage}\n"
+                "actions: [{type: log}]\n"
             )
+            args = ["run", "-c", str(cfg), "--metrics-port", "0"]
+            args += ["--events-out", str(tmp_path / f"{node}.jsonl")]
+            daemon = stack.enter_context(PressuredProcess(args))
             daemon.wait_ready()
             ports[node] = _port_of(daemon)
-        victim = leaky.spawn(leaker_argv("--rate-mib", "16", "--max-mib", "400"))
+        wait_for(
+            lambda: all(any(t["pod"] for t in _state(port)["targets"]) for port in ports.values()),
+            30,
+            "each node's target named after its pod",
+        )
+        victim = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                ENTER,
+                str(trees["node-a"].container),
+                *leaker_argv("--rate-mib", "16", "--max-mib", "400"),
+            ]
+        )
         assert victim.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
         wait_for(lambda: _state(ports["node-a"])["kills"], 30, "the kill in node-a's state")
 
@@ -268,20 +370,26 @@ def test_cluster_view_through_the_pods_proxy(
         ("node-b", True),
     }, view["nodes"]
     rows = view["targets"]
-    assert {r["node"] for r in rows} == {"node-a", "node-b"}
-    assert {r["cgroup"] for r in rows} == {leaky.path, calm.path}
-    headrooms = [r["headroom_bytes"] for r in rows]
-    assert headrooms == sorted(headrooms), "the table is sorted by headroom, least first"
-    assert rows[0]["cgroup"] == leaky.path
+    assert [(r["node"], r["namespace"], r["pod"], r["container"]) for r in rows] == [
+        ("node-a", shop, "web-a", "app"),
+        ("node-b", shop, "web-b", "app"),
+    ], "one row per container, the least headroom first"
+    assert rows[0]["headroom_bytes"] <= rows[1]["headroom_bytes"]
+    assert rows[0]["limit_bytes"] == 64 * MiB and rows[1]["limit_bytes"] == 256 * MiB
     (kill,) = view["kills"]
-    assert kill["node"] == "node-a"
-    assert kill["cgroup"] == leaky.path
-    assert kill["victim"] == "python" or kill["victim"].startswith("python")
+    assert (kill["node"], kill["namespace"], kill["pod"], kill["container"]) == (
+        "node-a",
+        shop,
+        "web-a",
+        "app",
+    )
+    assert kill["cgroup"] == str(trees["node-a"].container)
+    assert kill["victim"].startswith("python")
     assert kill["pid"] == victim.pid
     assert kill["warned_seconds_before"] is not None and kill["warned_seconds_before"] > 0
 
     assert shown.returncode == 0, shown.stderr
-    assert "node-a" in shown.stdout and "node-b" in shown.stdout
+    assert f"{shop}/web-a/app" in shown.stdout and f"{shop}/web-b/app" in shown.stdout
     assert re.search(r"recent OOM kills", shown.stdout), shown.stdout
 
 
