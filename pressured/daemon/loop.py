@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ from pressured.kernel import cgroupfs
 from pressured.kernel.pidfd import ProcessHandles, open_processes
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from pressured.model import MACHINE, Event, OomKill, PressureEvent, Sample
-from pressured.sources.base import Source
+from pressured.sources.base import Source, TargetSpec
 from pressured.sources.factory import make_source
 
 from .kill_pipeline import KillPipeline
@@ -124,6 +124,7 @@ class Daemon:
         self._stop = False
         self._hup = False
         self.exit_reason = ""
+        self._own_adopted = False
         self.ready = False
         """True once every target found at start is armed and the kill sources are open."""
         self.selfwatch = SelfWatch(
@@ -272,6 +273,27 @@ class Daemon:
             self.kills.observe_counters(state)
             self._refresh(state)
         self._watched_changed()
+        self._adopt_own_cgroup(wanted.values())
+
+    def _adopt_own_cgroup(self, specs: Iterable[TargetSpec]) -> None:
+        """In node mode /proc/self/cgroup may name "/" (a cgroup namespace over the host's
+        tree): the target of our own pod whose cgroup holds our pid is our cgroup."""
+        uid = self.cfg.get("kubernetes.pod_uid")
+        if not uid or self._own_adopted:
+            return
+        for spec in specs:
+            if spec.ref is None or spec.identity.pod_uid != uid:
+                continue
+            try:
+                ours = os.getpid() in cgroupfs.read_pids(spec.ref)
+            except CgroupFileError:
+                continue
+            if ours:
+                self._own_adopted = True
+                self.selfwatch.adopt(spec.ref)
+                log.info("own cgroup: %s (this pod's container)", spec.ref.path)
+                self._watch_self(self._clock())
+                return
 
     def _drop(self, key: str, why: str) -> None:
         state = self.targets.drop(key)

@@ -14,8 +14,11 @@ watcher killed by the OOM killer says nothing about the kills it missed. So:
 
 The limit is the smallest of its own cgroup's and its ancestors' (a container's limit is often
 set on a parent); the working set is its own cgroup's (usage less inactive file pages, what
-the kernel cannot simply reclaim). Without a memory cgroup of its own (limit unknown) only its
-RSS is reported and nothing is shed.
+the kernel cannot simply reclaim). Its cgroup is found from /proc/self/cgroup; in node mode,
+where the container's cgroup namespace names it "/" while the host's tree is mounted, the
+daemon adopts the target of its own pod (kubernetes.pod_uid) whose cgroup holds its pid
+(``adopt``). Without a memory cgroup of its own (limit unknown) only its RSS is reported and
+nothing is shed.
 """
 
 from __future__ import annotations
@@ -118,6 +121,18 @@ class SelfWatch:
     @property
     def cgroup(self) -> str | None:
         return self._cgroups[0].path if self._cgroups else None
+
+    def adopt(self, ref: cgroupfs.CgroupRef) -> None:
+        """Read ``ref`` (the daemon's own container, as a source found it) and its ancestors
+        up to its hierarchy's mount from now on."""
+        mount = ref.path[: len(ref.path) - len(ref.relpath.rstrip("/"))] or "/"
+        refs = [ref]
+        path = os.path.dirname(ref.path.rstrip("/"))
+        while len(path) > len(mount.rstrip("/")):
+            refs.append(cgroupfs.CgroupRef(path, ref.version, "/"))
+            path = os.path.dirname(path)
+        self._cgroups = refs
+        self._last_read = None
 
     # ------------------------------------------------------------------ readings
     def observe(self, now: float, *, force: bool = False) -> SelfReading | None:

@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,7 +85,6 @@ class NodeTree:
 
     base: Path
     container: Path
-    made: list[Path]
 
 
 @pytest.fixture
@@ -94,27 +94,24 @@ def node_trees() -> Iterator[Callable[[str, str, str, int], NodeTree]]:
         pytest.skip(f"no writable memory cgroup here: {why}")
     if os.path.exists(os.path.join(own, "cgroup.controllers")):
         pytest.skip("the kubepods tree is built on the hybrid host's v1 memory hierarchy")
-    trees: list[NodeTree] = []
+    made: list[Path] = []
 
     def make(node: str, uid: str, container_id: str, limit: int) -> NodeTree:
         base = Path(own) / f"pressured-view-{os.getpid()}-{node}"
-        container = base / "kubepods" / "burstable" / f"pod{uid}" / container_id
-        tree = NodeTree(base, container, [])
-        trees.append(tree)
         path = base
-        for part in (None, "kubepods", "burstable", f"pod{uid}", container_id):
+        for part in ("", "kubepods", "burstable", f"pod{uid}", container_id):
             path = path / part if part else path
-            path.mkdir()
-            tree.made.append(path)
-        (container / "memory.limit_in_bytes").write_text(str(limit))
-        return tree
+            if not path.is_dir():
+                path.mkdir()
+                made.append(path)
+        (path / "memory.limit_in_bytes").write_text(str(limit))
+        return NodeTree(base, path)
 
     try:
         yield make
     finally:
-        for tree in trees:
-            for path in reversed(tree.made):
-                _empty_and_remove(path)
+        for path in reversed(made):
+            _empty_and_remove(path)
 
 
 def _empty_and_remove(path: Path) -> None:
@@ -164,17 +161,7 @@ def _workload(lane: Lane, ns: str, node: str, name: str) -> tuple[str, str]:
         {
             "status": {
                 "phase": "Running",
-                "containerStatuses": [
-                    {
-                        "name": "app",
-                        "containerID": f"containerd://{container_id}",
-                        "image": "shop/app:1",
-                        "imageID": "",
-                        "ready": True,
-                        "restartCount": 0,
-                        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
-                    }
-                ],
+                "containerStatuses": [_running("app", "shop/app:1", container_id)],
             }
         },
         namespace=ns,
@@ -195,8 +182,15 @@ def _state(port: int) -> dict[str, Any]:
     return doc
 
 
-def _register_pod(lane: Lane, ns: str, node: str, ip: str, port: int) -> None:
-    """The pressured pod of ``node`` as the kubelet would leave it: bound, Running, an IP."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def _register_pod(lane: Lane, ns: str, node: str, ip: str, port: int) -> tuple[str, str]:
+    """The pressured pod of ``node`` as the kubelet would leave it: bound, Running, an IP, its
+    container's id; (its uid, that id)."""
     name = f"pressured-{node}"
     pod = Pod.from_dict(
         {
@@ -220,14 +214,32 @@ def _register_pod(lane: Lane, ns: str, node: str, ip: str, port: int) -> None:
             },
         }
     )
-    lane.client.create(pod, namespace=ns)
+    created = lane.client.create(pod, namespace=ns)
+    assert created.metadata is not None and created.metadata.uid is not None
+    container_id = secrets.token_hex(32)
+    status = {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "hostIP": ip,
+        "containerStatuses": [_running("pressured", "pressured:test", container_id)],
+    }
     lane.client.patch(
-        Pod.Status,
-        name,
-        {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": ip}},
-        namespace=ns,
-        patch_type=PatchType.MERGE,
+        Pod.Status, name, {"status": status}, namespace=ns, patch_type=PatchType.MERGE
     )
+    return created.metadata.uid, container_id
+
+
+def _running(name: str, image: str, container_id: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "containerID": f"containerd://{container_id}",
+        "image": image,
+        "imageID": "",
+        "ready": True,
+        "restartCount": 0,
+        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+    }
 
 
 def _apply_viewer_rbac(lane: Lane, ns: str, subject: str) -> None:
@@ -317,13 +329,19 @@ def test_cluster_view_through_the_pods_proxy(
         # the ServiceAccount admission plugin wants the default account (no controller makes it)
         k8s_lane.client.create(ServiceAccount(metadata=ObjectMeta(name="default")), namespace=name)
 
-    # one workload pod on each node, its container's cgroup as the kubelet would make it
+    # one workload pod on each node, its container's cgroup as the kubelet would make it; and
+    # the pressured pods, node-b's daemon running inside its own pod's container cgroup
+    ports = {node: _free_port() for node in node_addresses}
     trees: dict[str, NodeTree] = {}
     for node, limit in (("node-a", 64 * MiB), ("node-b", 256 * MiB)):
         uid, container_id = _workload(k8s_lane, shop, node, f"web-{node[-1]}")
         trees[node] = node_trees(node, uid, container_id, limit)
+    own: dict[str, tuple[str, NodeTree]] = {}
+    for node, ip in node_addresses.items():
+        uid, container_id = _register_pod(k8s_lane, ns, node, ip, ports[node])
+        own[node] = (uid, node_trees(node, uid, container_id, 512 * MiB))
     with contextlib.ExitStack() as stack:
-        ports: dict[str, int] = {}
+        daemons: dict[str, PressuredProcess] = {}
         for node, tree in trees.items():
             cfg = tmp_path / f"{node}.yaml"
             cfg.write_text(
@@ -332,16 +350,28 @@ def test_cluster_view_through_the_pods_proxy(
                 "thresholds: {warn_percent: 50, critical_percent: 75, metric: usage}\n"
                 "actions: [{type: log}]\n"
             )
-            args = ["run", "-c", str(cfg), "--metrics-port", "0"]
+            args = ["run", "-c", str(cfg), "--metrics-port", str(ports[node])]
             args += ["--events-out", str(tmp_path / f"{node}.jsonl")]
-            daemon = stack.enter_context(PressuredProcess(args))
+            uid, own_tree = own[node]
+            wrapper = (sys.executable, "-c", ENTER, str(own_tree.container))
+            daemon = stack.enter_context(
+                PressuredProcess(args, env=environ(POD_UID=uid), wrapper=wrapper)
+            )
             daemon.wait_ready()
-            ports[node] = _port_of(daemon)
+            daemons[node] = daemon
         wait_for(
-            lambda: all(any(t["pod"] for t in _state(port)["targets"]) for port in ports.values()),
+            lambda: all(
+                {t["pod"] for t in _state(port)["targets"]} >= {f"web-{node[-1]}"}
+                for node, port in ports.items()
+            ),
             30,
-            "each node's target named after its pod",
+            "each node's workload named after its pod",
         )
+        for node, daemon in daemons.items():
+            daemon.wait_for_log(r"own cgroup: .*\(this pod's container\)")
+            mine = _state(ports[node])["self"]
+            assert mine["cgroup"] == str(own[node][1].container), mine
+            assert mine["limit_bytes"] == 512 * MiB, mine
         victim = subprocess.Popen(
             [
                 sys.executable,
@@ -354,8 +384,6 @@ def test_cluster_view_through_the_pods_proxy(
         assert victim.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
         wait_for(lambda: _state(ports["node-a"])["kills"], 30, "the kill in node-a's state")
 
-        for node, ip in node_addresses.items():
-            _register_pod(k8s_lane, ns, node, ip, ports[node])
         _apply_viewer_rbac(k8s_lane, ns, "sre")
         viewer = _kubeconfig_for(k8s_lane, ns, "sre", tmp_path / "viewer.kubeconfig")
 
@@ -370,11 +398,16 @@ def test_cluster_view_through_the_pods_proxy(
         ("node-b", True),
     }, view["nodes"]
     rows = view["targets"]
-    assert [(r["node"], r["namespace"], r["pod"], r["container"]) for r in rows] == [
-        ("node-a", shop, "web-a", "app"),
-        ("node-b", shop, "web-b", "app"),
-    ], "one row per container, the least headroom first"
-    assert rows[0]["headroom_bytes"] <= rows[1]["headroom_bytes"]
+    who = [(r["node"], r["namespace"], r["pod"], r["container"]) for r in rows]
+    # the least headroom first: web-a (64 MiB), web-b (256 MiB), then the two daemons' own
+    # containers (512 MiB each, in either order)
+    assert who[:2] == [("node-a", shop, "web-a", "app"), ("node-b", shop, "web-b", "app")], who
+    assert set(who[2:]) == {
+        ("node-a", ns, "pressured-node-a", "pressured"),
+        ("node-b", ns, "pressured-node-b", "pressured"),
+    }, who
+    headrooms = [r["headroom_bytes"] for r in rows]
+    assert headrooms == sorted(headrooms)
     assert rows[0]["limit_bytes"] == 64 * MiB and rows[1]["limit_bytes"] == 256 * MiB
     (kill,) = view["kills"]
     assert (kill["node"], kill["namespace"], kill["pod"], kill["container"]) == (

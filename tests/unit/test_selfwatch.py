@@ -173,3 +173,21 @@ def test_a_wait_is_bounded_and_bad_queries_are_refused() -> None:
     assert json.loads(body)["generation"] == 0
     assert live.route({"after": ["x"]})[0] == "400 Bad Request"
     assert MAX_WAIT_S <= 30
+
+
+def test_an_adopted_cgroup_is_read_with_its_ancestors_up_to_the_mount(tmp_path: Path) -> None:
+    mount = tmp_path / "cgroup"
+    mount.mkdir()
+    (mount / "memory.max").write_text("max\n")  # the mount itself is not read
+    v2_cgroup(mount / "kubepods", current=0, max_="max")
+    v2_cgroup(mount / "kubepods" / "podU", current=0, max_=str(100 * MiB))
+    ctr = mount / "kubepods" / "podU" / "c1"
+    v2_cgroup(ctr, current=91 * MiB, max_="max")
+    sw = watch([], Clock())
+    sw.observe(0.0)
+    assert sw.reading.limit_bytes is None and not sw.shedding
+    sw.adopt(CgroupRef(str(ctr), 2, "/kubepods/podU/c1"))
+    assert sw.cgroup == str(ctr)
+    sw.observe(0.1)  # an adoption is read at once
+    assert sw.reading.limit_bytes == 100 * MiB
+    assert sw.shedding
