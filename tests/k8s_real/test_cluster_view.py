@@ -397,6 +397,7 @@ def test_cluster_view_through_the_pods_proxy(
         ("node-a", True),
         ("node-b", True),
     }, view["nodes"]
+    assert all(n["degraded"] == [] for n in view["nodes"]), view["nodes"]
     rows = view["targets"]
     who = [(r["node"], r["namespace"], r["pod"], r["container"]) for r in rows]
     # the least headroom first: web-a (64 MiB), web-b (256 MiB), then the two daemons' own
