@@ -1,8 +1,8 @@
 """`pressured top` in a real terminal: tmux runs it against a real daemon watching real
 cgroups; keys go in with send-keys and the screen comes back with capture-pane.
 
-tmux runs on a server of its own (-L), so nothing of a user's tmux is touched, and the server
-is killed at the end.
+tmux runs on a server of its own (-S, a socket in the test's directory), so nothing of a user's
+tmux is touched, and the server is killed at the end.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ class Terminal:
 
     WIDTH, HEIGHT = 200, 50
 
-    def __init__(self, tmux: str, name: str) -> None:
+    def __init__(self, tmux: str, socket: Path, name: str) -> None:
         self.tmux = tmux
-        self.socket = name
+        self.socket = str(socket)
         self.session = name
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [self.tmux, "-L", self.socket, *args],
+            [self.tmux, "-S", self.socket, *args],
             capture_output=True,
             text=True,
             check=False,
@@ -66,11 +66,11 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal() -> Iterator[Terminal]:
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
     tmux = shutil.which("tmux")
     if tmux is None:
         pytest.skip("tmux is not installed: scripts/bootstrap --dev installs it")
-    term = Terminal(tmux, f"pressured-top-{os.getpid()}")
+    term = Terminal(tmux, tmp_path / "tmux.sock", f"pressured-top-{os.getpid()}")
     try:
         yield term
     finally:
