@@ -127,9 +127,12 @@ class Daemon:
         self._own_adopted = False
         self.ready = False
         """True once every target found at start is armed and the kill sources are open."""
+        from pressured.metrics import MetricsSettings  # noqa: PLC0415
+
+        levels = MetricsSettings.from_config(cfg.data)
         self.selfwatch = SelfWatch(
-            degraded_percent=float(cfg.get("metrics.self_degraded_percent", 85.0)),
-            shed_percent=float(cfg.get("metrics.self_shed_percent", 90.0)),
+            degraded_percent=levels.self_degraded_percent,
+            shed_percent=levels.self_shed_percent,
             clock=clock,
             proc=self.proc_root,
         )
