@@ -384,6 +384,23 @@ def test_cluster_view_through_the_pods_proxy(
         assert victim.wait(timeout=60) == -9, "the leak should end in a real OOM kill"
         wait_for(lambda: _state(ports["node-a"])["kills"], 30, "the kill in node-a's state")
 
+        # a third node's pressured pod, still Pending (no kubelet took it): listed, not read
+        k8s_lane.client.create(
+            Pod.from_dict(
+                {
+                    "metadata": {
+                        "name": "pressured-node-c",
+                        "labels": {"app.kubernetes.io/name": "pressured"},
+                    },
+                    "spec": {
+                        "nodeName": "node-c",
+                        "automountServiceAccountToken": False,
+                        "containers": [{"name": "pressured", "image": "pressured:test"}],
+                    },
+                }
+            ),
+            namespace=ns,
+        )
         _apply_viewer_rbac(k8s_lane, ns, "sre")
         viewer = _kubeconfig_for(k8s_lane, ns, "sre", tmp_path / "viewer.kubeconfig")
 
@@ -396,8 +413,11 @@ def test_cluster_view_through_the_pods_proxy(
     assert {(n["node"], n["ok"]) for n in view["nodes"]} == {
         ("node-a", True),
         ("node-b", True),
+        ("node-c", False),
     }, view["nodes"]
-    assert all(n["degraded"] == [] for n in view["nodes"]), view["nodes"]
+    assert all(n["degraded"] == [] for n in view["nodes"] if n["ok"]), view["nodes"]
+    (pending,) = [n for n in view["nodes"] if not n["ok"]]
+    assert pending["error"].startswith("not running (phase Pending"), pending
     rows = view["targets"]
     who = [(r["node"], r["namespace"], r["pod"], r["container"]) for r in rows]
     # the least headroom first: web-a (64 MiB), web-b (256 MiB), then the two daemons' own
@@ -423,6 +443,7 @@ def test_cluster_view_through_the_pods_proxy(
     assert kill["warned_seconds_before"] is not None and kill["warned_seconds_before"] > 0
 
     assert shown.returncode == 0, shown.stderr
+    assert "node-c (pressured-node-c): not read: not running" in shown.stdout, shown.stdout
     assert f"{shop}/web-a/app" in shown.stdout and f"{shop}/web-b/app" in shown.stdout
     assert re.search(r"recent OOM kills", shown.stdout), shown.stdout
 
@@ -484,3 +505,15 @@ def test_the_viewer_role_can_be_left_out_and_its_subjects_are_checked(k8s_lane: 
         {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}
     ]
     assert binding["roleRef"]["name"] == "t-pressured-viewer"
+
+
+def test_a_namespace_without_pressured_pods_says_where_it_looked(
+    k8s_lane: Lane, tmp_path: Path
+) -> None:
+    ns = f"pressured-view-{uuid.uuid4().hex[:6]}"
+    k8s_lane.client.create(Namespace(metadata=ObjectMeta(name=ns)))
+    _apply_viewer_rbac(k8s_lane, ns, "sre")
+    viewer = _kubeconfig_for(k8s_lane, ns, "sre", tmp_path / "viewer.kubeconfig")
+    done = _diagnose(viewer, "--selector", "app=nothing")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"no pressured pods in namespace '{ns}' with labels 'app=nothing'" in done.stderr
