@@ -78,6 +78,8 @@ DEFAULTS: dict[str, Any] = {
         "predict_window_seconds": 60.0,
         "predict_samples": 30,
         "recovered_events": True,
+        "throttle_full_percent": 10.0,
+        "throttle_seconds": 30.0,
     },
     "rules": {"warning": None, "critical": None},
     "actions": None,

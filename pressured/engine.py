@@ -33,6 +33,18 @@ Re-check. ``still_holds(event, sample)`` answers, for a fresh sample of the even
 whether the engine would still be at the event's severity (same band, rules, growth fit and
 prediction) without recording anything: the daemon asks it before a destructive action.
 
+Throttling (cgroup v2). A target held at memory.high is not killed: the kernel makes every
+allocation above it reclaim and then sleep (mm/memcontrol.c, mem_cgroup_handle_over_high), and
+a workload can live there for good, slowed to a crawl (KEP-2570). While the "high" count of
+memory.events keeps rising (once within ``HIGH_QUIET_SECONDS``: the kernel's sleep is at most
+2 s) and memory PSI "full" avg10 is at least ``throttle_full_percent``, the target is held;
+held for ``throttle_seconds`` it gets a ``memory_throttled`` event (severity warn, rule
+``memory_throttled full_avg10>=<level> for <seconds>s``) whose ``extra["throttle"]`` carries
+the evidence: the high count's rise, full avg10, the full stall and the seconds held since the
+hold began. It repeats once per cooldown while held. ``take_throttled_seconds(key)`` hands
+out the seconds held since the last call (the metric). ``throttle_full_percent: null`` turns
+this off.
+
 Episodes. An episode runs from the first sample above ok to the sample that returns to ok.
 ``first_warn_time(key, at=t)`` answers for the episode in progress at monotonic time ``t``, and
 ended episodes are kept for ``EPISODE_RETENTION_SECONDS``: a kill empties the cgroup, so the
@@ -46,7 +58,7 @@ import math
 import statistics
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from pressured.errors import ConfigError, quote
@@ -118,6 +130,8 @@ _THRESHOLD_KEYS: Final = frozenset(
         "recovered_events",
         "predict_window_seconds",
         "predict_samples",
+        "throttle_full_percent",
+        "throttle_seconds",
     }
 )
 _RULE_KEYS: Final = frozenset({"warning", "critical"})
@@ -128,6 +142,7 @@ MAX_SECONDS: Final = {
     "cooldown_seconds": 86_400.0,
     "predict_seconds": 86_400.0,
     "predict_window_seconds": 3_600.0,
+    "throttle_seconds": 3_600.0,
 }
 """Upper bounds: a cooldown or a prediction horizon of a day, a growth window of an hour (the
 samples of a longer one would no longer say how fast memory grows now)."""
@@ -148,6 +163,8 @@ class EngineSettings:
     critical_expr: Expr | None = None
     predict_window_seconds: float = 60.0
     predict_samples: int = 30
+    throttle_full_percent: float | None = 10.0
+    throttle_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         problems = _settings_problems(
@@ -187,6 +204,7 @@ class EngineSettings:
             "hysteresis_percent",
             "cooldown_seconds",
             "predict_window_seconds",
+            "throttle_seconds",
         ):
             kwargs[key] = check.number(
                 section.get(key, d[key]), f"{where}.{key}", float(d[key]), from_text=True
@@ -203,6 +221,13 @@ class EngineSettings:
         if section.get("predict_seconds") is not None:
             kwargs["predict_seconds"] = check.number(
                 section["predict_seconds"], f"{where}.predict_seconds", 0.0, from_text=True
+            )
+        if "throttle_full_percent" in section:
+            raw = section["throttle_full_percent"]
+            kwargs["throttle_full_percent"] = (
+                None
+                if raw is None
+                else check.number(raw, f"{where}.throttle_full_percent", 0.0, from_text=True)
             )
         kwargs["recovered_events"] = check.flag(
             section.get("recovered_events", True),
@@ -274,6 +299,21 @@ def _settings_problems(v: Mapping[str, Any], where: str) -> list[str]:
         max=MAX_SECONDS["predict_window_seconds"],
     )
     check.number(
+        v["throttle_full_percent"],
+        f"{where}.throttle_full_percent",
+        None,
+        above=0,
+        max=100,
+        nullable=True,
+    )
+    check.number(
+        v["throttle_seconds"],
+        f"{where}.throttle_seconds",
+        None,
+        min=0,
+        max=MAX_SECONDS["throttle_seconds"],
+    )
+    check.number(
         v["predict_samples"],
         f"{where}.predict_samples",
         None,
@@ -331,6 +371,27 @@ Points = tuple[tuple[float, float], ...]
 """(monotonic time, metric bytes) of the samples the growth fit uses, oldest first."""
 
 
+HIGH_QUIET_SECONDS: Final = 5.0
+"""A throttled task sleeps at most 2 s per return to user space (MEMCG_MAX_HIGH_DELAY_JIFFIES)
+and then charges again: a "high" count that has not risen for longer means the hold is over."""
+
+
+@dataclass
+class _Throttle:
+    """A target's hold at memory.high: where its "high" count and full stall stood when the
+    hold began, and what is still to be counted and reported."""
+
+    last_high: int | None = None
+    last_rise: float | None = None
+    since: float | None = None
+    high_at_start: int = 0
+    stall_at_start: int = 0
+    last_time: float | None = None
+    reported_at: float | None = None
+    seconds: float = 0.0
+    """Held seconds not yet taken by ``take_throttled_seconds``."""
+
+
 @dataclass
 class _Target:
     history: Points = ()
@@ -342,6 +403,7 @@ class _Target:
     overrides: Overrides | None = None
     oom_kills: int | None = None
     """The oom-kill counter of the last sample that had one."""
+    throttle: _Throttle = field(default_factory=_Throttle)
 
 
 @dataclass(frozen=True)
@@ -485,7 +547,146 @@ class Engine:
         dry_run: bool = False,
         overrides: Overrides | None = None,
     ) -> list[PressureEvent]:
-        """Account one sample taken at monotonic ``now`` (``wall`` stamps events)."""
+        """Account one sample taken at monotonic ``now`` (``wall`` stamps events): its
+        pressure events, then its memory_throttled event."""
+        events = self._feed_pressure(
+            sample,
+            now,
+            wall,
+            cgroup=cgroup,
+            identity=identity,
+            annotations=annotations,
+            dry_run=dry_run,
+            overrides=overrides,
+        )
+        target = self._targets[sample.key]
+        if self._throttled(target.throttle, sample, now, overrides):
+            events.append(
+                self._throttle_event(
+                    target,
+                    sample,
+                    now,
+                    wall,
+                    cgroup=cgroup,
+                    identity=identity,
+                    annotations=annotations,
+                    dry_run=dry_run,
+                )
+            )
+        return events
+
+    def take_throttled_seconds(self, key: str) -> float:
+        """Seconds ``key`` was held at memory.high since the last call (the metric's share)."""
+        target = self._targets.get(key)
+        if target is None:
+            return 0.0
+        seconds, target.throttle.seconds = target.throttle.seconds, 0.0
+        return seconds
+
+    def _throttled(
+        self, t: _Throttle, sample: Sample, now: float, overrides: Overrides | None
+    ) -> bool:
+        """Account the sample in the hold; True when a memory_throttled event is due."""
+        level = self._settings.throttle_full_percent
+        high = sample.memory_high_events
+        psi = sample.memory_psi
+        previous = t.last_high
+        rose = high is not None and previous is not None and high > previous
+        if high is not None:
+            t.last_high = high
+        if rose:
+            t.last_rise = now
+        rising = t.last_rise is not None and now - t.last_rise <= HIGH_QUIET_SECONDS
+        holds = (
+            level is not None
+            and psi is not None
+            and high is not None
+            and rising
+            and psi.full_avg10 >= level
+        )
+        if not holds or psi is None or high is None:
+            t.since = t.last_time = t.reported_at = None
+            return False
+        if t.since is None:
+            t.since = now
+            # the rise that began the hold counts: from the count before it
+            t.high_at_start = previous if rose and previous is not None else high
+            t.stall_at_start = psi.full_total
+        elif t.last_time is not None and now > t.last_time:
+            t.seconds += now - t.last_time
+        t.last_time = now
+        if now - t.since < self._settings.throttle_seconds:
+            return False
+        _warn, _critical, cooldown = self.thresholds(overrides)
+        if t.reported_at is not None and now - t.reported_at < cooldown:
+            return False
+        t.reported_at = now
+        return True
+
+    def _throttle_event(
+        self,
+        target: _Target,
+        sample: Sample,
+        now: float,
+        wall: float,
+        *,
+        cgroup: str,
+        identity: Identity | None,
+        annotations: Mapping[str, str] | None,
+        dry_run: bool,
+    ) -> PressureEvent:
+        t = target.throttle
+        psi = sample.memory_psi
+        assert psi is not None
+        assert t.since is not None
+        assert t.last_high is not None
+        level = self._settings.throttle_full_percent
+        held = now - t.since
+        limit = sample.limit_bytes if sample.limit_bytes and sample.limit_bytes > 0 else None
+        value = float(sample.metric_bytes(self._settings.metric))
+        high = sample.memory_high_bytes
+        evidence = {
+            "memory_high_bytes": high,
+            "high_events_delta": t.last_high - t.high_at_start,
+            "psi_full_avg10": psi.full_avg10,
+            "full_stall_us": max(0, psi.full_total - t.stall_at_start),
+            "held_seconds": round(held, 3),
+            "full_percent_level": level,
+        }
+        return PressureEvent(
+            time=wall,
+            severity="warn",
+            previous_severity=target.severity,
+            cgroup=cgroup,
+            usage_bytes=sample.usage_bytes,
+            working_set_bytes=sample.working_set_bytes,
+            limit_bytes=sample.limit_bytes,
+            usage_percent=value * 100.0 / limit if limit is not None else 0.0,
+            growth_bytes_per_s=None,
+            eta_seconds=None,
+            psi_some_avg10=psi.some_avg10,
+            psi_full_avg10=psi.full_avg10,
+            rule=f"memory_throttled full_avg10>={level:g} for {self._settings.throttle_seconds:g}s",
+            key=sample.key,
+            identity=identity if identity is not None else Identity(),
+            annotations=dict(annotations or {}),
+            dry_run=dry_run,
+            extra={"throttle": evidence},
+            event_type="memory_throttled",
+        )
+
+    def _feed_pressure(
+        self,
+        sample: Sample,
+        now: float,
+        wall: float,
+        *,
+        cgroup: str,
+        identity: Identity | None = None,
+        annotations: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+        overrides: Overrides | None = None,
+    ) -> list[PressureEvent]:
         s = self._settings
         target = self._targets.get(sample.key)
         if target is None:
@@ -564,6 +765,16 @@ class Engine:
         target = self._targets.get(sample.key)
         if target is None:
             target = _Target()
+        if event.event_type == "memory_throttled":
+            # still held (the hold is the engine's, read not changed) and still stalled
+            level = self._settings.throttle_full_percent
+            psi = sample.memory_psi
+            return (
+                target.throttle.since is not None
+                and level is not None
+                and psi is not None
+                and psi.full_avg10 >= level
+            )
         overrides = target.overrides
         # Only points older than the sample: the loop may have fed a newer one meanwhile.
         history = tuple(p for p in target.history if p[0] < sample.time)

@@ -200,6 +200,12 @@ class Metrics:
             "oom_last_timestamp", "Unix time of the last OOM kill", _KILL_LABELS, registry=r
         )
 
+        self.memory_throttled = Counter(
+            "pressured_memory_throttled_seconds",
+            "Seconds the target was held at memory.high with memory stalled (memory_throttled)",
+            list(_TARGET_LABELS),
+            registry=r,
+        )
         self.events = Counter(
             "pressured_events", "Events emitted, by severity", ["severity"], registry=r
         )
@@ -315,6 +321,12 @@ class Metrics:
                     value = getattr(psi, f"{level}_{window}")
                     family.labels(*labels, level, window).set(value)
 
+    def add_throttled_seconds(self, cgroup: str, identity: Identity, seconds: float) -> None:
+        """Seconds the engine counted the target held at memory.high (take_throttled_seconds)."""
+        if seconds > 0:
+            labels = self._target_labels(cgroup, identity, None)[: len(_TARGET_LABELS)]
+            self.memory_throttled.labels(*labels).inc(seconds)
+
     def forget_stale(self, now: float | None = None, ttl: float = DEFAULT_TTL) -> int:
         """Remove the per-target series not observed for ``ttl`` seconds; returns how many
         targets were dropped."""
@@ -333,6 +345,8 @@ class Metrics:
         for family in (self.memory_usage, self.oom_score):
             with contextlib.suppress(KeyError):
                 family.remove(*labels)
+        with contextlib.suppress(KeyError):
+            self.memory_throttled.remove(*labels[: len(_TARGET_LABELS)])
         for family in (self.memory_pressure, self.io_pressure, self.cpu_pressure):
             for level in _LEVELS:
                 for window in _WINDOWS:

@@ -2,7 +2,7 @@
 
 Target        who is watched: a cgroup (or the machine) and, in Kubernetes, its pod identity
 Sample        one reading of a target at one instant
-PressureEvent the engine's verdict (event_type "memory_pressure")
+PressureEvent the engine's verdict (event_type "memory_pressure", or "memory_throttled")
 KillRecord    what one kill source saw of one kill, the kill reconciler's input
 OomKill       a confirmed kill (event_type "oom_killed"), built by the kill reconciler
 
@@ -102,6 +102,10 @@ class Sample:
     oom_score: int | None = None
     oom_score_adj: int | None = None
     oom_kill_count: int | None = None
+    memory_high_events: int | None = None
+    """memory.events "high" (cgroup v2): times the cgroup was throttled over memory.high."""
+    memory_high_bytes: int | None = None
+    """memory.high (cgroup v2), read while the "high" count is above 0; None: not set."""
 
     def metric_bytes(self, metric: Metric) -> int:
         """The value warn/critical are decided on, by the configured metric."""
@@ -131,7 +135,9 @@ class PressureEvent:
     dry_run: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    event_type: Literal["memory_pressure"] = "memory_pressure"
+    event_type: Literal["memory_pressure", "memory_throttled"] = "memory_pressure"
+    """"memory_throttled": held at memory.high with memory stalled (engine.py), severity warn,
+    its evidence in ``extra["throttle"]``."""
     processes: ProcessHandles | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Action ``k8s-event``: a core/v1 Event on the pod, so ``kubectl describe pod`` shows it.
 
 Reasons: MemoryPressureWarning (warn), MemoryPressureCritical (critical), OOMKillConfirmed
-(a confirmed kill). The message carries usage, limit, percent, growth and ETA, and the top
-allocating function when a heap profile was analysed (``event.extra["pprof_top"]``).
+(a confirmed kill), MemoryThrottled (a memory_throttled event, taken with warn). The message
+carries usage, limit, percent, growth and ETA, and the top allocating function when a heap
+profile was analysed (``event.extra["pprof_top"]``); a kill's says which limit killed
+(``event.extra["limit"]["text"]``, pressured.kills.limits), a throttled one its evidence.
 
 Repeats aggregate into one Event per (pod, container, reason) whose count and lastTimestamp
 are patched, as the kubelet's recorder does ("x3 over 2m"). Writes are rate-limited twice: at
@@ -33,6 +35,8 @@ REASONS: dict[str, str] = {
     "critical": "MemoryPressureCritical",
     "oom_killed": "OOMKillConfirmed",
 }
+THROTTLED_REASON = "MemoryThrottled"
+"""A memory_throttled event (severity warn): held at memory.high, memory stalled."""
 KNOWN_OPTIONS = {"severities", "min_interval_seconds", "max_per_minute"}
 
 
@@ -86,6 +90,29 @@ def pprof_top_text(top: Any) -> str | None:
         return str(top["function"])
 
 
+def throttle_text(evidence: Mapping[str, Any]) -> str:
+    """A memory_throttled event's evidence (engine.py) in words; what is missing is left out."""
+
+    def number(key: str) -> float | None:
+        value = evidence.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return None
+
+    high, held = number("memory_high_bytes"), number("held_seconds")
+    text = "held at memory.high" + (f" {human_bytes(high)}" if high is not None else "")
+    if held is not None:
+        text += f" for {held:.0f}s"
+    facts = []
+    if (delta := number("high_events_delta")) is not None:
+        facts.append(f"memory.events high +{delta:.0f}")
+    if (full := number("psi_full_avg10")) is not None:
+        facts.append(f"memory PSI full avg10 {full:.1f}%")
+    if (stall := number("full_stall_us")) is not None:
+        facts.append(f"{stall / 1e6:.1f}s fully stalled")
+    return text + (": " + ", ".join(facts) if facts else "")
+
+
 def event_message(event: Event) -> str:
     if isinstance(event, OomKill):
         parts = ["OOM kill confirmed"]
@@ -96,6 +123,9 @@ def event_message(event: Event) -> str:
         else:
             parts.append("without an earlier warning")
         text = " ".join(parts)
+        limit = event.extra.get("limit")
+        if isinstance(limit, Mapping) and isinstance(limit.get("text"), str):
+            text += f": {limit['text']}"  # which limit killed (pressured.kills.limits)
     else:
         text = (
             f"memory {human_bytes(event.working_set_bytes)} working set, "
@@ -108,6 +138,9 @@ def event_message(event: Event) -> str:
             text += f", ETA {event.eta_seconds:.0f}s to the limit"
         if event.rule:
             text += f" [{event.rule}]"
+    throttle = event.extra.get("throttle") if event.event_type == "memory_throttled" else None
+    if isinstance(throttle, Mapping):
+        text += f"; {throttle_text(throttle)}"
     top = pprof_top_text(event.extra.get("pprof_top"))
     if top:
         text += f"; top allocator: {top}"
@@ -164,7 +197,7 @@ class K8sEventAction(Action):
         if not (ident.pod_name and ident.namespace and ident.pod_uid):
             self.ctx.logger.debug("k8s-event: %s has no pod identity yet; no Event", event.key)
             return
-        reason = REASONS[severity]
+        reason = THROTTLED_REASON if event.event_type == "memory_throttled" else REASONS[severity]
         message = event_message(event)
         key = (ident.pod_uid, ident.container_name or "", reason)
         now = self._clock()

@@ -1,11 +1,13 @@
 """From kill records to `oom_killed` events: each record is attributed to a target (its
 cgroup path, its cgroup id, or the target that last held its pid), the target's kill counter is
 read so both meet inside the merge window, and the reconciler merges the records of one kill
-into one event with the lead time of the warning before it."""
+into one event with the lead time of the warning before it. Each event says which limit
+killed (kills.limits: ``limit_scope`` and ``limit``), in the log too."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -21,6 +23,7 @@ from pressured.kills import (
     Reconciler,
     attribute,
 )
+from pressured.kills.limits import CgroupTree, LimitScope, which_limit
 from pressured.model import KillRecord, OomKill
 
 from .targets import Targets, TargetState
@@ -62,6 +65,11 @@ class KillPipeline:
             dry_run=cfg.dry_run,
         )
         self.status: dict[str, tuple[bool, str]] = {}
+        self._tree = (
+            None
+            if cfg.mode == "cluster"
+            else CgroupTree.from_root(str(cfg.get("source.cgroup.path", "/sys/fs/cgroup")))
+        )
 
     def start(self) -> dict[str, tuple[bool, str]]:
         """Open the kernel's kill sources; {source: (active, why)}."""
@@ -184,7 +192,25 @@ class KillPipeline:
                 "kill of pid %s in %s: not a watched target, not reported", kill.pid, kill.cgroup
             )
             return
-        self._emit(kill, state)
+        self._emit(self._with_limit(kill), state)
+
+    def _with_limit(self, kill: OomKill) -> OomKill:
+        """The kill with which limit killed it (scope, cgroup, limits, words), also logged."""
+        if self._tree is None:
+            verdict = LimitScope(
+                "unknown",
+                "which limit killed is unknown: in cluster mode the node's kernel is not read",
+            )
+        else:
+            verdict = which_limit(kill.extra, self._tree)
+        log.info(
+            "OOM kill of %s (pid %s) in %s: %s",
+            kill.comm or "?",
+            kill.pid if kill.pid is not None else "?",
+            kill.cgroup or "?",
+            verdict.text,
+        )
+        return dataclasses.replace(kill, extra={**kill.extra, **verdict.as_event_fields()})
 
     def close(self) -> None:
         """Every kill still in a merge window is reported, then the sources close."""

@@ -366,6 +366,8 @@ class Daemon:
             if sample.limit_bytes:
                 pct = 100.0 * value / sample.limit_bytes
             self.metrics.observe_sample(sample, state.cgroup, state.spec.identity, pct)
+            throttled = self.engine.take_throttled_seconds(sample.key)
+            self.metrics.add_throttled_seconds(state.cgroup, state.spec.identity, throttled)
         for ev in events:
             self.emit(ev, state)
 

@@ -5,8 +5,10 @@ Everything pressured asks of the API goes through ``KubeClient``: pod lists and 
 Evictions (policy/v1, which honours PodDisruptionBudgets) and a node's kubelet summary through
 the API server's ``nodes/{name}/proxy`` subresource. Objects cross this boundary as plain JSON
 data. Every lightkube/httpx failure becomes a KubernetesError naming the request
-(``raise ... from exc``); a refused eviction (429) is EvictionRefused and a watch whose
-resourceVersion was compacted away (410) is ResourceExpired.
+(``raise ... from exc``); a refused eviction (429) is EvictionRefused, a watch whose
+resourceVersion was compacted away (410) is ResourceExpired, and an RBAC refusal (403) is
+Forbidden, naming what was refused and the grant that allows it. The requests each mode makes
+are the table in pressured/k8s/access.py.
 
 lightkube is imported lazily (modes without Kubernetes never load it).
 """
@@ -27,6 +29,7 @@ from urllib.parse import quote as url_quote
 from urllib.parse import urlencode
 
 from pressured.errors import ConfigError, KubernetesError, quote
+from pressured.k8s.access import forbidden_message
 
 if TYPE_CHECKING:
     import lightkube
@@ -55,6 +58,11 @@ class EvictionRefused(KubernetesError):
 
 class NotFound(KubernetesError):
     """404: the object does not exist (any more)."""
+
+
+class Forbidden(KubernetesError):
+    """403: RBAC does not allow the request; the message names the verb, the resource, the
+    namespace, the ServiceAccount and the grant that would allow it (access.forbidden_message)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,8 @@ def _raise_status(what: str, code: int, message: str) -> None:
         raise ResourceExpired(text)
     if code == 404:
         raise NotFound(text)
+    if code == 403:
+        raise Forbidden(forbidden_message(what, message))
     raise KubernetesError(text)
 
 

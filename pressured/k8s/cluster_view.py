@@ -19,13 +19,12 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from pressured.daemon.state import STATE_PATH
 from pressured.errors import KubernetesError, PressuredError
-
-if TYPE_CHECKING:
-    from pressured.k8s.client import KubeClient
+from pressured.k8s.access import VIEWER
+from pressured.k8s.client import Forbidden, KubeClient
 
 DEFAULT_SELECTOR: Final = "app.kubernetes.io/name=pressured"
 """The chart's selector label (templates/_helpers.tpl pressured.selectorLabels)."""
@@ -63,6 +62,18 @@ def _age_seconds(kill: Mapping[str, Any], now: float) -> float | None:
     return None if t is None else max(0.0, now - t)
 
 
+_CHART_HINT = "; the chart grants it with"
+
+
+def viewer_hint(exc: Forbidden) -> Forbidden:
+    """A refusal of the viewer's calls (access.VIEWER_CALLS): the grant is the viewer Role."""
+    text = str(exc).split(_CHART_HINT, 1)[0]
+    return Forbidden(
+        f"{text}; the chart's viewer Role (templates/viewer-rbac.yaml) grants it once bound "
+        f"to you: {VIEWER}, e.g. --set {VIEWER}[0].kind=User,{VIEWER}[0].name=YOU"
+    )
+
+
 def _read_one(
     kube: KubeClient, pod: Mapping[str, Any], port: int | None
 ) -> tuple[Mapping[str, Any], dict[str, Any] | str]:
@@ -74,6 +85,8 @@ def _read_one(
         return pod, f"not running (phase {phase or 'unknown'}, no pod IP yet)"
     try:
         state = kube.pod_proxy_json(name, namespace, port or metrics_port(pod), STATE_PATH)
+    except Forbidden as exc:
+        return pod, str(viewer_hint(exc))
     except PressuredError as exc:
         return pod, str(exc)
     if not isinstance(state.get("targets"), list):
@@ -92,7 +105,10 @@ def gather(
 ) -> ClusterView:
     """Read every pressured pod's state; KubernetesError when the pods cannot be listed."""
     ns = namespace or kube.namespace
-    pods = kube.list_pods(namespace=ns, label_selector=selector).items[:MAX_PODS]
+    try:
+        pods = kube.list_pods(namespace=ns, label_selector=selector).items[:MAX_PODS]
+    except Forbidden as exc:
+        raise viewer_hint(exc) from exc
     if not pods:
         raise KubernetesError(
             f"no pressured pods in namespace {ns!r} with labels {selector!r} "

@@ -162,6 +162,8 @@ class KillCounters:
     under_oom: bool = False
     oom_group_kill: int | None = None
     """v2 with memory.oom.group (kubelet >= 1.28): group kills, local where the kernel has it."""
+    high: int | None = None
+    """v2 memory.events "high" (hierarchical): throttled over memory.high, here or below."""
 
     @property
     def oom_kill_count(self) -> int:
@@ -209,13 +211,25 @@ def read_kill_counters(ref: CgroupRef) -> KillCounters:
             local = local_events.get("oom_kill", 0)
             group = local_events.get("oom_group_kill", group)
         return KillCounters(
-            events.get("oom"), events.get("oom_kill", 0), local, oom_group_kill=group
+            events.get("oom"),
+            events.get("oom_kill", 0),
+            local,
+            oom_group_kill=group,
+            high=events.get("high"),
         )
     path = ref.file("memory.oom_control")
     ctl = parse.parse_flat_keyed(read_text(path), path)
     if "oom_kill" not in ctl:
         raise CgroupFileError(path, "no oom_kill counter (kernel older than 4.13?)")
     return KillCounters(None, ctl["oom_kill"], ctl["oom_kill"], bool(ctl.get("under_oom", 0)))
+
+
+def read_high(ref: CgroupRef) -> int | None:
+    """memory.high (v2) in bytes; None when it is "max" or the cgroup has none (v1, root)."""
+    path = ref.file("memory.high")
+    if ref.version != 2 or not os.path.exists(path):
+        return None
+    return parse.parse_limit(read_text(path), path)
 
 
 def read_psi_file(path: str) -> Psi:

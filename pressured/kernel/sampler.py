@@ -2,7 +2,8 @@
 and `pressured diagnose` both sample here.
 
 A cgroup's sample is its memory numbers (usage, working set, limit), its PSI, its OOM kill
-count and the highest oom_score among its first processes. The machine's is /proc/meminfo
+count, its memory.high throttling count (v2; memory.high itself once that count is above 0)
+and the highest oom_score among its first processes. The machine's is /proc/meminfo
 (its working set, as usage too: MemTotal - MemAvailable, against MemTotal) and
 /proc/pressure. The memory numbers make a sample: when they cannot be read the reading fails
 with CgroupFileError; a missing kill counter or machine PSI file only leaves its field empty.
@@ -67,6 +68,11 @@ def read_sample(
     kills = None
     with contextlib.suppress(CgroupFileError):
         kills = cgroupfs.read_kill_counters(ref)
+    high_bytes = None
+    if kills is not None and kills.high:
+        # memory.high matters only once the cgroup was held at it: one file less per sample
+        with contextlib.suppress(CgroupFileError):
+            high_bytes = cgroupfs.read_high(ref)
     score = top_oom_score(pids, proc)
     return Sample(
         key,
@@ -80,6 +86,8 @@ def read_sample(
         score[0] if score else None,
         score[1] if score else None,
         kills.oom_kill_count if kills else None,
+        memory_high_events=kills.high if kills else None,
+        memory_high_bytes=high_bytes,
     )
 
 

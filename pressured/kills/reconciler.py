@@ -615,7 +615,15 @@ class Reconciler:
         cgroup_id = next((r.cgroup_id for r in g.records if r.cgroup_id), None)
         if cgroup_id is not None:
             extra["cgroup_id"] = cgroup_id
-        for name in ("oom_memcg", "constraint", "memcg_id", "cgroup_name", "parent_cgroup_name"):
+        for name in (
+            "oom_memcg",
+            "constraint",
+            "memcg_id",
+            "cgroup_name",
+            "parent_cgroup_name",
+            "oom_group",
+            "totalpages",
+        ):
             value = next((r.extra[name] for r in g.records if r.extra.get(name)), None)
             if value is not None:
                 extra[name] = value

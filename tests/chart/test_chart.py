@@ -3,10 +3,11 @@
 These checks need no helm (the real helm and API server run in tests/k8s_real, `make test-k8s`):
 every values file against values.schema.json (what `helm install` itself enforces), every
 `.Values` path a template reads against the schema (a misspelt one renders as empty, silently),
-and the hand-written manifests in deploy/examples/ (the rendered equivalents of the chart's
-modes, plus the sidecar pod) against the Kubernetes OpenAPI schemas of the newest release that
-kubernetes-validate ships, strictly (unknown fields are errors), and then for what each mode
-needs from the kernel and the API server.
+and the manifests in deploy/examples/ (each mode's `helm template` output written by
+scripts/gen-examples, plus the hand-written sidecar pod) against the Kubernetes OpenAPI schemas
+of the newest release that kubernetes-validate ships, strictly (unknown fields are errors), and
+then for what each mode needs from the kernel and the API server: their RBAC is exactly the API
+calls of the mode (pressured/k8s/access.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pressured.k8s import access
 from pressured.kernel import procfs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +248,10 @@ def test_example_values_match_schema(path: Path) -> None:
             {"extraVolumeMounts": [{"name": "x", "mountPath": "rel"}]},
             "extraVolumeMounts.0.mountPath",
         ),
-        ({"config": {"actions": [{"type": "k8s-event"}]}}, "actions.events: True was expected"),
+        (
+            {"config": {"actions": [{"type": "k8s-event"}]}, "actions": {"events": False}},
+            "actions.events: True was expected",
+        ),
         ({"config": {"actions": [{"type": "evict"}]}}, "actions.eviction: True was expected"),
     ],
 )
@@ -448,28 +453,33 @@ def test_node_daemonset_has_host_pid_mounts_and_tolerations() -> None:
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
-def test_node_rbac_reads_pods_only() -> None:
-    assert rbac_grants(one(manifest("daemonset.yaml"), "ClusterRole")) == {
-        ("", "pods", "get"),
-        ("", "pods", "list"),
-        ("", "pods", "watch"),
-    }
+def config_of(docs: list[Doc]) -> Doc:
+    for cm in by_kind(docs, "ConfigMap"):
+        if "config.yaml" in cm.get("data", {}):
+            config: Doc = yaml.safe_load(cm["data"]["config.yaml"])
+            return config
+    raise AssertionError("no ConfigMap with a config.yaml")
 
 
-def test_cluster_rbac_is_exactly_the_original_plus_the_two_actions() -> None:
-    docs = manifest("cluster.yaml")
-    verbs = ("get", "list", "watch")
-    read = {("", resource, verb) for resource in ("nodes", "pods", "events") for verb in verbs}
-    # k8s-event patches an Event's count on repeats (KubeClient.record_event), so "patch" too.
-    assert rbac_grants(one(docs, "ClusterRole")) == read | {
-        ("", "nodes/proxy", "get"),
-        ("", "events", "create"),
-        ("", "events", "patch"),
-        ("", "pods/eviction", "create"),
-    }
-    # Both actions the extra grants are for are in the config, and nothing else destructive.
-    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
-    assert {action["type"] for action in config["actions"]} == {"log", "k8s-event", "evict"}
+def needed_grants(mode: str, docs: list[Doc]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every API call the mode makes with the file's actions
+    (pressured/k8s/access.py)."""
+    types = [action["type"] for action in config_of(docs).get("actions", [])]
+    return {(c.group, c.rbac_resource, c.verb) for c in access.calls(mode, access.grants_of(types))}
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "kind"),
+    [
+        ("daemonset.yaml", "node", "ClusterRole"),
+        ("cluster.yaml", "cluster", "ClusterRole"),
+        ("sidecar-pod.yaml", "sidecar", "Role"),
+    ],
+)
+def test_manifest_rbac_is_exactly_what_the_mode_calls(name: str, mode: str, kind: str) -> None:
+    docs = manifest(name)
+    assert config_of(docs)["source"]["mode"] == mode
+    assert rbac_grants(one(docs, kind)) == needed_grants(mode, docs)
 
 
 def test_cluster_deployment_is_one_unprivileged_replica() -> None:
@@ -510,13 +520,6 @@ def test_sidecar_pod_shares_pids_and_drops_every_capability() -> None:
     assert "memory" in app["resources"]["limits"]  # a percentage needs a limit
     namespace = one(docs, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    assert rbac_grants(one(docs, "Role")) == {
-        ("", "pods", "get"),
-        ("", "pods", "list"),
-        ("", "pods", "watch"),
-        ("", "events", "create"),
-        ("", "events", "patch"),
-    }
 
 
 def cgroup2_memory_pressure() -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -381,3 +382,38 @@ def test_evict_other_failures_are_action_errors(kube: KubeClient, fake_api: Fake
     )
     with pytest.raises(ActionError, match=r"eviction of pod shop/gone-0 failed: .*HTTP 404"):
         EvictAction({}, ctx_for(kube), "a").run(pressure("critical", identity=ghost))
+
+
+def test_oom_kill_confirmed_says_which_limit_killed(kube: KubeClient, fake_api: FakeKube) -> None:
+    words = "killed by the pod's limit of 512Mi, not the container's 1Gi"
+    verdict = {"limit_scope": "pod", "limit": {"cgroup": "/kubepods/x", "text": words}}
+    K8sEventAction({}, ctx_for(kube), "actions[0]").run(replace(kill(), extra=verdict))
+    (ev,) = pod_events(fake_api)
+    assert ev["message"] == (
+        "OOM kill confirmed of python3 (pid 41807) 12s after the first warning: " + words
+    )
+    # a limit without words (an older producer) leaves the message as it was
+    assert event_message(replace(kill(), extra={"limit": {"text": 3}})).endswith("warning")
+
+
+def test_memory_throttled_is_its_own_reason_with_its_evidence(
+    kube: KubeClient, fake_api: FakeKube
+) -> None:
+    evidence = {
+        "memory_high_bytes": 48 * 1024 * 1024,
+        "high_events_delta": 5230,
+        "psi_full_avg10": 41.5,
+        "full_stall_us": 12_400_000,
+        "held_seconds": 31.2,
+    }
+    event = replace(pressure("warn", extra={"throttle": evidence}), event_type="memory_throttled")
+    K8sEventAction({"severities": ["warn"]}, ctx_for(kube), "actions[0]").run(event)
+    (ev,) = pod_events(fake_api)
+    assert ev["reason"] == "MemoryThrottled"
+    assert ev["message"].endswith(
+        "; held at memory.high 48.0Mi for 31s: memory.events high +5230, "
+        "memory PSI full avg10 41.5%, 12.4s fully stalled"
+    )
+    # evidence of the wrong shape is left out, never an error
+    broken = replace(event, extra={"throttle": {"held_seconds": "long", "psi_full_avg10": True}})
+    assert event_message(broken).endswith("; held at memory.high")

@@ -42,6 +42,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
 from lightkube.types import PatchType
 
+from pressured.k8s.access import VIEWER_CALLS
 from tests.k8s_real.conftest import FIELD_MANAGER, ROOT, Lane, api_error
 from tests.support.cgroups import leaker_argv, own_memory_cgroup
 from tests.support.daemon import PressuredProcess, environ
@@ -454,7 +455,9 @@ def test_cluster_view_without_the_viewer_role_is_refused(k8s_lane: Lane, tmp_pat
     stranger = _kubeconfig_for(k8s_lane, ns, "stranger", tmp_path / "stranger.kubeconfig")
     done = _diagnose(stranger, "--json")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "403" in done.stderr and "pods" in done.stderr, done.stderr
+    assert "HTTP 403" in done.stderr and "list pods" in done.stderr, done.stderr
+    assert "the chart's viewer Role" in done.stderr and "viewer.subjects" in done.stderr
+    assert "rbac.create" not in done.stderr, "the daemon's grant is not the viewer's"
     assert "Traceback" not in done.stderr
 
 
@@ -490,7 +493,8 @@ def test_the_viewer_role_by_default_grants_only_what_the_view_reads(k8s_lane: La
         for r in rule["resources"]
         for v in rule["verbs"]
     }
-    assert grants == {("", "pods", "get"), ("", "pods", "list"), ("", "pods/proxy", "get")}
+    # exactly what the view's calls need: sufficient and least
+    assert grants == {(c.group, c.rbac_resource, c.verb) for c in VIEWER_CALLS}
     assert role["metadata"]["name"] == "t-pressured-viewer"
 
 

@@ -349,6 +349,7 @@ def test_chart_renders_and_the_api_server_accepts_it(
         # ...and the NOTES' label is needed: baseline refuses the privileged, hostPID pod.
         baseline = make_namespace("chart-node-baseline", {PSA: "baseline"})
         sa = next(m.doc for m in manifests if m.doc["kind"] == "ServiceAccount")
+        sa = {**sa, "metadata": {**sa["metadata"], "namespace": baseline}}
         assert api.create(sa, baseline).status_code == 201
         r = api.create(pod, baseline, dry_run=True)
         assert r.status_code == 403, api_error(r)

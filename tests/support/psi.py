@@ -22,20 +22,22 @@ THRASH_READER = (
 
 
 def measure_stall_per_window(
-    psi_file: str, *, at_least_us: int = 20_000, timeout: float = 60.0
+    psi_file: str, *, at_least_us: int = 20_000, timeout: float = 60.0, kind: str = "some"
 ) -> float:
-    """Microseconds of "some" memory stall per PSI window that the running workload causes.
+    """Microseconds of ``kind`` ("some", or "full") stall per PSI window that the running
+    workload causes.
 
     How much a workload stalls is a property of the machine (its disk, its cores), not of the
     kernel: one machine gave about 9 ms per second for the reader that gave another well over
     50 ms per 2 s. So a test measures first, until the total has grown by ``at_least_us``
     (enough for a stable rate) or ``timeout`` passed, and arms relative to what it saw.
     """
-    first = cgroupfs.read_psi_file(psi_file).some_total
+    field = f"{kind}_total"
+    first = getattr(cgroupfs.read_psi_file(psi_file), field)
     t0 = time.monotonic()
     while True:
         time.sleep(0.25)
-        grown = cgroupfs.read_psi_file(psi_file).some_total - first
+        grown = getattr(cgroupfs.read_psi_file(psi_file), field) - first
         elapsed = time.monotonic() - t0
         enough = grown >= at_least_us and elapsed >= 2 * PSI_WINDOW_US / 1e6
         if enough or elapsed > timeout:

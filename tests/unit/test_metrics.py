@@ -273,6 +273,17 @@ def test_settings_from_config() -> None:
     assert any(p.startswith("metrics.porr: unknown key") for p in problems)
 
 
+def test_throttled_seconds_add_up_per_target_and_go_with_it(metrics: Metrics, clock: Clock) -> None:
+    name = "pressured_memory_throttled_seconds_total"
+    metrics.observe_sample(sample(), "/kubepods/cart", IDENT, 90.0)
+    metrics.add_throttled_seconds("/kubepods/cart", IDENT, 1.5)
+    metrics.add_throttled_seconds("/kubepods/cart", IDENT, 0.0)  # nothing held: no change
+    metrics.add_throttled_seconds("/kubepods/cart", IDENT, 2.25)
+    assert metrics.registry.get_sample_value(name, dict(TARGET)) == 3.75
+    assert metrics.forget_stale(clock.now + 61) == 1
+    assert metrics.registry.get_sample_value(name, dict(TARGET)) is None
+
+
 def test_self_levels_from_config() -> None:
     s = MetricsSettings.from_config(
         {"metrics": {"self_degraded_percent": "70", "self_shed_percent": 80}}

@@ -9,8 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pressured.demo.child import Child, leaker_argv
 from pressured.kernel import cgroupfs
@@ -24,6 +27,7 @@ from tests.support.psi import (
     measure_stall_per_window,
     trigger_threshold_us,
 )
+from tests.support.wait import wait_for as wait_until
 
 pytestmark = pytest.mark.vm
 MiB = 1024 * 1024
@@ -172,3 +176,65 @@ def test_daemon_warns_and_signals_before_the_kill_on_v2(
         kill = next(d for d in docs if d["event_type"] == "oom_killed")
         assert kill["warned_seconds_before"] is not None and kill["warned_seconds_before"] > 0
         assert daemon.stop(60) == 0, daemon.stderr.text()
+
+
+def test_throttled_at_memory_high_gets_a_memory_throttled_event(
+    v2_child: Callable[[int], Child], tmp_path: object
+) -> None:
+    """memory.high below what a process allocates: the kernel throttles it (reclaim, then a
+    sleep of up to 2 s per charge) rather than killing it. Measured first: how much "full"
+    stall that gives here; the daemon's level is set from it."""
+    tmp = Path(str(tmp_path))
+    child = v2_child(512 * MiB)  # memory.max far above: only memory.high holds it
+    high = 48 * MiB
+    with open(os.path.join(child.path, "memory.high"), "w") as f:
+        f.write(str(high))
+    ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+    app = child.spawn(leaker_argv("--rate-mib", "0", "--max-mib", "400"))
+    wait_until(lambda: cgroupfs.read_kill_counters(ref).high, 120, "memory.events high > 0")
+    per_window = measure_stall_per_window(
+        ref.file("memory.pressure"), kind="full", at_least_us=2_000_000, timeout=60
+    )
+    full_percent = 100.0 * per_window / PSI_WINDOW_US
+    assert full_percent > 1, f"held at memory.high, yet only {full_percent:.2f}% full stall"
+    level = round(full_percent / 3, 2)  # avg10 lags and wavers around the measured share
+
+    events, cfg = tmp / "events.jsonl", tmp / "cfg.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "thresholds": {"throttle_full_percent": level, "throttle_seconds": 3},
+                "actions": [{"type": "log"}],
+            }
+        )
+    )
+    args = ["run", "-c", str(cfg), "--cgroup", child.path, "--events-out", str(events)]
+    with running([*args, "--metrics-port", "0"], ready_timeout=240) as daemon:
+        port = int(daemon.wait_for_log(r"metrics on http://[^:]+:(\d+)/metrics").group(1))
+
+        def throttled(docs: list[dict[str, object]]) -> bool:
+            return any(d["event_type"] == "memory_throttled" for d in docs)
+
+        docs = wait_for_events(events, throttled, 180, poll=1.0)
+        assert throttled(docs), (full_percent, level, docs[-3:])
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        assert daemon.stop(60) == 0, daemon.stderr.text()
+    ev = next(d for d in docs if d["event_type"] == "memory_throttled")
+    assert (ev["severity"], ev["cgroup"]) == ("warn", child.path)
+    evidence = ev["throttle"]
+    assert evidence["memory_high_bytes"] == high
+    assert evidence["high_events_delta"] > 0
+    assert evidence["held_seconds"] >= 3
+    assert evidence["psi_full_avg10"] >= level
+    assert evidence["full_stall_us"] > 0
+    seconds = [
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "pressured_memory_throttled_seconds_total"
+        and s.labels.get("cgroup") == child.path
+    ]
+    assert seconds and seconds[0] >= 3, seconds
+    # throttled, not killed
+    assert app.poll() is None
+    assert not any(d["event_type"] == "oom_killed" for d in docs)

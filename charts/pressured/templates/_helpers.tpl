@@ -80,6 +80,8 @@ release renders.
 {{/*
 The daemon's config.yaml: the free-form `config` value with what the chart owns laid over it
 (mode, metrics port, Lua scripts directory, S3 storage), so the file and the pod spec agree.
+With actions.events on, a k8s-event action is added unless config.actions has one: Events on
+the pods are the default, and one value turns them off with their RBAC.
 */}}
 {{- define "pressured.config" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) -}}
@@ -89,6 +91,16 @@ The daemon's config.yaml: the free-form `config` value with what the chart owns 
 {{- $metrics := get $cfg "metrics" | default dict -}}
 {{- $_ = set $metrics "port" (int .Values.metrics.port) -}}
 {{- $_ = set $cfg "metrics" $metrics -}}
+{{- if .Values.actions.events -}}
+{{- $actions := get $cfg "actions" | default list -}}
+{{- $hasEvent := false -}}
+{{- range $actions -}}
+{{- if and (kindIs "map" .) (eq (toString .type) "k8s-event") -}}{{- $hasEvent = true -}}{{- end -}}
+{{- end -}}
+{{- if not $hasEvent -}}
+{{- $_ = set $cfg "actions" (append $actions (dict "type" "k8s-event")) -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.luaScripts -}}
 {{- $plugins := get $cfg "plugins" | default dict -}}
 {{- $lua := get $plugins "lua" | default dict -}}
