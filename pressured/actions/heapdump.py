@@ -102,6 +102,7 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 class HeapdumpAction(Action):
     type = "heapdump"
     enriches = True  # adds pprof_top for the actions after it
+    optional = True  # shed near the daemon's own memory limit: it holds whole profiles
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"

@@ -572,6 +572,35 @@ class KubeClient:
             raise KubernetesError(f"{what}: expected a JSON object, got {type(data).__name__}")
         return data
 
+    @property
+    def namespace(self) -> str:
+        """The namespace of the credentials' context (in a pod: its own), as kubectl uses."""
+        return str(getattr(self._client, "namespace", None) or "default")
+
+    def pod_proxy_json(
+        self, name: str, namespace: str, port: int, path: str, *, max_bytes: int = 8 << 20
+    ) -> dict[str, Any]:
+        """GET ``path`` of a pod's ``port`` through pods/{name}:{port}/proxy (RBAC: pods/proxy
+        get), a JSON object of at most ``max_bytes``."""
+        sub = f"{url_quote(name, safe='')}:{int(port)}"
+        api = f"api/v1/namespaces/{url_quote(namespace, safe='')}/pods/{sub}/proxy/"
+        api += path.lstrip("/")
+        what = f"GET {self._url(api)}"
+        with self._calling(what):
+            with self._generic._client.stream("GET", api) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                resp.raise_for_status()
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise KubernetesError(f"{what}: answer larger than {max_bytes} bytes")
+            data = json.loads(body)
+        if not isinstance(data, dict):
+            raise KubernetesError(f"{what}: expected a JSON object, got {type(data).__name__}")
+        return data
+
     def list_nodes(self) -> list[dict[str, Any]]:
         from lightkube.resources.core_v1 import Node  # noqa: PLC0415
 
