@@ -1,0 +1,198 @@
+"""The client side of HotSpot's attach protocol, run in a short-lived helper process.
+
+HotSpot admits on its attach socket only a peer with its own effective uid and gid (it reads
+SO_PEERCRED), and starts its attach listener only for an ``.attach_pid<pid>`` file owned by
+its own effective uid. So this module runs as ``python -I -S -c <this file> --as UID GID ...``
+(pressured.runtimes.jvm starts it) and, before anything else, takes on the JVM's uid and gid
+(real, effective and saved; supplementary groups dropped). It is started with the daemon's
+own rights and changes after exec, so the JVM's user needs no access to the interpreter or
+to pressured's files; it uses the standard library only.
+
+The protocol, as jcmd and jattach speak it on Linux:
+
+1. The socket is ``/tmp/.java_pid<nspid>`` in the JVM's mount namespace, reached here as
+   ``<proc>/<pid>/root/tmp/...``; <nspid> is the JVM's pid in its own pid namespace (the last
+   NSpid field of /proc/PID/status).
+2. No socket yet: create ``.attach_pid<nspid>`` in the JVM's working directory (or its /tmp
+   when that is not writable), send SIGQUIT, and wait for the socket; the JVM's signal thread
+   sees the file and starts the listener. The file is removed afterwards.
+3. Send ``1\\0`` (protocol version), the command and three arguments, each NUL-terminated:
+   here ``jcmd\\0<diagnostic command line>\\0\\0\\0``.
+4. The reply is a decimal result code on the first line (0: done), then the command's output,
+   up to EOF.
+
+Usage (argv after the source, after ``--as UID GID``):
+
+    jcmd <proc_root> <pid> <nspid> <timeout_s> <command line>   reply on stdout, as sent
+    take <path>                                                  the file on stdout, then unlinked
+    remove <path>                                                unlink, if it exists
+
+On failure it prints one line to stderr and exits 2; the caller turns it into an error naming
+the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+
+CHUNK = 64 * 1024
+EXIT_FAILED = 2
+
+
+class AttachFailed(Exception):
+    pass
+
+
+def socket_path(proc_root: str, pid: int, nspid: int) -> str:
+    return f"{proc_root}/{pid}/root/tmp/.java_pid{nspid}"
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _make_trigger(proc_root: str, pid: int, nspid: int) -> str:
+    """The .attach_pid file, in the JVM's cwd first (where HotSpot looks first), else /tmp."""
+    errors = []
+    for directory in (f"{proc_root}/{pid}/cwd", f"{proc_root}/{pid}/root/tmp"):
+        path = f"{directory}/.attach_pid{nspid}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            errors.append(f"{path}: {exc.strerror}")
+            continue
+        os.close(fd)
+        return path
+    raise AttachFailed("cannot create the attach trigger file: " + "; ".join(errors))
+
+
+def connect(proc_root: str, pid: int, nspid: int, timeout_s: float) -> socket.socket:
+    """A connected attach socket, the listener started first when it is not running."""
+    deadline = time.monotonic() + timeout_s
+    path = socket_path(proc_root, pid, nspid)
+    if not _is_socket(path):
+        trigger = _make_trigger(proc_root, pid, nspid)
+        try:
+            os.kill(pid, signal.SIGQUIT)
+            pause = 0.01
+            # HotSpot has no notification to wait on: the socket appears when its signal
+            # thread has started the listener (a few ms on an idle JVM).
+            while not _is_socket(path):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AttachFailed(
+                        f"no attach socket {path} after SIGQUIT within {timeout_s:g} s (attach "
+                        "disabled with -XX:+DisableAttachMechanism, or the JVM is hung)"
+                    )
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.2)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(trigger)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise AttachFailed(f"connect {path}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def request(command: str, *args: str) -> bytes:
+    parts = ["1", command, *args, *[""] * (3 - len(args))]
+    return b"".join(p.encode() + b"\0" for p in parts)
+
+
+def jcmd(proc_root: str, pid: int, nspid: int, timeout_s: float, line: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    sock = connect(proc_root, pid, nspid, timeout_s)
+    with sock:
+        sock.sendall(request("jcmd", line))
+        out = sys.stdout.buffer
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AttachFailed(f"the JVM did not finish {line!r} within {timeout_s:g} s")
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(CHUNK)
+            except TimeoutError as exc:
+                raise AttachFailed(
+                    f"the JVM did not finish {line!r} within {timeout_s:g} s"
+                ) from exc
+            if not chunk:
+                break
+            out.write(chunk)
+        out.flush()
+
+
+def take(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            out = sys.stdout.buffer
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+            out.flush()
+    except OSError as exc:
+        raise AttachFailed(f"read {path}: {exc.strerror or exc}") from exc
+    finally:
+        remove(path)
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise AttachFailed(f"remove {path}: {exc.strerror or exc}") from exc
+
+
+def become(uid: int, gid: int) -> None:
+    """Take on ``uid``/``gid`` for good (a no-op when they are already ours)."""
+    if (os.geteuid(), os.getegid()) == (uid, gid) and os.getuid() == uid:
+        return
+    try:
+        if os.geteuid() == 0:
+            os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        raise AttachFailed(
+            f"cannot take on the JVM's uid {uid} gid {gid}: {exc.strerror} (needs root, or "
+            "CAP_SETUID and CAP_SETGID, or to run as the JVM's user)"
+        ) from exc
+
+
+def main(argv: list[str]) -> int:
+    try:
+        if len(argv) < 3 or argv[0] != "--as":
+            raise AttachFailed(f"usage: --as UID GID jcmd|take|remove ... (got {argv!r})")
+        become(int(argv[1]), int(argv[2]))
+        argv = argv[3:]
+        if len(argv) == 6 and argv[0] == "jcmd":
+            jcmd(argv[1], int(argv[2]), int(argv[3]), float(argv[4]), argv[5])
+        elif len(argv) == 2 and argv[0] == "take":
+            take(argv[1])
+        elif len(argv) == 2 and argv[0] == "remove":
+            remove(argv[1])
+        else:
+            raise AttachFailed(f"usage: jcmd|take|remove ... (got {argv!r})")
+    except (AttachFailed, OSError, ValueError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,139 @@
+"""Real runtimes for the heap capture tests: a leaking Java program and a leaking Node.js script.
+
+LeakyJvm (fixtures/LeakyJvm.java, built once with the machine's javac) retains N objects of
+LeakyJvm$LeakedRecord (144 bytes each) and waits; it runs as the unprivileged user ``nobody``
+so that capture must take on the JVM's uid and gid. leaky.js retains small objects allocated
+in ``leakRecords`` every 20 ms. Without javac/java or node (scripts/bootstrap --dev installs
+them) these tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pressured.actions.base import ActionContext
+from pressured.actions.heapdump import HeapdumpAction
+from pressured.storage.local import LocalStorage
+from tests.pprof.conftest import go_env, leaky_bin  # noqa: F401 - fixtures for test_detect
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+LEAK_CLASS = "LeakyJvm$LeakedRecord"
+RECORD_BYTES = 144  # 12-byte header, 4 padding, 16 longs (compressed class pointers)
+LEAK_FUNCTION = "leakRecords"
+NOBODY = 65534
+
+
+@pytest.fixture(scope="session")
+def jvm_classes() -> Iterator[Path]:
+    if shutil.which("javac") is None or shutil.which("java") is None:
+        pytest.skip("no JDK (Debian package openjdk-17-jdk-headless; scripts/bootstrap --dev)")
+    # a directory the JVM's user (nobody) can read: pytest's own tmp is root's alone
+    out = Path(tempfile.mkdtemp(prefix="pressured-jvm-"))
+    out.chmod(0o755)
+    subprocess.run(
+        ["javac", "-d", str(out), str(FIXTURES / "LeakyJvm.java")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    for path in out.iterdir():
+        path.chmod(0o644)
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture
+def start_jvm(jvm_classes: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """start_jvm(records, *flags, uid=NOBODY): a LeakyJvm that has retained its records."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(records: int = 200_000, *flags: str, uid: int = NOBODY) -> subprocess.Popen[str]:
+        ids: dict[str, Any] = {}
+        if uid != os.geteuid():
+            ids = {"user": uid, "group": uid, "extra_groups": []}
+        argv = ["java", "-Xmx256m", "-XX:+UseSerialGC", *flags, "-cp", str(jvm_classes)]
+        proc = subprocess.Popen(
+            [*argv, "LeakyJvm", str(records)],
+            cwd=jvm_classes,  # not writable by nobody: the attach file goes to /tmp then
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            **ids,
+        )
+        started.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("retained "), f"LeakyJvm did not start: {line!r}"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture
+def start_node() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """start_node(*node_flags, netns=False): leaky.js running, leaking (own netns: lo up)."""
+    if shutil.which("node") is None:
+        pytest.skip("no Node.js (Debian package nodejs; scripts/bootstrap --dev)")
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*flags: str, netns: bool = False) -> subprocess.Popen[str]:
+        argv = ["node", *flags, str(FIXTURES / "leaky.js"), "512"]
+        if netns:
+            if shutil.which("unshare") is None or shutil.which("ip") is None:
+                pytest.skip("no unshare/ip (util-linux, iproute2) for a network namespace")
+            argv = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("ready pid"), f"leaky.js did not start: {line!r}"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=30)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "store")
+
+
+@pytest.fixture
+def make_action(storage: LocalStorage) -> Iterator[Callable[..., HeapdumpAction]]:
+    made: list[HeapdumpAction] = []
+
+    def make(options: dict[str, Any], **ctx: Any) -> HeapdumpAction:
+        action = HeapdumpAction(
+            options, ActionContext(storage_factory=lambda: storage, **ctx), "actions[0]"
+        )
+        made.append(action)
+        return action
+
+    yield make
+    for action in made:
+        action.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
