@@ -83,6 +83,7 @@ from typing import Any
 
 from pressured import httpget
 from pressured.actions.base import Action, ActionContext
+from pressured.actions.runner import RUN_CAP_S
 from pressured.errors import (
     ActionError,
     ConfigError,
@@ -431,6 +432,15 @@ class HeapdumpAction(Action):
         return report.summary
 
     # ------------------------------------------------------------- JVM and Node.js capture
+
+    def run_deadline_s(self) -> float | None:
+        if self.runtime == "go":
+            return None  # the runner's cap
+        # JVM: histogram, heap dump, reading it back, removing it: each within timeout_ms,
+        # plus 1 s to start its helper; Node.js: timeout_ms and the sampling window; then the
+        # analysis. Never below the runner's cap, which the Go path (auto) was given.
+        step = self.timeout_ms / 1000 + 1.0
+        return max(RUN_CAP_S, 4 * step + self.sample_seconds + self.analyze_limits.seconds)
 
     def _choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value: str = self.opt(key, str, default)

@@ -9,8 +9,10 @@ them) these tests skip, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -84,18 +86,63 @@ def start_jvm(jvm_classes: Path) -> Iterator[Callable[..., subprocess.Popen[str]
 
 
 @pytest.fixture
+def start_contained_jvm(jvm_classes: Path) -> Iterator[Callable[..., int]]:
+    """start_contained_jvm(records): the host pid of a LeakyJvm run as nobody in a container
+    shape: its own pid namespace (it is pid 1 there) and mount namespace with a /tmp of its
+    own (a tmpfs), so its attach files are reachable only through /proc/PID/root."""
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        pytest.skip("no unshare/setpriv (util-linux) for a contained JVM")
+    started: list[tuple[subprocess.Popen[str], int]] = []
+
+    def start(records: int = 200_000) -> int:
+        # the classes are copied into the new /tmp (the JVM opens its class path by name);
+        # its working directory /tmp/app is root's: the attach file goes to its /tmp
+        script = (
+            f"mount -t tmpfs -o mode=1777 tmpfs /mnt && cp -r {jvm_classes} /mnt/app"
+            " && mount --move /mnt /tmp && cd /tmp/app && exec setpriv "
+            f"--reuid={NOBODY} --regid={NOBODY} --clear-groups java -Xmx256m -XX:+UseSerialGC "
+            f"-cp /tmp/app LeakyJvm {records}"
+        )
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--pid", "--fork", "sh", "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("retained "), f"contained LeakyJvm did not start: {line!r}"
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        started.append((proc, int(children[0])))
+        return int(children[0])
+
+    yield start
+    for proc, pid in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # pid 1 of its namespace: the others go with it
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture
 def start_node() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """start_node(*node_flags, netns=False): leaky.js running, leaking (own netns: lo up)."""
+    """start_node(*node_flags, netns=False, pidns=False): leaky.js running, leaking; netns: in
+    a network namespace of its own (lo up); pidns: and a pid namespace, where it is pid 1 (the
+    returned process is then unshare, its parent: see ``child_pid``)."""
     if shutil.which("node") is None:
         pytest.skip("no Node.js (Debian package nodejs; scripts/bootstrap --dev)")
     started: list[subprocess.Popen[str]] = []
 
-    def start(*flags: str, netns: bool = False) -> subprocess.Popen[str]:
+    def start(*flags: str, netns: bool = False, pidns: bool = False) -> subprocess.Popen[str]:
         argv = ["node", *flags, str(FIXTURES / "leaky.js"), "512"]
-        if netns:
+        if netns or pidns:
             if shutil.which("unshare") is None or shutil.which("ip") is None:
                 pytest.skip("no unshare/ip (util-linux, iproute2) for a network namespace")
-            argv = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+            spaces = ["--net", "--pid", "--fork"] if pidns else ["--net"]
+            script = 'ip link set lo up && exec "$@"'
+            argv = ["unshare", *spaces, "sh", "-c", script, "sh", *argv]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         started.append(proc)
         assert proc.stdout is not None
@@ -105,6 +152,8 @@ def start_node() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     yield start
     for proc in started:
+        with contextlib.suppress(AssertionError, OSError):
+            os.kill(child_pid(proc), signal.SIGKILL)  # pid 1 of its own namespace, if any
         proc.kill()
         proc.wait(timeout=30)
         for pipe in (proc.stdout, proc.stderr):
@@ -131,6 +180,12 @@ def make_action(storage: LocalStorage) -> Iterator[Callable[..., HeapdumpAction]
     yield make
     for action in made:
         action.close()
+
+
+def child_pid(proc: subprocess.Popen[str]) -> int:
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
 
 
 def free_port() -> int:

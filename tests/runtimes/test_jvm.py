@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -77,6 +78,26 @@ def test_jvm_as_another_user_histogram_on_top_and_full_dump(
     line = next(r.getMessage() for r in caplog.records if "stored" in r.getMessage())
     assert info["key"] in line and LEAK_CLASS in line
     assert proc.poll() is None  # the JVM goes on
+
+
+def test_jvm_in_its_own_pid_and_mount_namespace(
+    start_contained_jvm: Callable[..., int],
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+) -> None:
+    pid = start_contained_jvm(RECORDS)
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert re.search(rf"^NSpid:\s+{pid}\s+1$", status, re.M), "the JVM should be pid 1 inside"
+    assert os.stat(f"/proc/{pid}/root/tmp").st_dev != os.stat("/tmp").st_dev
+    action = make_action({"runtime": "jvm", "full_dump": "always"})
+    event = _event(pid)
+    action.run(event)
+    assert event.extra["heap_top"][0]["name"] == LEAK_CLASS
+    assert storage.read(event.extra["heapdump"]["full_dump_key"]).startswith(b"JAVA PROFILE")
+    # the socket is the JVM's namespace pid's, in its own /tmp; nothing left behind there
+    assert Path(f"/proc/{pid}/root/tmp/.java_pid1").exists()
+    assert not Path("/tmp/.java_pid1").exists()
+    assert _leftovers(pid) == []
 
 
 def test_full_dump_auto_skipped_without_headroom(

@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 from pressured.actions.heapdump import HeapdumpAction
 from pressured.cli import app
 from pressured.errors import ActionError, PprofError
-from pressured.kernel.procfs import listening_ports
+from pressured.kernel.procfs import listening_ports, namespace_pids
 from pressured.model import Identity, PressureEvent
 from pressured.pprof import load_profile, top
 from pressured.runtimes.node import to_pprof
 from pressured.storage.local import LocalStorage
 from tests.pprof.conftest import pod_event
-from tests.runtimes.conftest import LEAK_FUNCTION, free_port
+from tests.runtimes.conftest import LEAK_FUNCTION, child_pid, free_port
 
 
 def _event(pid: int) -> PressureEvent:
@@ -81,6 +81,19 @@ def test_node_in_its_own_network_namespace_through_the_helper(
     assert storage.exists(event.extra["heapdump"]["key"])
     assert not _inspector_open(proc.pid, 9229)
     assert proc.poll() is None
+
+
+def test_node_as_pid_1_of_its_own_namespaces(
+    start_node: Callable[..., subprocess.Popen[str]],
+    make_action: Callable[..., HeapdumpAction],
+) -> None:
+    pid = child_pid(start_node(pidns=True))
+    assert namespace_pids(pid) == [str(pid), "1"]  # the inspector's process.pid is 1
+    action = make_action({"runtime": "auto", "sample_seconds": 1})
+    event = _event(pid)
+    action.run(event)
+    assert event.extra["pprof_top"][0]["function"] == LEAK_FUNCTION
+    assert not _inspector_open(pid, 9229)
 
 
 def test_inspector_already_open_is_left_open(
