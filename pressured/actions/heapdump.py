@@ -22,9 +22,10 @@
 runtime: ``go`` is the HTTP pprof capture below; ``jvm`` and ``node`` capture through the
 runtime itself (pressured.runtimes: the HotSpot attach protocol, the Node.js inspector), from
 the first of the event's pids that runs it; ``auto`` asks each pid (libjvm mapped, a node
-executable, Go build info) and falls back to ``go``. A JVM capture stores the class histogram
-(``.histo.txt``, top classes in ``event.extra["heap_top"]``) and, per full_dump, an ``.hprof``;
-a Node.js capture stores a profile.proto analysed as a Go one. A failed runtime capture puts
+executable) and falls back to ``go``, since any program may serve pprof over HTTP. A JVM
+capture stores the class histogram (``.histo.txt``, top classes in ``event.extra["heap_top"]``)
+and, per full_dump, an ``.hprof``; a Node.js capture stores a profile.proto analysed as a Go
+one. A failed runtime capture puts
 its reason into ``event.extra["heapdump_error"]`` and fails the action (logged by the runner).
 
 Where: ``http://<host>:<port><path>`` with host the pod IP (``event.identity.pod_ip``) in node
@@ -214,7 +215,11 @@ class HeapdumpAction(Action):
             )
             return
         pids = _event_pids(event)
-        runtime, runtime_pid = self._runtime_of(event, pids)
+        try:
+            runtime, runtime_pid = self._runtime_of(event, pids)
+        except ActionError:
+            self._last_capture[target] = now  # not asked again every poll
+            raise
         if runtime != "go":
             self._last_capture[target] = now
             self._capture_runtime(event, runtime, runtime_pid, self._key(event, [runtime_pid]))
@@ -457,7 +462,7 @@ class HeapdumpAction(Action):
             return "go", 0
         from pressured.runtimes.detect import detect  # noqa: PLC0415
 
-        found = {pid: detect(pid, self.ctx.proc_root) for pid in pids}
+        found = {pid: detect(pid, self.ctx.proc_root, go=False) for pid in pids}
         for pid, runtime in found.items():
             if runtime in ("jvm", "node") and self.runtime in ("auto", runtime):
                 return runtime, pid

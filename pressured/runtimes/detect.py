@@ -24,8 +24,11 @@ _CHUNK = 1024 * 1024
 NODE_NAMES = frozenset({"node", "nodejs"})
 
 
-def detect(pid: int, proc_root: str = "/proc") -> Runtime | None:
-    """The runtime of ``pid``, or None when it is none of them or cannot be read."""
+def detect(pid: int, proc_root: str = "/proc", *, go: bool = True) -> Runtime | None:
+    """The runtime of ``pid``, or None when it is none of them or cannot be read.
+
+    ``go=False`` skips reading the executable: heapdump's ``auto`` needs only to know a JVM or
+    Node.js, since pprof over HTTP (which any program may serve) is its fallback anyway."""
     libs = mapped_libraries(pid, proc_root)
     if any(lib.startswith("libjvm.") for lib in libs):
         return "jvm"
@@ -33,7 +36,7 @@ def detect(pid: int, proc_root: str = "/proc") -> Runtime | None:
         NODE_NAMES
     ):
         return "node"
-    if has_go_buildinfo(pid, proc_root):
+    if go and has_go_buildinfo(pid, proc_root):
         return "go"
     return None
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,60 @@ def test_to_pprof_bounds_the_stack_depth() -> None:
         node = {"callFrame": _frame(f"f{i}"), "selfSize": 0, "children": [node]}
     with pytest.raises(PprofError, match="deeper than 4096 frames"):
         to_pprof({"head": node}, "t", 32768)
+
+
+# ------------------------------------------------- an inspector port answering nonsense
+
+
+class _FakeInspector(BaseHTTPRequestHandler):
+    """Named fake: an HTTP server on the inspector port answering /json/list with what a
+    real inspector never sends (a hostile or broken program can hold that port)."""
+
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<html>", r"/json/list: not JSON"),
+        (
+            b'[{"webSocketDebuggerUrl": "ws://198.51.100.7:9229/x"}]',
+            r"names no webSocketDebuggerUrl on that port: \[\{'webSocketDebuggerUrl'",
+        ),
+        (b'{"a": 1}', r"names no webSocketDebuggerUrl on that port"),
+    ],
+)
+def test_inspector_list_that_is_not_one_is_refused(
+    start_node: Callable[..., subprocess.Popen[str]],
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+    body: bytes,
+    message: str,
+) -> None:
+    proc = start_node()
+    handler = type("Handler", (_FakeInspector,), {"body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        action = make_action({"runtime": "node", "inspector_port": port, "timeout_ms": 2000})
+        event = _event(proc.pid)
+        with pytest.raises(ActionError, match=message):
+            action.run(event)
+        assert f"127.0.0.1:{port}" in event.extra["heapdump_error"]
+        assert list(storage.list()) == []
+        assert proc.poll() is None
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
