@@ -100,7 +100,7 @@ def _pump(
                     err += chunk[: max(0, STDERR_KEEP - len(err))]
                 else:
                     received += len(chunk)
+                    sink(chunk)  # first: a sink that caps its own part says so exactly
                     if received > max_bytes:
                         raise TooLarge(f"{what}: more than max_bytes {max_bytes}; aborted")
-                    sink(chunk)
     return received, bytes(err)

@@ -53,11 +53,13 @@ def socket_path(proc_root: str, pid: int, nspid: int) -> str:
     return f"{proc_root}/{pid}/root/tmp/.java_pid{nspid}"
 
 
-def _is_socket(path: str) -> bool:
+def _socket_inode(path: str) -> int | None:
+    """The inode of the socket at ``path``, None when there is none."""
     try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
+        st = os.stat(path)
     except OSError:
-        return False
+        return None
+    return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
 
 
 def _make_trigger(proc_root: str, pid: int, nspid: int) -> str:
@@ -79,29 +81,46 @@ def connect(proc_root: str, pid: int, nspid: int, timeout_s: float) -> socket.so
     """A connected attach socket, the listener started first when it is not running."""
     deadline = time.monotonic() + timeout_s
     path = socket_path(proc_root, pid, nspid)
-    if not _is_socket(path):
-        trigger = _make_trigger(proc_root, pid, nspid)
+    stale = _socket_inode(path)
+    if stale is not None:
         try:
-            os.kill(pid, signal.SIGQUIT)
-            pause = 0.01
-            # HotSpot has no notification to wait on: the socket appears when its signal
-            # thread has started the listener (a few ms on an idle JVM).
-            while not _is_socket(path):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AttachFailed(
-                        f"no attach socket {path} after SIGQUIT within {timeout_s:g} s (attach "
-                        "disabled with -XX:+DisableAttachMechanism, or the JVM is hung)"
-                    )
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, 0.2)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(trigger)
+            return _connect(path, deadline)
+        except ConnectionRefusedError:
+            # left by an earlier JVM with this pid (pid 1 of a restarted container whose /tmp
+            # is a volume): this one starts its listener on a new socket in its place
+            pass
+    trigger = _make_trigger(proc_root, pid, nspid)
+    try:
+        os.kill(pid, signal.SIGQUIT)
+        pause = 0.01
+        # HotSpot has no notification to wait on: the socket appears when its signal thread
+        # has started the listener (a few ms on an idle JVM)
+        while _socket_inode(path) in (None, stale):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AttachFailed(
+                    f"no attach socket {path} after SIGQUIT within {timeout_s:g} s (attach "
+                    "disabled with -XX:+DisableAttachMechanism, or the JVM is hung)"
+                )
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.2)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(trigger)
+    try:
+        return _connect(path, deadline)
+    except ConnectionRefusedError as exc:
+        raise AttachFailed(f"connect {path}: refused by the new listener") from exc
+
+
+def _connect(path: str, deadline: float) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(max(0.001, deadline - time.monotonic()))
     try:
         sock.connect(path)
+    except ConnectionRefusedError:
+        sock.close()
+        raise
     except OSError as exc:
         sock.close()
         raise AttachFailed(f"connect {path}: {exc.strerror or exc}") from exc

@@ -185,7 +185,8 @@ def _run_as_jvm(
         _helper_argv(jvm, *args),
         what=what,
         deadline_s=options.timeout_s + 1.0,  # the helper keeps timeout_s itself; 1 s to start
-        max_bytes=options.max_bytes + _CODE_LINE_MAX,
+        # a reply's result-code line comes on top of its output, which its sink caps exactly
+        max_bytes=options.max_bytes + (_CODE_LINE_MAX if args[0] == "jcmd" else 0),
         sink=sink,
     )
 
@@ -207,11 +208,16 @@ def _jcmd_into(
     writer = None
     kept = bytearray()
 
+    stored = 0
+
     def sink(chunk: bytes) -> None:
-        nonlocal writer
+        nonlocal writer, stored
         body = reply.feed(chunk)
         if not body:
             return
+        stored += len(body)
+        if stored > options.max_bytes:
+            raise helper.TooLarge(f"{what}: more than max_bytes {options.max_bytes}; aborted")
         if keep or key is None:
             kept.extend(body)
         if key is not None:

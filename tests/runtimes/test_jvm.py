@@ -275,3 +275,51 @@ def test_attach_error_reply_is_reported(
         action.run(event)
     assert "GC.class_histogram" in event.extra["heapdump_error"]
     assert list(storage.list()) == []  # nothing half-written
+
+
+def test_stale_attach_socket_of_an_earlier_jvm_is_replaced(
+    start_jvm: Callable[..., subprocess.Popen[str]],
+    make_action: Callable[..., HeapdumpAction],
+) -> None:
+    # a restarted container's pid 1 finds its predecessor's socket on a /tmp volume
+    proc = start_jvm(RECORDS)
+    path = hotspot.socket_path("/proc", proc.pid, proc.pid)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(path)  # closed without unlinking: nobody listens there
+    os.chown(path, NOBODY, NOBODY)
+    stale = os.stat(path).st_ino
+    action = make_action({"runtime": "jvm", "full_dump": "never"})
+    event = _event(proc.pid)
+    action.run(event)
+    assert event.extra["heap_top"][0]["name"] == LEAK_CLASS
+    assert os.stat(path).st_ino != stale
+
+
+def test_histogram_past_max_bytes_is_aborted(
+    start_jvm: Callable[..., subprocess.Popen[str]],
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+) -> None:
+    proc = start_jvm(1000)
+    action = make_action({"runtime": "jvm", "max_bytes": 2048})  # a histogram is ~20 KB
+    event = _event(proc.pid)
+    with pytest.raises(ActionError, match="more than max_bytes 2048; aborted"):
+        action.run(event)
+    assert "GC.class_histogram" in event.extra["heapdump_error"]
+    assert list(storage.list()) == []
+    assert proc.poll() is None
+
+
+def test_attach_socket_closed_without_a_reply(
+    start_jvm: Callable[..., subprocess.Popen[str]],
+    fake_listener_for: Callable[[int, bytes], _FakeAttachListener],
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+) -> None:
+    proc = start_jvm(1000, uid=os.geteuid())
+    fake_listener_for(proc.pid, b"")
+    action = make_action({"runtime": "jvm"})
+    event = _event(proc.pid)
+    with pytest.raises(ActionError, match="closed the attach socket without a reply"):
+        action.run(event)
+    assert list(storage.list()) == []
