@@ -61,6 +61,7 @@ def start_jvm(jvm_classes: Path) -> Iterator[Callable[..., subprocess.Popen[str]
     def start(records: int = 200_000, *flags: str, uid: int = NOBODY) -> subprocess.Popen[str]:
         ids: dict[str, Any] = {}
         if uid != os.geteuid():
+            _need_root("to run the JVM as another user")
             ids = {"user": uid, "group": uid, "extra_groups": []}
         argv = ["java", "-Xmx256m", "-XX:+UseSerialGC", *flags, "-cp", str(jvm_classes)]
         proc = subprocess.Popen(
@@ -92,6 +93,7 @@ def start_contained_jvm(jvm_classes: Path) -> Iterator[Callable[..., int]]:
     own (a tmpfs), so its attach files are reachable only through /proc/PID/root."""
     if shutil.which("unshare") is None or shutil.which("setpriv") is None:
         pytest.skip("no unshare/setpriv (util-linux) for a contained JVM")
+    _need_root("for namespaces of the JVM's own")
     started: list[tuple[subprocess.Popen[str], int]] = []
 
     def start(records: int = 200_000) -> int:
@@ -140,6 +142,7 @@ def start_node() -> Iterator[Callable[..., subprocess.Popen[str]]]:
         if netns or pidns:
             if shutil.which("unshare") is None or shutil.which("ip") is None:
                 pytest.skip("no unshare/ip (util-linux, iproute2) for a network namespace")
+            _need_root("for namespaces of the program's own")
             spaces = ["--net", "--pid", "--fork"] if pidns else ["--net"]
             script = 'ip link set lo up && exec "$@"'
             argv = ["unshare", *spaces, "sh", "-c", script, "sh", *argv]
@@ -180,6 +183,11 @@ def make_action(storage: LocalStorage) -> Iterator[Callable[..., HeapdumpAction]
     yield make
     for action in made:
         action.close()
+
+
+def _need_root(why: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root {why} (and to take on its user when capturing)")
 
 
 def child_pid(proc: subprocess.Popen[str]) -> int:

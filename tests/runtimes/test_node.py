@@ -69,6 +69,23 @@ def test_node_leak_on_top_and_inspector_closed_after(
     assert proc.poll() is None
 
 
+def test_repeated_captures_open_and_close_the_inspector_each_time(
+    start_node: Callable[..., subprocess.Popen[str]],
+    make_action: Callable[..., HeapdumpAction],
+) -> None:
+    # closing the inspector from inside pressured's own session crashed Node.js 20 now and
+    # then (SIGSEGV): it is closed from a timer once the session is gone
+    port = free_port()
+    proc = start_node(f"--inspect-port={port}")
+    action = make_action({"inspector_port": port, "sample_seconds": 0.5, "cooldown_seconds": 0})
+    for _ in range(4):
+        event = _event(proc.pid)
+        action.run(event)
+        assert event.extra["pprof_top"][0]["function"] == LEAK_FUNCTION
+        assert not _inspector_open(proc.pid, port)
+        assert proc.poll() is None
+
+
 def test_node_in_its_own_network_namespace_through_the_helper(
     start_node: Callable[..., subprocess.Popen[str]],
     make_action: Callable[..., HeapdumpAction],
