@@ -2,7 +2,8 @@
 
 Reasons: MemoryPressureWarning (warn), MemoryPressureCritical (critical), OOMKillConfirmed
 (a confirmed kill). The message carries usage, limit, percent, growth and ETA, and the top
-allocating function when a heap profile was analysed (``event.extra["pprof_top"]``).
+allocating function when a heap profile was analysed (``event.extra["pprof_top"]``), or the
+top class of a JVM's class histogram (``event.extra["heap_top"]``).
 
 Repeats aggregate into one Event per (pod, container, reason) whose count and lastTimestamp
 are patched, as the kubelet's recorder does ("x3 over 2m"). Writes are rate-limited twice: at
@@ -86,6 +87,18 @@ def pprof_top_text(top: Any) -> str | None:
         return str(top["function"])
 
 
+def heap_top_text(top: Any) -> str | None:
+    """A JVM histogram's top class as text ("com.x.Cache$Entry 27.5Mi in 200000 instances"),
+    from the heapdump action's ``event.extra["heap_top"]``; None when unusable."""
+    first = top[0] if isinstance(top, list | tuple) and top else None
+    if not isinstance(first, Mapping) or not isinstance(first.get("name"), str):
+        return None
+    size, count = first.get("bytes"), first.get("instances")
+    if isinstance(size, int) and isinstance(count, int):
+        return f"{first['name']} {human_bytes(size)} in {count} instances"
+    return str(first["name"])
+
+
 def event_message(event: Event) -> str:
     if isinstance(event, OomKill):
         parts = ["OOM kill confirmed"]
@@ -111,6 +124,9 @@ def event_message(event: Event) -> str:
     top = pprof_top_text(event.extra.get("pprof_top"))
     if top:
         text += f"; top allocator: {top}"
+    top_class = heap_top_text(event.extra.get("heap_top"))
+    if top_class:
+        text += f"; top class: {top_class}"
     return text[:1024]
 
 
