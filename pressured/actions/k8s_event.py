@@ -2,8 +2,7 @@
 
 Reasons: MemoryPressureWarning (warn), MemoryPressureCritical (critical), OOMKillConfirmed
 (a confirmed kill). The message carries usage, limit, percent, growth and ETA, and the top
-allocating function when a heap profile was analysed (``event.extra["pprof_top"]``), or the
-top class of a JVM's class histogram (``event.extra["heap_top"]``).
+allocating function when a heap profile was analysed (``event.extra["pprof_top"]``).
 
 Repeats aggregate into one Event per (pod, container, reason) whose count and lastTimestamp
 are patched, as the kubelet's recorder does ("x3 over 2m"). Writes are rate-limited twice: at
@@ -68,6 +67,19 @@ def human_bytes(n: float | None) -> str:
     return f"{value:.1f}Ti"  # pragma: no cover - the loop returns
 
 
+def heap_top_text(top: Any) -> str | None:
+    """A JVM histogram's top class as text ("com.x.Cache$Entry 27.5Mi in 200000 instances"),
+    from the heapdump action's ``event.extra["heap_top"]`` (named in the message as "top
+    class"); None when unusable."""
+    first = top[0] if isinstance(top, list | tuple) and top else None
+    if not isinstance(first, Mapping) or not isinstance(first.get("name"), str):
+        return None
+    size, count = first.get("bytes"), first.get("instances")
+    if isinstance(size, int) and isinstance(count, int):
+        return f"{first['name']} {human_bytes(size)} in {count} instances"
+    return str(first["name"])
+
+
 def pprof_top_text(top: Any) -> str | None:
     """The heap analysis' top allocator as text: the heapdump action puts a list of
     {function, flat, flat_pct, unit, ...} (pressured.pprof.summarize_top) into
@@ -85,18 +97,6 @@ def pprof_top_text(top: Any) -> str | None:
         return summary_text([dict(top)])
     except (KeyError, TypeError, ValueError):
         return str(top["function"])
-
-
-def heap_top_text(top: Any) -> str | None:
-    """A JVM histogram's top class as text ("com.x.Cache$Entry 27.5Mi in 200000 instances"),
-    from the heapdump action's ``event.extra["heap_top"]``; None when unusable."""
-    first = top[0] if isinstance(top, list | tuple) and top else None
-    if not isinstance(first, Mapping) or not isinstance(first.get("name"), str):
-        return None
-    size, count = first.get("bytes"), first.get("instances")
-    if isinstance(size, int) and isinstance(count, int):
-        return f"{first['name']} {human_bytes(size)} in {count} instances"
-    return str(first["name"])
 
 
 def event_message(event: Event) -> str:
