@@ -10,9 +10,8 @@ to pressured's files; it uses the standard library only.
 
 The protocol, as jcmd and jattach speak it on Linux:
 
-1. The socket is ``/tmp/.java_pid<nspid>`` in the JVM's mount namespace, reached here as
-   ``<proc>/<pid>/root/tmp/...``; <nspid> is the JVM's pid in its own pid namespace (the last
-   NSpid field of /proc/PID/status).
+1. The socket is ``/tmp/.java_pid<nspid>`` in the JVM's mount namespace; <nspid> is the JVM's
+   pid in its own pid namespace (the last NSpid field of /proc/PID/status).
 2. No socket yet: create ``.attach_pid<nspid>`` in the JVM's working directory (or its /tmp
    when that is not writable), send SIGQUIT, and wait for the socket; the JVM's signal thread
    sees the file and starts the listener. The file is removed afterwards.
@@ -21,11 +20,17 @@ The protocol, as jcmd and jattach speak it on Linux:
 4. The reply is a decimal result code on the first line (0: done), then the command's output,
    up to EOF.
 
-Usage (argv after the source, after ``--as UID GID``):
+The JVM's files are reached inside its mount namespace: a helper started as root first enters
+it (setns), as jattach does, so that every path (/tmp, the socket, the heap dump) resolves in
+the container, whatever symlinks the container holds. A helper that may not (not root) reaches
+them through ``/proc/PID/root``, with the rights of the JVM's own user only.
 
-    jcmd <proc_root> <pid> <nspid> <timeout_s> <command line>   reply on stdout, as sent
-    take <path>                                                  the file on stdout, then unlinked
-    remove <path>                                                unlink, if it exists
+Usage (argv after the source):
+
+    --as UID GID --jvm PROC_ROOT PID NSPID COMMAND...
+    COMMAND: jcmd <timeout_s> <command line>   the reply on stdout, as sent
+             take <path in the JVM>            the file on stdout, then unlinked
+             remove <path in the JVM>          unlink, if it exists
 
 On failure it prints one line to stderr and exits 2; the caller turns it into an error naming
 the process.
@@ -49,8 +54,61 @@ class AttachFailed(Exception):
     pass
 
 
+CLONE_NEWNS = 0x00020000
+
+
 def socket_path(proc_root: str, pid: int, nspid: int) -> str:
+    """The attach socket of a JVM, as seen from outside its mount namespace."""
     return f"{proc_root}/{pid}/root/tmp/.java_pid{nspid}"
+
+
+class Jvm:
+    """Where the JVM's files are, from this helper: inside its mount namespace once entered,
+    else through /proc/PID/root."""
+
+    def __init__(self, proc_root: str, pid: int, nspid: int) -> None:
+        self.proc_root = proc_root
+        self.pid = pid
+        self.nspid = nspid
+        self.entered = False
+
+    def enter(self) -> None:
+        """Enter the JVM's mount namespace when this helper may (root) and it is another."""
+        ns = f"{self.proc_root}/{self.pid}/ns/mnt"
+        if os.geteuid() != 0:
+            return
+        try:
+            if os.stat(ns).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+                self.entered = True  # the same one: its paths are ours
+                return
+            import ctypes  # noqa: PLC0415 - only when entering
+            import ctypes.util  # noqa: PLC0415
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, CLONE_NEWNS) != 0:
+                    return  # no CAP_SYS_ADMIN: /proc/PID/root it is
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        self.entered = True
+
+    def path(self, inside: str) -> str:
+        """``inside`` (an absolute path in the JVM's mount namespace) from here."""
+        if self.entered:
+            return inside
+        root = f"{self.proc_root}/{self.pid}/root"
+        if os.path.islink(f"{root}/tmp"):
+            raise AttachFailed(f"{root}/tmp is a symbolic link: refused outside the container")
+        return root + inside
+
+    def trigger_dirs(self) -> list[str]:
+        """Where HotSpot looks for .attach_pid: its working directory first, then /tmp."""
+        if self.entered:
+            return [f"/proc/{self.nspid}/cwd", "/tmp"]
+        return [f"{self.proc_root}/{self.pid}/cwd", self.path("/tmp")]
 
 
 def _socket_inode(path: str) -> int | None:
@@ -62,13 +120,13 @@ def _socket_inode(path: str) -> int | None:
     return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
 
 
-def _make_trigger(proc_root: str, pid: int, nspid: int) -> str:
+def _make_trigger(jvm: Jvm) -> str:
     """The .attach_pid file, in the JVM's cwd first (where HotSpot looks first), else /tmp."""
     errors = []
-    for directory in (f"{proc_root}/{pid}/cwd", f"{proc_root}/{pid}/root/tmp"):
-        path = f"{directory}/.attach_pid{nspid}"
+    for directory in jvm.trigger_dirs():
+        path = f"{directory}/.attach_pid{jvm.nspid}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             errors.append(f"{path}: {exc.strerror}")
             continue
@@ -77,10 +135,10 @@ def _make_trigger(proc_root: str, pid: int, nspid: int) -> str:
     raise AttachFailed("cannot create the attach trigger file: " + "; ".join(errors))
 
 
-def connect(proc_root: str, pid: int, nspid: int, timeout_s: float) -> socket.socket:
+def connect(jvm: Jvm, timeout_s: float) -> socket.socket:
     """A connected attach socket, the listener started first when it is not running."""
     deadline = time.monotonic() + timeout_s
-    path = socket_path(proc_root, pid, nspid)
+    path = jvm.path(f"/tmp/.java_pid{jvm.nspid}")
     stale = _socket_inode(path)
     if stale is not None:
         try:
@@ -89,9 +147,9 @@ def connect(proc_root: str, pid: int, nspid: int, timeout_s: float) -> socket.so
             # left by an earlier JVM with this pid (pid 1 of a restarted container whose /tmp
             # is a volume): this one starts its listener on a new socket in its place
             pass
-    trigger = _make_trigger(proc_root, pid, nspid)
+    trigger = _make_trigger(jvm)
     try:
-        os.kill(pid, signal.SIGQUIT)
+        os.kill(jvm.pid, signal.SIGQUIT)
         pause = 0.01
         # HotSpot has no notification to wait on: the socket appears when its signal thread
         # has started the listener (a few ms on an idle JVM)
@@ -132,9 +190,9 @@ def request(command: str, *args: str) -> bytes:
     return b"".join(p.encode() + b"\0" for p in parts)
 
 
-def jcmd(proc_root: str, pid: int, nspid: int, timeout_s: float, line: str) -> None:
+def jcmd(jvm: Jvm, timeout_s: float, line: str) -> None:
     deadline = time.monotonic() + timeout_s
-    sock = connect(proc_root, pid, nspid, timeout_s)
+    sock = connect(jvm, timeout_s)
     with sock:
         sock.sendall(request("jcmd", line))
         out = sys.stdout.buffer
@@ -157,7 +215,7 @@ def jcmd(proc_root: str, pid: int, nspid: int, timeout_s: float, line: str) -> N
 
 def take(path: str) -> None:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
             out = sys.stdout.buffer
             while chunk := f.read(CHUNK):
                 out.write(chunk)
@@ -195,18 +253,20 @@ def become(uid: int, gid: int) -> None:
 
 def main(argv: list[str]) -> int:
     try:
-        if len(argv) < 3 or argv[0] != "--as":
-            raise AttachFailed(f"usage: --as UID GID jcmd|take|remove ... (got {argv!r})")
+        if len(argv) < 9 or argv[0] != "--as" or argv[3] != "--jvm":
+            raise AttachFailed(f"usage: --as UID GID --jvm PROC PID NSPID COMMAND (got {argv!r})")
+        jvm = Jvm(argv[4], int(argv[5]), int(argv[6]))
+        jvm.enter()  # first, while root: setns needs CAP_SYS_ADMIN
         become(int(argv[1]), int(argv[2]))
-        argv = argv[3:]
-        if len(argv) == 6 and argv[0] == "jcmd":
-            jcmd(argv[1], int(argv[2]), int(argv[3]), float(argv[4]), argv[5])
-        elif len(argv) == 2 and argv[0] == "take":
-            take(argv[1])
-        elif len(argv) == 2 and argv[0] == "remove":
-            remove(argv[1])
+        command = argv[7:]
+        if len(command) == 3 and command[0] == "jcmd":
+            jcmd(jvm, float(command[1]), command[2])
+        elif len(command) == 2 and command[0] == "take":
+            take(jvm.path(command[1]))
+        elif len(command) == 2 and command[0] == "remove":
+            remove(jvm.path(command[1]))
         else:
-            raise AttachFailed(f"usage: jcmd|take|remove ... (got {argv!r})")
+            raise AttachFailed(f"usage: jcmd|take|remove ... (got {command!r})")
     except (AttachFailed, OSError, ValueError) as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_FAILED

@@ -172,17 +172,19 @@ def capture(target: Target, storage: Any, stem: str, options: CaptureOptions) ->
 # ------------------------------------------------------------------------------------------
 
 
-def _helper_argv(jvm: JvmProcess, *args: str) -> list[str]:
+def _helper_argv(jvm: JvmProcess, proc_root: str, *command: str) -> list[str]:
     # -I -S: the standard library only, nothing from the environment or our virtualenv
     source = _HOTSPOT_SOURCE.read_text()
-    return [sys.executable, "-I", "-S", "-c", source, "--as", str(jvm.uid), str(jvm.gid), *args]
+    ids = ["--as", str(jvm.uid), str(jvm.gid)]
+    where = ["--jvm", proc_root, str(jvm.pid), str(jvm.nspid)]
+    return [sys.executable, "-I", "-S", "-c", source, *ids, *where, *command]
 
 
 def _run_as_jvm(
     jvm: JvmProcess, target: Target, options: CaptureOptions, what: str, sink: Any, *args: str
 ) -> int:
     return helper.run(
-        _helper_argv(jvm, *args),
+        _helper_argv(jvm, target.proc_root, *args),
         what=what,
         deadline_s=options.timeout_s + 1.0,  # the helper keeps timeout_s itself; 1 s to start
         # a reply's result-code line comes on top of its output, which its sink caps exactly
@@ -225,7 +227,7 @@ def _jcmd_into(
                 writer = storage.open_write(key)
             writer.write(body)
 
-    args = ("jcmd", target.proc_root, str(jvm.pid), str(jvm.nspid), str(options.timeout_s), line)
+    args = ("jcmd", str(options.timeout_s), line)
     try:
         _run_as_jvm(jvm, target, options, what, sink, *args)
         reply.finish(bytes(kept))
@@ -250,7 +252,6 @@ def _heap_dump(
 ) -> tuple[str, int]:
     stamp = _dt.datetime.now(tz=_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     inside = f"/tmp/pressured-{jvm.nspid}-{stamp}.hprof"  # the JVM's own /tmp
-    outside = f"{target.proc_root}/{jvm.pid}/root{inside}"
     try:
         line = f"GC.heap_dump {inside}"
         said = _jcmd_into(jvm, target, options, line, storage, key=None, keep=True)
@@ -263,7 +264,7 @@ def _heap_dump(
                 f"reading {inside} of JVM pid {jvm.pid}",
                 writer.write,
                 "take",
-                outside,
+                inside,
             )
         except BaseException as exc:
             writer.abort()
@@ -277,7 +278,7 @@ def _heap_dump(
     except StorageError as exc:
         raise JvmCaptureError(f"storing {key} failed: {exc}") from exc
     finally:
-        _remove(jvm, target, options, outside)
+        _remove(jvm, target, options, inside)
     return key, size
 
 

@@ -323,3 +323,78 @@ def test_attach_socket_closed_without_a_reply(
     with pytest.raises(ActionError, match="closed the attach socket without a reply"):
         action.run(event)
     assert list(storage.list()) == []
+
+
+# ------------------------------------------------------ what a hostile container may plant
+
+
+class _HostSocket:
+    """A listening socket on this host's /tmp that records whether anyone connected."""
+
+    def __init__(self, path: str) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(1)
+        self.server.setblocking(False)
+        self.path = path
+
+    def connected(self) -> bool:
+        try:
+            conn, _ = self.server.accept()
+        except BlockingIOError:
+            return False
+        conn.close()
+        return True
+
+    def close(self) -> None:
+        self.server.close()
+        os.unlink(self.path)
+
+
+def test_symlinked_socket_in_the_container_resolves_inside_it(
+    start_contained_jvm: Callable[..., int],
+    make_action: Callable[..., HeapdumpAction],
+    tmp_path: Path,
+) -> None:
+    # the container points its .java_pid1 at an absolute path that, resolved from the host
+    # (through /proc/PID/root), is a socket of the host's: pressured must never reach it
+    pid = start_contained_jvm(RECORDS)
+    host = _HostSocket(f"/tmp/pressured-host-{os.getpid()}-{pid}.sock")
+    try:
+        planted = f"/proc/{pid}/root/tmp/.java_pid1"
+        os.symlink(host.path, planted)
+        os.lchown(planted, NOBODY, NOBODY)  # the JVM's, so its listener may replace it
+        action = make_action({"runtime": "jvm", "full_dump": "never"})
+        event = _event(pid)
+        action.run(event)
+        assert event.extra["heap_top"][0]["name"] == LEAK_CLASS
+        assert not host.connected()
+        assert not os.path.islink(planted)  # the JVM's own socket took its place
+    finally:
+        host.close()
+
+
+def test_helper_that_may_not_enter_uses_proc_root_as_the_jvm_user(
+    start_contained_jvm: Callable[..., int],
+) -> None:
+    # a daemon without root runs the helper as the JVM's own user: no setns, /proc/PID/root
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no {python} that the user nobody may run")
+    pid = start_contained_jvm(1000)
+    source = Path(hotspot.__file__).read_text()
+    helper = [python, "-I", "-S", "-c", source, "--as", str(NOBODY), str(NOBODY)]
+    done = subprocess.run(
+        [*helper, "--jvm", "/proc", str(pid), "1", "jcmd", "10", "GC.class_histogram"],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    code, _, body = done.stdout.decode().partition("\n")
+    assert code == "0"
+    assert jvm.parse_histogram(body, "h").rows[0].name == LEAK_CLASS
