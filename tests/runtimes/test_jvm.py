@@ -131,6 +131,7 @@ def test_full_dump_never(
     assert not [k for k in storage.list() if k.endswith(".hprof")]
 
 
+@pytest.mark.hostile
 def test_not_a_jvm_is_refused_and_not_signalled(
     make_action: Callable[..., HeapdumpAction], storage: LocalStorage
 ) -> None:
@@ -149,6 +150,7 @@ def test_not_a_jvm_is_refused_and_not_signalled(
         sleeper.wait()
 
 
+@pytest.mark.hostile
 def test_jvm_that_does_not_answer_times_out_clearly(
     start_jvm: Callable[..., subprocess.Popen[str]],
     make_action: Callable[..., HeapdumpAction],
@@ -237,6 +239,7 @@ def fake_listener_for() -> Iterator[Callable[[int, bytes], _FakeAttachListener]]
         listener.close()
 
 
+@pytest.mark.hostile
 def test_truncated_histogram_is_stored_and_reported(
     start_jvm: Callable[..., subprocess.Popen[str]],
     real_histogram: str,
@@ -261,6 +264,7 @@ def test_truncated_histogram_is_stored_and_reported(
     assert any("truncated class histogram" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.hostile
 def test_attach_error_reply_is_reported(
     start_jvm: Callable[..., subprocess.Popen[str]],
     fake_listener_for: Callable[[int, bytes], _FakeAttachListener],
@@ -277,6 +281,7 @@ def test_attach_error_reply_is_reported(
     assert list(storage.list()) == []  # nothing half-written
 
 
+@pytest.mark.hostile
 def test_stale_attach_socket_of_an_earlier_jvm_is_replaced(
     start_jvm: Callable[..., subprocess.Popen[str]],
     make_action: Callable[..., HeapdumpAction],
@@ -295,6 +300,7 @@ def test_stale_attach_socket_of_an_earlier_jvm_is_replaced(
     assert os.stat(path).st_ino != stale
 
 
+@pytest.mark.hostile
 def test_histogram_past_max_bytes_is_aborted(
     start_jvm: Callable[..., subprocess.Popen[str]],
     make_action: Callable[..., HeapdumpAction],
@@ -310,6 +316,7 @@ def test_histogram_past_max_bytes_is_aborted(
     assert proc.poll() is None
 
 
+@pytest.mark.hostile
 def test_attach_socket_closed_without_a_reply(
     start_jvm: Callable[..., subprocess.Popen[str]],
     fake_listener_for: Callable[[int, bytes], _FakeAttachListener],
@@ -351,6 +358,7 @@ class _HostSocket:
         os.unlink(self.path)
 
 
+@pytest.mark.hostile
 def test_symlinked_socket_in_the_container_resolves_inside_it(
     start_contained_jvm: Callable[..., int],
     make_action: Callable[..., HeapdumpAction],

@@ -128,6 +128,7 @@ def test_inspector_already_open_is_left_open(
     assert _inspector_open(proc.pid, port)  # the program's own: not pressured's to close
 
 
+@pytest.mark.hostile
 def test_closed_inspector_is_a_clear_error(
     start_node: Callable[..., subprocess.Popen[str]],
     make_action: Callable[..., HeapdumpAction],
@@ -146,6 +147,7 @@ def test_closed_inspector_is_a_clear_error(
     assert list(storage.list()) == []
 
 
+@pytest.mark.hostile
 def test_inspector_of_another_process_is_refused(
     start_node: Callable[..., subprocess.Popen[str]],
     make_action: Callable[..., HeapdumpAction],
@@ -159,6 +161,7 @@ def test_inspector_of_another_process_is_refused(
         action.run(event)
 
 
+@pytest.mark.hostile
 def test_not_a_node_process_is_refused_and_not_signalled(
     make_action: Callable[..., HeapdumpAction],
 ) -> None:
@@ -193,6 +196,7 @@ def test_to_pprof_keeps_stacks_sizes_and_names() -> None:
     assert "(root)" not in rows
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     ("profile", "message"),
     [
@@ -210,6 +214,7 @@ def test_to_pprof_refuses_what_is_not_a_sampling_profile(
         to_pprof(profile, "Node.js pid 9", 32768)
 
 
+@pytest.mark.hostile
 def test_to_pprof_bounds_the_stack_depth() -> None:
     node: dict[str, object] = {"callFrame": _frame("leaf"), "selfSize": 8, "children": []}
     for i in range(5000):
@@ -237,6 +242,7 @@ class _FakeInspector(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     ("body", "message"),
     [
