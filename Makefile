@@ -60,6 +60,7 @@ bench:
 	$(PY) bench/kill_latency.py
 	$(PY) bench/pprof_top.py
 	$(PY) bench/live_state.py
+	$(PY) bench/runtime_capture.py
 
 clean:
 	rm -rf .venv build *.egg-info pressured/_native*.so .pytest_cache .mypy_cache .ruff_cache

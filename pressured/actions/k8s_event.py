@@ -75,6 +75,19 @@ def human_bytes(n: float | None) -> str:
     return f"{value:.1f}Ti"  # pragma: no cover - the loop returns
 
 
+def heap_top_text(top: Any) -> str | None:
+    """A JVM histogram's top class as text ("com.x.Cache$Entry 27.5Mi in 200000 instances"),
+    from the heapdump action's ``event.extra["heap_top"]`` (named in the message as "top
+    class"); None when unusable."""
+    first = top[0] if isinstance(top, list | tuple) and top else None
+    if not isinstance(first, Mapping) or not isinstance(first.get("name"), str):
+        return None
+    size, count = first.get("bytes"), first.get("instances")
+    if isinstance(size, int) and isinstance(count, int):
+        return f"{first['name']} {human_bytes(size)} in {count} instances"
+    return str(first["name"])
+
+
 def pprof_top_text(top: Any) -> str | None:
     """The heap analysis' top allocator as text: the heapdump action puts a list of
     {function, flat, flat_pct, unit, ...} (pressured.pprof.summarize_top) into
@@ -151,6 +164,9 @@ def event_message(event: Event) -> str:
     top = pprof_top_text(event.extra.get("pprof_top"))
     if top:
         text += f"; top allocator: {top}"
+    top_class = heap_top_text(event.extra.get("heap_top"))
+    if top_class:
+        text += f"; top class: {top_class}"
     return text[:1024]
 
 

@@ -227,6 +227,14 @@ def test_unusable_pprof_top_is_left_out() -> None:
     assert "top allocator: x" in event_message(pressure(extra={"pprof_top": "x"}))
 
 
+def test_jvm_heap_top_class_is_in_the_message() -> None:
+    top = [{"name": "com.shop.Cache$Entry", "bytes": 28800000, "instances": 200000}]
+    message = event_message(pressure(extra={"heap_top": top}))
+    assert message.endswith("; top class: com.shop.Cache$Entry 27.5Mi in 200000 instances")
+    assert "top class" not in event_message(pressure(extra={"heap_top": [{"bytes": 1}]}))
+    assert "top class" not in event_message(pressure(extra={"heap_top": "x"}))
+
+
 def test_global_rate_limit_folds_instead_of_dropping(kube: KubeClient, fake_api: FakeKube) -> None:
     clock = Clock()
     action = K8sEventAction(
