@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from pressured.actions.base import Action, ActionContext
 from pressured.errors import ActionError, ConfigError, KubernetesError, quote
+from pressured.k8s.client import Rejected
 from pressured.model import Event, OomKill
 
 REASONS: dict[str, str] = {
@@ -306,6 +307,15 @@ class K8sEventAction(Action):
                 return
         try:
             self._post(write)
+        except Rejected as exc:
+            # the API server will answer the same again (RBAC, a bad object, a namespace
+            # gone): holding it would only repeat the refusal
+            with self._lock:
+                self.unposted += 1
+                self.dropped += 1
+            raise ActionError(
+                f"{self.where}: Event {reason} on pod {ident.namespace}/{ident.pod_name}: {exc}"
+            ) from exc
         except KubernetesError as exc:
             self._hold(write)
             raise ActionError(
@@ -380,6 +390,19 @@ class K8sEventAction(Action):
                     sent = replace(current)  # repeats may join ``current`` while this is sent
                 try:
                     self._post(sent)
+                except Rejected as exc:
+                    with self._lock:
+                        if self._held.get(current.key) is current:
+                            del self._held[current.key]
+                        self.dropped += 1
+                    self.ctx.logger.warning(
+                        "k8s-event: Event %s on pod %s/%s refused; dropped: %s",
+                        current.reason,
+                        current.namespace,
+                        current.pod_name,
+                        exc,
+                    )
+                    continue
                 except KubernetesError as exc:
                     self.ctx.logger.debug("k8s-event: still not posted: %s", exc)
                     continue

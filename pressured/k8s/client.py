@@ -56,11 +56,16 @@ class EvictionRefused(KubernetesError):
         self.retry_after = retry_after
 
 
-class NotFound(KubernetesError):
+class Rejected(KubernetesError):
+    """A 4xx the API server would answer again (bad request, invalid, forbidden, not found):
+    sending the same request later cannot help."""
+
+
+class NotFound(Rejected):
     """404: the object does not exist (any more)."""
 
 
-class Forbidden(KubernetesError):
+class Forbidden(Rejected):
     """403: RBAC does not allow the request; the message names the verb, the resource, the
     namespace, the ServiceAccount and the grant that would allow it (access.forbidden_message)."""
 
@@ -119,6 +124,8 @@ def _raise_status(what: str, code: int, message: str) -> None:
         raise NotFound(text)
     if code == 403:
         raise Forbidden(forbidden_message(what, message))
+    if code in (400, 422):
+        raise Rejected(text)
     raise KubernetesError(text)
 
 

@@ -313,6 +313,26 @@ def test_an_event_not_taken_is_held_and_posted_later(kube: KubeClient, fake_api:
     action.close()
 
 
+@pytest.mark.parametrize("code", [403, 422])
+def test_an_event_refused_for_good_is_not_held(
+    kube: KubeClient, fake_api: FakeKube, code: int
+) -> None:
+    """A refusal the API server would repeat (RBAC, an invalid object) is reported and
+    counted, not held: retrying it for 15 minutes would only repeat it."""
+    path = "/api/v1/namespaces/shop/events"
+    fake_api.forced[("POST", path)] = code
+    action = K8sEventAction({"min_interval_seconds": 0}, ctx_for(kube), "actions[1]")
+    action.retry_seconds = 0.05
+    with pytest.raises(ActionError, match=rf"HTTP {code}|403") as err:
+        action.run(pressure("warn"))
+    assert "held" not in str(err.value)
+    assert (action.unposted, action.dropped) == (1, 1)
+    with pytest.raises(ActionError):
+        action.run(pressure("warn"))  # tried again: nothing was held for it to join
+    assert len(fake_api.requests_to("POST", path)) == 2
+    action.close()
+
+
 # ---------------------------------------------------------------- evict
 def test_evict_needs_a_kubernetes_mode_and_is_destructive() -> None:
     assert EvictAction.destructive is True
