@@ -59,6 +59,8 @@ bench:
 	$(PY) bench/wake_latency.py --action
 	$(PY) bench/kill_latency.py
 	$(PY) bench/pprof_top.py
+	$(PY) bench/live_state.py
+	$(PY) bench/runtime_capture.py
 	$(PY) bench/oom_risk.py
 
 clean:

@@ -2,7 +2,8 @@
 
 EXIT STATUS
   0  success (the daemon stopped on SIGTERM/SIGINT, a check passed)
-  1  a runtime failure: the watched cgroups or the kernel could not be used, a file unreadable
+  1  a runtime failure: the watched cgroups or the kernel could not be used, a file unreadable,
+     the API server or a daemon's endpoint unreachable
   2  bad usage or configuration: nothing was started
 """
 
@@ -20,10 +21,29 @@ from pressured.errors import ConfigError, PressuredError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 
+EXIT_STATUS = """\b
+Exit status:
+  0  success (the daemon stopped on SIGTERM/SIGINT, a check passed)
+  1  runtime failure: cgroups, kernel, a file, the API server or a daemon unreachable
+  2  bad usage or configuration: nothing was started"""
+
+
+def examples(*lines: str) -> str:
+    """A command's --help epilog: its examples, kept as written (click's \\b marker)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="pressured",
     help="Pre-OOM watcher: sleeps on kernel notifications, warns and acts before an OOM kill, "
     "and confirms every real kill.",
+    epilog=examples(
+        "pressured run -c /etc/pressured/config.yaml",
+        "pressured diagnose --cluster -n pressured",
+        "pressured top",
+    )
+    + "\n\n"
+    + EXIT_STATUS,
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=False,
     add_completion=False,
@@ -32,25 +52,58 @@ app = typer.Typer(
 config_app = typer.Typer(
     help="Check configuration.", context_settings={"help_option_names": ["-h", "--help"]}
 )
-app.add_typer(config_app, name="config")
+app.add_typer(
+    config_app,
+    name="config",
+    epilog=examples("pressured config check config.yaml", "pressured -c config.yaml config check"),
+)
+
+
+def _metavar_alone() -> None:
+    """An argument with a metavar shows only it in --help (FILE, not FILE <str>), as an
+    option does; typer adds the Python type after it."""
+    from typer.core import TyperArgument  # noqa: PLC0415
+
+    shown = TyperArgument.display_type_rich
+
+    def display_type_rich(self: TyperArgument, ctx: Any) -> str | None:
+        return None if self.metavar else shown(self, ctx)
+
+    TyperArgument.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+
+
+_metavar_alone()
 
 
 def _mount_pprof() -> None:
     from pressured.pprof.cli import pprof_app  # noqa: PLC0415
 
-    app.add_typer(pprof_app, name="pprof")
+    app.add_typer(
+        pprof_app,
+        name="pprof",
+        epilog=examples("pressured pprof top heap.pb.gz", "pressured pprof top --help"),
+    )
 
 
 _mount_pprof()
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("-c", "--config", envvar="PRESSURED_CONFIG", help="JSON or YAML config file."),
+    typer.Option(
+        "-c",
+        "--config",
+        envvar="PRESSURED_CONFIG",
+        metavar="FILE",
+        help="JSON or YAML config file.",
+    ),
 ]
 LogOpt = Annotated[
     str | None,
     typer.Option(
-        "-l", "--log-level", help="debug, info, warning or error [env PRESSURED_LOG_LEVEL]."
+        "-l",
+        "--log-level",
+        metavar="LEVEL",
+        help="debug, info, warning or error [env PRESSURED_LOG_LEVEL].",
     ),
 ]
 DryOpt = Annotated[
@@ -186,7 +239,14 @@ def main_callback(
         _run_daemon(config, {"log_level": log_level, "dry_run": dry_run}, None)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "pressured run                                  # this machine, embedded defaults",
+        "pressured run --cgroup /sys/fs/cgroup/app -d   # one cgroup, actions only logged",
+        "pressured run -c config.yaml --metrics-port 0  # any free port for /metrics",
+        "kill -HUP $(pidof pressured)                   # reload the configuration",
+    )
+)
 def run(  # noqa: PLR0917 - typer maps each option to a parameter
     ctx: typer.Context,
     config: ConfigOpt = None,
@@ -194,22 +254,36 @@ def run(  # noqa: PLR0917 - typer maps each option to a parameter
     dry_run: DryOpt = None,
     cgroup: Annotated[
         list[str] | None,
-        typer.Option("--cgroup", help="Watch this cgroup directory (v1 memory or v2); repeatable."),
+        typer.Option(
+            "--cgroup",
+            metavar="DIR",
+            help="Watch this cgroup directory (v1 memory or v2); repeatable.",
+        ),
     ] = None,
     mode: Annotated[
         str | None,
-        typer.Option("--mode", help="local, sidecar, node or cluster [env PRESSURED_MODE]."),
+        typer.Option(
+            "--mode", metavar="MODE", help="local, sidecar, node or cluster [env PRESSURED_MODE]."
+        ),
     ] = None,
     events_out: Annotated[
         str | None,
-        typer.Option("--events-out", help="Write event JSON lines here instead of stdout."),
+        typer.Option(
+            "--events-out", metavar="FILE", help="Write event JSON lines here instead of stdout."
+        ),
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="Prometheus port (0: any free).")
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            metavar="PORT",
+            help="Port of /metrics, /healthz and /v1/state (0: any free).",
+        ),
     ] = None,
     no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Do not serve metrics.")] = False,
     state_dir: Annotated[
-        str | None, typer.Option("--state-dir", help="Keep kill counters here across restarts.")
+        str | None,
+        typer.Option("--state-dir", metavar="DIR", help="Keep kill counters here across restarts."),
     ] = None,
     run_for: Annotated[float | None, typer.Option("--run-for", hidden=True)] = None,
 ) -> None:
@@ -230,23 +304,74 @@ def run(  # noqa: PLR0917 - typer maps each option to a parameter
     _run_daemon(config, flags, run_for)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "pressured diagnose                         # this machine's cgroups",
+        "pressured diagnose --cgroup /sys/fs/cgroup/app --json",
+        "pressured diagnose --cluster -n pressured  # every node, through the API server",
+        "pressured diagnose --cluster --since 15m --json | jq '.kills'",
+    )
+)
 def diagnose(  # noqa: PLR0917 - typer maps each option to a parameter
     ctx: typer.Context,
     config: ConfigOpt = None,
     cgroup: Annotated[
-        list[str] | None, typer.Option("--cgroup", help="Only these cgroups; repeatable.")
+        list[str] | None,
+        typer.Option("--cgroup", metavar="DIR", help="Only these cgroups; repeatable."),
     ] = None,
     interval: Annotated[
         float,
-        typer.Option("--interval", min=0.0, help="Seconds between the two readings (growth)."),
+        typer.Option(
+            "--interval",
+            min=0.0,
+            metavar="SECONDS",
+            help="Seconds between the two readings (growth).",
+        ),
     ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     top: Annotated[
-        int, typer.Option("--top", min=0, help="Processes shown per cgroup by oom_score.")
+        int,
+        typer.Option("--top", min=0, metavar="N", help="Processes shown per cgroup by oom_score."),
     ] = 3,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="The whole cluster: every pressured pod's state, read through the API "
+            "server's pods proxy (needs the chart's viewer Role).",
+        ),
+    ] = False,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "-n",
+            "--namespace",
+            metavar="NAMESPACE",
+            help="With --cluster: where pressured runs (default: the kubeconfig's).",
+        ),
+    ] = None,
+    selector: Annotated[
+        str,
+        typer.Option(
+            "--selector",
+            metavar="LABELS",
+            help="With --cluster: the pressured pods' label selector.",
+        ),
+    ] = "app.kubernetes.io/name=pressured",
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since", metavar="DURATION", help="With --cluster: kills this recent (90s, 15m, 1h)."
+        ),
+    ] = "1h",
 ) -> None:
-    """One-shot table of the watched cgroups, sorted by headroom."""
+    """One-shot table of the watched cgroups (or, with --cluster, of every node), sorted by
+    headroom."""
+    if not cluster and namespace is not None:
+        raise fail("-n/--namespace: only with --cluster", EXIT_CONFIG)
+    if cluster:
+        _diagnose_cluster(ctx, config, namespace, selector, since, as_json)
+        return
     from pressured.diagnose import diagnose as run_diagnose  # noqa: PLC0415
     from pressured.diagnose import render  # noqa: PLC0415
 
@@ -266,11 +391,97 @@ def diagnose(  # noqa: PLR0917 - typer maps each option to a parameter
         render(rows)
 
 
-@config_app.command("check")
+def _duration(text: str, where: str) -> float:
+    from pressured.settings import Checker  # noqa: PLC0415
+
+    check = Checker()
+    value = check.duration(text, where, None)
+    if value is None or check.problems:
+        raise fail("; ".join(check.problems) or f"{where}: expected a duration", EXIT_CONFIG)
+    return float(value)
+
+
+def _diagnose_cluster(  # noqa: PLR0917
+    ctx: typer.Context,
+    config: str | None,
+    namespace: str | None,
+    selector: str,
+    since: str,
+    as_json: bool,
+) -> None:
+    from pressured.k8s.client import KubeClient  # noqa: PLC0415
+    from pressured.k8s.cluster_view import gather, render  # noqa: PLC0415
+
+    window = _duration(since, "--since")
+    cfg = _load(_inherit(ctx, "config", config), {})
+    try:
+        kube = KubeClient.from_config(cfg.get("kubernetes"))
+    except ConfigError as exc:
+        raise config_errors(exc) from None
+    try:
+        view = gather(kube, namespace=namespace, selector=selector, since=window)
+    except PressuredError as exc:
+        raise fail(str(exc), EXIT_RUNTIME) from None
+    finally:
+        kube.close()
+    if as_json:
+        typer.echo(json.dumps(view.as_json(), indent=2))
+    else:
+        render(view)
+    if not any(n["ok"] for n in view.nodes):
+        raise typer.Exit(EXIT_RUNTIME)
+
+
+@app.command(
+    epilog=examples(
+        "pressured top                                # the daemon of this machine's config",
+        "pressured top --url http://127.0.0.1:9000    # a daemon's metrics port",
+        "kubectl port-forward -n pressured pod/NAME 9000 & pressured top",
+    )
+)
+def top(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            metavar="URL",
+            envvar="PRESSURED_TOP_URL",
+            help="The daemon's metrics endpoint (default: 127.0.0.1 and the config's "
+            "metrics.port).",
+        ),
+    ] = None,
+) -> None:
+    """Live view of a running daemon, redrawn on its own wake-ups: usage against limit, growth,
+    ETA, PSI, last events. Keys: s sort, r reverse, / filter, c clear, q quit."""
+    from pressured.top import run_top  # noqa: PLC0415
+
+    if url is None:
+        cfg = _load(_inherit(ctx, "config", config), {})
+        url = f"http://127.0.0.1:{cfg.get('metrics.port')}"
+    base = url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise fail(f"--url: expected http://HOST:PORT (got {base!r})", EXIT_CONFIG)
+    try:
+        code = run_top(base)
+    except OSError as exc:
+        raise fail(_os_error(exc), EXIT_RUNTIME) from None
+    raise typer.Exit(code)
+
+
+@config_app.command(
+    "check",
+    epilog=examples(
+        "pressured config check /etc/pressured/config.yaml",
+        "PRESSURED_WARN_PERCENT=60 pressured config check config.yaml --json",
+    ),
+)
 def config_check(
     ctx: typer.Context,
     file: Annotated[
-        str | None, typer.Argument(help="Config file (default: PRESSURED_CONFIG).")
+        str | None,
+        typer.Argument(metavar="FILE", help="Config file (default: PRESSURED_CONFIG)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -298,12 +509,20 @@ def config_check(
     Console().print(table)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "pressured demo",
+        "pressured demo --limit-mib 256 --rate-mib 32",
+    )
+)
 def demo(
     limit_mib: Annotated[
-        int, typer.Option("--limit-mib", help="Memory limit of the demo cgroup.")
+        int,
+        typer.Option("--limit-mib", metavar="MIB", help="Memory limit of the demo cgroup."),
     ] = 128,
-    rate_mib: Annotated[float, typer.Option("--rate-mib", help="Leak rate, MiB/s.")] = 8.0,
+    rate_mib: Annotated[
+        float, typer.Option("--rate-mib", metavar="MIB", help="Leak rate, MiB/s.")
+    ] = 8.0,
 ) -> None:
     """Leak memory in a limited cgroup and watch pressured warn, act and confirm the kill."""
     from pressured.demo import DemoUnavailable, run_demo  # noqa: PLC0415

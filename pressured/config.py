@@ -90,7 +90,14 @@ DEFAULTS: dict[str, Any] = {
         "bcc": {"enabled": False},
         "window_seconds": 5.0,
     },
-    "metrics": {"enabled": True, "port": 9000, "address": "0.0.0.0", "pid_labels": False},  # noqa: S104 - a metrics endpoint is scraped from outside the pod
+    "metrics": {
+        "enabled": True,
+        "port": 9000,
+        "address": "0.0.0.0",  # noqa: S104 - a metrics endpoint is scraped from outside the pod
+        "pid_labels": False,
+        "self_degraded_percent": 85.0,
+        "self_shed_percent": 90.0,
+    },
     "storage": {
         "type": "local",
         "path": "/var/lib/pressured/storage",

@@ -36,6 +36,7 @@ import selectors
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -50,7 +51,15 @@ from pressured.settings import Checker
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["LEAD_BUCKETS", "Metrics", "MetricsServer", "MetricsSettings", "start_http"]
+__all__ = [
+    "LAG_BUCKETS",
+    "LEAD_BUCKETS",
+    "Metrics",
+    "MetricsServer",
+    "MetricsSettings",
+    "Route",
+    "start_http",
+]
 
 log = logging.getLogger("pressured.metrics")
 
@@ -63,7 +72,17 @@ _LEVELS: Final = ("some", "full")
 _WINDOWS: Final = ("avg10", "avg60", "avg300")
 _TARGET_LABELS: Final = ("namespace", "pod", "container", "cgroup")
 _KILL_LABELS: Final = ("node", "namespace", "pod", "container")
-_SETTINGS_KEYS: Final = ("enabled", "port", "address", "pid_labels")
+_SETTINGS_KEYS: Final = (
+    "enabled",
+    "port",
+    "address",
+    "pid_labels",
+    "self_degraded_percent",
+    "self_shed_percent",
+)
+LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Wake-up lag buckets: a healthy loop wakes within a millisecond of its deadline; seconds
+mean the daemon was starved (CPU throttling, a stop, swapping)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,10 @@ class MetricsSettings:
     port: int = 9000
     address: str = ALL_INTERFACES
     pid_labels: bool = False
+    self_degraded_percent: float = 85.0
+    """/healthz says degraded at or above this percent of the daemon's own memory limit."""
+    self_shed_percent: float = 90.0
+    """Optional work (heap captures, Lua) is shed at or above this percent of its own limit."""
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], where: str = "metrics") -> MetricsSettings:
@@ -101,8 +124,26 @@ class MetricsSettings:
             empty=False,
             expected="a host address",
         )
+        degraded = check.number(
+            section.get("self_degraded_percent", cls.self_degraded_percent),
+            f"{where}.self_degraded_percent",
+            cls.self_degraded_percent,
+            min=1,
+            max=100,
+            from_text=True,
+            expected="a percent 1-100",
+        )
+        shed = check.number(
+            section.get("self_shed_percent", cls.self_shed_percent),
+            f"{where}.self_shed_percent",
+            cls.self_shed_percent,
+            min=1,
+            max=100,
+            from_text=True,
+            expected="a percent 1-100",
+        )
         check.raise_if_any()
-        return cls(enabled, port, address, pid_labels)
+        return cls(enabled, port, address, pid_labels, float(degraded), float(shed))
 
 
 def _label(value: str | None) -> str:
@@ -212,7 +253,7 @@ class Metrics:
         self.actions_dropped = Counter(
             "pressured_actions_dropped",
             "Events an action did not run, or not within its deadline, by action and reason "
-            "(queue_full, deadline, shutdown, reload, closed)",
+            "(queue_full, deadline, shutdown, reload, closed, shed)",
             ["action", "reason"],
             registry=r,
         )
@@ -220,6 +261,42 @@ class Metrics:
             "pressured_kill_sources_active",
             "1 for each kill source that is running",
             ["source"],
+            registry=r,
+        )
+
+        # the daemon itself (daemon/selfwatch.py)
+        self.self_rss = Gauge(
+            "pressured_self_rss_bytes", "Resident set of the pressured process", registry=r
+        )
+        self.self_working_set = Gauge(
+            "pressured_self_memory_working_set_bytes",
+            "Working set of pressured's own memory cgroup (usage less inactive file)",
+            registry=r,
+        )
+        self.self_usage = Gauge(
+            "pressured_self_memory_usage_bytes",
+            "Usage of pressured's own memory cgroup",
+            registry=r,
+        )
+        self.self_limit = Gauge(
+            "pressured_self_memory_limit_bytes",
+            "Memory limit of pressured's own cgroup (the smallest up its tree; 0: none found)",
+            registry=r,
+        )
+        self.self_shedding = Gauge(
+            "pressured_self_shedding",
+            "1 while optional work (heap captures, Lua) is shed near the daemon's own limit",
+            registry=r,
+        )
+        self.self_degraded = Gauge(
+            "pressured_self_degraded",
+            "1 while /healthz says degraded (near its own limit, or events dropped lately)",
+            registry=r,
+        )
+        self.wakeup_lag = Histogram(
+            "pressured_wakeup_lag_seconds",
+            "How late the main loop woke past the deadline it slept towards",
+            buckets=LAG_BUCKETS,
             registry=r,
         )
 
@@ -356,6 +433,32 @@ class Metrics:
         if vanished_total > self._vanished_seen:
             self.vanished.inc(vanished_total - self._vanished_seen)
             self._vanished_seen = vanished_total
+
+    def observe_self(
+        self,
+        *,
+        rss: int | None,
+        working_set: int | None,
+        usage: int | None,
+        limit: int | None,
+        shedding: bool,
+    ) -> None:
+        """The daemon's own memory (daemon/selfwatch.py); None leaves a gauge as it was."""
+        for gauge, value in (
+            (self.self_rss, rss),
+            (self.self_working_set, working_set),
+            (self.self_usage, usage),
+            (self.self_limit, limit),
+        ):
+            if value is not None:
+                gauge.set(value)
+        self.self_shedding.set(1 if shedding else 0)
+
+    def set_degraded(self, degraded: bool) -> None:
+        self.self_degraded.set(1 if degraded else 0)
+
+    def observe_wakeup_lag(self, seconds: float) -> None:
+        self.wakeup_lag.observe(max(0.0, seconds))
 
     def set_kill_source(self, source: str, active: bool) -> None:
         self.kill_sources_active.labels(source).set(1 if active else 0)
@@ -577,8 +680,18 @@ def _always_ok() -> tuple[bool, str]:
     return True, "ok"
 
 
-def _app(registry: CollectorRegistry, health: Health = _always_ok) -> WSGIApplication:
+Route = Callable[[Mapping[str, list[str]]], tuple[str, str, bytes]]
+"""A read-only GET endpoint beside /metrics: query parameters -> (status line, content type,
+body). It runs on its request's thread and may wait there, boundedly (daemon/state.py)."""
+
+
+def _app(
+    registry: CollectorRegistry,
+    health: Health = _always_ok,
+    routes: Mapping[str, Route] | None = None,
+) -> WSGIApplication:
     metrics_app = make_wsgi_app(registry)
+    extra = dict(routes or {})
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -590,8 +703,22 @@ def _app(registry: CollectorRegistry, health: Health = _always_ok) -> WSGIApplic
         if path == "/metrics":
             body: Iterable[bytes] = metrics_app(environ, start_response)
             return body
+        route = extra.get(path)
+        if route is not None:
+            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+                start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+                return [b"read-only: GET only\n"]
+            try:
+                query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=16)
+            except ValueError:
+                start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+                return [b"bad query: at most 16 parameters\n"]
+            status, ctype, data = route(query)
+            start_response(status, [("Content-Type", ctype), ("Cache-Control", "no-store")])
+            return [data]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: try /metrics or /healthz\n"]
+        known = ", ".join(["/metrics", "/healthz", *extra])
+        return [f"not found: try {known}\n".encode()]
 
     return app
 
@@ -623,11 +750,12 @@ def start_http(
     port: int = 9000,
     *,
     health: Health = _always_ok,
+    routes: Mapping[str, Route] | None = None,
     read_timeout: float = READ_TIMEOUT,
     max_handlers: int = MAX_HANDLERS,
     max_waiting: int = MAX_WAITING,
 ) -> MetricsServer:
-    """Serve /metrics and /healthz on a daemon thread. A bind failure raises ConfigError
+    """Serve /metrics, /healthz and ``routes`` on a daemon thread. A bind failure raises ConfigError
     naming ``metrics.address``/``metrics.port``.
 
     A connection has ``read_timeout`` seconds to deliver its request; at most
@@ -651,7 +779,7 @@ def start_http(
             f"metrics.address/metrics.port: cannot listen on {address}:{port}: "
             f"{exc.strerror or exc}"
         ) from exc
-    server.set_app(_app(registry, health))
+    server.set_app(_app(registry, health, routes))
     thread = threading.Thread(target=server.serve, name="pressured-metrics", daemon=True)
     thread.start()
     handle = MetricsServer(server, thread)

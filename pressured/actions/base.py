@@ -74,6 +74,9 @@ class Action:
     enriches: ClassVar[bool] = False
     """It adds to ``event.extra`` what the actions after it report (heapdump's pprof_top): the
     slow actions configured after it run in its lane, after it, and see what it added."""
+    optional: ClassVar[bool] = False
+    """Work the daemon sheds near its own memory limit (heap captures, Lua: they hold large
+    buffers or a second interpreter); the runner skips it then (daemon/selfwatch.py)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -4,7 +4,8 @@ Eviction, unlike a delete, honours PodDisruptionBudgets: when a budget does not 
 API server answers 429, and that answer is reported (ActionError naming the pod and the
 budget's message) and not retried in a loop: the pod is left alone for
 ``refused_backoff_seconds`` before an eviction is tried again. An evicted pod is not evicted
-twice.
+twice, and gets a Warning Event (reason Evicted) saying pressured evicted it and why (posted
+when the Events are allowed: the chart's ``actions.events``).
 
 The action is destructive: the daemon re-reads the target before running it (the pressure may
 have passed). Put it after the gentler actions and narrow it:
@@ -30,6 +31,8 @@ from pressured.errors import ActionError, ConfigError, KubernetesError
 from pressured.k8s.client import EvictionRefused
 from pressured.model import Event, PressureEvent
 
+EVICTED_REASON = "Evicted"
+"""The reason of the Event on an evicted pod (the kubelet's, for its own evictions)."""
 KNOWN_OPTIONS = {"severities", "max_eta_seconds", "grace_period_seconds", "refused_backoff_seconds"}
 
 
@@ -121,3 +124,19 @@ class EvictAction(Action):
             self._evicted.add(ident.pod_uid)
             self._refused.pop(ident.pod_uid, None)
         self.ctx.logger.warning("evicted pod %s (%s)", pod, why)
+        # The pod is gone from the API server; its Events stay (an hour): say who evicted it
+        # and why, as the kubelet does for its own evictions.
+        try:
+            self.kube.record_event(
+                namespace=ident.namespace,
+                pod_name=ident.pod_name,
+                pod_uid=ident.pod_uid,
+                container=ident.container_name,
+                reason=EVICTED_REASON,
+                message=f"Evicted by pressured: memory {why}",
+                wall=event.time,
+            )
+        except KubernetesError as exc:
+            self.ctx.logger.warning(
+                "evicted pod %s, but the Event saying so was not posted: %s", pod, exc
+            )

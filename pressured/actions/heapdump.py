@@ -14,6 +14,19 @@
         top_n: 3                            # functions put into the event
         analyze_timeout_ms: 5000            # the analysis is killed past this...
         analyze_max_mib: 512                # ...or past this much memory
+        runtime: auto                       # auto | go | jvm | node (pressured.runtimes)
+        full_dump: auto                     # JVM .hprof: never | auto | always
+        sample_seconds: 2                   # Node.js: the sampling heap profile's window
+        inspector_port: 9229                # Node.js: where SIGUSR1 opens the inspector
+
+runtime: ``go`` is the HTTP pprof capture below; ``jvm`` and ``node`` capture through the
+runtime itself (pressured.runtimes: the HotSpot attach protocol, the Node.js inspector), from
+the first of the event's pids that runs it; ``auto`` asks each pid (libjvm mapped, a node
+executable) and falls back to ``go``, since any program may serve pprof over HTTP. A JVM
+capture stores the class histogram (``.histo.txt``, top classes in ``event.extra["heap_top"]``)
+and, per full_dump, an ``.hprof``; a Node.js capture stores a profile.proto analysed as a Go
+one. A failed runtime capture puts
+its reason into ``event.extra["heapdump_error"]`` and fails the action (logged by the runner).
 
 Where: ``http://<host>:<port><path>`` with host the pod IP (``event.identity.pod_ip``) in node
 and cluster modes, 127.0.0.1 in sidecar and local modes (the pod's network namespace, or this
@@ -60,6 +73,7 @@ into ``event.extra["pprof_warnings"]``.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import json
 import logging
 import re
@@ -70,12 +84,14 @@ from typing import Any
 
 from pressured import httpget
 from pressured.actions.base import Action, ActionContext
+from pressured.actions.runner import RUN_CAP_S
 from pressured.errors import (
     ActionError,
     ConfigError,
     HttpGetError,
     PprofError,
     StorageError,
+    did_you_mean,
     quote,
 )
 from pressured.k8s.annotations import (
@@ -89,6 +105,7 @@ from pressured.k8s.annotations import (
 from pressured.kernel.procfs import listening_ports
 from pressured.model import Event
 from pressured.pprof.worker import Limits, run_top
+from pressured.runtimes import FULL_DUMP, RUNTIMES
 
 log = logging.getLogger("pressured.actions.heapdump")
 
@@ -102,6 +119,7 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 class HeapdumpAction(Action):
     type = "heapdump"
     enriches = True  # adds pprof_top for the actions after it
+    optional = True  # shed near the daemon's own memory limit: it holds whole profiles
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
@@ -121,6 +139,10 @@ class HeapdumpAction(Action):
                 "top_n",
                 "analyze_timeout_ms",
                 "analyze_max_mib",
+                "runtime",
+                "full_dump",
+                "sample_seconds",
+                "inspector_port",
             }
         )
         self.port: int = self.opt("port", int, DEFAULT_PORT)
@@ -158,6 +180,18 @@ class HeapdumpAction(Action):
                 f"{where}.analyze_max_mib: must be at least 64 (got {analyze_max_mib!r})"
             )
         self.analyze_limits = Limits(seconds=analyze_timeout_ms / 1000, memory_mib=analyze_max_mib)
+        self.runtime: str = self._choice("runtime", RUNTIMES, "auto")
+        self.full_dump: str = self._choice("full_dump", FULL_DUMP, "auto")
+        self.sample_seconds = float(self.opt("sample_seconds", (int, float), 2))
+        if not 0 < self.sample_seconds <= 60:
+            raise ConfigError(
+                f"{where}.sample_seconds: must be in (0, 60] (got {self.sample_seconds!r})"
+            )
+        self.inspector_port: int = self.opt("inspector_port", int, 9229)
+        if not 1 <= self.inspector_port <= 65535:
+            raise ConfigError(
+                f"{where}.inspector_port: must be a TCP port 1..65535 (got {self.inspector_port!r})"
+            )
         self._last_capture: dict[str, float] = {}
         self._client: Any = None
 
@@ -181,8 +215,17 @@ class HeapdumpAction(Action):
                 self.cooldown_seconds,
             )
             return
-        host = self._host(event)
         pids = _event_pids(event)
+        try:
+            runtime, runtime_pid = self._runtime_of(event, pids)
+        except ActionError:
+            self._last_capture[target] = now  # not asked again every poll
+            raise
+        if runtime != "go":
+            self._last_capture[target] = now
+            self._capture_runtime(event, runtime, runtime_pid, self._key(event, [runtime_pid]))
+            return
+        host = self._host(event)
         key = self._key(event, pids)
         if self.ctx.dry_run or event.dry_run:
             self._last_capture[target] = now
@@ -394,6 +437,105 @@ class HeapdumpAction(Action):
             event.extra["pprof_warnings"] = list(report.warnings)
         return report.summary
 
+    # ------------------------------------------------------------- JVM and Node.js capture
+
+    def run_deadline_s(self) -> float | None:
+        if self.runtime == "go":
+            return None  # the runner's cap
+        # JVM: histogram, heap dump, reading it back, removing it: each within timeout_ms,
+        # plus 1 s to start its helper; Node.js: timeout_ms and the sampling window; then the
+        # analysis. Never below the runner's cap, which the Go path (auto) was given.
+        step = self.timeout_ms / 1000 + 1.0
+        return max(RUN_CAP_S, 4 * step + self.sample_seconds + self.analyze_limits.seconds)
+
+    def _choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value: str = self.opt(key, str, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.where}.{key}: must be one of {', '.join(choices)} (got {quote(value)})"
+                f"{did_you_mean(value, choices)}"
+            )
+        return value
+
+    def _runtime_of(self, event: Event, pids: list[int]) -> tuple[str, int]:
+        """("go", 0) for the HTTP path, else the runtime and the pid to capture from."""
+        if self.runtime == "go":
+            return "go", 0
+        from pressured.runtimes.detect import detect  # noqa: PLC0415
+
+        found = {pid: detect(pid, self.ctx.proc_root, go=False) for pid in pids}
+        for pid, runtime in found.items():
+            if runtime in ("jvm", "node") and self.runtime in ("auto", runtime):
+                return runtime, pid
+        if self.runtime == "auto":
+            return "go", 0
+        names = {"jvm": "a JVM (no libjvm mapped)", "node": "a Node.js process"}
+        message = (
+            f"heapdump: {event.key or event.cgroup}: runtime {self.runtime}: "
+            + (
+                f"none of pids {pids} is {names[self.runtime]}"
+                if pids
+                else "the event names no pids"
+            )
+            + "; nothing signalled"
+        )
+        event.extra["heapdump_error"] = message
+        raise ActionError(message)
+
+    def _capture_runtime(self, event: Event, runtime: str, pid: int, key: str) -> None:
+        stem = key.removesuffix(".pb.gz")
+        what = f"heapdump: {event.key or event.cgroup}: {runtime} pid {pid}"
+        if self.ctx.dry_run or event.dry_run:
+            log.info("%s (dry run): would capture and store %s.*", what, stem)
+            return
+        from pressured.runtimes import CaptureOptions, Target  # noqa: PLC0415
+
+        module: Any = importlib.import_module(f"pressured.runtimes.{runtime}")
+        target = Target(
+            pid,
+            self.ctx.proc_root,
+            getattr(event, "limit_bytes", None),
+            getattr(event, "usage_bytes", None),
+        )
+        options = CaptureOptions(
+            timeout_s=self.timeout_ms / 1000,
+            max_bytes=self.max_bytes,
+            full_dump=self.full_dump,  # type: ignore[arg-type]
+            sample_seconds=self.sample_seconds,
+            inspector_port=self.inspector_port,
+            top_n=self.top_n,
+        )
+        try:
+            cap = module.capture(target, self._storage(), stem, options)
+        except (ActionError, PprofError) as exc:
+            event.extra["heapdump_error"] = f"{what}: {exc}"
+            raise ActionError(f"{what}: {exc}") from exc
+        event.extra["heapdump"] = {"runtime": runtime, **cap.info}
+        event.extra.update(cap.extra)
+        for note in cap.notes:
+            log.warning("%s: %s", what, note)
+        if cap.profile is not None and self.analyze:
+            summary = self._analyze(event, cap.profile, cap.key)
+            if summary:
+                event.extra["pprof_top"] = summary
+        try:
+            self._storage().write(
+                stem + ".json", json.dumps(event.to_json(), indent=2, default=str).encode()
+            )
+        except StorageError as exc:
+            raise ActionError(f"heapdump: storing {stem}.json failed: {exc}") from exc
+        shown = event.extra.get("heap_top") or event.extra.get("pprof_top") or []
+        skipped = event.extra.get("full_dump_skipped")
+        log.info(
+            "%s: stored %s (%d bytes)%s; top: %s%s",
+            what,
+            cap.key,
+            cap.size,
+            f" and {cap.info['full_dump_key']}" if "full_dump_key" in cap.info else "",
+            ", ".join(_top_name(row) for row in shown) or "-",
+            f"; full dump skipped: {skipped}" if skipped else "",
+        )
+
 
 class _FetchFailed(Exception):
     pass
@@ -432,6 +574,10 @@ def _goroutine_path(heap_path: str) -> str:
     # Beside the heap endpoint: /debug/pprof/heap?gc=1 -> /debug/pprof/goroutine?debug=2
     directory = heap_path.split("?", 1)[0].rsplit("/", 1)[0]
     return f"{directory}/{GOROUTINE_PATH}"
+
+
+def _top_name(row: Mapping[str, Any]) -> str:
+    return str(row.get("name") or row.get("function") or "?")
 
 
 def _key_part(text: str) -> str:

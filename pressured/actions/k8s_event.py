@@ -12,6 +12,10 @@ most one API write per (pod, container, reason) every ``min_interval_seconds`` (
 between are folded into the next write's count), and at most ``max_per_minute`` writes in all,
 so a node-wide pressure storm cannot flood the API server.
 
+A write the API server does not take (it is down, say) fails the action run (logged and counted
+in pressured_actions_failed_total) and is held: a thread tries it again every RETRY_SECONDS,
+repeats of the same Event joining its count meanwhile, for up to HOLD_SECONDS.
+
 Options:
     severities            which of warn, critical, oom_killed (default all three)
     min_interval_seconds  per pod/container/reason (default 30)
@@ -23,11 +27,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from pressured.actions.base import Action, ActionContext
 from pressured.errors import ActionError, ConfigError, KubernetesError, quote
+from pressured.k8s.client import Rejected
 from pressured.model import Event, OomKill
 
 REASONS: dict[str, str] = {
@@ -69,6 +74,19 @@ def human_bytes(n: float | None) -> str:
             return f"{value:.0f}{unit}" if unit == "" else f"{value:.1f}{unit}"
         value /= 1024
     return f"{value:.1f}Ti"  # pragma: no cover - the loop returns
+
+
+def heap_top_text(top: Any) -> str | None:
+    """A JVM histogram's top class as text ("com.x.Cache$Entry 27.5Mi in 200000 instances"),
+    from the heapdump action's ``event.extra["heap_top"]`` (named in the message as "top
+    class"); None when unusable."""
+    first = top[0] if isinstance(top, list | tuple) and top else None
+    if not isinstance(first, Mapping) or not isinstance(first.get("name"), str):
+        return None
+    size, count = first.get("bytes"), first.get("instances")
+    if isinstance(size, int) and isinstance(count, int):
+        return f"{first['name']} {human_bytes(size)} in {count} instances"
+    return str(first["name"])
 
 
 def pprof_top_text(top: Any) -> str | None:
@@ -115,17 +133,20 @@ def throttle_text(evidence: Mapping[str, Any]) -> str:
 
 def event_message(event: Event) -> str:
     if isinstance(event, OomKill):
-        parts = ["OOM kill confirmed"]
+        # kubectl describe shows the message, not involvedObject.fieldPath: name the container.
+        container = event.identity.container_name
+        where = f" in container {container}" if container else ""
+        who = "a process"
         if event.comm or event.pid:
-            parts.append(f"of {event.comm or '?'} (pid {event.pid if event.pid else '?'})")
+            who = f"{event.comm or '?'} (pid {event.pid if event.pid else '?'})"
         if event.warned_seconds_before is not None:
-            parts.append(f"{event.warned_seconds_before:.0f}s after the first warning")
+            when = f"{event.warned_seconds_before:.0f}s after the first warning"
         else:
-            parts.append("without an earlier warning")
-        text = " ".join(parts)
+            when = "without an earlier warning"
+        text = f"OOM kill confirmed{where}: {who} killed, {when}"
         limit = event.extra.get("limit")
         if isinstance(limit, Mapping) and isinstance(limit.get("text"), str):
-            text += f": {limit['text']}"  # which limit killed (pressured.kills.limits)
+            text += f"; {limit['text']}"  # which limit killed (pressured.kills.limits)
     else:
         risk = (
             ""
@@ -149,7 +170,34 @@ def event_message(event: Event) -> str:
     top = pprof_top_text(event.extra.get("pprof_top"))
     if top:
         text += f"; top allocator: {top}"
+    top_class = heap_top_text(event.extra.get("heap_top"))
+    if top_class:
+        text += f"; top class: {top_class}"
     return text[:1024]
+
+
+RETRY_SECONDS = 5.0
+"""How often Events the API server did not take are tried again."""
+HOLD_SECONDS = 900.0
+"""How long such an Event is kept for another try (an outage longer than this loses it)."""
+MAX_HELD = 512
+
+
+@dataclass
+class _Write:
+    """One Event write: the first of its key, or a repeat folded into a count."""
+
+    key: tuple[str, str, str]
+    namespace: str
+    pod_name: str
+    pod_uid: str
+    container: str | None
+    reason: str
+    message: str
+    occurrences: int
+    wall: float
+    since: float
+    """When it was first tried (the action's clock)."""
 
 
 @dataclass
@@ -193,6 +241,15 @@ class K8sEventAction(Action):
         self._lock = threading.Lock()
         self.suppressed = 0
         """Writes dropped by the global limit (their counts are kept for the next write)."""
+        self._held: dict[tuple[str, str, str], _Write] = {}
+        self._post_lock = threading.Lock()
+        self._retrier: threading.Thread | None = None
+        self._closed = threading.Event()
+        self.retry_seconds = RETRY_SECONDS
+        self.unposted = 0
+        """Writes the API server did not take (each held for a retry, or dropped)."""
+        self.dropped = 0
+        """Held writes given up (too many held, or not posted within HOLD_SECONDS)."""
 
     def run(self, event: Event) -> None:
         severity = event.severity
@@ -233,21 +290,151 @@ class K8sEventAction(Action):
                 message,
             )
             return
+        write = _Write(
+            key=key,
+            namespace=ident.namespace,
+            pod_name=ident.pod_name,
+            pod_uid=ident.pod_uid,
+            container=ident.container_name,
+            reason=reason,
+            message=message,
+            occurrences=occurrences,
+            wall=event.time,
+            since=now,
+        )
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None:
+                # An earlier write of this Event waits for the API server: this one joins it.
+                held.occurrences += occurrences
+                held.message = message
+                held.wall = event.time
+                return
         try:
-            self.kube.record_event(
-                namespace=ident.namespace,
-                pod_name=ident.pod_name,
-                pod_uid=ident.pod_uid,
-                container=ident.container_name,
-                reason=reason,
-                message=message,
-                occurrences=occurrences,
-                wall=event.time,
-            )
-        except KubernetesError as exc:
+            self._post(write)
+        except Rejected as exc:
+            # the API server will answer the same again (RBAC, a bad object, a namespace
+            # gone): holding it would only repeat the refusal
+            with self._lock:
+                self.unposted += 1
+                self.dropped += 1
             raise ActionError(
                 f"{self.where}: Event {reason} on pod {ident.namespace}/{ident.pod_name}: {exc}"
             ) from exc
+        except KubernetesError as exc:
+            self._hold(write)
+            raise ActionError(
+                f"{self.where}: Event {reason} on pod {ident.namespace}/{ident.pod_name}: {exc} "
+                f"(held, retried every {self.retry_seconds:g}s for up to {HOLD_SECONDS:.0f}s)"
+            ) from exc
+
+    # ---- writes the API server did not take, retried
+    def _post(self, write: _Write) -> None:
+        with self._post_lock:
+            self.kube.record_event(
+                namespace=write.namespace,
+                pod_name=write.pod_name,
+                pod_uid=write.pod_uid,
+                container=write.container,
+                reason=write.reason,
+                message=write.message,
+                occurrences=write.occurrences,
+                wall=write.wall,
+            )
+
+    def _hold(self, write: _Write) -> None:
+        with self._lock:
+            self.unposted += 1
+            if len(self._held) >= MAX_HELD:
+                self.dropped += 1
+                self.ctx.logger.warning(
+                    "k8s-event: %d Events already wait for the API server; Event %s on pod "
+                    "%s/%s dropped",
+                    len(self._held),
+                    write.reason,
+                    write.namespace,
+                    write.pod_name,
+                )
+                return
+            self._held[write.key] = write
+            if self._retrier is None or not self._retrier.is_alive():
+                self._retrier = threading.Thread(
+                    target=self._retry_loop, name="pressured-k8s-event-retry", daemon=True
+                )
+                self._retrier.start()
+
+    def _retry_loop(self) -> None:
+        while not self._closed.wait(self.retry_seconds):
+            with self._lock:
+                pending = list(self._held.values())
+            if not pending:
+                return
+            posted = 0
+            for write in pending:
+                if self._closed.is_set() or getattr(self.kube, "closed", False):
+                    return
+                with self._lock:
+                    # the write as it is now: repeats may have joined it meanwhile
+                    current = self._held.get(write.key)
+                if current is None:
+                    continue
+                if self._clock() - current.since > HOLD_SECONDS:
+                    with self._lock:
+                        self._held.pop(current.key, None)
+                        self.dropped += 1
+                    self.ctx.logger.warning(
+                        "k8s-event: Event %s on pod %s/%s (x%d) not posted within %.0fs; dropped",
+                        current.reason,
+                        current.namespace,
+                        current.pod_name,
+                        current.occurrences,
+                        HOLD_SECONDS,
+                    )
+                    continue
+                with self._lock:
+                    sent = replace(current)  # repeats may join ``current`` while this is sent
+                try:
+                    self._post(sent)
+                except Rejected as exc:
+                    with self._lock:
+                        if self._held.get(current.key) is current:
+                            del self._held[current.key]
+                        self.dropped += 1
+                    self.ctx.logger.warning(
+                        "k8s-event: Event %s on pod %s/%s refused; dropped: %s",
+                        current.reason,
+                        current.namespace,
+                        current.pod_name,
+                        exc,
+                    )
+                    continue
+                except KubernetesError as exc:
+                    self.ctx.logger.debug("k8s-event: still not posted: %s", exc)
+                    continue
+                except Exception:  # a thread of its own: nothing may end it with a traceback
+                    self.ctx.logger.exception("k8s-event: retrying a held Event failed")
+                    continue
+                with self._lock:
+                    left = current.occurrences - sent.occurrences
+                    if left > 0:
+                        current.occurrences = left  # those joined meanwhile: the next round
+                    elif self._held.get(current.key) is current:
+                        del self._held[current.key]
+                posted += 1
+            if posted:
+                self.ctx.logger.info(
+                    "k8s-event: posted %d Event(s) held while the API server was unreachable",
+                    posted,
+                )
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            left = len(self._held)
+        if left:
+            self.ctx.logger.warning(
+                "k8s-event: %d Event(s) never reached the API server (stopping)", left
+            )
 
     def _forget_idle(self, now: float) -> None:
         """Drop keys with nothing held back whose interval has passed (pods come and go)."""

@@ -158,6 +158,7 @@ class _Lane:
         limit: int | None,
         cap: float | None,
         after: _Lane | None = None,
+        shed: Callable[[], bool] | None = None,
     ) -> None:
         """``limit``: the queue's bound (None: unbounded); ``cap``: the runner-level deadline of
         a run (None: runs are not timed, the immediate lane); ``after``: a lane of an older
@@ -170,6 +171,7 @@ class _Lane:
         self._limit = limit
         self._cap = cap
         self._after = after
+        self._shed = shed
         self._cond = threading.Condition()
         self._queue: deque[Event] = deque()
         self._closing = False
@@ -248,6 +250,14 @@ class _Lane:
                     return  # reported as undelivered already
                 self._step = i
             if not recheck.allows(action):
+                continue
+            if action.optional and self._shed is not None and self._shed():
+                log.warning(
+                    "%s: skipped for %s: shedding optional work near the daemon's own memory limit",
+                    action.type,
+                    describe(event),
+                )
+                self._on_drop(action.type, "shed")
                 continue
             if self._cap is None:
                 run_action(action, event, self._on_failure)
@@ -346,9 +356,12 @@ class ActionRunner:
         queue_size: int = QUEUE_SIZE,
         run_cap_s: float = RUN_CAP_S,
         after: ActionRunner | None = None,
+        shed: Callable[[], bool] | None = None,
     ) -> None:
         """``after``: the runner this one replaces (a reload): this one's immediate lane starts
-        once the old one's has written what it held, so the log keeps the events' order."""
+        once the old one's has written what it held, so the log keeps the events' order.
+        ``shed``: asked before each optional action (Action.optional); True skips it, counted
+        as a drop with reason "shed"."""
         self.actions = actions
         self._still_holds = still_holds
         self._on_failure = on_failure
@@ -369,6 +382,7 @@ class ActionRunner:
                 on_drop=self._on_drop,
                 limit=limit,
                 cap=cap,
+                shed=shed,
                 **kw,
             )
 

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -34,10 +34,12 @@ from pressured.kernel import cgroupfs
 from pressured.kernel.pidfd import ProcessHandles, open_processes
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
 from pressured.model import MACHINE, Event, OomKill, PressureEvent, Sample
-from pressured.sources.base import Source
+from pressured.sources.base import Source, TargetSpec
 from pressured.sources.factory import make_source
 
 from .kill_pipeline import KillPipeline
+from .selfwatch import SelfWatch
+from .state import STATE_PATH, LiveState
 from .targets import Targets, TargetState
 
 if TYPE_CHECKING:
@@ -122,8 +124,19 @@ class Daemon:
         self._stop = False
         self._hup = False
         self.exit_reason = ""
+        self._own_adopted = False
         self.ready = False
         """True once every target found at start is armed and the kill sources are open."""
+        from pressured.metrics import MetricsSettings  # noqa: PLC0415
+
+        levels = MetricsSettings.from_config(cfg.data)
+        self.selfwatch = SelfWatch(
+            degraded_percent=levels.self_degraded_percent,
+            shed_percent=levels.self_shed_percent,
+            clock=clock,
+            proc=self.proc_root,
+        )
+        self.live = LiveState(cfg.get("kubernetes.node_name"), wall=wall, extra=self._live_extra)
 
     @property
     def kill_status(self) -> dict[str, tuple[bool, str]]:
@@ -147,6 +160,7 @@ class Daemon:
         self.runner = self._runner(build_actions(self.cfg, self.ctx))
         if self.cfg.get("metrics.enabled"):
             self._start_metrics()
+        self._watch_self(self._clock())
         self.source.start()
         if self.source.fd is not None:
             self._watch_fd(self.source.fd, "source", self.source.on_fd)
@@ -163,6 +177,7 @@ class Daemon:
         with self.kills.batch():  # the state file is written once for every target found
             self._sync_targets()
         self._announce_ready()
+        self.live.turn()
 
     def _runner(self, actions: list[Action], after: ActionRunner | None = None) -> ActionRunner:
         return ActionRunner(
@@ -171,6 +186,7 @@ class Daemon:
             on_failure=self._action_failed,
             on_drop=self._action_dropped,
             after=after,
+            shed=lambda: self.selfwatch.shedding,
         )
 
     def _announce_ready(self) -> None:
@@ -204,11 +220,32 @@ class Daemon:
             self.cfg.get("metrics.address"),
             self.cfg.get("metrics.port"),
             health=self.health,
+            routes={STATE_PATH: self.live.route},
         )
 
     def health(self) -> tuple[bool, str]:
-        """What /healthz answers: not ready (503) until every start-up target is armed."""
-        return (True, "ok") if self.ready else (False, "starting: arming targets")
+        """What /healthz answers: not ready (503) until every start-up target is armed; then
+        200 "ok", or 200 "degraded: why" (daemon/selfwatch.py)."""
+        if not self.ready:
+            return False, "starting: arming targets"
+        why = self.selfwatch.degraded()
+        return True, ("degraded: " + "; ".join(why)) if why else "ok"
+
+    def _live_extra(self) -> dict[str, object]:
+        return {"ready": self.ready, "mode": self.cfg.mode, "self": self.selfwatch.snapshot()}
+
+    def _watch_self(self, now: float) -> None:
+        reading = self.selfwatch.observe(now)
+        if reading is None or self.metrics is None:
+            return
+        self.metrics.observe_self(
+            rss=reading.rss_bytes,
+            working_set=reading.working_set_bytes,
+            usage=reading.usage_bytes,
+            limit=reading.limit_bytes,
+            shedding=self.selfwatch.shedding,
+        )
+        self.metrics.set_degraded(bool(self.selfwatch.degraded(now)))
 
     def _start_kills(self) -> None:
         status = self.kills.start()
@@ -231,7 +268,12 @@ class Daemon:
             current = self.targets.get(key)
             if current is not None:
                 if current.spec != spec:
+                    moved = current.overrides != spec.overrides
                     self.targets.update(current, spec)
+                    if moved and spec.ref is not None:
+                        # A threshold moved past the usage (a pod's pressured.io/* annotation
+                        # changed): no crossing will be signalled, so read a sample now.
+                        self._refresh(current)
                 continue
             state = self.targets.add(spec)
             if state is None or spec.ref is None:
@@ -239,6 +281,27 @@ class Daemon:
             self.kills.observe_counters(state)
             self._refresh(state)
         self._watched_changed()
+        self._adopt_own_cgroup(wanted.values())
+
+    def _adopt_own_cgroup(self, specs: Iterable[TargetSpec]) -> None:
+        """In node mode /proc/self/cgroup may name "/" (a cgroup namespace over the host's
+        tree): the target of our own pod whose cgroup holds our pid is our cgroup."""
+        uid = self.cfg.get("kubernetes.pod_uid")
+        if not uid or self._own_adopted:
+            return
+        for spec in specs:
+            if spec.ref is None or spec.identity.pod_uid != uid:
+                continue
+            try:
+                ours = os.getpid() in cgroupfs.read_pids(spec.ref)
+            except CgroupFileError:
+                continue
+            if ours:
+                self._own_adopted = True
+                self.selfwatch.adopt(spec.ref)
+                log.info("own cgroup: %s (this pod's container)", spec.ref.path)
+                self._watch_self(self._clock())
+                return
 
     def _drop(self, key: str, why: str) -> None:
         state = self.targets.drop(key)
@@ -246,6 +309,7 @@ class Daemon:
             return
         log.info("stopped watching %s: %s", key, why)
         self.kills.forget(state)
+        self.live.forget(key)
         self._watched_changed()
 
     def _watched_changed(self) -> None:
@@ -293,11 +357,20 @@ class Daemon:
             dry_run=self.cfg.dry_run,
             overrides=state.overrides,
         )
+        value = sample.metric_bytes(self.engine.settings.metric)
+        self.live.sample(
+            state.key,
+            state.cgroup,
+            state.spec.identity,
+            sample,
+            value=value,
+            severity=self.engine.severity(state.key),
+        )
         if self.metrics is not None:
             pct = 0.0
             metric = self.engine.settings.metric
             if sample.limit_bytes:
-                pct = 100.0 * sample.metric_bytes(metric) / sample.limit_bytes
+                pct = 100.0 * value / sample.limit_bytes
             self.metrics.observe_sample(
                 sample,
                 state.cgroup,
@@ -319,6 +392,7 @@ class Daemon:
             event = replace(event, key=state.key if state else "")
         if self.metrics is not None:
             self.metrics.observe_event(event)
+        self.live.event(event)
         if self.runner is not None:
             self.runner.submit(event)
 
@@ -358,10 +432,14 @@ class Daemon:
         return sample is not None and self.engine.still_holds(event, sample)
 
     def _action_failed(self, name: str) -> None:
+        self.selfwatch.dropped(name, "failed")
         if self.metrics is not None:
             self.metrics.action_failed(name)
 
     def _action_dropped(self, name: str, reason: str) -> None:
+        if reason not in ("shutdown", "reload"):
+            # a stop or a reload is asked for; what it leaves undone is logged, not a fault
+            self.selfwatch.dropped(name, reason)
         if self.metrics is not None:
             self.metrics.action_dropped(name, reason)
 
@@ -472,6 +550,15 @@ class Daemon:
     def run(self, *, run_for: float | None = None) -> int:
         """Run until SIGTERM/SIGINT (or ``run_for`` seconds). Returns the exit code."""
         r, w = self._install_signals()
+
+        def wake_loop() -> None:
+            # A full pipe already holds a wake-up.
+            with contextlib.suppress(BlockingIOError):
+                os.write(w, b"\0")
+
+        # A pod watch changes the source on its own thread: the loop, perhaps blocked on
+        # quiet cgroups, must take the change now (a pod's annotations move its thresholds).
+        self.source.set_waker(wake_loop)
         try:
             self.start()
             end = None if run_for is None else self._clock() + run_for
@@ -479,7 +566,10 @@ class Daemon:
                 timeout = self._next_timeout()
                 if end is not None:
                     timeout = min(timeout, max(0.0, end - self._clock()))
-                for wake in self.watcher.wait(timeout):
+                planned = self._planned_wake(timeout)
+                wakes = self.watcher.wait(timeout)
+                self._wake_lag(planned)
+                for wake in wakes:
                     try:
                         self._handle(wake)
                     except PressuredError as exc:
@@ -498,6 +588,8 @@ class Daemon:
                 self.kills.flush(now)
                 if self.metrics is not None:
                     self.metrics.forget_stale(now)
+                self._watch_self(now)
+                self.live.turn()
                 if end is not None and now >= end:
                     break
             log.info("stopping%s", f" on {self.exit_reason}" if self.exit_reason else "")
@@ -509,8 +601,26 @@ class Daemon:
             faulthandler.unregister(signal.SIGQUIT)
             for signum, handler in self._old_handlers.items():
                 signal.signal(signum, handler)
+            self.source.set_waker(None)
             os.close(r)
             os.close(w)
+
+    def _planned_wake(self, timeout: float) -> float:
+        """When the loop means to wake at the latest: its timeout or the Watcher's next
+        adaptive read, whichever is first."""
+        now = self._clock()
+        deadline = self.watcher.next_deadline()
+        planned = now + timeout
+        return planned if deadline is None else min(planned, max(now, deadline))
+
+    def _wake_lag(self, planned: float) -> None:
+        """How late past ``planned`` the loop runs again (a wake-up before it is not late)."""
+        lag = self._clock() - planned
+        if lag < 0:
+            return
+        self.selfwatch.wake_lag(lag)
+        if self.metrics is not None:
+            self.metrics.observe_wakeup_lag(lag)
 
     def _poll_source(self, now: float) -> None:
         polled = self.source.poll(now)

@@ -75,7 +75,8 @@ def _rmdir(path: str) -> None:
 
 
 class Child:
-    """A child memory cgroup (v1 or v2) plus, on a hybrid host, its v2 PSI mirror."""
+    """A child memory cgroup (v1 or v2) plus, on a hybrid host, its v2 PSI mirror. ``name`` is
+    a path relative to this process's memory cgroup; every level it makes is removed again."""
 
     def __init__(self, name: str, limit_bytes: int | None, root: str = ROOT) -> None:
         base, why = own_memory_cgroup(root)
@@ -90,8 +91,17 @@ class Child:
         if os.path.isdir(self.path):
             self._kill_all(self.path)
             _rmdir(self.path)
-        os.mkdir(self.path)
-        self._made.append(self.path)
+        # ``name`` may have several levels (a kubelet's kubepods/burstable/pod<uid>/<id>): the
+        # missing ones are made, and on v2 each delegates the memory controller to the next.
+        level = base
+        for part in name.split("/"):
+            level = os.path.join(level, part)
+            if os.path.isdir(level):
+                continue
+            os.mkdir(level)
+            self._made.append(level)
+            if self.v2 and level != self.path:
+                _write(os.path.join(level, "cgroup.subtree_control"), "+memory")
         if limit_bytes is not None:
             if self.v2:
                 _write(os.path.join(self.path, "memory.max"), str(limit_bytes))
@@ -135,15 +145,19 @@ class Child:
                     return int(v)
         return 0
 
+    def entering(self) -> list[str]:
+        """A command prefix that moves itself into this cgroup (and its PSI mirror), then
+        execs the rest of its command line."""
+        targets = [self.path] + ([self.mirror] if self.mirror else [])
+        return [sys.executable, "-c", _ENTER, str(len(targets)), *targets]
+
     def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside this cgroup (and its PSI mirror) from its first instruction.
 
         The child moves itself, then execs: no preexec_fn, which can deadlock a forked child
         when the parent has threads (the daemon's action worker, a benchmark's poller).
         """
-        targets = [self.path] + ([self.mirror] if self.mirror else [])
-        enter = [sys.executable, "-c", _ENTER, str(len(targets)), *targets, *argv]
-        proc: subprocess.Popen[Any] = subprocess.Popen(enter, **kw)
+        proc: subprocess.Popen[Any] = subprocess.Popen([*self.entering(), *argv], **kw)
         self.procs.append(proc)
         return proc
 

@@ -103,6 +103,29 @@ CALLS: Final[dict[str, tuple[ApiCall, ...]]] = {
 
 MODES: Final = tuple(CALLS)
 
+VIEWER: Final = "viewer.subjects"
+VIEWER_CALLS: Final = (
+    ApiCall(
+        "list_pods",
+        "list",
+        "pods",
+        namespaced=True,
+        grant=VIEWER,
+        why="`pressured diagnose --cluster`: the pressured pods of the namespace (by label)",
+    ),
+    ApiCall(
+        "pod_proxy_json",
+        "get",
+        "pods",
+        "proxy",
+        namespaced=True,
+        grant=VIEWER,
+        why="...and each one's /v1/state through the API server's pods proxy",
+    ),
+)
+"""The calls of a person running `pressured diagnose --cluster` with their own credentials,
+granted by the chart's viewer Role (templates/viewer-rbac.yaml) once bound to them."""
+
 ACTION_GRANTS: Final = {"k8s-event": EVENTS, "evict": EVICTION}
 """The action types whose calls are not always made, and the chart value that grants them."""
 
@@ -222,6 +245,8 @@ __all__ = [
     "EVENTS",
     "EVICTION",
     "MODES",
+    "VIEWER",
+    "VIEWER_CALLS",
     "ApiCall",
     "Request",
     "calls",

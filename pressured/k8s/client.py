@@ -56,11 +56,16 @@ class EvictionRefused(KubernetesError):
         self.retry_after = retry_after
 
 
-class NotFound(KubernetesError):
+class Rejected(KubernetesError):
+    """A 4xx the API server would answer again (bad request, invalid, forbidden, not found):
+    sending the same request later cannot help."""
+
+
+class NotFound(Rejected):
     """404: the object does not exist (any more)."""
 
 
-class Forbidden(KubernetesError):
+class Forbidden(Rejected):
     """403: RBAC does not allow the request; the message names the verb, the resource, the
     namespace, the ServiceAccount and the grant that would allow it (access.forbidden_message)."""
 
@@ -119,6 +124,8 @@ def _raise_status(what: str, code: int, message: str) -> None:
         raise NotFound(text)
     if code == 403:
         raise Forbidden(forbidden_message(what, message))
+    if code in (400, 422):
+        raise Rejected(text)
     raise KubernetesError(text)
 
 
@@ -568,6 +575,35 @@ class KubeClient:
             resp = self._generic._client.get(path)
             resp.raise_for_status()
             data = resp.json()
+        if not isinstance(data, dict):
+            raise KubernetesError(f"{what}: expected a JSON object, got {type(data).__name__}")
+        return data
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of the credentials' context (in a pod: its own), as kubectl uses."""
+        return str(getattr(self._client, "namespace", None) or "default")
+
+    def pod_proxy_json(
+        self, name: str, namespace: str, port: int, path: str, *, max_bytes: int = 8 << 20
+    ) -> dict[str, Any]:
+        """GET ``path`` of a pod's ``port`` through pods/{name}:{port}/proxy (RBAC: pods/proxy
+        get), a JSON object of at most ``max_bytes``."""
+        sub = f"{url_quote(name, safe='')}:{int(port)}"
+        api = f"api/v1/namespaces/{url_quote(namespace, safe='')}/pods/{sub}/proxy/"
+        api += path.lstrip("/")
+        what = f"GET {self._url(api)}"
+        with self._calling(what):
+            with self._generic._client.stream("GET", api) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                resp.raise_for_status()
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise KubernetesError(f"{what}: answer larger than {max_bytes} bytes")
+            data = json.loads(body)
         if not isinstance(data, dict):
             raise KubernetesError(f"{what}: expected a JSON object, got {type(data).__name__}")
         return data

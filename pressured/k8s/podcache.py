@@ -263,6 +263,13 @@ class PodCache:
             self._resource_version = listing.resource_version
             self.generation += 1
         self.relists += 1
+        if self.relists > 1:
+            log.info(
+                "pod watch: re-listed %d pod(s) at resourceVersion %s",
+                len(infos),
+                listing.resource_version,
+            )
+        self.last_error = None
         self.synced.set()
         for uid in old.keys() - infos.keys():
             self._notify("DELETED", None, old[uid])
@@ -274,32 +281,52 @@ class PodCache:
                 if self._resource_version is None:
                     self._relist()
                 self._watch()
-            except ResourceExpired:
+            except ResourceExpired as exc:
                 log.info(
-                    "pod watch: resourceVersion %s expired (410); re-listing",
+                    "pod watch: resourceVersion %s expired (410: %s); re-listing",
                     self._resource_version,
+                    exc,
                 )
                 self._resource_version = None
             except KubernetesError as exc:
                 if self._stop.is_set():
                     return
+                # An API server away for minutes fails the same way every few seconds: said
+                # once as a warning, the repeats at debug level, until it works again.
+                again = self.last_error == str(exc)
                 self.last_error = str(exc)
-                log.warning("pod watch: %s; retrying in %.0f s", exc, self._retry_seconds)
+                log.log(
+                    logging.DEBUG if again else logging.WARNING,
+                    "pod watch: %s; retrying in %.0f s%s",
+                    exc,
+                    self._retry_seconds,
+                    " (again)" if again else "",
+                )
                 self._stop.wait(self._retry_seconds)
 
     def _watch(self) -> None:
         assert self._resource_version is not None
+        since = self._resource_version
         stream = self._kube.watch_pods(
             namespace=self._namespace,
             field_selector=self._field_selector,
             label_selector=self._label_selector,
-            resource_version=self._resource_version,
+            resource_version=since,
             server_timeout=self._server_timeout,
         )
         try:
             for kind, pod in stream:
                 if self._stop.is_set():
                     return
+                if self.last_error is not None:
+                    # The first event after a failure: the watch carries on from where it was,
+                    # with nothing missed in between (no re-list needed).
+                    log.info(
+                        "pod watch: resumed from resourceVersion %s after: %s",
+                        since,
+                        self.last_error,
+                    )
+                    self.last_error = None
                 self.apply(kind, pod)
         finally:
             stream.close()

@@ -245,6 +245,22 @@ def count_open_fds(pid: int | None = None, proc: str = PROC) -> int:
     return len(os.listdir(os.path.join(proc, str(pid), "fd")))
 
 
+def rss_bytes(pid: int | str, proc: str = PROC) -> int | None:
+    """A process's resident set in bytes (``pid`` "self" for this process), or None when it
+    cannot be read (the process exited)."""
+    if _real(proc):
+        try:
+            p = psutil.Process() if pid == "self" else psutil.Process(int(pid))
+            return int(p.memory_info().rss)
+        except (psutil.Error, ValueError):
+            return None
+    try:
+        with open(os.path.join(proc, str(pid), "statm"), encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def namespace_pids(pid: int, proc: str = PROC) -> list[str] | None:
     """The NSpid fields of /proc/PID/status (outermost namespace first), or None when the
     status cannot be read (the process is gone); [] on kernels before 4.1, which have none."""

@@ -20,6 +20,8 @@ log = logging.getLogger("pressured.kills.reconciler")
 
 SWAP_NEIGHBOURS = 16
 NEAREST = 32
+REROUTE_BRANCHES = 4
+REROUTE_DEPTH = 3
 
 
 def attribute(cgroup: str | None, targets: Mapping[str, str]) -> str | None:
@@ -102,13 +104,18 @@ class _Matching:
 
     by_group: dict[int, _Unit] = field(default_factory=dict)
     by_unit: dict[int, _Group] = field(default_factory=dict)
-    fit: dict[tuple[int, int], float] = field(default_factory=dict)
+    fit: dict[tuple[int, int], float] = field(default_factory=dict)  # (counter, kill)
     holders_of: dict[int, list[_Unit]] = field(default_factory=dict)
     stranded: list[_Unit] = field(default_factory=list)
 
     def pair(self, u: _Unit, g: _Group) -> None:
         self.by_group[id(g)] = u
         self.by_unit[id(u)] = g
+
+    def cost(self, u: _Unit, g: _Group) -> float | None:
+        """How badly unit ``u`` fits kill ``g`` (None: it may not take it). Every unit of one
+        counter delta fits alike."""
+        return self.fit.get((id(u.counter), id(g)))
 
 
 class Reconciler:
@@ -359,10 +366,17 @@ class Reconciler:
         times = {k: [g.time for g in v] for k, v in by_key.items()}
         unknown_times = [g.time for g in unknown]
         options: dict[int, list[_Group]] = {}
+        per_counter: dict[int, list[_Group]] = {}
         for u in units:
             c = u.counter
+            shared = per_counter.get(id(c))
+            if shared is not None:
+                options[id(u)] = shared
+                for g in shared:
+                    m.holders_of.setdefault(id(g), []).append(u)
+                continue
             if c.key is None:
-                options[id(u)] = []
+                options[id(u)] = per_counter[id(c)] = []
                 continue
             t = c.record.time
             scored: list[tuple[int, float, _Group]] = []
@@ -374,18 +388,21 @@ class Reconciler:
                     chosen = pool
                 else:
                     lo, hi = bisect_left(pool_times, t - w), bisect_right(pool_times, t + w)
-                    if hi - lo > 2 * NEAREST:
-                        # a burst: the nearest kills in time are enough to find a matching
+                    # a burst: the nearest kills in time are enough to find a matching, as
+                    # many as the delta's own kills beyond a margin (one reading can cover
+                    # hundreds of kills; all its units look around the same time)
+                    near = NEAREST + c.record.count_delta
+                    if hi - lo > 2 * near:
                         mid = bisect_left(pool_times, t)
-                        lo, hi = max(lo, mid - NEAREST), min(hi, mid + NEAREST)
+                        lo, hi = max(lo, mid - near), min(hi, mid + near)
                     chosen = pool[lo:hi]
                 for g in chosen:
                     dt = abs(g.time - t)
                     scored.append((loose, dt, g))
-                    m.fit[id(u), id(g)] = dt + (0.5 * w if loose else 0.0)
+                    m.fit[id(c), id(g)] = dt + (0.5 * w if loose else 0.0)
                     m.holders_of.setdefault(id(g), []).append(u)
             scored.sort(key=lambda s: (s[0], s[1]))
-            options[id(u)] = [g for _, _, g in scored]
+            options[id(u)] = per_counter[id(c)] = [g for _, _, g in scored]
         return options
 
     def _improve(self, m: _Matching, groups: dict[int, _Group]) -> None:
@@ -399,26 +416,77 @@ class Reconciler:
                 for u2, g2 in pairs[i + 1 : i + 1 + SWAP_NEIGHBOURS]:
                     if m.by_unit.get(id(u1)) is not g1 or m.by_unit.get(id(u2)) is not g2:
                         continue
-                    c12 = m.fit.get((id(u1), id(g2)))
-                    c21 = m.fit.get((id(u2), id(g1)))
-                    if c12 is None or c21 is None:
+                    if u1.counter is u2.counter:
+                        continue  # alike: a swap changes nothing
+                    c12, c21 = m.cost(u1, g2), m.cost(u2, g1)
+                    c11, c22 = m.cost(u1, g1), m.cost(u2, g2)
+                    if c12 is None or c21 is None or c11 is None or c22 is None:
                         continue
-                    before = m.fit[id(u1), id(g1)] + m.fit[id(u2), id(g2)]
+                    before = c11 + c22
                     if c12 + c21 < before - 1e-9:
                         m.pair(u1, g2)
                         m.pair(u2, g1)
                         changed = True
             if not changed:
-                return
+                break
+        self._reroute(m, groups)
+
+    def _reroute(self, m: _Matching, groups: dict[int, _Group]) -> None:
+        """Move units along short alternating paths that start at a kill no unit holds: a
+        unit moves to a kill it fits better, the kill it left is taken by another unit that
+        fits it better, and so on; the kill left at the end goes without. The matching keeps
+        its size and every unit its kill; only the summed time distance falls. Swaps alone
+        miss this: a counter delta whose best kill was taken by an earlier counter's unit
+        would leave that earlier counter's own kill without a unit. Each step takes one of
+        the few units that gain most by it, so a burst stays cheap."""
+        free = [gid for gid in groups if gid not in m.by_group]
+        budget = 4 * len(groups)
+        while free and budget > 0:
+            budget -= 1
+            g0 = groups[free.pop()]
+            if id(g0) in m.by_group:
+                continue
+            best: tuple[float, list[tuple[_Unit, _Group]]] = (1e-9, [])
+            stack = [(g0, 0.0, list[tuple[_Unit, _Group]](), {id(g0)})]
+            while stack:
+                g, gain, path, seen = stack.pop()
+                steps = []
+                for u in m.holders_of.get(id(g), ()):
+                    held = m.by_unit.get(id(u))
+                    if held is None or id(held) in seen:
+                        continue
+                    step = (m.cost(u, held) or 0.0) - (m.cost(u, g) or 0.0)
+                    if step > 1e-9:
+                        steps.append((step, u, held))
+                steps.sort(key=lambda s: -s[0])
+                for step, u, held in steps[:REROUTE_BRANCHES]:
+                    moves = [*path, (u, g)]
+                    if gain + step > best[0]:
+                        best = (gain + step, moves)
+                    if len(moves) < REROUTE_DEPTH:
+                        stack.append((held, gain + step, moves, seen | {id(held)}))
+            if not best[1]:
+                continue
+            for u, _ in best[1]:
+                del m.by_group[id(m.by_unit[id(u)])]
+            left = m.by_unit[id(best[1][-1][0])]
+            for u, g in best[1]:
+                m.pair(u, g)
+            free.append(id(left))
 
     def _serve_due(self, g: _Group, m: _Matching, now: float, depth: int) -> bool:
         """Give a kill that must be reported now a unit held by a kill that is not due yet,
         along a short alternating path."""
         if depth == 0:
             return False
-        holders = [
-            (u, h) for u in m.holders_of.get(id(g), ()) if (h := m.by_unit.get(id(u))) is not None
-        ]
+        holders = sorted(
+            (
+                (u, h)
+                for u in m.holders_of.get(id(g), ())
+                if (h := m.by_unit.get(id(u))) is not None
+            ),
+            key=lambda p: m.cost(p[0], g) or 0.0,
+        )[:REROUTE_BRANCHES]
         for u, h in holders:
             if self._deadline(h) > now:
                 del m.by_group[id(h)]

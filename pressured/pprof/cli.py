@@ -44,7 +44,13 @@ def _group() -> None:
     # A callback keeps "top" a subcommand even while it is the only one.
 
 
-@pprof_app.command("top")
+@pprof_app.command(
+    "top",
+    epilog="\b\nExamples:\n"
+    "  pressured pprof top heap.pb.gz\n"
+    "  pressured pprof top --cum -n 10 http://127.0.0.1:6060/debug/pprof/heap\n"
+    "  pressured pprof top --sample-index alloc_space --json heap.pb.gz",
+)
 def top_command(
     source: Annotated[
         str, typer.Argument(metavar="FILE|URL", help="profile.proto file (gzip or raw) or URL")
@@ -52,12 +58,13 @@ def top_command(
     *,
     nodecount: Annotated[
         int,
-        typer.Option("-n", "--nodecount", help="rows to show (0: all)", min=0),
+        typer.Option("-n", "--nodecount", metavar="N", help="rows to show (0: all)", min=0),
     ] = 20,
     sample_index: Annotated[
         str | None,
         typer.Option(
             "--sample-index",
+            metavar="TYPE",
             envvar="PRESSURED_PPROF_SAMPLE_INDEX",
             help="sample type: inuse_space (heap default), alloc_space, inuse_objects, "
             "alloc_objects, or a number",
@@ -69,6 +76,7 @@ def top_command(
         float,
         typer.Option(
             "--node-fraction",
+            metavar="FRACTION",
             min=0.0,
             max=1.0,
             help="hide functions whose cum is below this fraction of the total "
@@ -77,11 +85,21 @@ def top_command(
     ] = 0.005,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=0.1, help="seconds the whole download of a URL may take"),
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            metavar="SECONDS",
+            help="seconds the whole download of a URL may take",
+        ),
     ] = 30.0,
     max_seconds: Annotated[
         float,
-        typer.Option("--max-seconds", min=0.1, help="kill the analysis after this many seconds"),
+        typer.Option(
+            "--max-seconds",
+            min=0.1,
+            metavar="SECONDS",
+            help="kill the analysis after this many seconds",
+        ),
     ] = 60.0,
     max_memory: Annotated[
         int,

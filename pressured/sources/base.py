@@ -16,7 +16,7 @@ names the input, skip it, and go on.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ class Source:
     def __init__(self) -> None:
         self._changed = threading.Event()
         self._changed.set()
+        self._wake: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Begin background work (pod watches). Raise ConfigError/KubernetesError to refuse."""
@@ -74,6 +75,14 @@ class Source:
 
     def mark_changed(self) -> None:
         self._changed.set()
+        wake = self._wake
+        if wake is not None:
+            wake()
+
+    def set_waker(self, wake: Callable[[], None] | None) -> None:
+        """``wake()`` is called, from any thread, whenever the source changes: a daemon blocked
+        in its wait then takes the change at once (a pod watch runs on a thread of its own)."""
+        self._wake = wake
 
     def notify_fs_change(self) -> None:
         """The daemon's inotify saw a directory of ``watch_dirs()`` gain or lose a child."""

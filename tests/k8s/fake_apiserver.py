@@ -14,6 +14,12 @@ uses, with the API server's own status codes and Status bodies:
 
 Every request is recorded (method, path, decoded query, raw query, headers, JSON body) for
 assertions. State changes go through methods that also feed open watches.
+
+What a real API server does is proved against one in tests/k8s_real (watches, Events and their
+aggregation, evictions and PodDisruptionBudgets, RBAC, restarts, compaction, an outage). This
+fake stays for what the real one cannot be made to do on demand: a chosen status code or a
+malformed answer on a chosen request (``forced``), a watch ERROR at a chosen moment, and the
+kubelet's /stats/summary behind nodes/{name}/proxy (no kubelet runs here).
 """
 
 from __future__ import annotations

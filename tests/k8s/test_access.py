@@ -77,7 +77,10 @@ def test_each_mode_table_is_what_its_modules_call(mode: str) -> None:
 def test_no_other_daemon_module_calls_the_api() -> None:
     """A new caller must join a mode's modules above, and its calls the table."""
     methods = request_methods()
-    listed = {PKG / m for ms in MODE_MODULES.values() for m in ms} | {PKG / "k8s" / "client.py"}
+    listed = {PKG / m for ms in MODE_MODULES.values() for m in ms} | {
+        PKG / "k8s" / "client.py",
+        PKG / VIEWER_MODULE,
+    }
     strays = {
         str(path.relative_to(ROOT)): sorted(found)
         for package in DAEMON_PACKAGES
@@ -85,6 +88,17 @@ def test_no_other_daemon_module_calls_the_api() -> None:
         if path not in listed and (found := called(path, methods))
     }
     assert strays == {}
+
+
+VIEWER_MODULE = "k8s/cluster_view.py"
+"""`pressured diagnose --cluster`: a person's calls, not a mode's (access.VIEWER_CALLS)."""
+
+
+def test_the_viewer_calls_are_the_cluster_views() -> None:
+    used = called(PKG / VIEWER_MODULE, request_methods())
+    assert used == {c.method for c in access.VIEWER_CALLS}
+    # a Role in the release namespace grants them: every one is asked inside it
+    assert all(c.namespaced and c.grant == access.VIEWER for c in access.VIEWER_CALLS)
 
 
 def test_modes_are_the_daemons_kubernetes_modes() -> None:

@@ -15,6 +15,7 @@ from pressured.errors import ActionError, ConfigError
 from pressured.k8s.client import KubeClient
 from pressured.model import Identity, OomKill, PressureEvent
 from tests.k8s.fake_apiserver import FakeKube
+from tests.support.wait import wait_for
 
 WEB_UID = "3f1c2b9e-8a47-4c1e-9d2a-6b5e7f8a9c01"
 WALL = 1772446560.0  # 2026-03-02T10:16:00Z
@@ -176,7 +177,10 @@ def test_each_severity_has_its_reason(kube: KubeClient, fake_api: FakeKube) -> N
     reasons = sorted(e["reason"] for e in pod_events(fake_api))
     assert reasons == ["MemoryPressureCritical", "MemoryPressureWarning", "OOMKillConfirmed"]
     oom = next(e for e in pod_events(fake_api) if e["reason"] == "OOMKillConfirmed")
-    assert oom["message"] == "OOM kill confirmed of python3 (pid 41807) 12s after the first warning"
+    assert oom["message"] == (
+        "OOM kill confirmed in container app: python3 (pid 41807) killed, 12s after the first "
+        "warning"
+    )
 
 
 def test_severities_option_filters(kube: KubeClient, fake_api: FakeKube) -> None:
@@ -221,6 +225,14 @@ def test_top_allocator_from_heap_analysis_is_in_the_message(
 def test_unusable_pprof_top_is_left_out() -> None:
     assert "top allocator" not in event_message(pressure(extra={"pprof_top": [{"flat": 1}]}))
     assert "top allocator: x" in event_message(pressure(extra={"pprof_top": "x"}))
+
+
+def test_jvm_heap_top_class_is_in_the_message() -> None:
+    top = [{"name": "com.shop.Cache$Entry", "bytes": 28800000, "instances": 200000}]
+    message = event_message(pressure(extra={"heap_top": top}))
+    assert message.endswith("; top class: com.shop.Cache$Entry 27.5Mi in 200000 instances")
+    assert "top class" not in event_message(pressure(extra={"heap_top": [{"bytes": 1}]}))
+    assert "top class" not in event_message(pressure(extra={"heap_top": "x"}))
 
 
 def test_global_rate_limit_folds_instead_of_dropping(kube: KubeClient, fake_api: FakeKube) -> None:
@@ -282,6 +294,43 @@ def test_api_failure_is_an_action_error(kube: KubeClient, fake_api: FakeKube) ->
         r"POST .*/api/v1/namespaces/shop/events: HTTP 403",
     ):
         K8sEventAction({}, ctx_for(kube), "actions[1]").run(pressure("warn"))
+
+
+def test_an_event_not_taken_is_held_and_posted_later(kube: KubeClient, fake_api: FakeKube) -> None:
+    """The API server away (503 here: the real one's outage is in tests/k8s_real/test_faults):
+    the write fails the run and is held; a repeat joins it; both are posted as one Event once
+    the server answers again."""
+    fake_api.forced[("POST", "/api/v1/namespaces/shop/events")] = 503
+    action = K8sEventAction({"min_interval_seconds": 0}, ctx_for(kube), "actions[1]")
+    action.retry_seconds = 0.05
+    with pytest.raises(ActionError, match=r"HTTP 503: .*\(held, retried every 0.05s"):
+        action.run(pressure("warn"))
+    action.run(pressure("warn"))  # joins the held write, no request of its own
+    assert action.unposted == 1
+    del fake_api.forced[("POST", "/api/v1/namespaces/shop/events")]
+    (event,) = wait_for(lambda: pod_events(fake_api), 10, "the held Event posted")
+    assert event["count"] == 2 and event["reason"] == "MemoryPressureWarning"
+    action.close()
+
+
+@pytest.mark.parametrize("code", [403, 422])
+def test_an_event_refused_for_good_is_not_held(
+    kube: KubeClient, fake_api: FakeKube, code: int
+) -> None:
+    """A refusal the API server would repeat (RBAC, an invalid object) is reported and
+    counted, not held: retrying it for 15 minutes would only repeat it."""
+    path = "/api/v1/namespaces/shop/events"
+    fake_api.forced[("POST", path)] = code
+    action = K8sEventAction({"min_interval_seconds": 0}, ctx_for(kube), "actions[1]")
+    action.retry_seconds = 0.05
+    with pytest.raises(ActionError, match=rf"HTTP {code}|403") as err:
+        action.run(pressure("warn"))
+    assert "held" not in str(err.value)
+    assert (action.unposted, action.dropped) == (1, 1)
+    with pytest.raises(ActionError):
+        action.run(pressure("warn"))  # tried again: nothing was held for it to join
+    assert len(fake_api.requests_to("POST", path)) == 2
+    action.close()
 
 
 # ---------------------------------------------------------------- evict
@@ -390,7 +439,8 @@ def test_oom_kill_confirmed_says_which_limit_killed(kube: KubeClient, fake_api: 
     K8sEventAction({}, ctx_for(kube), "actions[0]").run(replace(kill(), extra=verdict))
     (ev,) = pod_events(fake_api)
     assert ev["message"] == (
-        "OOM kill confirmed of python3 (pid 41807) 12s after the first warning: " + words
+        "OOM kill confirmed in container app: python3 (pid 41807) killed, 12s after the first "
+        "warning; " + words
     )
     # a limit without words (an older producer) leaves the message as it was
     assert event_message(replace(kill(), extra={"limit": {"text": 3}})).endswith("warning")

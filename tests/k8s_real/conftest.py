@@ -15,7 +15,7 @@ import os
 import shlex
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -135,6 +135,29 @@ class Lane:
             )
         return proc
 
+    # ---- faults: the API server alone stopped and started again; etcd compacted
+    def stop_apiserver(self) -> None:
+        """kube-apiserver stopped (SIGTERM); etcd runs on."""
+        proc = _run_lane("apiserver-stop", str(self.dir))
+        assert proc.returncode == 0, proc.stderr
+
+    def start_apiserver(self) -> None:
+        """kube-apiserver started again on the same port with the same flags; ready on return."""
+        proc = _run_lane("apiserver-start", str(self.dir))
+        assert proc.returncode == 0, _tail(proc.stderr)
+        self.env = _read_env(self.dir / "env")
+
+    def compact_etcd(self) -> int:
+        """etcd compacted at its current revision, through etcd's own API (the gRPC gateway's
+        /v3/kv/compaction): every older resourceVersion is gone. The revision."""
+        with httpx.Client(base_url=self.env["K8S_LANE_ETCD"], trust_env=False, timeout=30) as etcd:
+            r = etcd.post("/v3/kv/range", json={"key": "AA=="})  # any key: the header is the point
+            assert r.status_code == 200, r.text
+            revision = int(r.json()["header"]["revision"])
+            r = etcd.post("/v3/kv/compaction", json={"revision": str(revision), "physical": True})
+            assert r.status_code == 200, r.text
+        return revision
+
     def close(self) -> None:
         if "admin_http" in self.__dict__:
             self.admin_http.close()
@@ -180,6 +203,54 @@ def k8s_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
         lane.close()
         stop = _run_lane("stop", str(lane_dir))
         assert stop.returncode == 0, stop.stderr
+
+
+@pytest.fixture
+def own_lane(
+    k8s_lane: Lane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Lane]]:
+    """``own_lane(*flags)``: a lane of its own (etcd and kube-apiserver, more kube-apiserver
+    flags given) for a test that stops or restarts its API server or compacts its etcd, so
+    the session's lane is not disturbed. Stopped after the test."""
+    started: list[Lane] = []
+
+    def start(*flags: str) -> Lane:
+        lane_dir = tmp_path_factory.mktemp("k8s-own-lane")
+        env = {
+            **os.environ,
+            "K8S_LANE_OWNER_PID": str(os.getpid()),
+            "K8S_LANE_APISERVER_FLAGS": " ".join(flags),
+        }
+        proc = _run_lane("start", str(lane_dir), env=env)
+        if proc.returncode != 0:
+            _run_lane("stop", str(lane_dir))
+            pytest.fail(f"scripts/k8s-lane start failed:\n{_tail(proc.stderr)}", pytrace=False)
+        lane = Lane(lane_dir, _read_env(lane_dir / "env"))
+        started.append(lane)
+        return lane
+
+    try:
+        yield start
+    finally:
+        for lane in started:
+            lane.close()
+            stop = _run_lane("stop", str(lane.dir))
+            assert stop.returncode == 0, stop.stderr
+
+
+@pytest.fixture
+def kubepods() -> Iterator[Any]:
+    """kubepods-shaped cgroups on this host for one test (tests/k8s_real/kubelet.py), removed
+    with whatever runs in them."""
+    import uuid
+
+    from tests.k8s_real.kubelet import Kubepods
+
+    tree = Kubepods(f"pressured-k8s-e2e-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tree
+    finally:
+        tree.remove()
 
 
 def api_error(response: httpx.Response) -> str:

@@ -249,7 +249,15 @@ def deploy_chart(k8s_lane: Lane, tmp_path: Path) -> Iterator[Callable[[str], Dep
         apply_all(Api(k8s_lane), rbac, ns)
         (sa,) = [m.doc["metadata"]["name"] for m in rbac if m.doc["kind"] == "ServiceAccount"]
         kube = in_cluster_client(k8s_lane, ns, sa, tmp_path / f"sa-{release}")
-        roles = [m.doc for m in rbac if m.doc["kind"] in ("Role", "ClusterRole")]
+        # the daemon's roles: those bound to its ServiceAccount (not the viewer Role, which
+        # is for people running `pressured diagnose --cluster`)
+        bound = {
+            (b.doc["roleRef"]["kind"], b.doc["roleRef"]["name"])
+            for b in rbac
+            if b.doc["kind"] in ("RoleBinding", "ClusterRoleBinding")
+            and any(s.get("name") == sa for s in b.doc.get("subjects") or [])
+        }
+        roles = [m.doc for m in rbac if (m.doc["kind"], m.doc["metadata"]["name"]) in bound]
         deployed = Deployed(k8s_lane, ns, sa, kube, roles)
         record_requests(kube, deployed.seen)
         made.append(deployed)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -534,3 +536,63 @@ def test_run_refuses_a_bad_action_before_starting(tmp_path: Path, v2_tree: Path)
         "pressured: invalid configuration:",
         "  actions[0].retries: must be between 0 and 10, got 99",
     ]  # and nothing else: the daemon never started
+
+
+def _commands() -> list[list[str]]:
+    """Every command and group path of the app, found by walking click's tree."""
+    import typer
+
+    found: list[list[str]] = []
+
+    def walk(cmd: Any, path: list[str]) -> None:
+        found.append(path)
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            if not sub.hidden:
+                walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_help_has_real_metavars_and_examples() -> None:
+    commands = _commands()
+    assert ["top"] in commands and ["diagnose"] in commands and ["pprof", "top"] in commands
+    for path in commands:
+        out = invoke(*path, "--help", env={"COLUMNS": "200"})
+        assert out.exit_code == EXIT_OK, (path, out.output)
+        assert re.search(r"<[a-z][a-z \[\]|,]*>", out.output) is None, (path, out.output)
+        assert "Examples:" in out.output, (path, out.output)
+
+
+def test_the_exit_codes_are_listed_in_the_top_help() -> None:
+    out = invoke("--help", env={"COLUMNS": "200"}).output
+    for code in (EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG):
+        assert re.search(rf"^\s+{code}\s+\S", out, re.MULTILINE), out
+    assert "Exit status:" in out
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    for code in (EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG):
+        assert f"| {code} |" in readme
+
+
+def test_namespace_without_cluster_is_a_usage_error() -> None:
+    out = invoke("diagnose", "-n", "pressured")
+    assert out.exit_code == EXIT_CONFIG
+    assert "only with --cluster" in out.output
+
+
+def test_a_bad_since_is_a_usage_error() -> None:
+    out = invoke("diagnose", "--cluster", "--since", "soon")
+    assert out.exit_code == EXIT_CONFIG
+    assert "--since: not a duration" in out.output
+
+
+def test_top_without_a_daemon_url_scheme_is_a_usage_error() -> None:
+    out = invoke("top", "--url", "127.0.0.1:9000")
+    assert out.exit_code == EXIT_CONFIG
+    assert "expected http://HOST:PORT" in out.output
+
+
+def test_top_needs_a_terminal() -> None:
+    out = invoke("top", "--url", "http://127.0.0.1:9")
+    assert out.exit_code == EXIT_RUNTIME
+    assert "needs a terminal" in out.output

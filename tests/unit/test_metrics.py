@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
 import httpx
@@ -311,3 +311,35 @@ def test_throttled_seconds_add_up_per_target_and_go_with_it(metrics: Metrics, cl
     assert metrics.registry.get_sample_value(name, dict(TARGET)) == 3.75
     assert metrics.forget_stale(clock.now + 61) == 1
     assert metrics.registry.get_sample_value(name, dict(TARGET)) is None
+
+
+def test_self_levels_from_config() -> None:
+    s = MetricsSettings.from_config(
+        {"metrics": {"self_degraded_percent": "70", "self_shed_percent": 80}}
+    )
+    assert (s.self_degraded_percent, s.self_shed_percent) == (70.0, 80.0)
+    with pytest.raises(ConfigError) as info:
+        MetricsSettings.from_config({"metrics": {"self_shed_percent": 150}})
+    assert "metrics.self_shed_percent: expected a percent 1-100 (got 150)" in info.value.problems
+
+
+def test_extra_routes_are_read_only_and_listed() -> None:
+    asked: list[dict[str, list[str]]] = []
+
+    def route(query: Mapping[str, list[str]]) -> tuple[str, str, bytes]:
+        asked.append(dict(query))
+        return "200 OK", "application/json", b'{"targets": []}'
+
+    registry = Metrics(node=None).registry
+    with start_http(registry, "127.0.0.1", 0, routes={"/v1/state": route}) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        r = httpx.get(f"{base}/v1/state?after=3&wait=1", timeout=10)
+        assert (r.status_code, r.json()) == (200, {"targets": []})
+        assert r.headers["content-type"] == "application/json"
+        assert asked == [{"after": ["3"], "wait": ["1"]}]
+        assert httpx.post(f"{base}/v1/state", timeout=10).status_code == 405
+        many = "&".join(f"k{i}=1" for i in range(40))
+        assert httpx.get(f"{base}/v1/state?{many}", timeout=10).status_code == 400
+        missing = httpx.get(f"{base}/nope", timeout=10)
+        assert missing.status_code == 404 and "/v1/state" in missing.text
+    assert len(asked) == 1

@@ -24,6 +24,7 @@ from pressured.model import Event
 
 class LuaAction(Action):
     type: ClassVar[str] = "lua"
+    optional: ClassVar[bool] = True  # shed near the daemon's own memory limit
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"

@@ -282,3 +282,35 @@ def test_webhook_deadline_is_its_timeouts_and_backoffs() -> None:
         assert hook.run_deadline_s() == pytest.approx(4 * 3.0 + 0.2 + 0.4 + 0.8)
     finally:
         hook.close()
+
+
+class Sheddable(Recorder):
+    """Slow and optional: work the daemon sheds near its own memory limit (heapdump, lua)."""
+
+    type = "test-optional"
+    lane = SLOW
+    optional = True
+
+
+def test_heapdump_and_lua_are_the_optional_actions() -> None:
+    from pressured.actions.heapdump import HeapdumpAction
+    from pressured.actions.lua.action import LuaAction
+
+    assert HeapdumpAction.optional and LuaAction.optional
+    assert not (LogAction.optional or SignalAction.optional or WebhookAction.optional)
+
+
+def test_shedding_skips_optional_actions_only_and_counts_each_skip(
+    make_runner: Any, drops: list[tuple[str, str]]
+) -> None:
+    shed = threading.Event()
+    shed.set()
+    optional, recorder = Sheddable({}, CTX), Recorder({}, CTX)
+    runner = make_runner([recorder, optional], shed=shed.is_set)
+    runner.submit(pressure("warn"))
+    wait_for(lambda: drops == [("test-optional", "shed")], what="the shed drop")
+    wait_for(lambda: recorder.seen == ["warn"], what="the log-like action ran")
+    assert optional.seen == []
+    shed.clear()  # below the level again: optional work resumes
+    runner.submit(pressure("critical"))
+    wait_for(lambda: optional.seen == ["critical"], what="the optional action ran again")
