@@ -365,6 +365,7 @@ class Daemon:
             sample,
             value=value,
             severity=self.engine.severity(state.key),
+            decided_by=sample.decided_by(self.engine.settings.metric),
         )
         if self.metrics is not None:
             pct = 0.0

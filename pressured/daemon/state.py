@@ -49,6 +49,8 @@ class _Row:
     wall: float
     value: int
     severity: str = "ok"
+    decided_by: str | None = None
+    """The metric ``value`` is (the engine's, or the working set where it has no figure)."""
     points: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=FIT_POINTS))
     version: int = 0
     fitted: tuple[int, float | None] = (-1, None)
@@ -58,7 +60,7 @@ class _Row:
         """What a reader needs, taken under the lock; the fit is done on the copy."""
         return _Row(
             self.key, self.cgroup, self.identity, self.sample, self.wall, self.value,
-            self.severity, self.points.copy(), self.version, self.fitted,
+            self.severity, self.decided_by, self.points.copy(), self.version, self.fitted,
         )  # fmt: skip
 
     def growth(self) -> float | None:
@@ -85,6 +87,8 @@ class _Row:
             "container": ident.container_name,
             "usage_bytes": s.usage_bytes,
             "working_set_bytes": s.working_set_bytes,
+            "unreclaimable_bytes": s.unreclaimable_bytes,
+            "decided_by": self.decided_by,
             "limit_bytes": limit,
             "percent": None if limit is None else round(100.0 * self.value / limit, 2),
             "headroom_bytes": None if limit is None else limit - self.value,
@@ -156,14 +160,17 @@ class LiveState:
         *,
         value: int,
         severity: str,
+        decided_by: str | None = None,
     ) -> None:
-        """A target's new reading; ``value``: the bytes thresholds are decided on."""
+        """A target's new reading; ``value``: the bytes thresholds are decided on, by the
+        metric ``decided_by``."""
         with self._cond:
             row = self._rows.get(key)
             if row is None:
                 row = self._rows[key] = _Row(key, cgroup, identity, sample, self._wall(), value)
             row.cgroup, row.identity, row.sample = cgroup, identity, sample
             row.wall, row.value, row.severity = self._wall(), value, severity
+            row.decided_by = decided_by
             while row.points and sample.time - row.points[0][0] > FIT_WINDOW_S:
                 row.points.popleft()
             row.points.append((sample.time, float(value)))

@@ -175,7 +175,8 @@ def render(view: ClusterView, *, limit: int = 50) -> None:
 
     console = Console()
     table = Table(title="pressured diagnose --cluster (sorted by headroom)")
-    for col in ("node", "pod/container", "usage", "limit", "%", "headroom", "growth/s", "ETA"):
+    cols = ("node", "pod/container", "working set", "unreclaimable", "limit", "%", "headroom")
+    for col in (*cols, "growth/s", "ETA"):
         table.add_column(col, overflow="fold")
     table.add_column("PSI some/full")
     for r in view.targets[:limit]:
@@ -190,6 +191,7 @@ def render(view: ClusterView, *, limit: int = 50) -> None:
             str(r.get("node") or "-"),
             _who(r),
             _mib(r.get("working_set_bytes")),
+            _mib(r.get("unreclaimable_bytes")),
             _mib(r.get("limit_bytes")),
             _num(pct, ".1f"),
             _mib(r.get("headroom_bytes")),
