@@ -100,6 +100,7 @@ def test_version() -> None:
         ["demo"],
         ["pprof"],
         ["pprof", "top"],
+        ["pprof", "diff"],
     ],
     ids=lambda c: " ".join(c) or "pressured",
 )
