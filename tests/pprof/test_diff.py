@@ -213,3 +213,31 @@ def test_heap_growth_top_lists_growers_only(heap_profile_pair: ProfilePair) -> N
         row["function"]
         for row in heap_growth_top(new.read_bytes(), str(new), base.read_bytes(), str(base), k=3)
     ]
+
+
+def test_newer_profiles_drop_frames_prune_the_base_too(
+    tmp_path: Path, go_env: dict[str, str]
+) -> None:
+    # pprof prunes the merged profile with the first profile's drop_frames: the base's own
+    # expressions do not count, the newer one's apply to the base's stacks as well.
+    def build(drop: str, scale: int) -> ProfileBuilder:
+        b = ProfileBuilder((("space", "bytes"),))
+        if drop:
+            b.msg.drop_frames = b.s(drop)
+        main = b.location("main.main")
+        user = b.location("app.alloc")
+        b.sample(
+            [b.location("runtime.mallocgc"), b.location("runtime.newobject"), user, main],
+            100 * scale,
+        )
+        b.sample([b.location("app.grow"), user, main], 5 * scale)
+        return b
+
+    base, new = tmp_path / "base.pb.gz", tmp_path / "new.pb.gz"
+    base.write_bytes(build(r"app\.grow", 1).gz())
+    new.write_bytes(build(r"runtime\..*", 3).gz())
+    want = go_pprof_text(new, go_env, "-top", "-nodefraction=0", "-base", str(base))
+    got = _diff(base, new, n=0)
+    assert format_top(got) == want  # type: ignore[arg-type]
+    assert "runtime.mallocgc" not in want
+    assert "app.grow" in want
