@@ -391,7 +391,8 @@ def _decode(
     table = decode_samples(msg.sample, len(sample_types), index, source)
     merge_keys = None
     if with_merge_keys:
-        merge_keys = MergeKeys(loc_keys, _label_keys(msg.sample, strings, source))
+        label_ids, label_names = _label_keys(msg.sample, table.labelled, strings, source)
+        merge_keys = MergeKeys(loc_keys, label_ids, label_names)
 
     return Profile(
         source=source,
@@ -426,11 +427,18 @@ class MergeKeys:
     and each sample's labels, with strings in place of string table indices."""
 
     locations: list[Any]
-    labels: list[Any]
+    labels: Any
+    """Per sample, an id of its labels (int64; 0: none) from ``label_names``."""
+    label_names: list[Any]
 
 
-def _label_keys(encoded: Sequence[bytes], strings: list[str], source: str) -> list[Any]:
+def _label_keys(
+    encoded: Sequence[bytes], labelled: Any, strings: list[str], source: str
+) -> tuple[Any, list[Any]]:
     # As pprof's postDecode builds Label and NumLabel/NumUnit, then sampleKey sorts them by key.
+    # Only the samples that have labels are parsed again; equal label sets share one id.
+    import numpy as np  # noqa: PLC0415
+
     pb2 = importlib.import_module("pressured.pprof._pprof_pb2")
     n = len(strings)
 
@@ -439,16 +447,14 @@ def _label_keys(encoded: Sequence[bytes], strings: list[str], source: str) -> li
             raise PprofError(f"{source}: string table index {index} out of range in a label")
         return strings[index]
 
-    keys: list[Any] = []
-    for raw in encoded:
-        labels = pb2.Sample.FromString(raw).label
-        if not labels:
-            keys.append(())
-            continue
+    names: list[Any] = [()]
+    ids: dict[Any, int] = {(): 0}
+    out = np.zeros(len(labelled), dtype=np.int64)
+    for i in np.flatnonzero(labelled).tolist():
         str_labels: dict[str, list[str]] = {}
         num_labels: dict[str, list[int]] = {}
         num_units: dict[str, list[str]] = {}
-        for label in labels:
+        for label in pb2.Sample.FromString(encoded[i]).label:
             key = text(label.key)
             if label.str:
                 str_labels.setdefault(key, []).append(text(label.str))
@@ -459,18 +465,23 @@ def _label_keys(encoded: Sequence[bytes], strings: list[str], source: str) -> li
                     units.extend([""] * (len(nums) - len(units)))
                     units.append(text(label.num_unit))
                 nums.append(label.num)
-        keys.append(
-            (
-                tuple(sorted((k, tuple(v)) for k, v in str_labels.items())),
-                tuple(
-                    sorted(
-                        (k, tuple(v), tuple(_padded(num_units.get(k, []), len(v))))
-                        for k, v in num_labels.items()
-                    )
-                ),
-            )
+        canonical = (
+            tuple(sorted((k, tuple(v)) for k, v in str_labels.items())),
+            tuple(
+                sorted(
+                    (k, tuple(v), tuple(_padded(num_units.get(k, []), len(v))))
+                    for k, v in num_labels.items()
+                )
+            ),
         )
-    return keys
+        if canonical == ((), ()):
+            continue
+        label_id = ids.get(canonical)
+        if label_id is None:
+            label_id = ids[canonical] = len(names)
+            names.append(canonical)
+        out[i] = label_id
+    return out, names
 
 
 def _padded(units: list[str], n: int) -> list[str]:

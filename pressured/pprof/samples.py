@@ -46,6 +46,8 @@ class SampleTable:
     values: Int64s
     loc_ptr: Int64s
     locs: Int32s
+    labelled: npt.NDArray[np.bool_]
+    """Samples with at least one Label field."""
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -91,10 +93,11 @@ def decode_samples(
     values: list[Int64s] = []
     counts: list[Int64s] = []
     locs: list[Int32s] = []
+    labelled: list[npt.NDArray[np.bool_]] = []
     missing: set[int] = set()
     for first in range(0, len(encoded), CHUNK):
         chunk = list(encoded[first : first + CHUNK])
-        v, c, ids = _decode_chunk(chunk, n_types, first, source)
+        v, c, ids, has_labels = _decode_chunk(chunk, n_types, first, source)
         index = locations.lookup(ids)
         bad = index < 0
         if bad.any():
@@ -102,6 +105,7 @@ def decode_samples(
         values.append(v)
         counts.append(c)
         locs.append(index)
+        labelled.append(has_labels)
     if missing:
         raise PprofError(
             f"{source}: samples name location ids that do not exist: "
@@ -114,13 +118,14 @@ def decode_samples(
         values=np.concatenate(values) if values else np.zeros((0, n_types), dtype=np.int64),
         loc_ptr=loc_ptr,
         locs=np.concatenate(locs) if locs else np.zeros(0, dtype=np.int32),
+        labelled=np.concatenate(labelled) if labelled else np.zeros(0, dtype=bool),
     )
 
 
 def _decode_chunk(
     chunk: list[bytes], n_types: int, first: int, source: str
-) -> tuple[Int64s, Int64s, npt.NDArray[np.uint64]]:
-    """(values (m, n_types), location ids per sample, location ids) of m encoded samples."""
+) -> tuple[Int64s, Int64s, npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+    """(values (m, n_types), location ids per sample, location ids, has labels) of m samples."""
     m = len(chunk)
     lengths = np.fromiter(map(len, chunk), dtype=np.int64, count=m)
     bounds = np.zeros(m + 1, dtype=np.int64)
@@ -226,6 +231,8 @@ def _decode_chunk(
     val_count = np.zeros(m, dtype=np.int64)
     np.add.at(val_count, r_sample[is_val], r_to[is_val] - r_from[is_val])
 
+    has_labels = np.zeros(m, dtype=bool)
+    has_labels[r_sample[(r_field == _LABEL) & is_packed[keep]]] = True
     odd_idx = np.flatnonzero(odd)
     odd_locs: dict[int, list[int]] = {}
     odd_vals: dict[int, list[int]] = {}
@@ -243,6 +250,7 @@ def _decode_chunk(
                 ) from exc
             odd_locs[i] = list(sample.location_id)
             odd_vals[i] = list(sample.value)
+            has_labels[i] = len(sample.label) > 0
             loc_count[i] = len(odd_locs[i])
             val_count[i] = len(odd_vals[i])
     wrong = np.flatnonzero(val_count != n_types)
@@ -265,7 +273,7 @@ def _decode_chunk(
             ids[loc_ptr[i] : loc_ptr[i + 1]] = np.array(odd_locs[i], dtype=np.uint64)
     else:
         ids[:] = val[loc_tok]
-    return values, loc_count, ids
+    return values, loc_count, ids, has_labels
 
 
 def ranges(starts: Int64s, stops: Int64s) -> Int64s:
