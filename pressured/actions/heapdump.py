@@ -61,6 +61,13 @@ actions configured after this one, which run in its lane after it (Lua's ``event
 the Kubernetes Event, a webhook), see them. The log line does not wait for the dump: the result
 is this action's own log line and the event JSON stored beside the profile.
 
+Heap growth: when a target is captured again (warn then critical, or criticals after the
+cooldown), ``event.extra["heap_growth_top"]`` lists the functions whose in-use bytes grew most
+since its previous capture (pressured.pprof.growth: `go tool pprof -top -base` of the two,
+the previous one read back from storage) and ``["heap_growth_since"]`` that capture's key; a
+failure goes into ``["heap_growth_error"]``. A critical after a warn capture is captured despite
+the cooldown: the pair is what shows the growth.
+
 The profile is the pod owner's to write, so it is analysed in a worker process
 (pressured.pprof.worker) killed past ``analyze_timeout_ms`` or ``analyze_max_mib``: a profile
 built to be slow or huge costs the daemon at most that, never its loop, its signals or its
@@ -104,6 +111,7 @@ from pressured.k8s.annotations import (
 )
 from pressured.kernel.procfs import listening_ports
 from pressured.model import Event
+from pressured.pprof.growth import heap_growth_top
 from pressured.pprof.worker import Limits, run_top
 from pressured.runtimes import FULL_DUMP, RUNTIMES
 
@@ -193,6 +201,8 @@ class HeapdumpAction(Action):
                 f"{where}.inspector_port: must be a TCP port 1..65535 (got {self.inspector_port!r})"
             )
         self._last_capture: dict[str, float] = {}
+        self._last_severity: dict[str, str] = {}
+        self._previous_key: dict[str, str] = {}
         self._client: Any = None
 
     # ----------------------------------------------------------------------------------------
@@ -207,7 +217,8 @@ class HeapdumpAction(Action):
             return
         now = time.monotonic()
         last = self._last_capture.get(target)
-        if last is not None and now - last < self.cooldown_seconds:
+        escalated = event.severity == "critical" and self._last_severity.get(target) == "warn"
+        if last is not None and now - last < self.cooldown_seconds and not escalated:
             log.info(
                 "heapdump: %s skipped, last dump %.0f s ago (cooldown_seconds %g)",
                 target,
@@ -238,6 +249,7 @@ class HeapdumpAction(Action):
             )
             return
         self._last_capture[target] = now
+        self._last_severity[target] = event.severity
         ports = [port]
         if self.discover_ports:
             ports = self._candidate_ports(port, pids)
@@ -403,6 +415,7 @@ class HeapdumpAction(Action):
             summary = self._analyze(event, cap.body, key)
             if summary:
                 event.extra["pprof_top"] = summary
+            self._growth(event, storage, cap)
         try:
             storage.write(
                 stem + ".json", json.dumps(event.to_json(), indent=2, default=str).encode()
@@ -535,6 +548,29 @@ class HeapdumpAction(Action):
             ", ".join(_top_name(row) for row in shown) or "-",
             f"; full dump skipped: {skipped}" if skipped else "",
         )
+
+    def _growth(self, event: Event, storage: Any, cap: _Capture) -> None:
+        # Heap growth since this target's previous capture, read back from storage (the daemon
+        # keeps only its key): event.extra["heap_growth_top"], or ["heap_growth_error"].
+        target = event.key or event.cgroup
+        previous = self._previous_key.get(target)
+        self._previous_key[target] = cap.key
+        if previous is None or cap.body is None:
+            return
+        if previous == cap.key:  # stamped to the second: the earlier capture was replaced
+            event.extra["heap_growth_error"] = f"{previous}: captured again within one second"
+            return
+        try:
+            before = storage.read(previous)
+            grown = heap_growth_top(
+                before, previous, cap.body, cap.key, k=self.top_n, limits=self.analyze_limits
+            )
+        except (PprofError, StorageError) as exc:
+            log.warning("heapdump: no heap growth since %s: %s", previous, exc)
+            event.extra["heap_growth_error"] = f"{previous}: {exc}"
+            return
+        event.extra["heap_growth_top"] = grown
+        event.extra["heap_growth_since"] = previous
 
 
 class _FetchFailed(Exception):

@@ -15,16 +15,20 @@ stored from one) goes through the worker instead, bounded in time and memory:
 The modules:
 
     decode       profile.proto (gzip or raw) into a validated Profile; drop_frames/keep_frames
+    samples      the samples decoded in bulk into arrays (numpy), not an object each
+    stacks       flat, cum and inline labels summed over those arrays
     goregexp     Go's regexp syntax through RE2 (linear time), for drop_frames/keep_frames
     top          per-function flat and cum, sorted and cut as pprof does; summaries for events
+    diff         new minus base, as go tool pprof -top -base (load_diff, diff)
+    growth       heap growth between two captures of a target, for the heapdump action
     format       units, percentages and the text report, equal to go tool pprof's
     fetch        the bytes of a file or an http(s) URL (through pressured.httpget)
-    worker       decode + top in a child process under RLIMIT_AS/RLIMIT_CPU and a deadline
+    worker       decode + top (or diff) in a child process under RLIMIT_AS/RLIMIT_CPU and a deadline
     cli          the ``pressured pprof`` commands
     _pprof_pb2   generated from profile.proto by scripts/gen_pprof_pb2.sh
 
-Importing this package is cheap: the protobuf runtime is imported when a profile is decoded,
-httpx when a URL is read.
+Importing this package is cheap: the protobuf runtime and numpy are imported when a profile is
+decoded, httpx when a URL is read.
 """
 
 from pressured.pprof.decode import (

@@ -13,8 +13,10 @@ ship with Go: internal/graph, profile/prune.go):
   syntax and RE2's linear-time matching (pressured.pprof.goregexp): the expressions come from
   whoever served the profile.
 
-The message classes are generated from profile.proto beside this file (_pprof_pb2.py, by
-scripts/gen_pprof_pb2.sh); the protobuf runtime is imported on first use only.
+The samples are decoded into arrays by pressured.pprof.samples (numpy); the rest of the message
+by the protobuf runtime, through ProfileEncodedSamples, which leaves each sample encoded. The
+message classes are generated from profile.proto beside this file (_pprof_pb2.py, by
+scripts/gen_pprof_pb2.sh); the protobuf runtime and numpy are imported on first use only.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pressured.errors import PprofError
 from pressured.pprof.goregexp import GoRegexp, compile_go
+
+if TYPE_CHECKING:
+    from pressured.pprof.samples import SampleTable
 
 log = logging.getLogger("pressured.pprof")
 
@@ -56,9 +61,10 @@ class ValueType:
 class Profile:
     """A decoded and validated profile; build it with ``load_profile``.
 
-    The protobuf samples are kept as decoded (the values are only read by ``top``), while
-    locations and functions are reduced to what pprof's "functions" granularity keeps: for each
-    location id, the node ids of its frames, innermost first.
+    Locations are reduced to what pprof's "functions" granularity keeps: location ``i`` (its
+    index in the sorted location ids) has the frames ``frame_nodes[frame_ptr[i]:frame_ptr[i+1]]``,
+    node ids innermost first; ``frame_inner`` is true for all but a location's outermost Line.
+    The samples are arrays (pressured.pprof.samples.SampleTable) of those location indices.
     """
 
     def __init__(
@@ -74,11 +80,17 @@ class Profile:
         comments: tuple[str, ...],
         main_file: str,
         build_id: str,
-        samples: Sequence[Any],
+        drop_frames: str,
+        keep_frames: str,
+        table: SampleTable,
         node_names: list[str],
-        loc_nodes: dict[int, tuple[int, ...]],
-        prune: frozenset[int],
-        prune_beneath: frozenset[int],
+        node_keys: list[tuple[str, str, int]],
+        frame_ptr: Any,
+        frame_nodes: Any,
+        frame_inner: Any,
+        prune: Any,
+        prune_beneath: Any,
+        merge_keys: MergeKeys | None = None,
         warnings: tuple[str, ...] = (),
     ) -> None:
         self.source = source
@@ -91,17 +103,26 @@ class Profile:
         self.comments = comments
         self.main_file = main_file
         self.build_id = build_id
-        self._samples = samples
-        self._node_names = node_names
-        self._loc_nodes = loc_nodes
-        self._prune = prune
-        self._prune_beneath = prune_beneath
+        self.drop_frames = drop_frames
+        self.keep_frames = keep_frames
+        self.table = table
+        self.node_names = node_names
+        self.node_keys = node_keys
+        """(function name, object file, start line) of each node: what makes two the same."""
+        self.frame_ptr = frame_ptr
+        self.frame_nodes = frame_nodes
+        self.frame_inner = frame_inner
+        self.prune = prune
+        """Per location: drop_frames prunes the location itself (pprof's prune map)."""
+        self.prune_beneath = prune_beneath
+        """Per location: drop_frames prunes what is beneath it (pprof's pruneBeneath map)."""
+        self.merge_keys = merge_keys
         self.warnings = warnings
         """What was ignored as go tool pprof ignores it (an unusable drop_frames, say)."""
 
     @property
     def num_samples(self) -> int:
-        return len(self._samples)
+        return len(self.table)
 
     @property
     def sample_type_names(self) -> list[str]:
@@ -134,18 +155,26 @@ class Profile:
 
 
 def load_profile(
-    data: bytes | bytearray, source: str, *, max_bytes: int = MAX_PROFILE_BYTES
+    data: bytes | bytearray,
+    source: str,
+    *,
+    max_bytes: int = MAX_PROFILE_BYTES,
+    frames: tuple[str, str] | None = None,
+    merge_keys: bool = False,
 ) -> Profile:
     """Decode a profile.proto, gzip-compressed (detected by its magic) or raw.
 
-    ``source`` names the input (a path, a URL, a storage key) in every PprofError.
+    ``source`` names the input (a path, a URL, a storage key) in every PprofError. ``frames``
+    replaces the profile's own (drop_frames, keep_frames): a diff's base is pruned with the
+    expressions of the newer profile, as pprof prunes the merged profile. ``merge_keys`` also
+    keeps what pprof's Merge compares samples by (pressured.pprof.diff needs it).
     """
     if data[:2] == GZIP_MAGIC:
         data = _gunzip(data, source, max_bytes)  # a bytearray: no copy to bytes
     pb2 = importlib.import_module("pressured.pprof._pprof_pb2")
     from google.protobuf.message import DecodeError  # noqa: PLC0415 - heavy, lazy
 
-    msg = pb2.Profile()
+    msg = pb2.ProfileEncodedSamples()
     try:
         msg.ParseFromString(data)
     except DecodeError as exc:
@@ -154,7 +183,8 @@ def load_profile(
         if "alloc failed" in str(exc).lower():
             raise MemoryError(f"{source}: out of memory decoding the profile ({exc})") from exc
         raise PprofError(f"{source}: not a pprof profile (protobuf decode failed: {exc})") from exc
-    return _decode(msg, source)
+    del data  # the inflated copy (upb holds what it needs)
+    return _decode(msg, source, frames, merge_keys)
 
 
 def _gunzip(data: bytes | bytearray, source: str, max_bytes: int) -> bytearray:
@@ -176,7 +206,11 @@ def _gunzip(data: bytes | bytearray, source: str, max_bytes: int) -> bytearray:
     return out
 
 
-def _decode(msg: Any, source: str) -> Profile:
+def _decode(
+    msg: Any, source: str, frames: tuple[str, str] | None, with_merge_keys: bool
+) -> Profile:
+    import numpy as np  # noqa: PLC0415 - heavy, lazy
+
     raw_strings = list(msg.string_table)
     if not raw_strings or raw_strings[0] != b"":
         raise PprofError(
@@ -211,9 +245,12 @@ def _decode(msg: Any, source: str) -> Profile:
     comments = tuple(string(c, f"comment[{i}]") for i, c in enumerate(msg.comment))
     drop_frames = string(msg.drop_frames, "drop_frames")
     keep_frames = string(msg.keep_frames, "keep_frames")
+    if frames is not None:
+        drop_frames, keep_frames = frames
     default_sample_type = string(msg.default_sample_type, "default_sample_type")
 
     mapping_files: dict[int, str] = {}
+    mapping_keys: dict[int, tuple[int, tuple[int, int, str]]] = {}
     main_file = build_id = ""
     for i, m in enumerate(msg.mapping):
         if m.id == 0:
@@ -221,20 +258,28 @@ def _decode(msg: Any, source: str) -> Profile:
         if m.id in mapping_files:
             raise PprofError(f"{source}: mapping[{i}] repeats id {m.id}")
         mapping_files[m.id] = string(m.filename, f"mapping[{i}].filename")
+        mapping_build_id = string(m.build_id, f"mapping[{i}].build_id")
         if i == 0:
             main_file = mapping_files[m.id]
-            build_id = string(m.build_id, "mapping[0].build_id")
+            build_id = mapping_build_id
+        if with_merge_keys:
+            # pprof's mappingKey: the size rounded up to 4 KiB, the offset, the build id or file
+            size = (m.memory_limit - m.memory_start + 0xFFF) // 0x1000 * 0x1000
+            ident = mapping_build_id or mapping_files[m.id]
+            mapping_keys[m.id] = (m.memory_start, (size, m.file_offset, ident))
 
     # Node identity under granularity "functions" (graph.nodeInfo after Aggregate): the function
     # name; a function without a name falls back to its object file and start line.
     node_ids: dict[tuple[str, str, int], int] = {}
     node_names: list[str] = []
+    node_keys: list[tuple[str, str, int]] = []
 
     def node(name: str, objfile: str, start_line: int) -> int:
         key = (name, objfile, start_line)
         nid = node_ids.get(key)
         if nid is None:
             nid = node_ids[key] = len(node_names)
+            node_keys.append(key)
             if name:
                 node_names.append(name)
             elif objfile:
@@ -244,64 +289,110 @@ def _decode(msg: Any, source: str) -> Profile:
         return nid
 
     functions: dict[int, tuple[str, int]] = {}
+    function_keys: dict[int, tuple[str, str, str, int]] = {}
     for i, f in enumerate(msg.function):
         if f.id == 0:
             raise PprofError(f"{source}: function[{i}] has the reserved id 0")
         if f.id in functions:
             raise PprofError(f"{source}: function[{i}] repeats id {f.id}")
         name = string(f.name, f"function[{i}].name")
-        string(f.system_name, f"function[{i}].system_name")
-        string(f.filename, f"function[{i}].filename")
+        system_name = string(f.system_name, f"function[{i}].system_name")
+        filename = string(f.filename, f"function[{i}].filename")
         functions[f.id] = (name, f.start_line)
+        if with_merge_keys:
+            function_keys[f.id] = (name, system_name, filename, f.start_line)
+
+    from pressured.pprof.samples import LocationIndex, decode_samples  # noqa: PLC0415
 
     warnings: list[str] = []
     prune_here = _frame_filter(drop_frames, keep_frames, source, warnings)
-    loc_nodes: dict[int, tuple[int, ...]] = {}
-    prune: set[int] = set()
-    prune_beneath: set[int] = set()
-    for i, loc in enumerate(msg.location):
-        if loc.id == 0:
-            raise PprofError(f"{source}: location[{i}] has the reserved id 0")
-        if loc.id in loc_nodes:
-            raise PprofError(f"{source}: location[{i}] repeats id {loc.id}")
-        if loc.mapping_id and loc.mapping_id not in mapping_files:
-            raise PprofError(
-                f"{source}: location[{i}] names mapping {loc.mapping_id}, which does not exist"
+    locations = list(msg.location)
+    ids = [loc.id for loc in locations]
+    if 0 in ids or len(set(ids)) != len(ids):
+        seen_ids: set[int] = set()
+        for i, lid in enumerate(ids):
+            if lid == 0:
+                raise PprofError(f"{source}: location[{i}] has the reserved id 0")
+            if lid in seen_ids:
+                raise PprofError(f"{source}: location[{i}] repeats id {lid}")
+            seen_ids.add(lid)
+    index = LocationIndex(ids)
+    n_locs = len(index)
+    frame_count = np.zeros(n_locs, dtype=np.int64)
+    frames_of: list[tuple[int, ...]] = [()] * n_locs
+    prune = np.zeros(n_locs, dtype=bool)
+    prune_beneath = np.zeros(n_locs, dtype=bool)
+    loc_keys: list[Any] = [None] * n_locs
+    position = index.lookup(np.array(ids, dtype=np.uint64)).tolist()
+    del ids
+    # (function id, mapping id) -> node: a function without a name is told apart by its file
+    fn_nodes: dict[tuple[int, int], int] = {}
+    for i, loc in enumerate(locations):
+        mid = loc.mapping_id
+        if mid and mid not in mapping_files:
+            raise PprofError(f"{source}: location[{i}] names mapping {mid}, which does not exist")
+        objfile = mapping_files.get(mid, "")
+        k = position[i]
+        fids = [line.function_id for line in loc.line]
+        if with_merge_keys:
+            start, mkey = mapping_keys.get(mid, (0, None))
+            loc_keys[k] = (
+                loc.address - start,
+                mkey,
+                loc.is_folded,
+                tuple((function_keys.get(ln.function_id), ln.line, ln.column) for ln in loc.line),
             )
-        objfile = mapping_files.get(loc.mapping_id, "")
-        lines: list[tuple[str, int]] = []
-        for j, line in enumerate(loc.line):
-            fn = functions.get(line.function_id)
-            if fn is None:
-                raise PprofError(
-                    f"{source}: location[{i}].line[{j}] names function {line.function_id}, "
-                    "which does not exist"
-                )
-            lines.append(fn)
-        if prune_here is not None:
-            lines = _prune_location(
-                loc.id, lines, prune_here=prune_here, prune=prune, prune_beneath=prune_beneath
-            )
-        if lines:
-            nodes = tuple(node(n, "" if n else objfile, 0 if n else sl) for n, sl in lines)
+        if prune_here is None:
+            nodes_list = []
+            for j, fid in enumerate(fids):
+                nid = fn_nodes.get((fid, mid))
+                if nid is None:
+                    fn = functions.get(fid)
+                    if fn is None:
+                        raise PprofError(
+                            f"{source}: location[{i}].line[{j}] names function {fid}, "
+                            "which does not exist"
+                        )
+                    name, sl = fn
+                    nid = fn_nodes[fid, mid] = node(
+                        name, "" if name else objfile, 0 if name else sl
+                    )
+                nodes_list.append(nid)
+            nodes = tuple(nodes_list) if nodes_list else (node("", objfile, 0),)
         else:
-            nodes = (node("", objfile, 0),)
-        loc_nodes[loc.id] = nodes
-
-    n_types = len(sample_types)
-    seen_locations: set[int] = set()
-    for i, s in enumerate(msg.sample):
-        if len(s.value) != n_types:
-            raise PprofError(
-                f"{source}: sample[{i}] has {len(s.value)} values for {n_types} sample types"
+            lines: list[tuple[str, int]] = []
+            for j, fid in enumerate(fids):
+                fn = functions.get(fid)
+                if fn is None:
+                    raise PprofError(
+                        f"{source}: location[{i}].line[{j}] names function {fid}, "
+                        "which does not exist"
+                    )
+                lines.append(fn)
+            lines = _prune_location(
+                k, lines, prune_here=prune_here, prune=prune, prune_beneath=prune_beneath
             )
-        seen_locations.update(s.location_id)
-    missing = seen_locations.difference(loc_nodes)
-    if missing:
-        raise PprofError(
-            f"{source}: samples name location ids that do not exist: "
-            + ", ".join(str(m) for m in sorted(missing)[:10])
-        )
+            if lines:
+                nodes = tuple(node(n, "" if n else objfile, 0 if n else sl) for n, sl in lines)
+            else:
+                nodes = (node("", objfile, 0),)
+        frames_of[k] = nodes
+        frame_count[k] = len(nodes)
+    del locations
+    frame_ptr = np.zeros(n_locs + 1, dtype=np.int64)
+    np.cumsum(frame_count, out=frame_ptr[1:])
+    frame_nodes = np.fromiter(
+        (n for nodes in frames_of for n in nodes), dtype=np.int32, count=int(frame_ptr[-1])
+    )
+    frame_inner = np.ones(len(frame_nodes), dtype=bool)
+    frame_inner[frame_ptr[1:][frame_count > 0] - 1] = False
+    del frames_of
+
+    table = decode_samples(msg.sample, len(sample_types), index, source)
+    merge_keys = None
+    if with_merge_keys:
+        label_ids, label_names = _label_keys(msg.sample, table.labelled, strings, source)
+        merge_keys = MergeKeys(loc_keys, label_ids, label_names)
 
     return Profile(
         source=source,
@@ -314,13 +405,87 @@ def _decode(msg: Any, source: str) -> Profile:
         comments=comments,
         main_file=main_file,
         build_id=build_id,
-        samples=msg.sample,
+        drop_frames=drop_frames,
+        keep_frames=keep_frames,
+        table=table,
         node_names=node_names,
-        loc_nodes=loc_nodes,
-        prune=frozenset(prune),
-        prune_beneath=frozenset(prune_beneath),
+        node_keys=node_keys,
+        frame_ptr=frame_ptr,
+        frame_nodes=frame_nodes,
+        frame_inner=frame_inner,
+        prune=prune,
+        prune_beneath=prune_beneath,
+        merge_keys=merge_keys,
         warnings=tuple(warnings),
     )
+
+
+@dataclass(frozen=True)
+class MergeKeys:
+    """What pprof's Merge tells samples apart by (profile/merge.go): each location's key
+    (address in its mapping, the mapping's key, folded, its lines' functions, lines and columns)
+    and each sample's labels, with strings in place of string table indices."""
+
+    locations: list[Any]
+    labels: Any
+    """Per sample, an id of its labels (int64; 0: none) from ``label_names``."""
+    label_names: list[Any]
+
+
+def _label_keys(
+    encoded: Sequence[bytes], labelled: Any, strings: list[str], source: str
+) -> tuple[Any, list[Any]]:
+    # As pprof's postDecode builds Label and NumLabel/NumUnit, then sampleKey sorts them by key.
+    # Only the samples that have labels are parsed again; equal label sets share one id.
+    import numpy as np  # noqa: PLC0415
+
+    pb2 = importlib.import_module("pressured.pprof._pprof_pb2")
+    n = len(strings)
+
+    def text(index: int) -> str:
+        if not 0 <= index < n:
+            raise PprofError(f"{source}: string table index {index} out of range in a label")
+        return strings[index]
+
+    names: list[Any] = [()]
+    ids: dict[Any, int] = {(): 0}
+    out = np.zeros(len(labelled), dtype=np.int64)
+    for i in np.flatnonzero(labelled).tolist():
+        str_labels: dict[str, list[str]] = {}
+        num_labels: dict[str, list[int]] = {}
+        num_units: dict[str, list[str]] = {}
+        for label in pb2.Sample.FromString(encoded[i]).label:
+            key = text(label.key)
+            if label.str:
+                str_labels.setdefault(key, []).append(text(label.str))
+            elif label.num or label.num_unit:
+                nums = num_labels.setdefault(key, [])
+                if label.num_unit:
+                    units = num_units.setdefault(key, [])
+                    units.extend([""] * (len(nums) - len(units)))
+                    units.append(text(label.num_unit))
+                nums.append(label.num)
+        canonical = (
+            tuple(sorted((k, tuple(v)) for k, v in str_labels.items())),
+            tuple(
+                sorted(
+                    (k, tuple(v), tuple(_padded(num_units.get(k, []), len(v))))
+                    for k, v in num_labels.items()
+                )
+            ),
+        )
+        if canonical == ((), ()):
+            continue
+        label_id = ids.get(canonical)
+        if label_id is None:
+            label_id = ids[canonical] = len(names)
+            names.append(canonical)
+        out[i] = label_id
+    return out, names
+
+
+def _padded(units: list[str], n: int) -> list[str]:
+    return units + [""] * (n - len(units)) if units else units
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,40 +541,19 @@ def _frame_filter(
 
 
 def _prune_location(
-    loc_id: int,
+    loc: int,
     lines: list[tuple[str, int]],
     *,
     prune_here: Callable[[str], bool],
-    prune: set[int],
-    prune_beneath: set[int],
+    prune: Any,
+    prune_beneath: Any,
 ) -> list[tuple[str, int]]:
     for i in range(len(lines) - 1, -1, -1):
         name = lines[i][0]
         if name and prune_here(name):
-            prune_beneath.add(loc_id)
+            prune_beneath[loc] = True
             if i == len(lines) - 1:
-                prune.add(loc_id)
+                prune[loc] = True
                 return lines
             return lines[i + 1 :]
     return lines
-
-
-def pruned_stack(
-    locs: Sequence[int], prune: frozenset[int], beneath: frozenset[int]
-) -> Sequence[int]:
-    """A sample's location ids (leaf first) as drop_frames leaves them.
-
-    Scanned from the root: frames before the first user frame are never pruned.
-    """
-    found_user = False
-    for i in range(len(locs) - 1, -1, -1):
-        lid = locs[i]
-        if lid not in prune and lid not in beneath:
-            found_user = True
-            continue
-        if not found_user:
-            continue
-        if lid in prune:
-            return locs[i + 1 :]
-        return locs[i:]
-    return locs

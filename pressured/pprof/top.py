@@ -12,16 +12,19 @@ ported from the pprof sources that ship with Go (internal/graph, internal/report
 - total: the sum of the absolute values of every sample; percentages are of that total.
 - sample index: default_sample_type when the profile names one, else the last sample type
   (inuse_space for a Go heap profile); a number or a "inuse_"-prefixed legacy name also work.
+
+The sums run over arrays (pressured.pprof.stacks), not over a Python object per sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pressured.pprof.decode import Profile, pruned_stack
+from pressured.pprof.decode import Profile, ValueType
+
+if TYPE_CHECKING:
+    from pressured.pprof.stacks import Stacks
 
 DEFAULT_NODE_FRACTION = 0.005
 """go tool pprof's default -nodefraction: nodes whose cum is below 0.5% of the total are dropped."""
@@ -54,7 +57,7 @@ class TopResult:
     """Functions dropped by the node fraction."""
     node_fraction: float
     sort_cum: bool
-    profile: Profile
+    profile: Header
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,41 +100,73 @@ def top(
     DEFAULT_NODE_FRACTION; 0 keeps everything). ``edge_fraction`` only decides the "(inline)"
     labels, as -edgefraction does: calls lighter than that fraction are not looked at.
     """
-    idx = profile.sample_index(sample_index)
-    vtype = profile.sample_types[idx]
-    n_nodes = len(profile._node_names)
-    flat = [0] * n_nodes
-    cum = [0] * n_nodes
-    loc_nodes = profile._loc_nodes
-    frames_of = loc_nodes.__getitem__
-    prune, beneath = profile._prune, profile._prune_beneath
-    pruning = bool(prune or beneath)
-    total = 0
-    for s in profile._samples:
-        v = s.value[idx]
-        if not v:
-            continue
-        total += abs(v)
-        locs: Sequence[int] = s.location_id
-        if pruning:
-            locs = pruned_stack(list(locs), prune, beneath)
-        if not locs:
-            continue
-        flat[loc_nodes[locs[0]][0]] += v
-        for node in set(chain.from_iterable(map(frames_of, locs))):
-            cum[node] += v
+    from pressured.pprof.stacks import Stacks  # noqa: PLC0415 - numpy: heavy, lazy
 
-    present = [i for i in range(n_nodes) if flat[i] or cum[i]]
-    cutoff = abs(int(sum(flat[i] for i in present) * node_fraction))
+    idx = profile.sample_index(sample_index)
+    stacks = Stacks.of(profile, idx)
+    vtype = profile.sample_types[idx]
+    return rank(
+        stacks,
+        profile.node_names,
+        total=stacks.total(),
+        source=profile.source,
+        sample_type=vtype,
+        header=profile,
+        n=n,
+        sort_cum=sort_cum,
+        node_fraction=node_fraction,
+        edge_fraction=edge_fraction,
+    )
+
+
+class Header(Protocol):
+    """What the report's header lines show (a Profile, or the merge of two for a diff)."""
+
+    @property
+    def main_file(self) -> str: ...
+    @property
+    def build_id(self) -> str: ...
+    @property
+    def comments(self) -> tuple[str, ...]: ...
+    @property
+    def time_nanos(self) -> int: ...
+    @property
+    def duration_nanos(self) -> int: ...
+    @property
+    def warnings(self) -> tuple[str, ...]: ...
+
+
+def rank(
+    stacks: Stacks,
+    names: list[str],
+    *,
+    total: int,
+    source: str,
+    sample_type: ValueType,
+    header: Header,
+    n: int,
+    sort_cum: bool,
+    node_fraction: float,
+    edge_fraction: float,
+) -> TopResult:
+    """flat and cum of ``stacks`` per node, cut and sorted as pprof does, into a TopResult."""
+    import numpy as np  # noqa: PLC0415 - heavy, lazy
+
+    flat_a, cum_a = stacks.flat_and_cum()
+    present_a = np.flatnonzero((flat_a != 0) | (cum_a != 0))
+    flat = dict(zip(present_a.tolist(), flat_a[present_a].tolist(), strict=True))
+    cum = dict(zip(present_a.tolist(), cum_a[present_a].tolist(), strict=True))
+    present = list(flat)
+    flat_total = sum(flat.values())
+    cutoff = abs(int(flat_total * node_fraction))
     kept = [i for i in present if abs(cum[i]) >= cutoff]
-    names = profile._node_names
     if sort_cum:
         kept.sort(key=lambda i: (-abs(cum[i]), names[i], -abs(flat[i]), i))
     else:
         kept.sort(key=lambda i: (-abs(flat[i]), names[i], -abs(cum[i]), i))
     shown = kept[:n] if n > 0 else kept
-    edge_cutoff = abs(int(sum(flat[i] for i in present) * edge_fraction))
-    labels = _inline_labels(profile, idx, shown, edge_cutoff)
+    edge_cutoff = abs(int(flat_total * edge_fraction))
+    labels = stacks.inline_labels(shown, edge_cutoff)
 
     rows: list[TopRow] = []
     flat_sum = 0
@@ -149,70 +184,17 @@ def top(
             )
         )
     return TopResult(
-        source=profile.source,
-        sample_type=vtype.type,
-        unit=vtype.unit,
+        source=source,
+        sample_type=sample_type.type,
+        unit=sample_type.unit,
         total=total,
         rows=tuple(rows),
         nodes=len(kept),
         dropped_nodes=len(present) - len(kept),
         node_fraction=node_fraction,
         sort_cum=sort_cum,
-        profile=profile,
+        profile=header,
     )
-
-
-def _inline_labels(
-    profile: Profile, idx: int, shown: list[int], edge_cutoff: int
-) -> dict[int, str]:
-    # report.TextItems labels a row "(inline)" when its incoming call edges are inline ones, and
-    # "(partial-inline)" when some are. As in graph.newGraph rebuilt over the shown nodes: an
-    # edge joins consecutive shown frames of a sample (root to leaf, hidden frames skipped), it is
-    # inline when the callee is an inner Line of its Location, counted once per sample (the first
-    # occurrence decides), stays inline only if it always is, and edges lighter than the cutoff
-    # are dropped (TrimLowFrequencyEdges).
-    kept = set(shown)
-    kept_frames: dict[int, tuple[tuple[int, bool], ...]] = {}
-    for lid, frames in profile._loc_nodes.items():
-        last = len(frames) - 1
-        kept_frames[lid] = tuple(
-            (frames[k], k != last) for k in range(last, -1, -1) if frames[k] in kept
-        )
-    frames_of = kept_frames.__getitem__
-    prune, beneath = profile._prune, profile._prune_beneath
-    pruning = bool(prune or beneath)
-    weight: dict[tuple[int, int], int] = {}
-    inline: dict[tuple[int, int], bool] = {}
-    for s in profile._samples:
-        v = s.value[idx]
-        if not v:
-            continue
-        locs: Sequence[int] = s.location_id
-        if pruning:
-            locs = pruned_stack(list(locs), prune, beneath)
-        stack = list(chain.from_iterable(map(frames_of, reversed(locs))))
-        if len(stack) < 2:
-            continue
-        seen: dict[tuple[int, int], bool] = {}
-        parent = stack[0][0]
-        for node, is_inline in stack[1:]:
-            if node != parent:
-                seen.setdefault((parent, node), is_inline)
-            parent = node
-        for edge, is_inline in seen.items():
-            weight[edge] = weight.get(edge, 0) + v
-            inline[edge] = inline.get(edge, True) and is_inline
-    labels: dict[int, str] = {}
-    partial: set[int] = set()
-    for edge, w in weight.items():
-        if abs(w) < edge_cutoff:
-            continue
-        callee = edge[1]
-        if inline[edge]:
-            labels[callee] = "inline"
-        else:
-            partial.add(callee)
-    return {node: "partial-inline" if node in partial else "inline" for node in labels}
 
 
 def percent_of(value: int, total: int) -> float:
@@ -220,8 +202,12 @@ def percent_of(value: int, total: int) -> float:
     return abs(value / total) * 100 if total else 0.0
 
 
-def summarize_top(result: TopResult, k: int = 3) -> list[dict[str, Any]]:
-    """The first ``k`` rows as plain data for events (``event.extra["pprof_top"]``)."""
+def summarize_top(result: TopResult, k: int = 3, grown_only: bool = False) -> list[dict[str, Any]]:
+    """The first ``k`` rows as plain data for events (``event.extra["pprof_top"]``).
+
+    ``grown_only``: of a diff, only the rows whose flat value grew (is positive).
+    """
+    rows = [r for r in result.rows if r.flat > 0] if grown_only else result.rows
     return [
         {
             "function": r.function,
@@ -232,5 +218,5 @@ def summarize_top(result: TopResult, k: int = 3) -> list[dict[str, Any]]:
             "unit": result.unit,
             "sample_type": result.sample_type,
         }
-        for r in result.rows[:k]
+        for r in rows[:k]
     ]

@@ -1,6 +1,7 @@
 """Profile analysis in a separate process, bounded in time and memory.
 
     report = run_top(data, "heap.pb.gz", n=20, limits=Limits(seconds=5, memory_mib=512))
+    report = run_diff(base, "heap-1.pb.gz", data, "heap-2.pb.gz")  # pressured.pprof.diff
     report.text        # the report of `go tool pprof -top`
     report.data        # TopResult.to_json(): plain data
     report.summary     # summarize_top(result, k=summary_k), for events
@@ -23,10 +24,10 @@ daemon's action thread only waits on a pipe, without the GIL) nor exhaust its me
   on stdout; any failure is a PprofError, e.g.
   "heap.pb.gz: profile analysis exceeded 5 s / 512 MiB: killed (out of memory)".
 
-The child is ``python -P -c ...`` importing only pressured.pprof (decode, top, format; protobuf
-and re2 when the profile needs them): about 0.1 s of start-up. ``-P`` keeps the working directory
-off sys.path; the package's own directory is appended to it, so the child runs the caller's
-pressured even from a source tree that is not installed.
+The child is ``python -P -c ...`` importing only pressured.pprof (decode, top, format; protobuf,
+numpy, and re2 when the profile needs them): about 0.2 s of start-up. ``-P`` keeps the working
+directory off sys.path; the package's own directory is appended to it, so the child runs the
+caller's pressured even from a source tree that is not installed.
 
 Running this module (``python -m pressured.pprof.worker --max-seconds S --max-memory-mib M
 REQUEST``) is the child's side.
@@ -34,6 +35,7 @@ REQUEST``) is the child's side.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -71,8 +73,8 @@ class Limits:
 
 DAEMON_LIMITS = Limits(seconds=5.0, memory_mib=512)
 """The heapdump action's default. Measured with bench/pprof_top.py's synthetic profiles, shaped
-like a big Go service's: 2 MB (gzip) take about 1 s and less than 256 MiB; 20 MB about 9 s and
-less than 512 MiB, more time than a watcher should spend on one event."""
+like a big Go service's: 21 MB (gzip, 560,000 samples) take about 3 s of CPU (decode 1.8, top
+0.9) and fit in 512 MiB of address space (340 MiB resident at most); a diff reads two."""
 
 
 class ProfileLimitError(PprofError):
@@ -105,18 +107,54 @@ def run_top(
     PprofError (naming ``source``) for a profile that is not one, an unknown sample index, a
     worker killed at a limit or dead for any other reason. The calling process is never at risk.
     """
+    request = {
+        "source": source,
+        "sample_index": sample_index,
+        "n": n,
+        "sort_cum": sort_cum,
+        "node_fraction": node_fraction,
+        "summary_k": summary_k,
+    }
+    return _run(request, data, source, limits)
+
+
+def run_diff(
+    base: bytes,
+    base_source: str,
+    new: bytes,
+    new_source: str,
+    *,
+    sample_index: str | None = None,
+    n: int = 20,
+    sort_cum: bool = False,
+    node_fraction: float = 0.0,
+    summary_k: int = 3,
+    grown_only: bool = False,
+    limits: Limits = DAEMON_LIMITS,
+) -> TopReport:
+    """``new`` minus ``base`` (pressured.pprof.diff) in a bounded worker process, as run_top.
+
+    One worker for both profiles: the limits hold for the pair. ``grown_only``: the summary
+    lists only functions whose flat value grew.
+    """
+    request = {
+        "op": "diff",
+        "source": new_source,
+        "base_source": base_source,
+        "base_bytes": len(base),
+        "sample_index": sample_index,
+        "n": n,
+        "sort_cum": sort_cum,
+        "node_fraction": node_fraction,
+        "summary_k": summary_k,
+        "grown_only": grown_only,
+    }
+    return _run(request, base + new, f"{base_source} -> {new_source}", limits)
+
+
+def _run(request: dict[str, Any], data: bytes, source: str, limits: Limits) -> TopReport:
     import subprocess  # noqa: PLC0415 - the child does not need it
 
-    request = json.dumps(
-        {
-            "source": source,
-            "sample_index": sample_index,
-            "n": n,
-            "sort_cum": sort_cum,
-            "node_fraction": node_fraction,
-            "summary_k": summary_k,
-        }
-    )
     cmd = [
         sys.executable,
         "-P",
@@ -127,7 +165,7 @@ def run_top(
         repr(limits.seconds),
         "--max-memory-mib",
         str(limits.memory_mib),
-        request,
+        json.dumps(request),
     ]
     try:
         proc = subprocess.Popen(
@@ -136,7 +174,7 @@ def run_top(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd="/",
-            env=worker_env(),
+            env={**worker_env(), **_TUNING},
         )
     except OSError as exc:
         raise PprofError(f"{source}: profile analysis could not start: {exc}") from exc
@@ -153,6 +191,10 @@ def run_top(
         if proc.poll() is None:  # interrupted (KeyboardInterrupt): never leave it running
             proc.kill()
             proc.wait()
+        if proc.stdin is not None and not proc.stdin.closed:
+            # killed while its input was still being written: the pipe is broken
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
     return _reply(proc.returncode, out, err, source, limits)
 
 
@@ -211,6 +253,18 @@ _ENV_KEPT = frozenset(
 )
 
 
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_TUNING = {
+    **dict.fromkeys(_ONE_THREAD, "1"),
+    # glibc malloc keeps the memory of freed arrays for the next ones instead of returning it
+    # and faulting it in again: a quarter of the CPU time on a 21 MB profile was page faults
+    # (bench/pprof_top.py: 0.8 s of system time, 0.2 s with these). The worker is short-lived
+    # and RLIMIT_AS still bounds it; its peak is unchanged.
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+}
+
+
 def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The worker's environment: ``environ`` (os.environ) less all but a few known names."""
     env = dict(os.environ if environ is None else environ)
@@ -249,6 +303,11 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    # One BLAS thread: numpy's OpenBLAS would otherwise reserve address space for a thread pool
+    # per CPU at import (40 MiB on 2 CPUs, measured), counted against RLIMIT_AS; nothing here
+    # uses BLAS.
+    for name in _ONE_THREAD:
+        os.environ[name] = "1"
     _set_limits(Limits(seconds, memory_mib))
     try:
         data = sys.stdin.buffer.read()
@@ -290,20 +349,36 @@ def _analyze(data: bytes, request: dict[str, Any]) -> dict[str, Any]:
         from pressured.pprof.format import format_top  # noqa: PLC0415
         from pressured.pprof.top import summarize_top, top  # noqa: PLC0415
 
-        profile = load_profile(data, source)
-        result = top(
-            profile,
-            request.get("sample_index"),
-            n=int(request.get("n", 20)),
-            sort_cum=bool(request.get("sort_cum", False)),
-            node_fraction=float(request.get("node_fraction", 0.0)),
-        )
+        n = int(request.get("n", 20))
+        sort_cum = bool(request.get("sort_cum", False))
+        node_fraction = float(request.get("node_fraction", 0.0))
+        if request.get("op") == "diff":
+            from pressured.pprof.diff import diff, load_diff  # noqa: PLC0415
+
+            split = int(request["base_bytes"])
+            base_source = str(request.get("base_source", "base"))
+            source = f"{base_source} -> {source}"
+            base, new = load_diff(data[:split], base_source, data[split:], str(request["source"]))
+            del data
+            result = diff(
+                base, new, request.get("sample_index"), n, sort_cum, node_fraction=node_fraction
+            )
+        else:
+            profile = load_profile(data, source)
+            del data
+            result = top(
+                profile, request.get("sample_index"), n, sort_cum, node_fraction=node_fraction
+            )
         return {
             "ok": True,
             "data": result.to_json(),
             "text": format_top(result),
-            "summary": summarize_top(result, k=int(request.get("summary_k", 3))),
-            "warnings": list(profile.warnings),
+            "summary": summarize_top(
+                result,
+                k=int(request.get("summary_k", 3)),
+                grown_only=bool(request.get("grown_only", False)),
+            ),
+            "warnings": list(result.profile.warnings),
         }
     except PprofError as exc:
         return {"ok": False, "error": str(exc)}

@@ -79,6 +79,37 @@ def heap_profile(leaky_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
+@dataclass(frozen=True)
+class ProfilePair:
+    base: Path
+    new: Path
+
+
+@pytest.fixture(scope="session")
+def heap_profile_pair(leaky_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> ProfilePair:
+    """Two heap profiles of one run of the Go program: after a 4 MiB leak, then after 16 MiB."""
+    out = tmp_path_factory.mktemp("pair")
+    pair = ProfilePair(out / "base.pb.gz", out / "new.pb.gz")
+    subprocess.run(
+        [
+            str(leaky_bin),
+            "-write-base",
+            str(pair.base),
+            "-write-base-after",
+            "4",
+            "-write-profile",
+            str(pair.new),
+            "-write-after",
+            "16",
+            "-exit-after-write",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return pair
+
+
 @dataclass
 class LeakyServer:
     proc: subprocess.Popen[str]
@@ -228,8 +259,15 @@ class ProfileBuilder:
             loc.line.add(function_id=self.function(name))
         return lid
 
-    def sample(self, locations: list[int], *values: int) -> None:
-        self.msg.sample.add(location_id=locations, value=list(values))
+    def sample(
+        self, locations: list[int], *values: int, labels: dict[str, int | str] | None = None
+    ) -> None:
+        sample = self.msg.sample.add(location_id=locations, value=list(values))
+        for key, value in (labels or {}).items():
+            if isinstance(value, str):
+                sample.label.add(key=self.s(key), str=self.s(value))
+            else:
+                sample.label.add(key=self.s(key), num=value)
 
     def raw(self) -> bytes:
         return bytes(self.msg.SerializeToString())

@@ -7,12 +7,15 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from pressured.actions.base import ActionContext
@@ -22,6 +25,9 @@ from pressured.model import Identity
 from pressured.pprof import load_profile, top
 from pressured.storage.local import LocalStorage
 from tests.pprof.conftest import LEAK_FUNCTION, LeakyServer, pod_event
+from tests.support.wait import wait_for
+
+MIB = 1 << 20
 
 
 @pytest.fixture
@@ -511,3 +517,95 @@ def test_bad_options_fail_at_start(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         HeapdumpAction(options, _ctx(storage), "actions[2]")
+
+
+# --------------------------------------------------------------------------------------------
+# heap growth between two captures of one target
+
+
+@pytest.fixture
+def growing_server(leaky_bin: Path) -> Iterator[LeakyServer]:
+    """The Go program leaking slowly (16 MiB/s up to 128 MiB): it grows between two captures."""
+    proc = subprocess.Popen(
+        [str(leaky_bin), "-port", "0", "-cap", "128", "-rate", "16"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        match = re.match(r"listening on 127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        assert match
+        yield LeakyServer(proc, int(match.group(1)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _heap_inuse(server: LeakyServer) -> int:
+    text = httpx.get(server.url("/debug/pprof/heap?debug=1"), timeout=5).text
+    match = re.search(r"# HeapInuse = (\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
+def _next_second() -> None:
+    # Capture keys are stamped to the second: the second capture must not reuse the first's.
+    start = time.strftime("%S", time.gmtime())
+    wait_for(lambda: time.strftime("%S", time.gmtime()) != start, 5, "the next second")
+
+
+def test_second_capture_carries_heap_growth(
+    make_action: Callable[..., HeapdumpAction],
+    growing_server: LeakyServer,
+    storage: LocalStorage,
+) -> None:
+    action = make_action(
+        {"port": growing_server.port, "severities": ["warn", "critical"]}, _ctx(storage)
+    )
+    warn = pod_event(_pod(), severity="warn")
+    action.run(warn)
+    assert "heap_growth_top" not in warn.extra  # nothing to compare with yet
+    first_key = warn.extra["heapdump"]["key"]
+    at_warn = _heap_inuse(growing_server)
+    wait_for(lambda: _heap_inuse(growing_server) > at_warn + 8 * MIB, 30, "8 MiB more leak")
+    _next_second()
+
+    # critical after warn: captured although the cooldown (300 s) has not passed
+    critical = pod_event(_pod(), severity="critical")
+    action.run(critical)
+    grown = critical.extra["heap_growth_top"]
+    assert critical.extra["heap_growth_since"] == first_key
+    assert grown[0]["function"] == LEAK_FUNCTION
+    assert grown[0]["flat"] > 8 * MIB
+    assert grown[0]["unit"] == "bytes"
+    assert all(row["flat"] > 0 for row in grown)
+    stored = json.loads(
+        storage.read(critical.extra["heapdump"]["key"].removesuffix(".pb.gz") + ".json")
+    )
+    assert stored["heap_growth_top"][0]["function"] == LEAK_FUNCTION
+
+    # another critical within the cooldown is not captured
+    again = pod_event(_pod(), severity="critical")
+    action.run(again)
+    assert "heapdump" not in again.extra
+
+
+def test_heap_growth_error_names_the_previous_capture(
+    make_action: Callable[..., HeapdumpAction],
+    leaky_server: LeakyServer,
+    storage: LocalStorage,
+) -> None:
+    action = make_action({"port": leaky_server.port, "cooldown_seconds": 0}, _ctx(storage))
+    first = pod_event(_pod())
+    action.run(first)
+    previous = first.extra["heapdump"]["key"]
+    storage.remove(previous)  # gone (a retention policy, a person): the growth cannot be had
+    _next_second()
+    second = pod_event(_pod())
+    action.run(second)
+    assert second.extra["heapdump"]["key"] != previous
+    assert second.extra["pprof_top"][0]["function"] == LEAK_FUNCTION  # the capture itself is fine
+    assert "heap_growth_top" not in second.extra
+    assert second.extra["heap_growth_error"].startswith(f"{previous}: ")

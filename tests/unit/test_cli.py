@@ -102,6 +102,7 @@ def test_version() -> None:
         ["demo"],
         ["pprof"],
         ["pprof", "top"],
+        ["pprof", "diff"],
     ],
     ids=lambda c: " ".join(c) or "pressured",
 )

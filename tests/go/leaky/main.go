@@ -103,6 +103,8 @@ func main() {
 	writeProfile := flag.String("write-profile", "", "write the heap profile to this path once the cache holds -write-after MiB")
 	writeAfter := flag.Int("write-after", 16, "MiB of leak before -write-profile is written")
 	exitAfterWrite := flag.Bool("exit-after-write", false, "exit once the profile is written")
+	writeBase := flag.String("write-base", "", "also write a heap profile to this path earlier, once the cache holds -write-base-after MiB (a base for pprof -base)")
+	writeBaseAfter := flag.Int("write-base-after", 4, "MiB of leak before -write-base is written")
 	flag.Parse()
 
 	// Every allocation sampled, so profiles are exact and deterministic in their leaders.
@@ -122,7 +124,7 @@ func main() {
 	if perTick < chunk {
 		perTick = chunk
 	}
-	written := false
+	written, baseWritten := false, false
 	for tick := time.NewTicker(10 * time.Millisecond); ; <-tick.C {
 		if cache.size() < *capMiB*mib {
 			for done := 0; done < perTick; done += chunk {
@@ -130,6 +132,13 @@ func main() {
 			}
 			churnBuffers(4)
 			table.fill(256)
+		}
+		if *writeBase != "" && !baseWritten && cache.size() >= *writeBaseAfter*mib {
+			if err := writeHeapProfile(*writeBase); err != nil {
+				log.Fatal(err)
+			}
+			baseWritten = true
+			fmt.Printf("wrote %s\n", *writeBase)
 		}
 		if *writeProfile != "" && !written && cache.size() >= *writeAfter*mib {
 			if err := writeHeapProfile(*writeProfile); err != nil {
