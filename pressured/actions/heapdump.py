@@ -50,7 +50,7 @@ the configured one first, until one answers 200 (as the Go heap-dumper sidecar d
 The reply is streamed into storage chunk by chunk through pressured.httpget (never whole in
 memory unless ``analyze``, which keeps at most ``max_bytes``) under::
 
-    heaps/<namespace or "local">/<pod name or cgroup name>/<UTC %Y%m%dT%H%M%SZ>-<container or
+    heaps/<namespace or "local">/<pod name or cgroup name>/<UTC %Y%m%dT%H%M%S.mmmZ>-<container or
     "none">-<pid or 0>.pb.gz
 
 with the event JSON beside it (same name, ``.json``) and the goroutine dump as
@@ -313,7 +313,8 @@ class HeapdumpAction(Action):
         name = _key_part(ident.pod_name or cgroup_name)
         container = _key_part(ident.container_name or "none")
         pid = pids[0] if pids else getattr(event, "pid", None) or 0
-        stamp = _dt.datetime.now(tz=_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        now = _dt.datetime.now(tz=_dt.UTC)
+        stamp = now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"
         return f"heaps/{namespace}/{name}/{stamp}-{container}-{pid}.pb.gz"
 
     def _candidate_ports(self, port: int, pids: list[int]) -> list[int]:
@@ -525,6 +526,8 @@ class HeapdumpAction(Action):
             raise ActionError(f"{what}: {exc}") from exc
         event.extra["heapdump"] = {"runtime": runtime, **cap.info}
         event.extra.update(cap.extra)
+        if runtime == "jvm":
+            self._class_growth(event, cap.key, module)
         for note in cap.notes:
             log.warning("%s: %s", what, note)
         if cap.profile is not None and self.analyze:
@@ -549,6 +552,27 @@ class HeapdumpAction(Action):
             f"; full dump skipped: {skipped}" if skipped else "",
         )
 
+    def _class_growth(self, event: Event, histo_key: str, jvm: Any) -> None:
+        # On the JVM, growth is by class: this target's previous class histogram (read back
+        # from storage) against the one just taken.
+        target = event.key or event.cgroup
+        previous = self._previous_key.get(target)
+        self._previous_key[target] = histo_key
+        if previous is None or previous == histo_key or not previous.endswith(".histo.txt"):
+            return
+        try:
+            before = jvm.parse_histogram(
+                self._storage().read(previous).decode("utf-8", "replace"), previous
+            )
+            after = jvm.parse_histogram(
+                self._storage().read(histo_key).decode("utf-8", "replace"), histo_key
+            )
+        except (PprofError, StorageError) as exc:
+            event.extra["heap_growth_error"] = f"{previous}: {exc}"
+            return
+        event.extra["heap_growth_top"] = jvm.class_growth(before, after, self.top_n)
+        event.extra["heap_growth_since"] = previous
+
     def _growth(self, event: Event, storage: Any, cap: _Capture) -> None:
         # Heap growth since this target's previous capture, read back from storage (the daemon
         # keeps only its key): event.extra["heap_growth_top"], or ["heap_growth_error"].
@@ -557,8 +581,8 @@ class HeapdumpAction(Action):
         self._previous_key[target] = cap.key
         if previous is None or cap.body is None:
             return
-        if previous == cap.key:  # stamped to the second: the earlier capture was replaced
-            event.extra["heap_growth_error"] = f"{previous}: captured again within one second"
+        if previous == cap.key:  # stamped to the millisecond: the earlier one was replaced
+            event.extra["heap_growth_error"] = f"{previous}: captured again within a millisecond"
             return
         try:
             before = storage.read(previous)

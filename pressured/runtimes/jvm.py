@@ -66,6 +66,24 @@ class Histogram:
         return [{"name": r.name, "bytes": r.bytes, "instances": r.instances} for r in self.rows[:n]]
 
 
+def class_growth(before: Histogram, after: Histogram, n: int) -> list[dict[str, Any]]:
+    """The ``n`` classes whose live bytes grew most from ``before`` to ``after`` (two class
+    histograms of one JVM): [{name, bytes_grown, instances_grown, bytes}], largest first; a
+    class new in ``after`` grew by all of it."""
+    old = {r.name: r for r in before.rows}
+    grown = []
+    for r in after.rows:
+        prev = old.get(r.name)
+        delta = r.bytes - (prev.bytes if prev else 0)
+        if delta > 0:
+            grown.append((delta, r, r.instances - (prev.instances if prev else 0)))
+    grown.sort(key=lambda g: -g[0])
+    return [
+        {"name": r.name, "bytes_grown": d, "instances_grown": i, "bytes": r.bytes}
+        for d, r, i in grown[:n]
+    ]
+
+
 def identify(pid: int, proc_root: str = "/proc") -> JvmProcess:
     """The JVM's namespace pid and effective uid/gid, from /proc/PID/status."""
     path = f"{proc_root}/{pid}/status"
@@ -94,13 +112,17 @@ def parse_histogram(text: str, what: str) -> Histogram:
         first = lines[0] if lines else ""
         raise PprofError(f"{what}: not a class histogram (first line {quote(first)})")
     rows: list[ClassRow] = []
-    for line in lines[start + 1 :]:
+    # a last line without its newline was cut mid-row: the histogram is truncated there
+    cut = len(lines) - 1 if text and not text.endswith("\n") else -1
+    for i, line in enumerate(lines[start + 1 :], start + 1):
         if not line.strip() or set(line.strip()) == {"-"}:
             continue
         total = _TOTAL.fullmatch(line)
         if total:
             return Histogram(rows, int(total.group(2)), int(total.group(1)))
         row = _ROW.fullmatch(line)
+        if i == cut and (row is None or int(row.group(1)) != len(rows) + 1):
+            break
         if row is None or int(row.group(1)) != len(rows) + 1:
             raise PprofError(
                 f"{what}: malformed row {len(rows) + 1} of the class histogram: {quote(line)}"

@@ -87,7 +87,7 @@ def test_dump_is_stored_with_event_json_and_top_functions(
 
     keys = list(storage.list("heaps/"))
     assert len(keys) == 2, keys
-    stem = rf"heaps/shop/web-1/\d{{8}}T\d{{6}}Z-app-{leaky_server.pid}"
+    stem = rf"heaps/shop/web-1/\d{{8}}T\d{{6}}\.\d{{3}}Z-app-{leaky_server.pid}"
     assert re.fullmatch(stem + r"\.json", keys[0])
     assert re.fullmatch(stem + r"\.pb\.gz", keys[1])
     profile_key = keys[1]
@@ -120,7 +120,7 @@ def test_local_target_key_uses_cgroup_name(
     keys = list(storage.list())
     assert [k for k in keys if k.endswith(".pb.gz")] == [event.extra["heapdump"]["key"]]
     assert re.fullmatch(
-        r"heaps/local/cri-containerd-abc\.scope/\d{8}T\d{6}Z-none-0\.pb\.gz",
+        r"heaps/local/cri-containerd-abc\.scope/\d{8}T\d{6}\.\d{3}Z-none-0\.pb\.gz",
         event.extra["heapdump"]["key"],
     )
     assert "pprof_top" not in event.extra  # analyze: false

@@ -67,6 +67,7 @@ def start_jvm(jvm_classes: Path) -> Iterator[Callable[..., subprocess.Popen[str]
         proc = subprocess.Popen(
             [*argv, "LeakyJvm", str(records)],
             cwd=jvm_classes,  # not writable by nobody: the attach file goes to /tmp then
+            stdin=subprocess.PIPE,  # a number written there: retain that many more
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -82,8 +83,9 @@ def start_jvm(jvm_classes: Path) -> Iterator[Callable[..., subprocess.Popen[str]
     for proc in started:
         proc.kill()
         proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture
@@ -124,8 +126,9 @@ def start_contained_jvm(jvm_classes: Path) -> Iterator[Callable[..., int]]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # pid 1 of its namespace: the others go with it
         proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture

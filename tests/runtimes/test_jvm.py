@@ -80,6 +80,31 @@ def test_jvm_as_another_user_histogram_on_top_and_full_dump(
     assert proc.poll() is None  # the JVM goes on
 
 
+def test_second_capture_names_the_classes_that_grew(
+    start_jvm: Callable[..., subprocess.Popen[str]],
+    make_action: Callable[..., HeapdumpAction],
+) -> None:
+    proc = start_jvm(RECORDS)
+    action = make_action({"full_dump": "never", "cooldown_seconds": 0})
+    first = _event(proc.pid)
+    action.run(first)
+    assert "heap_growth_top" not in first.extra  # nothing to compare with yet
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("50000\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == f"retained {RECORDS + 50_000}"
+    second = dataclasses.replace(_event(proc.pid), time=first.time + 2)
+    action.run(second)
+    grown = second.extra["heap_growth_top"]
+    assert grown[0] == {
+        "name": LEAK_CLASS,
+        "bytes_grown": 50_000 * RECORD_BYTES,
+        "instances_grown": 50_000,
+        "bytes": (RECORDS + 50_000) * RECORD_BYTES,
+    }
+    assert second.extra["heap_growth_since"] == first.extra["heapdump"]["key"]
+
+
 def test_jvm_in_its_own_pid_and_mount_namespace(
     start_contained_jvm: Callable[..., int],
     make_action: Callable[..., HeapdumpAction],
