@@ -227,18 +227,23 @@ class Daemon:
         wanted = {spec.key: spec for spec in self.source.targets()}
         for key in [k for k in self.targets.all_keys() if k != MACHINE and k not in wanted]:
             self._drop(key, "no longer a target")
+        new = []
         for key, spec in wanted.items():
             current = self.targets.get(key)
-            if current is not None:
-                if current.spec != spec:
-                    self.targets.update(current, spec)
-                continue
-            state = self.targets.add(spec)
-            if state is None or spec.ref is None:
-                continue
-            self.kills.observe_counters(state)
-            self._refresh(state)
+            if current is None:
+                new.append(spec)
+            elif current.spec != spec:
+                self.targets.update(current, spec)
+        # each new target is read as soon as it is armed: one already past a level is
+        # reported while the others are still being armed
+        self.targets.add_many(new, on_added=self._first_reading)
         self._watched_changed()
+
+    def _first_reading(self, state: TargetState) -> None:
+        if state.spec.ref is None:
+            return
+        self.kills.observe_counters(state)
+        self._refresh(state)
 
     def _drop(self, key: str, why: str) -> None:
         state = self.targets.drop(key)
@@ -432,8 +437,7 @@ class Daemon:
         self.ctx = ctx
         if old is not None:
             self._retire(old)
-        for state in self.targets.states():
-            self.targets.rearm(state)
+        self.targets.rearm_many(self.targets.states())
         log.info("configuration reloaded%s", f" from {new.file}" if new.file else "")
 
     def _retire(self, old: ActionRunner) -> None:
