@@ -10,10 +10,17 @@ In one run, on real cgroups of this host:
    (which sends the signal itself when it notices).
 3. idle: both watch N idle cgroups for S seconds, each in its own process; CPU seconds used
    (user+system, after set-up) are reported.
+4. arming (with --arming 0,200,1000): `pressured run` naming N limited cgroups (N = 0: one
+   unlimited cgroup, nothing to register but PSI and its removal), as a user with N containers: seconds from the process start to its `ready:`
+   line (every target armed or reported), then its RSS and open fds once idle, and at the
+   largest N its CPU seconds over --idle-seconds.
+
+The machine may be shared: the load average at the start and end is printed with the figures.
 
 Prints one JSON object. Figures, not a test: nothing here asserts a speed.
 
     python bench/wake_latency.py [--trials 30] [--cgroups 200] [--idle-seconds 20] [--action]
+        [--arming 0,200,1000] [--only arming]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import re
 import resource
 import signal
 import statistics
@@ -271,6 +279,72 @@ def idle_run(n: int, seconds: float) -> dict[str, float]:
             c.remove()
 
 
+def _proc_status(pid: int) -> tuple[float, int, float]:
+    """(RSS MiB, open fds, CPU seconds) of a live process."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd")), cpu
+
+
+def arming_run(n: int, idle_s: float, events_dir: str) -> dict[str, float | int]:
+    """`pressured run` over a parent cgroup with ``n`` limited children: start -> ready, then
+    RSS, fds (and, with ``idle_s``, CPU seconds while idle)."""
+    parent = Child(f"pressured-bench-arm-{os.getpid()}-{n}", None)
+    children: list[Child] = []
+    daemon: PressuredProcess | None = None
+    try:
+        for i in range(n):
+            children.append(Child(f"{os.path.basename(parent.path)}/c{i}", 512 * MiB))
+        cfg = os.path.join(events_dir, f"arm-{n}.yaml")
+        with open(cfg, "w") as f:
+            json.dump(
+                {
+                    "thresholds": {"warn_percent": 80, "critical_percent": 95},
+                    "actions": [{"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}],
+                    "kills": {"kmsg": {"enabled": False}, "tracepoint": {"enabled": False}},
+                    "metrics": {"enabled": False},
+                    "source": {"machine": False},
+                },
+                f,
+            )
+        started = time.monotonic()
+        # named as a user with many containers would; n = 0: the (unlimited) parent alone
+        named = [c.path for c in children] or [parent.path]
+        args = [a for path in named for a in ("--cgroup", path)]
+        daemon = PressuredProcess(["run", "-c", cfg, "--events-out", os.devnull, *args])
+        daemon.wait_ready(timeout=600)
+        ready_s = time.monotonic() - started
+        m = re.search(r"ready: (\d+) target", daemon.stderr.text())
+        watched = int(m.group(1)) if m else -1
+        time.sleep(2.0)  # idle: what the process holds once it has nothing to do
+        rss, fds, cpu0 = _proc_status(daemon.proc.pid)
+        out: dict[str, float | int] = {
+            "targets": watched,
+            "ready_s": round(ready_s, 3),
+            "rss_mib": round(rss, 1),
+            "fds": fds,
+        }
+        if idle_s:
+            time.sleep(idle_s)
+            out["idle_cpu_s"] = round(_proc_status(daemon.proc.pid)[2] - cpu0, 3)
+            out["idle_seconds"] = idle_s
+        return out
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        for c in children:
+            c.remove()
+        parent.remove()
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=50)
@@ -284,6 +358,12 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--action", action="store_true", help="also measure crossing -> signal")
     ap.add_argument("--action-trials", type=int, default=10)
+    ap.add_argument(
+        "--arming",
+        default="0,200,1000",
+        help="target counts for the whole-process arming run ('' skips it)",
+    )
+    ap.add_argument("--only", choices=["arming"], help="run only this part")
     ap.add_argument("--idle-worker", choices=["watcher", "poller"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.idle_worker:
@@ -293,6 +373,15 @@ def main() -> None:
     if base is None:
         print(json.dumps({"error": f"no writable memory cgroup: {why}"}))
         sys.exit(1)
+    load_start = loadavg()
+    counts = [int(x) for x in a.arming.split(",") if x.strip()]
+    arming: list[dict[str, float | int]] = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in counts:
+            arming.append(arming_run(n, a.idle_seconds if n == max(counts) else 0, d))
+    if a.only == "arming":
+        print(json.dumps({"arming": arming, "load_start": load_start, "load_end": loadavg()}))
+        return
     threshold = 64 * MiB
     event_ms: list[float] = []
     poll_ms: list[float] = []
@@ -332,6 +421,9 @@ def main() -> None:
     result.update(idle_run(a.cgroups, a.idle_seconds))
     result["idle_seconds"] = a.idle_seconds
     result["event_mean_ms"] = round(statistics.fmean(event_ms), 3)
+    result["arming"] = arming
+    result["load_start"] = load_start
+    result["load_end"] = loadavg()
     print(json.dumps(result))
 
 
