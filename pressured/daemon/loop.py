@@ -6,7 +6,9 @@ signal pipe (SIGTERM/SIGINT stop, SIGHUP reloads, SIGQUIT dumps stacks), kmsg an
 the source's inotify. A wake-up becomes a sample (targets.py), the engine turns samples into
 events, and the action runner takes them into its lanes, on threads of their own
 (actions/runner.py); kill records go through the kill pipeline (kill_pipeline.py). Nothing on
-this thread waits for an action: not an event, not a reload, and a stop only for a bounded time.
+this thread waits for a slow action: not an event, not a reload, and a stop only for a bounded
+time. The immediate actions (the log line, the signal: local work) run here when their lane is
+idle, so a crossing reaches its signal without a thread hand-off.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ class Daemon:
             on_failure=self._action_failed,
             on_drop=self._action_dropped,
             after=after,
+            inline_immediate=True,
         )
 
     def _announce_ready(self) -> None:

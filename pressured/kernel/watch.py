@@ -17,7 +17,9 @@ Where the kernel has no notifier, the Watcher reads adaptively (one batched nati
 sweep): v2 usage always, v1 usage while it sits above the lowest threshold (the kernel only
 says when usage crosses a level; working set and growth need reads in between), and the
 machine's /proc/meminfo. The interval shrinks as headroom shrinks and as growth speeds up,
-between ``min_interval_s`` and ``max_interval_s``.
+between ``min_interval_s`` and ``max_interval_s``; when the next level is due (at the current
+growth) before two such reads, reads come at half the time left, down to PREDICT_FLOOR_S, so
+a crossing is seen about when it happens rather than up to ``min_interval_s`` later.
 
 Arming is slow in the kernel, not here: each v1 threshold registration waits for an RCU grace
 period (~12 ms measured), as does closing a PSI trigger. ``add_cgroups`` arms many targets on
@@ -59,6 +61,9 @@ FdKind = Literal[
 ]
 
 
+PREDICT_FLOOR_S = 0.001
+"""The shortest interval of a read timed to a level's predicted crossing (below
+min_interval_s, which bounds routine reads)."""
 ARM_WORKERS = 64
 """Threads that arm targets at once: they spend their time waiting for RCU grace periods."""
 
@@ -636,12 +641,21 @@ class Watcher:
         headroom_frac = max(0.0, (limit - usage) / limit) if limit > 0 else 0.0
         # full interval with half the limit free or more, shrinking linearly to the floor at 0
         interval = hi * min(1.0, headroom_frac / 0.5)
+        eta: float | None = None
         if t.growth > 0:
             above = [lv for lv in t.levels if lv > usage]
             goal = above[0] if above else limit
             # at least four reads before the next level (or the limit) at the current growth
             interval = min(interval, max(0.0, goal - usage) / t.growth / 4.0)
-        return min(hi, max(lo, interval))
+            if above:
+                eta = (above[0] - usage) / t.growth
+        interval = min(hi, max(lo, interval))
+        if eta is not None and eta < 2 * interval:
+            # a level is due before two routine reads: read at half the time left, again and
+            # again, so the crossing is seen within PREDICT_FLOOR_S of when it comes at this
+            # growth (a few reads per crossing, then routine reads again)
+            interval = max(PREDICT_FLOOR_S, eta / 2)
+        return interval
 
     def next_deadline(self) -> float | None:
         due = [t.next_due for t in self._targets.values() if t.adaptive and t.usage_fd >= 0]
