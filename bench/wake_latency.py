@@ -11,9 +11,14 @@ In one run, on real cgroups of this host:
 3. idle: both watch N idle cgroups for S seconds, each in its own process; CPU seconds used
    (user+system, after set-up) are reported.
 4. arming (with --arming 0,200,1000): `pressured run` naming N limited cgroups (N = 0: one
-   unlimited cgroup, nothing to register but PSI and its removal), as a user with N containers: seconds from the process start to its `ready:`
-   line (every target armed or reported), then its RSS and open fds once idle, and at the
-   largest N its CPU seconds over --idle-seconds.
+   unlimited cgroup, nothing to register but PSI and its removal), as a user with N
+   containers: seconds from the process start to its `ready:` line (every target armed or
+   reported), then its RSS and open fds once idle, and at the largest N its CPU seconds over
+   --idle-seconds.
+5. breakdown (with --breakdown N): the daemon in this process, its stages stamped, N crossings
+   of a warn level with a signal action: median ms after the crossing at which the wake-up,
+   the sample, the engine, the hand-off to the actions, the action and the signal's receipt
+   happen.
 
 The machine may be shared: the load average at the start and end is printed with the figures.
 
@@ -26,6 +31,7 @@ Prints one JSON object. Figures, not a test: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -38,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -340,6 +347,107 @@ def arming_run(n: int, idle_s: float, events_dir: str) -> dict[str, float | int]
         parent.remove()
 
 
+def breakdown_trial(n: int, events_dir: str) -> dict[str, float]:
+    """One crossing, the in-process daemon's stages stamped (ms after the crossing)."""
+    from pressured import config as config_mod
+    from pressured.daemon import Daemon
+
+    limit = 256 * MiB
+    threshold = limit // 4
+    child = Child(f"pressured-bench-bd-{os.getpid()}-{n}", limit)
+    stamps: dict[str, float] = {}
+    armed = threading.Event()
+    try:
+        cfg = config_mod.load(
+            None,
+            env={},
+            flags={
+                "source.cgroup.paths": [child.path],
+                "source.machine": False,
+                "metrics.enabled": False,
+                "events_out": os.devnull,
+                "log_level": "warning",
+                "thresholds.warn_percent": 25,
+                "thresholds.critical_percent": 99,
+                "thresholds.metric": "usage",
+                "kills.kmsg.enabled": False,
+                "kills.tracepoint.enabled": False,
+            },
+        )
+        cfg.data["actions"] = [{"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}]
+        daemon = Daemon(cfg)
+
+        def stamp(obj: object, name: str, key: str, cond: Any = None) -> None:
+            orig = getattr(obj, name)
+
+            def wrapped(*args: Any, **kw: Any) -> Any:
+                out = orig(*args, **kw)
+                if armed.is_set() and (cond is None or cond(out)):
+                    stamps.setdefault(key, time.monotonic())
+                return out
+
+            setattr(obj, name, wrapped)
+
+        def past(w: Any) -> bool:
+            return any((x.usage_bytes or 0) >= threshold for x in w)
+
+        stamp(daemon.watcher, "wait", "wake", past)
+        stamp(daemon.targets, "read_sample", "sample", lambda s: s and s.usage_bytes >= threshold)
+        stamp(daemon.engine, "feed", "engine", bool)
+        sig_file = os.path.join(events_dir, f"bd-{n}")
+
+        def drive() -> None:
+            assert daemon.runner is not None
+            stamp(daemon.runner, "submit", "submit_returned")
+            for action in daemon.runner.actions:
+                stamp(action, "run", "action_done")
+            armed.set()
+            ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+            argv = leaker_argv(
+                *("--rate-mib", "64", "--max-mib", str(threshold // MiB + 32), "--hold"),
+                *("--usage-file", ref.usage_file, "--stamp-at", str(threshold)),
+                *("--signals-out", sig_file, "--start-after", "0.3"),
+            )
+            proc = child.spawn(argv, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            for line in proc.stdout:
+                if line.startswith("CROSSED"):
+                    stamps["crossed"] = float(line.split()[2])
+                    break
+            end = time.monotonic() + 10
+            while "signal" not in stamps and time.monotonic() < end:
+                with contextlib.suppress(FileNotFoundError), open(sig_file) as f:
+                    for line in f:
+                        if line.startswith("SIGUSR1"):
+                            stamps["signal"] = float(line.split()[1])
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        announce = daemon._announce_ready
+
+        def ready() -> None:
+            announce()
+            threading.Thread(target=drive, daemon=True).start()
+
+        daemon._announce_ready = ready  # type: ignore[method-assign]
+        daemon.run(run_for=60)
+    finally:
+        child.remove()
+    if "crossed" not in stamps or "signal" not in stamps:
+        raise RuntimeError(f"breakdown trial {n}: {stamps}")
+    return {k: (v - stamps["crossed"]) * 1000 for k, v in stamps.items() if k != "crossed"}
+
+
+def breakdown_run(trials: int) -> dict[str, float | None]:
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in range(trials):
+            rows.append(breakdown_trial(n, d))
+    keys = ("wake", "sample", "engine", "submit_returned", "action_done", "signal")
+    return {f"{k}_p50_ms": pct([r[k] for r in rows if k in r], 50) for k in keys}
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -363,7 +471,8 @@ def main() -> None:
         default="0,200,1000",
         help="target counts for the whole-process arming run ('' skips it)",
     )
-    ap.add_argument("--only", choices=["arming"], help="run only this part")
+    ap.add_argument("--breakdown", type=int, default=10, help="trials of the stage breakdown")
+    ap.add_argument("--only", choices=["arming", "breakdown"], help="run only this part")
     ap.add_argument("--idle-worker", choices=["watcher", "poller"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.idle_worker:
@@ -374,6 +483,10 @@ def main() -> None:
         print(json.dumps({"error": f"no writable memory cgroup: {why}"}))
         sys.exit(1)
     load_start = loadavg()
+    if a.only == "breakdown":
+        out: dict[str, object] = {"breakdown": breakdown_run(a.breakdown)}
+        print(json.dumps({**out, "load_start": load_start, "load_end": loadavg()}))
+        return
     counts = [int(x) for x in a.arming.split(",") if x.strip()]
     arming: list[dict[str, float | int]] = []
     with tempfile.TemporaryDirectory() as d:
@@ -422,6 +535,8 @@ def main() -> None:
     result["idle_seconds"] = a.idle_seconds
     result["event_mean_ms"] = round(statistics.fmean(event_ms), 3)
     result["arming"] = arming
+    if a.breakdown:
+        result["breakdown"] = breakdown_run(a.breakdown)
     result["load_start"] = load_start
     result["load_end"] = loadavg()
     print(json.dumps(result))

@@ -247,10 +247,11 @@ class _Lane:
                 self._after = None
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                # an event run inline on the submitting thread goes first (_current)
+                while not self._queue or self._current is not None:
+                    if self._closing and not self._queue:
+                        return
                     self._cond.wait()
-                if not self._queue:
-                    return
                 event = self._queue.popleft()
                 self._current, self._step = event, 0
             try:
