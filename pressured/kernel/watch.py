@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import math
 import os
 import time
@@ -197,6 +198,8 @@ class Watcher:
         self._tokens: dict[int, _Fd] = {}
         self._wds: dict[int, str] = {}
         self._next_token = 1
+        self._due: list[tuple[float, int, str]] = []  # (when, seq, key): adaptive reads
+        self._seq = 0
         self._reader = native.BatchReader(64)
         self._inotify_token = self._register(
             _Fd(self._inotify.fd, "inotify", "", "inotify"), native.EPOLLIN
@@ -404,7 +407,7 @@ class Watcher:
         except OSError as exc:
             op.missing.append(f"inotify: {exc.strerror}")
         t.notes = op.missing
-        t.next_due = self._clock() + self._interval(t)
+        self._schedule(t, self._clock() + self._interval(t))
         return ArmReport(t.key, tuple(op.armed), tuple(op.missing), t.adaptive_always)
 
     def _register_v1(self, key: str, ref: CgroupRef, levels: Sequence[int]) -> _V1Reg:
@@ -510,7 +513,7 @@ class Watcher:
         else:
             missing.append(f"psi: {psi} missing (kernel without PSI or psi=0)")
         target.notes = missing
-        target.next_due = self._clock() + self._interval(target)
+        self._schedule(target, self._clock() + self._interval(target))
         return ArmReport(key, tuple(armed), tuple(missing), True)
 
     @staticmethod
@@ -578,6 +581,7 @@ class Watcher:
             self._release(token)
         t.levels = levels
         self._apply_v1(t, reg)
+        self._schedule(t, self._clock() + self._interval(t))
         v1_notes = ("threshold ", "oom_control", "pressure_level")
         t.notes = [n for n in t.notes if not n.startswith(v1_notes)] + reg.missing
 
@@ -658,8 +662,27 @@ class Watcher:
         return interval
 
     def next_deadline(self) -> float | None:
-        due = [t.next_due for t in self._targets.values() if t.adaptive and t.usage_fd >= 0]
-        return min(due) if due else None
+        heap = self._due
+        while heap:
+            when, _seq, key = heap[0]
+            if self._still_due(key, when):
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def _schedule(self, t: _Target, when: float) -> None:
+        """The next adaptive read of ``t``. Only targets read adaptively enter the heap, so
+        a wake-up costs what the targets due need, not a walk over every target."""
+        t.next_due = when
+        if t.adaptive and t.usage_fd >= 0:
+            self._seq += 1
+            heapq.heappush(self._due, (when, self._seq, t.key))
+
+    def _still_due(self, key: str, when: float) -> bool:
+        """Whether a heap entry is current (entries of moved or removed targets stay in the
+        heap until they reach its top, and are dropped there)."""
+        t = self._targets.get(key)
+        return t is not None and t.adaptive and t.usage_fd >= 0 and t.next_due == when
 
     def wait(self, timeout_s: float | None) -> list[Wakeup]:
         """Sleep until the kernel says something or an adaptive read is due."""
@@ -777,17 +800,19 @@ class Watcher:
             t.growth = 0.5 * t.growth + 0.5 * rate
         t.last_usage = usage
         t.last_read = now
-        t.next_due = now + self._interval(t)
+        self._schedule(t, now + self._interval(t))
 
     def _sweep(self) -> list[Wakeup]:
         now = self._clock()
-        due = [
-            t
-            for t in self._targets.values()
-            if t.adaptive and t.usage_fd >= 0 and t.next_due <= now + 0.0005
-        ]
-        if not due:
+        picked: dict[str, _Target] = {}
+        heap = self._due
+        while heap and heap[0][0] <= now + 0.0005:
+            when, _seq, key = heapq.heappop(heap)
+            if self._still_due(key, when):
+                picked[key] = self._targets[key]
+        if not picked:
             return []
+        due = list(picked.values())
         out: list[Wakeup] = []
         cgroups = [t for t in due if t.ref is not None]
         results = self._reader.read([t.usage_fd for t in cgroups]) if cgroups else []
@@ -796,12 +821,12 @@ class Watcher:
                 if res in (errno.ENODEV, errno.ENOENT):
                     out.append(self._gone(t.key, f"{t.usage_path}: cgroup removed"))
                 else:
-                    t.next_due = now + self.options.max_interval_s
+                    self._schedule(t, now + self.options.max_interval_s)
                 continue
             try:
                 usage = parse.parse_int(res.decode("ascii", "replace"), t.usage_path)
             except CgroupFileError:
-                t.next_due = now + self.options.max_interval_s
+                self._schedule(t, now + self.options.max_interval_s)
                 continue
             w = self._after_read(t, usage, now)
             if w is not None:
@@ -811,7 +836,7 @@ class Watcher:
                 try:
                     total, used = self._parse_meminfo(native.pread(t.usage_fd, 8192), t.usage_path)
                 except (OSError, CgroupFileError):
-                    t.next_due = now + self.options.max_interval_s
+                    self._schedule(t, now + self.options.max_interval_s)
                     continue
                 t.limit = total
                 w = self._after_read(t, used, now)
