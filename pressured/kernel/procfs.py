@@ -1,7 +1,8 @@
 """The machine and its processes: the one reader of /proc, from an injectable proc root.
 
 Where the root is the real /proc, psutil reads what it offers: the process list, names, start
-times, open fds and a process's TCP sockets. Any other root (a fake tree a test builds, or a
+times, open fds and a process's TCP sockets (imported where first used: the daemon's wake-up
+path needs none of it). Any other root (a fake tree a test builds, or a
 sidecar's view of another /proc) is read file by file here, and so is what psutil has no reader
 for: /proc/meminfo as the Watcher's native reads see it, oom_score, NSpid, a pending SIGKILL
 and the exiting flag, /proc/PID/cgroup, and a network namespace's listening sockets when a
@@ -17,8 +18,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import psutil
-
 from pressured.errors import CgroupFileError
 from pressured.kernel import parse
 from pressured.kernel.cgroupfs import read_text
@@ -31,7 +30,7 @@ TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
 
 def _real(proc: str) -> bool:
     """Whether ``proc`` is the /proc psutil reads."""
-    return os.path.normpath(proc) == psutil.PROCFS_PATH
+    return os.path.normpath(proc) == PROC
 
 
 # ---------------------------------------------------------------------------------- machine
@@ -59,6 +58,8 @@ def read_machine(proc: str = PROC) -> MachineMemory:
 # -------------------------------------------------------------------------------- processes
 def pids(proc: str = PROC) -> list[int]:
     """Every process id under ``proc``, ascending. OSError when it cannot be listed."""
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     if _real(proc):
         return sorted(psutil.pids())
     return sorted(int(p) for p in os.listdir(proc) if p.isdigit())
@@ -67,6 +68,8 @@ def pids(proc: str = PROC) -> list[int]:
 def process_name(pid: int, proc: str = PROC) -> str | None:
     """A process's name, or None when it is gone. The kernel's comm is cut at 15 characters;
     psutil gives the whole name where the command line shows it."""
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     if _real(proc):
         try:
             return psutil.Process(pid).name()
@@ -163,6 +166,8 @@ def process_start_ticks(pid: int, proc: str = PROC) -> int | None:
 def started_after_boot(pid: int, proc: str = PROC) -> float | None:
     """Seconds after boot (CLOCK_BOOTTIME) that a process started, or None when it is gone:
     for 'oldest process' choices and for placing this process on the kernel's clock."""
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     if _real(proc):
         try:
             created = psutil.Process(pid).create_time()
@@ -186,6 +191,8 @@ def own_start_usec(proc: str = PROC) -> int | None:
 
 
 def count_open_fds(pid: int | None = None, proc: str = PROC) -> int:
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     pid = pid or os.getpid()
     if _real(proc):
         return psutil.Process(pid).num_fds()
@@ -238,6 +245,8 @@ def listening_ports(proc: str, pids: Iterable[int]) -> list[int]:
     /proc/PID/fd narrow that to the process's own. When fd/ cannot be read (no ptrace access),
     every listening port of the namespace is returned.
     """
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     ports: set[int] = set()
     for pid in pids:
         if _real(proc):
