@@ -122,6 +122,8 @@ class _Target:
     last_reported: int | None = None
     last_read: float = 0.0
     growth: float = 0.0
+    last_rate: float = 0.0
+    """Growth between the last two reads: a leak that just started runs ahead of the EWMA."""
     next_due: float = 0.0
     inotify_wd: int = -1
     oom_kills: int | None = None
@@ -652,7 +654,8 @@ class Watcher:
             # at least four reads before the next level (or the limit) at the current growth
             interval = min(interval, max(0.0, goal - usage) / t.growth / 4.0)
             if above:
-                eta = (above[0] - usage) / t.growth
+                # the sooner of the two: a read too early costs a read, one too late a delay
+                eta = (above[0] - usage) / max(t.growth, t.last_rate)
         interval = min(hi, max(lo, interval))
         if eta is not None and eta < 2 * interval:
             # a level is due before two routine reads: read at half the time left, again and
@@ -798,6 +801,7 @@ class Watcher:
             rate = (usage - t.last_usage) / (now - t.last_read)
             # EWMA: follows a leak within a few reads, ignores a single spike
             t.growth = 0.5 * t.growth + 0.5 * rate
+            t.last_rate = rate
         t.last_usage = usage
         t.last_read = now
         self._schedule(t, now + self._interval(t))

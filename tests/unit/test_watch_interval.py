@@ -142,5 +142,9 @@ def test_a_level_due_soon_is_read_at_half_the_time_left(watcher: Watcher) -> Non
     assert watcher._interval(t) == pytest.approx(0.005)
     t = target(799, growth=1e6, levels=[800])
     assert watcher._interval(t) == PREDICT_FLOOR_S
+    # a leak that just started: the last rate runs ahead of the EWMA, and the read comes sooner
+    t = target(700, growth=1_000.0, levels=[800])
+    t.last_rate = 10_000.0
+    assert watcher._interval(t) == pytest.approx(0.005)
     # past every level: nothing to cross but the limit, so routine reads only
     assert watcher._interval(target(900, growth=1e9, levels=[800])) == LO
