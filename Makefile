@@ -4,13 +4,13 @@
 #   make test       lint, types, C warnings, and every host test (unit, kernel, HTTP, Go, Lua)
 #   make test-k8s   the chart and the API calls against a real kube-apiserver + etcd (scripts/k8s-lane)
 #   make test-vm    the cgroup v2 + bcc tests inside a real Debian kernel under qemu
-#   make bench      benchmarks; each prints one JSON object
+#   make bench      benchmarks; each prints one JSON object (bench-vm: the cgroup v2 ones, in the VM)
 #   make lint       ruff, ruff format --check, mypy
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run demo test test-host test-kernel test-k8s test-vm bench lint native clean
+.PHONY: run demo test test-host test-kernel test-k8s test-vm bench bench-vm lint native clean
 
 run:
 	@scripts/bootstrap
@@ -57,11 +57,18 @@ test-vm:
 bench:
 	@scripts/bootstrap --dev
 	$(PY) bench/wake_latency.py --action
+	$(PY) bench/cost_growth.py
 	$(PY) bench/kill_latency.py
 	$(PY) bench/pprof_top.py
 	$(PY) bench/live_state.py
 	$(PY) bench/runtime_capture.py
 	$(PY) bench/oom_risk.py
+	$(MAKE) bench-vm
+
+# cgroup v2 has no usage-threshold notifier: its detection bench runs in the VM lane's guest
+bench-vm:
+	@scripts/bootstrap --dev
+	scripts/vmtest -- $(CURDIR)/$(PY) bench/v2_detection.py $(BENCH_VM_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info pressured/_native*.so .pytest_cache .mypy_cache .ruff_cache

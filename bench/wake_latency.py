@@ -10,18 +10,32 @@ In one run, on real cgroups of this host:
    (which sends the signal itself when it notices).
 3. idle: both watch N idle cgroups for S seconds, each in its own process; CPU seconds used
    (user+system, after set-up) are reported.
+4. arming (with --arming 0,200,1000): `pressured run` naming N limited cgroups (N = 0: one
+   unlimited cgroup, nothing to register but PSI and its removal), as a user with N
+   containers: seconds from the process start to its `ready:` line (every target armed or
+   reported), then its RSS and open fds once idle, and at the largest N its CPU seconds over
+   --idle-seconds.
+5. breakdown (with --breakdown N): the daemon in this process, its stages stamped, N crossings
+   of a warn level with a signal action: median ms after the crossing at which the wake-up,
+   the sample, the engine, the hand-off to the actions, the action and the signal's receipt
+   happen.
+
+The machine may be shared: the load average at the start and end is printed with the figures.
 
 Prints one JSON object. Figures, not a test: nothing here asserts a speed.
 
     python bench/wake_latency.py [--trials 30] [--cgroups 200] [--idle-seconds 20] [--action]
+        [--arming 0,200,1000] [--only arming]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
 import resource
 import signal
 import statistics
@@ -30,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -271,6 +286,173 @@ def idle_run(n: int, seconds: float) -> dict[str, float]:
             c.remove()
 
 
+def _proc_status(pid: int) -> tuple[float, int, float]:
+    """(RSS MiB, open fds, CPU seconds) of a live process."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd")), cpu
+
+
+def arming_run(n: int, idle_s: float, events_dir: str) -> dict[str, float | int]:
+    """`pressured run` over a parent cgroup with ``n`` limited children: start -> ready, then
+    RSS, fds (and, with ``idle_s``, CPU seconds while idle)."""
+    parent = Child(f"pressured-bench-arm-{os.getpid()}-{n}", None)
+    children: list[Child] = []
+    daemon: PressuredProcess | None = None
+    try:
+        for i in range(n):
+            children.append(Child(f"{os.path.basename(parent.path)}/c{i}", 512 * MiB))
+        cfg = os.path.join(events_dir, f"arm-{n}.yaml")
+        with open(cfg, "w") as f:
+            json.dump(
+                {
+                    "thresholds": {"warn_percent": 80, "critical_percent": 95},
+                    "actions": [{"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}],
+                    "kills": {"kmsg": {"enabled": False}, "tracepoint": {"enabled": False}},
+                    "metrics": {"enabled": False},
+                    "source": {"machine": False},
+                },
+                f,
+            )
+        started = time.monotonic()
+        # named as a user with many containers would; n = 0: the (unlimited) parent alone
+        named = [c.path for c in children] or [parent.path]
+        args = [a for path in named for a in ("--cgroup", path)]
+        daemon = PressuredProcess(["run", "-c", cfg, "--events-out", os.devnull, *args])
+        daemon.wait_ready(timeout=600)
+        ready_s = time.monotonic() - started
+        m = re.search(r"ready: (\d+) target", daemon.stderr.text())
+        watched = int(m.group(1)) if m else -1
+        time.sleep(2.0)  # idle: what the process holds once it has nothing to do
+        rss, fds, cpu0 = _proc_status(daemon.proc.pid)
+        out: dict[str, float | int] = {
+            "targets": watched,
+            "ready_s": round(ready_s, 3),
+            "rss_mib": round(rss, 1),
+            "fds": fds,
+        }
+        if idle_s:
+            time.sleep(idle_s)
+            out["idle_cpu_s"] = round(_proc_status(daemon.proc.pid)[2] - cpu0, 3)
+            out["idle_seconds"] = idle_s
+        return out
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        for c in children:
+            c.remove()
+        parent.remove()
+
+
+def breakdown_trial(n: int, events_dir: str) -> dict[str, float]:
+    """One crossing, the in-process daemon's stages stamped (ms after the crossing)."""
+    from pressured import config as config_mod
+    from pressured.daemon import Daemon
+
+    limit = 256 * MiB
+    threshold = limit // 4
+    child = Child(f"pressured-bench-bd-{os.getpid()}-{n}", limit)
+    stamps: dict[str, float] = {}
+    armed = threading.Event()
+    try:
+        cfg = config_mod.load(
+            None,
+            env={},
+            flags={
+                "source.cgroup.paths": [child.path],
+                "source.machine": False,
+                "metrics.enabled": False,
+                "events_out": os.devnull,
+                "log_level": "warning",
+                "thresholds.warn_percent": 25,
+                "thresholds.critical_percent": 99,
+                "thresholds.metric": "usage",
+                "kills.kmsg.enabled": False,
+                "kills.tracepoint.enabled": False,
+            },
+        )
+        cfg.data["actions"] = [{"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}]
+        daemon = Daemon(cfg)
+
+        def stamp(obj: object, name: str, key: str, cond: Any = None) -> None:
+            orig = getattr(obj, name)
+
+            def wrapped(*args: Any, **kw: Any) -> Any:
+                out = orig(*args, **kw)
+                if armed.is_set() and (cond is None or cond(out)):
+                    stamps.setdefault(key, time.monotonic())
+                return out
+
+            setattr(obj, name, wrapped)
+
+        def past(w: Any) -> bool:
+            return any((x.usage_bytes or 0) >= threshold for x in w)
+
+        stamp(daemon.watcher, "wait", "wake", past)
+        stamp(daemon.targets, "read_sample", "sample", lambda s: s and s.usage_bytes >= threshold)
+        stamp(daemon.engine, "feed", "engine", bool)
+        sig_file = os.path.join(events_dir, f"bd-{n}")
+
+        def drive() -> None:
+            assert daemon.runner is not None
+            stamp(daemon.runner, "submit", "submit_returned")
+            for action in daemon.runner.actions:
+                stamp(action, "run", "action_done")
+            armed.set()
+            ref = cgroupfs.resolve(child.path, cgroupfs.detect_layout())
+            argv = leaker_argv(
+                *("--rate-mib", "64", "--max-mib", str(threshold // MiB + 32), "--hold"),
+                *("--usage-file", ref.usage_file, "--stamp-at", str(threshold)),
+                *("--signals-out", sig_file, "--start-after", "0.3"),
+            )
+            proc = child.spawn(argv, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            for line in proc.stdout:
+                if line.startswith("CROSSED"):
+                    stamps["crossed"] = float(line.split()[2])
+                    break
+            end = time.monotonic() + 10
+            while "signal" not in stamps and time.monotonic() < end:
+                with contextlib.suppress(FileNotFoundError), open(sig_file) as f:
+                    for line in f:
+                        if line.startswith("SIGUSR1"):
+                            stamps["signal"] = float(line.split()[1])
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        announce = daemon._announce_ready
+
+        def ready() -> None:
+            announce()
+            threading.Thread(target=drive, daemon=True).start()
+
+        daemon._announce_ready = ready  # type: ignore[method-assign]
+        daemon.run(run_for=60)
+    finally:
+        child.remove()
+    if "crossed" not in stamps or "signal" not in stamps:
+        raise RuntimeError(f"breakdown trial {n}: {stamps}")
+    return {k: (v - stamps["crossed"]) * 1000 for k, v in stamps.items() if k != "crossed"}
+
+
+def breakdown_run(trials: int) -> dict[str, float | None]:
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in range(trials):
+            rows.append(breakdown_trial(n, d))
+    keys = ("wake", "sample", "engine", "submit_returned", "action_done", "signal")
+    return {f"{k}_p50_ms": pct([r[k] for r in rows if k in r], 50) for k in keys}
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=50)
@@ -284,6 +466,13 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--action", action="store_true", help="also measure crossing -> signal")
     ap.add_argument("--action-trials", type=int, default=10)
+    ap.add_argument(
+        "--arming",
+        default="0,200,1000",
+        help="target counts for the whole-process arming run ('' skips it)",
+    )
+    ap.add_argument("--breakdown", type=int, default=10, help="trials of the stage breakdown")
+    ap.add_argument("--only", choices=["arming", "breakdown"], help="run only this part")
     ap.add_argument("--idle-worker", choices=["watcher", "poller"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.idle_worker:
@@ -293,6 +482,19 @@ def main() -> None:
     if base is None:
         print(json.dumps({"error": f"no writable memory cgroup: {why}"}))
         sys.exit(1)
+    load_start = loadavg()
+    if a.only == "breakdown":
+        out: dict[str, object] = {"breakdown": breakdown_run(a.breakdown)}
+        print(json.dumps({**out, "load_start": load_start, "load_end": loadavg()}))
+        return
+    counts = [int(x) for x in a.arming.split(",") if x.strip()]
+    arming: list[dict[str, float | int]] = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in counts:
+            arming.append(arming_run(n, a.idle_seconds if n == max(counts) else 0, d))
+    if a.only == "arming":
+        print(json.dumps({"arming": arming, "load_start": load_start, "load_end": loadavg()}))
+        return
     threshold = 64 * MiB
     event_ms: list[float] = []
     poll_ms: list[float] = []
@@ -332,6 +534,11 @@ def main() -> None:
     result.update(idle_run(a.cgroups, a.idle_seconds))
     result["idle_seconds"] = a.idle_seconds
     result["event_mean_ms"] = round(statistics.fmean(event_ms), 3)
+    result["arming"] = arming
+    if a.breakdown:
+        result["breakdown"] = breakdown_run(a.breakdown)
+    result["load_start"] = load_start
+    result["load_end"] = loadavg()
     print(json.dumps(result))
 
 

@@ -84,26 +84,29 @@ int pn_psi_arm(int fd, int full, uint64_t stall_us, uint64_t window_us)
     return 0;
 }
 
-/* cgroup-v1/memory.rst: the control file is only needed while registering; the kernel keeps
- * its own references, and closing the eventfd later removes the registration. */
-int pn_v1_register(const char *event_control_path, const char *target_path,
-                   const char *args, int *efd_out)
+int pn_eventfd_create(int *efd_out)
 {
-    int rc = 0;
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0)
         return -errno;
+    *efd_out = efd;
+    return 0;
+}
+
+/* cgroup-v1/memory.rst: the control file is only needed while registering; the kernel keeps
+ * its own references, and closing the eventfd later removes every registration made on it.
+ * One eventfd may carry several registrations (each adds its own wait on it). */
+int pn_v1_register_on(int efd, const char *event_control_path, const char *target_path,
+                      const char *args)
+{
+    int rc = 0;
     int tfd = open(target_path, O_RDONLY | O_CLOEXEC);
-    if (tfd < 0) {
-        rc = -errno;
-        close(efd);
-        return rc;
-    }
+    if (tfd < 0)
+        return -errno;
     int cfd = open(event_control_path, O_WRONLY | O_CLOEXEC);
     if (cfd < 0) {
         rc = -errno;
         close(tfd);
-        close(efd);
         return rc;
     }
     char buf[256];
@@ -124,6 +127,17 @@ int pn_v1_register(const char *event_control_path, const char *target_path,
     }
     close(cfd);
     close(tfd);
+    return rc;
+}
+
+int pn_v1_register(const char *event_control_path, const char *target_path,
+                   const char *args, int *efd_out)
+{
+    int efd = -1;
+    int rc = pn_eventfd_create(&efd);
+    if (rc < 0)
+        return rc;
+    rc = pn_v1_register_on(efd, event_control_path, target_path, args);
     if (rc < 0) {
         close(efd);
         return rc;

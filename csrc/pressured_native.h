@@ -30,6 +30,9 @@ int pn_psi_arm(int fd, int full, uint64_t stall_us, uint64_t window_us);
 
 int pn_v1_register(const char *event_control_path, const char *target_path,
                    const char *args, int *efd_out);
+int pn_eventfd_create(int *efd_out);
+int pn_v1_register_on(int efd, const char *event_control_path, const char *target_path,
+                      const char *args);
 int pn_eventfd_drain(int fd, uint64_t *value_out);
 
 int pn_perf_open(uint64_t tracepoint_id, int cpu, int ring_pages, struct pn_perf **out, int *fd_out);

@@ -190,16 +190,32 @@ def arm_psi_trigger(path: str, kind: str, stall_us: int, window_us: int) -> PsiT
     return PsiTrigger(fd, path, kind, stall_us, effective, window_us)
 
 
-def register_v1_event(cgroup_dir: str, target_file: str, args: str = "") -> int:
-    """Register an eventfd through cgroup.event_control; returns the eventfd."""
+def register_v1_event(cgroup_dir: str, target_file: str, args: str = "", efd: int = -1) -> int:
+    """Register an eventfd through cgroup.event_control; returns the eventfd.
+
+    With ``efd`` (from ``eventfd()``) the registration is made on that eventfd, which may
+    already carry others: one fd wakes for all of them, and closing it removes them all.
+    Without, a new eventfd is made for this registration alone.
+    """
     control = os.path.join(cgroup_dir, "cgroup.event_control")
     target = os.path.join(cgroup_dir, target_file)
+    if efd >= 0:
+        rc = _lib.pn_v1_register_on(efd, _b(control), _b(target), args.encode())
+        _check(rc, "write(cgroup.event_control)", target)
+        return efd
     out = _ffi.new("int *")
     _check(
         _lib.pn_v1_register(_b(control), _b(target), args.encode(), out),
         "write(cgroup.event_control)",
         target,
     )
+    return int(out[0])
+
+
+def eventfd() -> int:
+    """A non-blocking, close-on-exec eventfd for ``register_v1_event(efd=...)``."""
+    out = _ffi.new("int *")
+    _check(_lib.pn_eventfd_create(out), "eventfd")
     return int(out[0])
 
 

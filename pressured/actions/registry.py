@@ -5,6 +5,7 @@ warning naming it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 
 from pressured.actions.base import Action, ActionContext
@@ -16,10 +17,20 @@ log = logging.getLogger("pressured.actions")
 ACTION_GROUP = "pressured.actions.v1"
 
 
-def load_action_classes() -> dict[str, type[Action]]:
-    """Action classes by type name; a plugin that fails to import is skipped with a warning."""
+def action_names() -> set[str]:
+    """Every installed action type, read from the entry points without importing any."""
+    return {ep.name for ep in entry_points(group=ACTION_GROUP)}
+
+
+def load_action_classes(names: Iterable[str] | None = None) -> dict[str, type[Action]]:
+    """Action classes by type name (only ``names`` when given: an action not configured is
+    never imported, nor the libraries it needs); a plugin that fails to import is skipped
+    with a warning."""
+    wanted = None if names is None else set(names)
     out: dict[str, type[Action]] = {}
     for ep in entry_points(group=ACTION_GROUP):
+        if wanted is not None and ep.name not in wanted:
+            continue
         try:
             cls = ep.load()
         except Exception as exc:
@@ -41,17 +52,21 @@ def build_actions(cfg: Config, ctx: ActionContext) -> list[Action]:
     each into its lane (actions/runner.py), and the slow actions configured after heapdump run
     in its lane, after it, and report the pprof_top it added. All problems come back in one
     ConfigError."""
-    classes = load_action_classes()
+    classes = load_action_classes(str(entry.get("type")) for entry in cfg.actions)
+    known = action_names()
     actions: list[Action] = []
     problems: list[str] = []
     for i, entry in enumerate(cfg.actions):
         where = f"actions[{i}]"
         kind = entry.get("type")
         cls = classes.get(str(kind))
+        if cls is None and kind in known:
+            problems.append(f"{where}.type: action plugin {kind!r} cannot be loaded (logged)")
+            continue
         if cls is None:
             problems.append(
-                f"{where}.type: unknown action {kind!r}; known: {', '.join(sorted(classes))}"
-                f"{did_you_mean(str(kind), classes)}"
+                f"{where}.type: unknown action {kind!r}; known: {', '.join(sorted(known))}"
+                f"{did_you_mean(str(kind), known)}"
             )
             continue
         options = {k: v for k, v in entry.items() if k != "type"}

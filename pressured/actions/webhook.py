@@ -18,14 +18,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from pressured import __version__
 from pressured.actions.base import Action, ActionContext
 from pressured.errors import ActionError, ConfigError, quote
 from pressured.model import Event
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("pressured.actions.webhook")
 OOMHERO_SEVERITY = {
@@ -66,6 +67,8 @@ class WebhookAction(Action):
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"
     ) -> None:
+        import httpx  # noqa: PLC0415 - only where a webhook is configured
+
         super().__init__(options, ctx, where)
         self.reject_unknown(
             {"url", "headers", "timeout_ms", "retries", "backoff_ms", "format", "severities"}
@@ -106,9 +109,11 @@ class WebhookAction(Action):
                 f"{where}.format: must be 'pressured' or 'oomhero', got {quote(self.format)}"
             )
         self.severities = self.severities_opt()
-        self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
+        self._client: httpx.Client = httpx.Client(timeout=self.timeout, headers=self.headers)
 
     def run(self, event: Event) -> None:
+        import httpx  # noqa: PLC0415 - imported once by __init__
+
         if event.severity not in self.severities:
             return
         doc = event.to_json()

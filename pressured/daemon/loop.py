@@ -6,7 +6,9 @@ signal pipe (SIGTERM/SIGINT stop, SIGHUP reloads, SIGQUIT dumps stacks), kmsg an
 the source's inotify. A wake-up becomes a sample (targets.py), the engine turns samples into
 events, and the action runner takes them into its lanes, on threads of their own
 (actions/runner.py); kill records go through the kill pipeline (kill_pipeline.py). Nothing on
-this thread waits for an action: not an event, not a reload, and a stop only for a bounded time.
+this thread waits for a slow action: not an event, not a reload, and a stop only for a bounded
+time. The immediate actions (the log line, the signal: local work) run here when their lane is
+idle, so a crossing reaches its signal without a thread hand-off.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ class Daemon:
             on_drop=self._action_dropped,
             after=after,
             shed=lambda: self.selfwatch.shedding,
+            inline_immediate=True,
         )
 
     def _announce_ready(self) -> None:
@@ -264,22 +267,21 @@ class Daemon:
         wanted = {spec.key: spec for spec in self.source.targets()}
         for key in [k for k in self.targets.all_keys() if k != MACHINE and k not in wanted]:
             self._drop(key, "no longer a target")
+        new = []
         for key, spec in wanted.items():
             current = self.targets.get(key)
-            if current is not None:
-                if current.spec != spec:
-                    moved = current.overrides != spec.overrides
-                    self.targets.update(current, spec)
-                    if moved and spec.ref is not None:
-                        # A threshold moved past the usage (a pod's pressured.io/* annotation
-                        # changed): no crossing will be signalled, so read a sample now.
-                        self._refresh(current)
-                continue
-            state = self.targets.add(spec)
-            if state is None or spec.ref is None:
-                continue
-            self.kills.observe_counters(state)
-            self._refresh(state)
+            if current is None:
+                new.append(spec)
+            elif current.spec != spec:
+                moved = current.overrides != spec.overrides
+                self.targets.update(current, spec)
+                if moved and spec.ref is not None:
+                    # A threshold moved past the usage (a pod's pressured.io/* annotation
+                    # changed): no crossing will be signalled, so read a sample now.
+                    self._refresh(current)
+        # each new target is read as soon as it is armed: one already past a level is
+        # reported while the others are still being armed
+        self.targets.add_many(new, on_added=self._first_reading)
         self._watched_changed()
         self._adopt_own_cgroup(wanted.values())
 
@@ -302,6 +304,12 @@ class Daemon:
                 log.info("own cgroup: %s (this pod's container)", spec.ref.path)
                 self._watch_self(self._clock())
                 return
+
+    def _first_reading(self, state: TargetState) -> None:
+        if state.spec.ref is None:
+            return
+        self.kills.observe_counters(state)
+        self._refresh(state)
 
     def _drop(self, key: str, why: str) -> None:
         state = self.targets.drop(key)
@@ -519,8 +527,7 @@ class Daemon:
         self.ctx = ctx
         if old is not None:
             self._retire(old)
-        for state in self.targets.states():
-            self.targets.rearm(state)
+        self.targets.rearm_many(self.targets.states())
         log.info("configuration reloaded%s", f" from {new.file}" if new.file else "")
 
     def _retire(self, old: ActionRunner) -> None:

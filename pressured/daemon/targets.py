@@ -6,11 +6,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pressured.engine import Engine
-from pressured.errors import CgroupError, CgroupFileError
+from pressured.errors import CgroupFileError
 from pressured.kernel import cgroupfs, procfs, sampler
 from pressured.kernel.watch import ArmReport, Watcher
 from pressured.model import MACHINE, Overrides, Sample
@@ -108,26 +108,61 @@ class Targets:
 
     def add(self, spec: TargetSpec) -> TargetState | None:
         """Arm a new target; None when it cannot be watched (said in the log)."""
-        state = TargetState(spec, overrides=spec.overrides)
-        if spec.ref is None:  # cluster mode: sampled by the source, nothing to arm here
-            self._table[spec.key] = state
-            return state
-        try:
-            state.cgroup_id = os.stat(spec.ref.path).st_ino
-            state.limit = cgroupfs.read_limit(spec.ref)
+        added = self.add_many([spec])
+        return added[0] if added else None
+
+    def add_many(
+        self,
+        specs: Sequence[TargetSpec],
+        on_added: Callable[[TargetState], None] | None = None,
+    ) -> list[TargetState]:
+        """Arm new targets, their kernel registrations overlapping (Watcher.add_cgroups: the
+        nearest to their limit first). ``on_added`` is called for each as soon as it is armed,
+        on this thread; the ones that cannot be watched are said in the log, each by name."""
+        out: list[TargetState] = []
+        pending: dict[str, TargetState] = {}
+        items: list[tuple[str, cgroupfs.CgroupRef, list[int]]] = []
+        for spec in specs:
+            state = TargetState(spec, overrides=spec.overrides)
+            if spec.ref is None:  # cluster mode: sampled by the source, nothing to arm here
+                self._table[spec.key] = state
+                out.append(state)
+                if on_added is not None:
+                    on_added(state)
+                continue
+            try:
+                state.cgroup_id = os.stat(spec.ref.path).st_ino
+                state.limit = cgroupfs.read_limit(spec.ref)
+            except (CgroupFileError, OSError) as exc:
+                self._not_armed(spec, exc)
+                continue
             state.levels = self.levels(state)
-            report = self.watcher.add_cgroup(spec.key, spec.ref, state.levels)
-        except (CgroupError, OSError) as exc:
-            if not os.path.isdir(spec.ref.path):
-                # listed, then removed before it could be armed (short-lived containers)
-                self.vanished_while_arming += 1
-                log.debug("%s vanished while being armed: %s", spec.key, exc)
-            else:
-                log.warning("cannot watch %s: %s", spec.key, exc)
-            return None
-        self._table[spec.key] = state
-        self._log_report(report)
-        return state
+            pending[spec.key] = state
+            items.append((spec.key, spec.ref, state.levels))
+
+        def armed(key: str, result: ArmReport | Exception) -> None:
+            state = pending[key]
+            if isinstance(result, Exception):
+                self._not_armed(state.spec, result)
+                return
+            self._table[key] = state
+            self._log_report(result)
+            out.append(state)
+            if on_added is not None:
+                on_added(state)
+
+        if items:
+            self.watcher.add_cgroups(items, on_armed=armed)
+        return out
+
+    def _not_armed(self, spec: TargetSpec, exc: Exception) -> None:
+        assert spec.ref is not None
+        if not os.path.isdir(spec.ref.path):
+            # listed, then removed before it could be armed (short-lived containers)
+            self.vanished_while_arming += 1
+            log.debug("%s vanished while being armed: %s", spec.key, exc)
+        else:
+            log.warning("cannot watch %s: %s", spec.key, exc)
 
     def update(self, state: TargetState, spec: TargetSpec) -> None:
         """The source says something about a target changed (annotations, identity)."""
@@ -136,10 +171,19 @@ class Targets:
         self.rearm(state)
 
     def rearm(self, state: TargetState) -> None:
-        levels = self.levels(state)
-        if levels != state.levels and state.key in self.watcher:
-            state.levels = levels
-            self.watcher.set_levels(state.key, levels)
+        self.rearm_many([state])
+
+    def rearm_many(self, states: Sequence[TargetState]) -> None:
+        """Levels follow the settings and limits now; moved ones are re-registered together,
+        each new registration in place before its old one is closed."""
+        moved: dict[str, Sequence[int]] = {}
+        for state in states:
+            levels = self.levels(state)
+            if levels != state.levels and state.key in self.watcher:
+                state.levels = levels
+                moved[state.key] = levels
+        if moved:
+            self.watcher.set_levels_many(moved)
 
     def set_limit(self, state: TargetState, limit: int | None) -> None:
         """A new limit seen in a sample: the Watcher's levels follow it."""

@@ -1,7 +1,8 @@
 """The machine and its processes: the one reader of /proc, from an injectable proc root.
 
 Where the root is the real /proc, psutil reads what it offers: the process list, names, start
-times, open fds and a process's TCP sockets. Any other root (a fake tree a test builds, or a
+times, open fds and a process's TCP sockets (imported where first used: the daemon's wake-up
+path needs none of it). Any other root (a fake tree a test builds, or a
 sidecar's view of another /proc) is read file by file here, and so is what psutil has no reader
 for: /proc/meminfo as the Watcher's native reads see it, oom_score, NSpid, a pending SIGKILL
 and the exiting flag, /proc/PID/cgroup, and a network namespace's listening sockets when a
@@ -17,8 +18,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import psutil
-
 from pressured.errors import CgroupFileError
 from pressured.kernel import parse
 from pressured.kernel.cgroupfs import read_text
@@ -31,7 +30,7 @@ TCP_LISTEN = "0A"  # include/net/tcp_states.h: TCP_LISTEN = 10
 
 def _real(proc: str) -> bool:
     """Whether ``proc`` is the /proc psutil reads."""
-    return os.path.normpath(proc) == psutil.PROCFS_PATH
+    return os.path.normpath(proc) == PROC
 
 
 # ---------------------------------------------------------------------------------- machine
@@ -59,6 +58,8 @@ def read_machine(proc: str = PROC) -> MachineMemory:
 # -------------------------------------------------------------------------------- processes
 def pids(proc: str = PROC) -> list[int]:
     """Every process id under ``proc``, ascending. OSError when it cannot be listed."""
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     if _real(proc):
         return sorted(psutil.pids())
     return sorted(int(p) for p in os.listdir(proc) if p.isdigit())
@@ -67,6 +68,8 @@ def pids(proc: str = PROC) -> list[int]:
 def process_name(pid: int, proc: str = PROC) -> str | None:
     """A process's name, or None when it is gone. The kernel's comm is cut at 15 characters;
     psutil gives the whole name where the command line shows it."""
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     if _real(proc):
         try:
             return psutil.Process(pid).name()
@@ -89,28 +92,6 @@ def read_oom_score(pid: int, proc: str = PROC) -> tuple[int, int] | None:
         return int(score.strip()), int(adj.strip())
     except ValueError:
         return None
-
-
-def process_rss(pid: int, proc: str = PROC) -> int | None:
-    """A process's resident set in bytes (psutil's memory_info().rss; VmRSS of its status
-    under another root), or None when it is gone or has no memory (a kernel thread)."""
-    if _real(proc):
-        try:
-            return int(psutil.Process(pid).memory_info().rss)
-        except (psutil.Error, ValueError):
-            return None
-    try:
-        status = read_text(os.path.join(proc, str(pid), "status"))
-    except CgroupFileError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            parts = line.split()
-            try:
-                return int(parts[1]) * 1024
-            except (IndexError, ValueError):
-                return None
-    return None
 
 
 @dataclass(frozen=True)
@@ -140,7 +121,7 @@ def processes_memory(pids: Iterable[int], proc: str = PROC) -> list[ProcessMemor
         score = read_oom_score(pid, proc)
         if score is None:
             continue
-        out.append(ProcessMemory(pid, process_name(pid, proc), process_rss(pid, proc), *score))
+        out.append(ProcessMemory(pid, process_name(pid, proc), rss_bytes(pid, proc), *score))
     return out
 
 
@@ -216,6 +197,8 @@ def process_start_ticks(pid: int, proc: str = PROC) -> int | None:
 def started_after_boot(pid: int, proc: str = PROC) -> float | None:
     """Seconds after boot (CLOCK_BOOTTIME) that a process started, or None when it is gone:
     for 'oldest process' choices and for placing this process on the kernel's clock."""
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     if _real(proc):
         try:
             created = psutil.Process(pid).create_time()
@@ -239,6 +222,8 @@ def own_start_usec(proc: str = PROC) -> int | None:
 
 
 def count_open_fds(pid: int | None = None, proc: str = PROC) -> int:
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     pid = pid or os.getpid()
     if _real(proc):
         return psutil.Process(pid).num_fds()
@@ -247,8 +232,10 @@ def count_open_fds(pid: int | None = None, proc: str = PROC) -> int:
 
 def rss_bytes(pid: int | str, proc: str = PROC) -> int | None:
     """A process's resident set in bytes (``pid`` "self" for this process), or None when it
-    cannot be read (the process exited)."""
+    cannot be read (the process exited, or has no memory: a kernel thread)."""
     if _real(proc):
+        import psutil  # noqa: PLC0415 - imported only where it is used
+
         try:
             p = psutil.Process() if pid == "self" else psutil.Process(int(pid))
             return int(p.memory_info().rss)
@@ -307,6 +294,8 @@ def listening_ports(proc: str, pids: Iterable[int]) -> list[int]:
     /proc/PID/fd narrow that to the process's own. When fd/ cannot be read (no ptrace access),
     every listening port of the namespace is returned.
     """
+    import psutil  # noqa: PLC0415 - imported only where it is used
+
     ports: set[int] = set()
     for pid in pids:
         if _real(proc):

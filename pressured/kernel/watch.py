@@ -3,9 +3,11 @@
 For each target it arms what the kernel offers (Documentation/admin-guide/cgroup-v2.rst,
 cgroup-v1/memory.rst, accounting/psi.rst):
 
-- cgroup v1: eventfd usage thresholds at the given byte levels (several per cgroup), an
-  eventfd on memory.oom_control, one on memory.pressure_level; the eventfds are also signalled
-  when the cgroup is removed.
+- cgroup v1: usage thresholds at the given byte levels (several per cgroup), memory.oom_control
+  and memory.pressure_level, all registered on ONE eventfd per cgroup (the kernel lets an
+  eventfd carry several registrations); a wake-up re-reads usage and oom_control to tell a
+  crossing from an OOM from a pressure level. The eventfd is also signalled when the cgroup is
+  removed.
 - cgroup v2: memory.events, memory.events.local and cgroup.events (EPOLLPRI, re-read after
   each wake, which also re-arms kernfs' notification).
 - PSI: one trigger per pressure file (v2 cgroup, the hybrid v2 mirror, or /proc/pressure).
@@ -20,7 +22,16 @@ machine's /proc/meminfo. Below its lowest threshold a v1 target is still read ev
 check, which runs on page charges only (mm/memcontrol-v1.c memcg1_check_events), so a kernel
 memory leak crosses the levels without an eventfd (measured here: a pipe-buffer leak went
 past warn and critical to the kill without one). The interval shrinks as headroom shrinks
-and as growth speeds up, between ``min_interval_s`` and ``max_interval_s``.
+and as growth speeds up, between ``min_interval_s`` and ``max_interval_s``; when the next level
+is due (at the current growth) before two such reads, reads come at half the time left, down
+to PREDICT_FLOOR_S, so a crossing is seen about when it happens rather than up to
+``min_interval_s`` later.
+
+Arming is slow in the kernel, not here: each v1 threshold registration waits for an RCU grace
+period (~12 ms measured), as does closing a PSI trigger. ``add_cgroups`` arms many targets on
+a pool of threads (the C calls release the GIL), so those waits overlap; the targets nearest
+to their limit are started first, and each is installed in the epoll set as soon as it is
+ready. ``set_levels`` registers the new levels before it closes the old ones: no blind gap.
 
 ``wait()`` returns Wakeups naming the target and the cause:
 threshold, psi, events, oom, gone, read; and "fd" for a caller's own fd (``watch_fd``: the
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import math
 import os
 import time
@@ -41,14 +53,12 @@ from typing import Literal
 from pressured import native
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import parse
-from pressured.kernel.cgroupfs import CgroupRef, read_limit, read_usage
+from pressured.kernel.cgroupfs import CgroupRef, read_limit, read_text, read_usage
 from pressured.kernel.procfs import MachineMemory
 
 Cause = Literal["threshold", "psi", "events", "oom", "gone", "read", "fd"]
 FdKind = Literal[
-    "v1_threshold",
-    "v1_oom",
-    "v1_pressure",
+    "v1_event",
     "psi",
     "events",
     "events_local",
@@ -58,7 +68,14 @@ FdKind = Literal[
 ]
 
 
-@dataclass(frozen=True)
+PREDICT_FLOOR_S = 0.001
+"""The shortest interval of a read timed to a level's predicted crossing (below
+min_interval_s, which bounds routine reads)."""
+ARM_WORKERS = 64
+"""Threads that arm targets at once: they spend their time waiting for RCU grace periods."""
+
+
+@dataclass(frozen=True, slots=True)
 class Wakeup:
     key: str
     cause: Cause
@@ -89,7 +106,7 @@ class WatchOptions:
     notifier, so only reads can see it match (and the growth it may depend on)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Fd:
     fd: int
     kind: FdKind
@@ -99,7 +116,7 @@ class _Fd:
     last: bytes = b""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Target:
     key: str
     ref: CgroupRef | None  # None: the machine
@@ -115,8 +132,12 @@ class _Target:
     last_reported: int | None = None
     last_read: float = 0.0
     growth: float = 0.0
+    last_rate: float = 0.0
+    """Growth between the last two reads: a leak that just started runs ahead of the EWMA."""
     next_due: float = 0.0
     inotify_wd: int = -1
+    oom_kills: int | None = None
+    """v1: memory.oom_control's oom_kill when last read (tells an OOM wake-up apart)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -132,7 +153,37 @@ class _Target:
         return self.adaptive_always or self.hot or self.cold_reads
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
+class _V1Reg:
+    """A v1 cgroup's registrations on one eventfd, made off the Watcher's thread."""
+
+    entry: _Fd | None = None
+    armed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    thresholds: int = 0
+    oom_kills: int | None = None
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A target whose kernel side is armed, not yet in the Watcher's epoll set and tables."""
+
+    target: _Target
+    entries: list[tuple[_Fd, int]] = field(default_factory=list)  # (fd, epoll events)
+    armed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    psi_note: str = ""
+
+    def discard(self) -> None:
+        for entry, _events in self.entries:
+            native.close(entry.fd)
+        self.entries.clear()
+        if self.target.usage_fd >= 0:
+            native.close(self.target.usage_fd)
+            self.target.usage_fd = -1
+
+
+@dataclass(frozen=True, slots=True)
 class ArmReport:
     """What was armed for a target, and what could not be (with why)."""
 
@@ -159,6 +210,8 @@ class Watcher:
         self._tokens: dict[int, _Fd] = {}
         self._wds: dict[int, str] = {}
         self._next_token = 1
+        self._due: list[tuple[float, int, str]] = []  # (when, seq, key): adaptive reads
+        self._seq = 0
         self._reader = native.BatchReader(64)
         self._inotify_token = self._register(
             _Fd(self._inotify.fd, "inotify", "", "inotify"), native.EPOLLIN
@@ -213,116 +266,232 @@ class Watcher:
         """Arm every notifier for ``ref``. Raises CgroupError when the cgroup is not usable."""
         if key in self._targets:
             self.remove(key)
+        return self._install(self._open_cgroup(key, ref, levels, self._read_now(ref)))
+
+    def add_cgroups(
+        self,
+        items: Sequence[tuple[str, CgroupRef, Sequence[int]]],
+        *,
+        workers: int = ARM_WORKERS,
+        on_armed: Callable[[str, ArmReport | Exception], None] | None = None,
+    ) -> dict[str, ArmReport | Exception]:
+        """Arm many targets at once: (key, cgroup, levels) each.
+
+        The kernel's waits overlap on ``workers`` threads; the targets nearest to their limit
+        (usage / limit) are started first, unlimited ones last. Each target is installed as
+        soon as its registrations are done, on the calling thread, and ``on_armed`` is called
+        with its report. The answer per key: its ArmReport, or the error that kept it from
+        being watched (CgroupError, OSError); one target's error never stops the others.
+        """
+        results: dict[str, ArmReport | Exception] = {}
+
+        def done(key: str, result: ArmReport | Exception) -> None:
+            results[key] = result
+            if on_armed is not None:
+                on_armed(key, result)
+
+        queue: list[tuple[float, str, CgroupRef, Sequence[int], tuple[int | None, int]]] = []
+        for key, ref, levels in items:
+            if key in self._targets:
+                self.remove(key)
+            try:
+                known = self._read_now(ref)
+            except CgroupError as exc:
+                done(key, exc)
+                continue
+            limit, usage = known
+            headroom = (limit - usage) / limit if limit else math.inf
+            queue.append((headroom, key, ref, levels, known))
+        queue.sort(key=lambda q: q[0])
+        if workers <= 1 or len(queue) <= 1:
+            for _h, key, ref, levels, known in queue:
+                try:
+                    done(key, self._install(self._open_cgroup(key, ref, levels, known)))
+                except (CgroupError, OSError) as exc:
+                    done(key, exc)
+            return results
+        from concurrent.futures import ThreadPoolExecutor, as_completed  # noqa: PLC0415
+
+        pool = ThreadPoolExecutor(min(workers, len(queue)), thread_name_prefix="pressured-arm")
+        futures = {
+            pool.submit(self._open_cgroup, key, ref, levels, known): key
+            for _h, key, ref, levels, known in queue
+        }
+        taken = set()
+        try:
+            for fut in as_completed(futures):
+                taken.add(fut)
+                key = futures[fut]
+                try:
+                    done(key, self._install(fut.result()))
+                except (CgroupError, OSError) as exc:
+                    done(key, exc)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for fut in futures:  # interrupted: what was opened but not installed is closed
+                if fut not in taken and not fut.cancelled() and fut.exception() is None:
+                    fut.result().discard()
+        return results
+
+    @staticmethod
+    def _read_now(ref: CgroupRef) -> tuple[int | None, int]:
+        """(limit, usage) of a cgroup about to be armed; CgroupError when it is not usable."""
         if not os.path.isdir(ref.path):
             raise CgroupError(f"{ref.path}: no such cgroup directory")
         try:
-            limit = read_limit(ref)
-            usage = read_usage(ref)
+            return read_limit(ref), read_usage(ref)
         except CgroupFileError as exc:
             raise CgroupError(str(exc)) from exc
-        target = _Target(key, ref, sorted(set(levels)), limit)
-        target.last_usage = usage
-        target.last_reported = usage
-        target.last_read = self._clock()
-        self._targets[key] = target
-        armed: list[str] = []
-        missing: list[str] = []
+
+    def _open_cgroup(
+        self,
+        key: str,
+        ref: CgroupRef,
+        levels: Sequence[int],
+        known: tuple[int | None, int],
+    ) -> _Opened:
+        """Everything that talks to the kernel to arm a target, and nothing that touches the
+        Watcher's tables: safe on a worker thread. ``_install`` puts the result in place."""
+        limit, usage = known
+        t = _Target(key, ref, sorted(set(levels)), limit)
+        t.last_usage = t.last_reported = usage
+        t.last_read = self._clock()
+        op = _Opened(t)
         try:
-            self._arm_cgroup(target, armed, missing)
+            t.usage_path = ref.usage_file
+            t.usage_fd = native.open_read(ref.usage_file)
+            if ref.version == 1:
+                reg = self._register_v1(key, ref, t.levels)
+                self._apply_v1(t, reg)
+                op.armed += reg.armed
+                op.missing += reg.missing
+                if reg.entry is not None:
+                    op.entries.append((reg.entry, native.EPOLLIN))
+            else:
+                t.adaptive_always = t.limit is not None
+                for name, kind in (
+                    ("memory.events", "events"),
+                    ("memory.events.local", "events_local"),
+                    ("cgroup.events", "cgroup_events"),
+                ):
+                    path = ref.file(name)
+                    if not os.path.exists(path):
+                        op.missing.append(f"{name}: missing")
+                        continue
+                    fd = native.open_read(path)
+                    entry = _Fd(fd, kind, key, path)  # type: ignore[arg-type]
+                    op.entries.append((entry, native.EPOLLPRI))
+                    entry.last = native.pread(fd, 4096, path)
+                    op.armed.append(name)
+            psi_path = ref.psi_file("memory")
+            if psi_path is None:
+                op.missing.append("psi: no memory.pressure for this cgroup")
+            else:
+                self._open_psi(op, key, psi_path)
         except BaseException:
-            self.remove(key)
+            op.discard()
             raise
-        target.notes = missing
-        self._schedule(target, self._clock())
-        return ArmReport(key, tuple(armed), tuple(missing), target.adaptive_always)
+        return op
 
-    def _arm_cgroup(self, t: _Target, armed: list[str], missing: list[str]) -> None:
-        ref = t.ref
-        assert ref is not None
-        t.usage_path = ref.usage_file
-        t.usage_fd = native.open_read(ref.usage_file)
-        if ref.version == 1:
-            self._arm_v1_levels(t, armed, missing)
-            try:
-                fd = native.register_v1_event(ref.path, "memory.oom_control")
-                self._add_fd(t, _Fd(fd, "v1_oom", t.key, ref.file("memory.oom_control")))
-                armed.append("oom_control")
-            except OSError as exc:
-                missing.append(f"oom_control: {exc.strerror}")
-            level = self.options.v1_pressure_level
-            if level:
-                try:
-                    fd = native.register_v1_event(ref.path, "memory.pressure_level", level)
-                    self._add_fd(
-                        t, _Fd(fd, "v1_pressure", t.key, ref.file("memory.pressure_level"))
-                    )
-                    armed.append(f"pressure_level {level}")
-                except OSError as exc:
-                    missing.append(f"pressure_level: {exc.strerror}")
-        else:
-            t.adaptive_always = t.limit is not None
-            for name, kind in (
-                ("memory.events", "events"),
-                ("memory.events.local", "events_local"),
-                ("cgroup.events", "cgroup_events"),
-            ):
-                path = ref.file(name)
-                if not os.path.exists(path):
-                    missing.append(f"{name}: missing")
-                    continue
-                fd = native.open_read(path)
-                entry = _Fd(fd, kind, t.key, path)  # type: ignore[arg-type]
-                entry.last = native.pread(fd, 4096, path)
-                self._add_fd(t, entry, native.EPOLLPRI)
-                armed.append(name)
-        psi_path = ref.psi_file("memory")
-        if psi_path is None:
-            missing.append("psi: no memory.pressure for this cgroup")
-        else:
-            self._arm_psi(t, psi_path, armed, missing)
+    def _install(self, op: _Opened) -> ArmReport:
+        """Put an opened target in the epoll set and the tables (the calling thread only)."""
+        t = op.target
+        if t.key in self._targets:
+            self.remove(t.key)
+        self._targets[t.key] = t
         try:
-            t.inotify_wd = self._inotify.add(ref.path, native.IN_DELETE_SELF | native.IN_ONLYDIR)
-            self._wds[t.inotify_wd] = t.key
-            armed.append("inotify")
-        except OSError as exc:
-            missing.append(f"inotify: {exc.strerror}")
-
-    def _arm_v1_levels(self, t: _Target, armed: list[str], missing: list[str]) -> None:
+            while op.entries:
+                entry, events = op.entries[0]
+                token = self._register(entry, events)
+                op.entries.pop(0)
+                t.fds[token] = entry
+        except BaseException:
+            self.remove(t.key)
+            op.discard()
+            raise
+        if op.psi_note and op.psi_note not in self.psi_window_notes:
+            self.psi_window_notes.append(op.psi_note)
         assert t.ref is not None
-        if self.options.read_always and t.limit is not None:
-            t.adaptive_always = True
-        for level in t.levels:
-            try:
-                fd = native.register_v1_event(t.ref.path, "memory.usage_in_bytes", str(level))
-            except OSError as exc:
-                missing.append(f"threshold {level}: {exc.strerror}")
-                continue
-            self._add_fd(t, _Fd(fd, "v1_threshold", t.key, t.ref.usage_file, level))
-            armed.append(f"threshold {level}")
-        t.cold_reads = bool(t.levels) and t.limit is not None
-        if not t.levels:
-            return
-        if not any(e.kind == "v1_threshold" for e in t.fds.values()):
-            t.adaptive_always = True  # the kernel refused: fall back to reading
+        try:
+            t.inotify_wd = self._inotify.add(t.ref.path, native.IN_DELETE_SELF | native.IN_ONLYDIR)
+            self._wds[t.inotify_wd] = t.key
+            op.armed.append("inotify")
+        except OSError as exc:
+            op.missing.append(f"inotify: {exc.strerror}")
+        t.notes = op.missing
+        self._schedule(t, self._next_read(t, self._clock()))
+        return ArmReport(t.key, tuple(op.armed), tuple(op.missing), t.adaptive_always)
 
-    def _arm_psi(self, t: _Target, path: str, armed: list[str], missing: list[str]) -> None:
+    def _register_v1(self, key: str, ref: CgroupRef, levels: Sequence[int]) -> _V1Reg:
+        """Every v1 registration of a target on one new eventfd (thread-safe)."""
+        reg = _V1Reg()
+        efd = native.eventfd()
+        try:
+            for level in levels:
+                try:
+                    native.register_v1_event(ref.path, "memory.usage_in_bytes", str(level), efd)
+                except OSError as exc:
+                    reg.missing.append(f"threshold {level}: {exc.strerror}")
+                    continue
+                reg.armed.append(f"threshold {level}")
+                reg.thresholds += 1
+            _under, reg.oom_kills = self._oom_state(ref)
+            try:
+                native.register_v1_event(ref.path, "memory.oom_control", "", efd)
+                reg.armed.append("oom_control")
+            except OSError as exc:
+                reg.missing.append(f"oom_control: {exc.strerror}")
+            level_name = self.options.v1_pressure_level
+            if level_name:
+                try:
+                    native.register_v1_event(ref.path, "memory.pressure_level", level_name, efd)
+                    reg.armed.append(f"pressure_level {level_name}")
+                except OSError as exc:
+                    reg.missing.append(f"pressure_level: {exc.strerror}")
+        except BaseException:
+            native.close(efd)
+            raise
+        if reg.armed:
+            reg.entry = _Fd(efd, "v1_event", key, ref.file("cgroup.event_control"))
+        else:
+            native.close(efd)
+        return reg
+
+    def _apply_v1(self, t: _Target, reg: _V1Reg) -> None:
+        t.oom_kills = reg.oom_kills
+        # a rule has no kernel notifier; where the kernel refused every threshold, read instead
+        t.adaptive_always = t.limit is not None and (
+            self.options.read_always or (bool(t.levels) and reg.thresholds == 0)
+        )
+        # below the lowest threshold too, on the cold tick: kernel memory skips the check
+        t.cold_reads = bool(t.levels) and t.limit is not None
+
+    @staticmethod
+    def _oom_state(ref: CgroupRef) -> tuple[bool, int | None]:
+        """v1 memory.oom_control: (under_oom, oom_kill); (False, None) when unreadable."""
+        path = ref.file("memory.oom_control")
+        try:
+            ctl = parse.parse_flat_keyed(read_text(path), path)
+        except CgroupFileError:
+            return False, None
+        return bool(ctl.get("under_oom", 0)), ctl.get("oom_kill")
+
+    def _open_psi(self, op: _Opened, key: str, path: str) -> None:
         spec = self.options.psi
         if spec is None:
             return
         try:
             trig = native.arm_psi_trigger(path, spec.kind, spec.stall_us, spec.window_us)
         except OSError as exc:
-            missing.append(f"psi trigger on {path}: {exc.strerror}")
+            op.missing.append(f"psi trigger on {path}: {exc.strerror}")
             return
+        op.entries.append((_Fd(trig.fd, "psi", key, path), native.EPOLLPRI))
         if trig.rounded:
-            note = (
+            op.psi_note = (
                 f"PSI window {spec.window_us} us rounded up to {trig.window_us} us "
                 "(no CAP_SYS_RESOURCE: the kernel takes only multiples of 2 s)"
             )
-            if note not in self.psi_window_notes:
-                self.psi_window_notes.append(note)
-        self._add_fd(t, _Fd(trig.fd, "psi", t.key, path), native.EPOLLPRI)
-        armed.append(f"psi {spec.kind} {spec.stall_us}/{trig.window_us}")
+        op.armed.append(f"psi {spec.kind} {spec.stall_us}/{trig.window_us}")
 
     def add_machine(
         self, key: str, levels: Sequence[int] = (), psi_path: str | None = None
@@ -347,11 +516,18 @@ class Watcher:
         target.last_read = self._clock()
         psi = psi_path or os.path.join(self._proc, "pressure", "memory")
         if os.path.exists(psi):
-            self._arm_psi(target, psi, armed, missing)
+            op = _Opened(target)
+            self._open_psi(op, key, psi)
+            for entry, events in op.entries:
+                self._add_fd(target, entry, events)
+            armed += op.armed
+            missing += op.missing
+            if op.psi_note and op.psi_note not in self.psi_window_notes:
+                self.psi_window_notes.append(op.psi_note)
         else:
             missing.append(f"psi: {psi} missing (kernel without PSI or psi=0)")
         target.notes = missing
-        target.next_due = self._clock() + self._interval(target)
+        self._schedule(target, self._clock() + self._interval(target))
         return ArmReport(key, tuple(armed), tuple(missing), True)
 
     @staticmethod
@@ -368,17 +544,63 @@ class Watcher:
         t.fds[token] = entry
 
     def set_levels(self, key: str, levels: Sequence[int]) -> None:
-        """Move the usage thresholds of a target (v1: re-register the eventfds)."""
-        t = self._targets[key]
-        new = sorted(set(levels))
-        if new == t.levels:
+        """Move the usage thresholds of a target (v1: re-register, the new before the old
+        is closed, so the target is never unwatched in between)."""
+        self.set_levels_many({key: levels})
+
+    def set_levels_many(
+        self, wanted: dict[str, Sequence[int]], *, workers: int = ARM_WORKERS
+    ) -> None:
+        """``set_levels`` for many targets, their registrations overlapping on threads."""
+        moves: list[tuple[_Target, list[int]]] = []
+        for key, levels in wanted.items():
+            t = self._targets[key]
+            new = sorted(set(levels))
+            if new == t.levels:
+                continue
+            if t.ref is None or t.ref.version != 1:
+                t.levels = new
+                continue
+            moves.append((t, new))
+        if not moves:
             return
-        t.levels = new
-        if t.ref is not None and t.ref.version == 1:
-            for token in [tok for tok, e in t.fds.items() if e.kind == "v1_threshold"]:
-                t.fds.pop(token)
-                self._release(token)
-            self._arm_v1_levels(t, [], t.notes)
+
+        def register(move: tuple[_Target, list[int]]) -> _V1Reg:
+            t, new = move
+            assert t.ref is not None
+            return self._register_v1(t.key, t.ref, new)
+
+        if workers <= 1 or len(moves) == 1:
+            regs = [register(m) for m in moves]
+        else:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            with ThreadPoolExecutor(min(workers, len(moves)), "pressured-arm") as pool:
+                regs = list(pool.map(register, moves))
+        for (t, new), reg in zip(moves, regs, strict=True):
+            self._swap_v1(t, new, reg)
+
+    def _swap_v1(self, t: _Target, levels: list[int], reg: _V1Reg) -> None:
+        """The new registrations in place first, then the old eventfd closed (the kernel
+        drops the registrations it carried)."""
+        if t.key not in self._targets:  # removed meanwhile
+            if reg.entry is not None:
+                native.close(reg.entry.fd)
+            return
+        old = [tok for tok, e in t.fds.items() if e.kind == "v1_event"]
+        if reg.entry is not None:
+            self._add_fd(t, reg.entry)
+        for token in old:
+            t.fds.pop(token)
+            self._release(token)
+        t.levels = levels
+        self._apply_v1(t, reg)
+        self._schedule(t, self._next_read(t, self._clock()))
+        v1_notes = ("threshold ", "oom_control", "pressure_level")
+        t.notes = [n for n in t.notes if not n.startswith(v1_notes)] + reg.missing
+
+    def levels(self, key: str) -> list[int]:
+        return list(self._targets[key].levels)
 
     def set_limit(self, key: str, limit: int | None) -> None:
         if key in self._targets:
@@ -407,6 +629,21 @@ class Watcher:
         return list(t.notes) if t else []
 
     def close(self) -> None:
+        # closing a PSI trigger waits for an RCU grace period: those waits overlap on threads
+        psi = [tok for t in self._targets.values() for tok, e in t.fds.items() if e.kind == "psi"]
+        if len(psi) > 1:
+            fds = []
+            for token in psi:
+                entry = self._tokens.pop(token)
+                self._epoll.remove(entry.fd)
+                fds.append(entry.fd)
+            for t in self._targets.values():
+                for token in psi:
+                    t.fds.pop(token, None)
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            with ThreadPoolExecutor(min(ARM_WORKERS, len(fds)), "pressured-close") as pool:
+                list(pool.map(native.close, fds))
         for key in list(self._targets):
             self.remove(key)
         self._release(self._inotify_token)
@@ -424,12 +661,22 @@ class Watcher:
         headroom_frac = max(0.0, (limit - usage) / limit) if limit > 0 else 0.0
         # full interval with half the limit free or more, shrinking linearly to the floor at 0
         interval = hi * min(1.0, headroom_frac / 0.5)
+        eta: float | None = None
         if t.growth > 0:
             above = [lv for lv in t.levels if lv > usage]
             goal = above[0] if above else limit
             # at least four reads before the next level (or the limit) at the current growth
             interval = min(interval, max(0.0, goal - usage) / t.growth / 4.0)
-        return min(hi, max(lo, interval))
+            if above:
+                # the sooner of the two: a read too early costs a read, one too late a delay
+                eta = (above[0] - usage) / max(t.growth, t.last_rate)
+        interval = min(hi, max(lo, interval))
+        if eta is not None and eta < 2 * interval:
+            # a level is due before two routine reads: read at half the time left, again and
+            # again, so the crossing is seen within PREDICT_FLOOR_S of when it comes at this
+            # growth (a few reads per crossing, then routine reads again)
+            interval = max(PREDICT_FLOOR_S, eta / 2)
+        return interval
 
     def _cold_interval(self, t: _Target) -> float:
         """Until the next read of a v1 target below its lowest threshold: the cold interval,
@@ -442,8 +689,27 @@ class Watcher:
         return cold
 
     def next_deadline(self) -> float | None:
-        due = [t.next_due for t in self._targets.values() if t.adaptive and t.usage_fd >= 0]
-        return min(due) if due else None
+        heap = self._due
+        while heap:
+            when, _seq, key = heap[0]
+            if self._still_due(key, when):
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def _schedule(self, t: _Target, when: float) -> None:
+        """The next adaptive read of ``t``. Only targets read adaptively enter the heap, so
+        a wake-up costs what the targets due need, not a walk over every target."""
+        t.next_due = when
+        if t.adaptive and t.usage_fd >= 0:
+            self._seq += 1
+            heapq.heappush(self._due, (when, self._seq, t.key))
+
+    def _still_due(self, key: str, when: float) -> bool:
+        """Whether a heap entry is current (entries of moved or removed targets stay in the
+        heap until they reach its top, and are dropped there)."""
+        t = self._targets.get(key)
+        return t is not None and t.adaptive and t.usage_fd >= 0 and t.next_due == when
 
     def wait(self, timeout_s: float | None) -> list[Wakeup]:
         """Sleep until the kernel says something or an adaptive read is due."""
@@ -488,18 +754,8 @@ class Watcher:
                 t.notes.append(f"psi: {entry.path} stopped reporting")
                 return []
             return [Wakeup(t.key, "psi", now, detail=entry.path)]
-        if entry.kind in ("v1_threshold", "v1_oom", "v1_pressure"):
-            with contextlib.suppress(OSError):
-                native.drain_eventfd(entry.fd)
-            assert t.ref is not None
-            if not os.path.isdir(t.ref.path):  # eventfds are signalled on removal too
-                return [self._gone(t.key, f"{t.ref.path}: cgroup removed")]
-            if entry.kind == "v1_oom":
-                return [Wakeup(t.key, "oom", now, detail=entry.path)]
-            if entry.kind == "v1_pressure":
-                return [Wakeup(t.key, "psi", now, detail=entry.path)]
-            usage = self._read_usage_now(t)
-            return [Wakeup(t.key, "threshold", now, usage, detail=str(entry.level))]
+        if entry.kind == "v1_event":
+            return self._on_v1_event(t, entry, now)
         # kernfs files (v2 events): re-read, which also re-arms the notification
         try:
             data = native.pread(entry.fd, 4096, entry.path)
@@ -511,6 +767,35 @@ class Watcher:
             return []
         entry.last = data
         return [Wakeup(t.key, "events", now, detail=entry.path)]
+
+    def _on_v1_event(self, t: _Target, entry: _Fd, now: float) -> list[Wakeup]:
+        """The one eventfd of a v1 cgroup: a level crossed, an OOM, a pressure level, or
+        removal; told apart by reading usage and oom_control again."""
+        with contextlib.suppress(OSError):
+            native.drain_eventfd(entry.fd)
+        ref = t.ref
+        assert ref is not None
+        if not os.path.isdir(ref.path):  # eventfds are signalled on removal too
+            return [self._gone(t.key, f"{ref.path}: cgroup removed")]
+        prev = t.last_usage
+        usage = self._read_usage_now(t)
+        out: list[Wakeup] = []
+        under, kills = self._oom_state(ref)
+        if under or (kills is not None and t.oom_kills is not None and kills > t.oom_kills):
+            out.append(Wakeup(t.key, "oom", now, detail=ref.file("memory.oom_control")))
+        if kills is not None:
+            t.oom_kills = kills
+        crossed = [
+            lv
+            for lv in t.levels
+            if prev is not None and usage is not None and (prev < lv) != (usage < lv)
+        ]
+        if crossed:
+            detail = ",".join(map(str, crossed))
+            out.append(Wakeup(t.key, "threshold", now, usage, detail=detail))
+        elif not out:
+            out.append(Wakeup(t.key, "psi", now, usage, detail=ref.file("memory.pressure_level")))
+        return out
 
     def _on_inotify(self) -> list[Wakeup]:
         out = []
@@ -540,28 +825,31 @@ class Watcher:
             rate = (usage - t.last_usage) / (now - t.last_read)
             # EWMA: follows a leak within a few reads, ignores a single spike
             t.growth = 0.5 * t.growth + 0.5 * rate
+            t.last_rate = rate
         t.last_usage = usage
         t.last_read = now
-        self._schedule(t, now)
+        self._schedule(t, self._next_read(t, now))
 
-    def _schedule(self, t: _Target, now: float) -> None:
+    def _next_read(self, t: _Target, now: float) -> float:
+        """When to read ``t`` next: after its interval, or, for an idle v1 target below its
+        lowest threshold, on a common tick (every such target is read in the same sweep)."""
         interval = self._interval(t)
         if t.cold_reads and not t.hot and interval >= self.options.v1_cold_interval_s:
-            # on a common tick: every idle v1 target is read in the same sweep
             tick = self.options.v1_cold_interval_s
-            t.next_due = math.ceil((now + interval) / tick) * tick
-        else:
-            t.next_due = now + interval
+            return math.ceil((now + interval) / tick) * tick
+        return now + interval
 
     def _sweep(self) -> list[Wakeup]:
         now = self._clock()
-        due = [
-            t
-            for t in self._targets.values()
-            if t.adaptive and t.usage_fd >= 0 and t.next_due <= now + 0.0005
-        ]
-        if not due:
+        picked: dict[str, _Target] = {}
+        heap = self._due
+        while heap and heap[0][0] <= now + 0.0005:
+            when, _seq, key = heapq.heappop(heap)
+            if self._still_due(key, when):
+                picked[key] = self._targets[key]
+        if not picked:
             return []
+        due = list(picked.values())
         out: list[Wakeup] = []
         cgroups = [t for t in due if t.ref is not None]
         results = self._reader.read([t.usage_fd for t in cgroups]) if cgroups else []
@@ -570,12 +858,12 @@ class Watcher:
                 if res in (errno.ENODEV, errno.ENOENT):
                     out.append(self._gone(t.key, f"{t.usage_path}: cgroup removed"))
                 else:
-                    t.next_due = now + self.options.max_interval_s
+                    self._schedule(t, now + self.options.max_interval_s)
                 continue
             try:
                 usage = parse.parse_int(res.decode("ascii", "replace"), t.usage_path)
             except CgroupFileError:
-                t.next_due = now + self.options.max_interval_s
+                self._schedule(t, now + self.options.max_interval_s)
                 continue
             w = self._after_read(t, usage, now)
             if w is not None:
@@ -585,7 +873,7 @@ class Watcher:
                 try:
                     total, used = self._parse_meminfo(native.pread(t.usage_fd, 8192), t.usage_path)
                 except (OSError, CgroupFileError):
-                    t.next_due = now + self.options.max_interval_s
+                    self._schedule(t, now + self.options.max_interval_s)
                     continue
                 t.limit = total
                 w = self._after_read(t, used, now)

@@ -128,7 +128,13 @@ def top_command(
     _report(analyse, Limits(seconds=max_seconds, memory_mib=max_memory), as_json)
 
 
-@pprof_app.command("diff")
+@pprof_app.command(
+    "diff",
+    epilog="\b\nExamples:\n"
+    "  pressured pprof diff heap-1.pb.gz heap-2.pb.gz\n"
+    "  pressured pprof diff --cum -n 10 heap-1.pb.gz http://127.0.0.1:6060/debug/pprof/heap\n"
+    "  pressured pprof diff --sample-index inuse_objects --json heap-1.pb.gz heap-2.pb.gz",
+)
 def diff_command(
     base: Annotated[
         str, typer.Argument(metavar="BASE", help="the earlier profile (file or URL), subtracted")
@@ -137,13 +143,14 @@ def diff_command(
     *,
     nodecount: Annotated[
         int,
-        typer.Option("-n", "--nodecount", help="rows to show (0: all)", min=0),
+        typer.Option("-n", "--nodecount", metavar="N", help="rows to show (0: all)", min=0),
     ] = 20,
     sample_index: Annotated[
         str | None,
         typer.Option(
             "--sample-index",
             envvar="PRESSURED_PPROF_SAMPLE_INDEX",
+            metavar="TYPE",
             help="sample type: inuse_space (heap default), alloc_space, inuse_objects, "
             "alloc_objects, or a number",
         ),
@@ -156,17 +163,28 @@ def diff_command(
             "--node-fraction",
             min=0.0,
             max=1.0,
+            metavar="FRACTION",
             help="hide functions whose cum is below this fraction of the total "
             "(go tool pprof's -nodefraction, same default)",
         ),
     ] = 0.005,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=0.1, help="seconds the whole download of a URL may take"),
+        typer.Option(
+            "--timeout",
+            min=0.1,
+            metavar="SECONDS",
+            help="seconds the whole download of a URL may take",
+        ),
     ] = 30.0,
     max_seconds: Annotated[
         float,
-        typer.Option("--max-seconds", min=0.1, help="kill the analysis after this many seconds"),
+        typer.Option(
+            "--max-seconds",
+            min=0.1,
+            metavar="SECONDS",
+            help="kill the analysis after this many seconds",
+        ),
     ] = 60.0,
     max_memory: Annotated[
         int,

@@ -2,7 +2,9 @@
 
 The interval is full while half the limit or more is free, shrinks linearly with headroom, is
 cut further so that at least four reads happen before the next level (or the limit) at the
-current growth, and always stays within [min_interval_s, max_interval_s]. Targets without a
+current growth, and stays within [min_interval_s, max_interval_s] except when the next level
+is due before two such reads: then it is half the time left, down to PREDICT_FLOOR_S. Targets
+without a
 limit, and v1 targets below their lowest threshold (the kernel's eventfd watches them), are read
 at the maximum interval.
 """
@@ -16,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pressured.kernel.watch import Watcher, WatchOptions, _Target
+from pressured.kernel.watch import PREDICT_FLOOR_S, Watcher, WatchOptions, _Target
 
 LO, HI = 0.05, 2.0
 LIMIT = 1000
@@ -128,7 +130,10 @@ def test_always_within_bounds(
     interval = watcher._interval(
         target(usage, limit=limit, growth=growth, levels=levels, always=always)
     )
-    assert LO <= interval <= HI
+    assert PREDICT_FLOOR_S <= interval <= HI
+    t = target(usage, limit=limit, growth=growth, levels=levels, always=always)
+    if interval < LO:  # only a read timed to a level's predicted crossing
+        assert t.adaptive and growth > 0 and any(lv > usage for lv in levels)
 
 
 def cold_v1(usage: int, growth: float = 0.0) -> _Target:
@@ -158,3 +163,17 @@ def test_cold_reads_share_one_tick(watcher: Watcher) -> None:
         watcher._update(t, 100, now)
         dues.append(t.next_due)
     assert len(set(dues)) == 1 and dues[0] % tick == 0 and dues[0] >= 11.3 + tick
+
+
+def test_a_level_due_soon_is_read_at_half_the_time_left(watcher: Watcher) -> None:
+    # 100 bytes below the level at 10,000 bytes/s: due in 10 ms, read in 5 ms
+    t = target(700, growth=10_000.0, levels=[800])
+    assert watcher._interval(t) == pytest.approx(0.005)
+    t = target(799, growth=1e6, levels=[800])
+    assert watcher._interval(t) == PREDICT_FLOOR_S
+    # a leak that just started: the last rate runs ahead of the EWMA, and the read comes sooner
+    t = target(700, growth=1_000.0, levels=[800])
+    t.last_rate = 10_000.0
+    assert watcher._interval(t) == pytest.approx(0.005)
+    # past every level: nothing to cross but the limit, so routine reads only
+    assert watcher._interval(target(900, growth=1e9, levels=[800])) == LO

@@ -314,3 +314,42 @@ def test_shedding_skips_optional_actions_only_and_counts_each_skip(
     shed.clear()  # below the level again: optional work resumes
     runner.submit(pressure("critical"))
     wait_for(lambda: optional.seen == ["critical"], what="the optional action ran again")
+
+
+def test_inline_immediate_runs_on_the_submitting_thread_when_idle(make_runner: Any) -> None:
+    threads: list[str] = []
+
+    class Where(Recorder):
+        def run(self, event: Event) -> None:
+            threads.append(threading.current_thread().name)
+            super().run(event)
+
+    rec, slow = Where({}, CTX), Blocking({}, CTX)
+    runner = make_runner([rec, slow], inline_immediate=True)
+    runner.submit(pressure("warn"))
+    # run before submit returned, here, while the slow lane still holds its copy
+    assert rec.seen == ["warn"]
+    assert threads == [threading.current_thread().name]
+    assert slow.done == []
+    slow.release.set()
+
+
+def test_inline_immediate_queues_behind_a_busy_lane_and_keeps_the_order(make_runner: Any) -> None:
+    gate = threading.Event()
+    order: list[str] = []
+
+    class Gated(Recorder):
+        def run(self, event: Event) -> None:
+            if event.severity == "warn":
+                gate.wait(10)
+            order.append(event.severity)
+
+    runner = make_runner([Gated({}, CTX)], inline_immediate=True)
+    first = threading.Thread(target=runner.submit, args=(pressure("warn"),))
+    first.start()  # runs inline on that thread, held at the gate
+    wait_for(lambda: runner._immediate._current is not None, what="the first event running")
+    runner.submit(pressure("critical"))  # the lane is busy: queued, not run here
+    assert order == []
+    gate.set()
+    first.join(10)
+    wait_for(lambda: order == ["warn", "critical"], what="both events in order")
