@@ -194,14 +194,7 @@ class _Lane:
             if self._closing or self._queue or self._current is not None or self._after:
                 return False
             self._current, self._step = event, 0
-        try:
-            self._run(event)
-        finally:
-            if event.processes is not None:
-                event.processes.close()
-            with self._cond:
-                self._current = None
-                self._cond.notify_all()
+        self._run_current(event)
         return True
 
     def offer(self, event: Event) -> None:
@@ -256,14 +249,19 @@ class _Lane:
                     self._cond.wait()
                 event = self._queue.popleft()
                 self._current, self._step = event, 0
-            try:
-                self._run(event)
-            finally:
-                if event.processes is not None:
-                    event.processes.close()
-                with self._cond:
-                    self._current = None
-                    self._cond.notify_all()
+            self._run_current(event)
+
+    def _run_current(self, event: Event) -> None:
+        """Run the event just made current (on whichever thread took it), then hand the lane
+        back: its held processes closed, waiters woken."""
+        try:
+            self._run(event)
+        finally:
+            if event.processes is not None:
+                event.processes.close()
+            with self._cond:
+                self._current = None
+                self._cond.notify_all()
 
     def _run(self, event: Event) -> None:
         recheck = _Recheck(self._still_holds, event)

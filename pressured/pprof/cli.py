@@ -41,6 +41,54 @@ pprof_app = typer.Typer(
 )
 
 
+# The options both commands take, as go tool pprof's flags of the same names
+NodeCount = Annotated[
+    int, typer.Option("-n", "--nodecount", metavar="N", help="rows to show (0: all)", min=0)
+]
+SampleIndex = Annotated[
+    str | None,
+    typer.Option(
+        "--sample-index",
+        metavar="TYPE",
+        envvar="PRESSURED_PPROF_SAMPLE_INDEX",
+        help="sample type: inuse_space (heap default), alloc_space, inuse_objects, "
+        "alloc_objects, or a number",
+    ),
+]
+Cum = Annotated[bool, typer.Option("--cum", help="sort by cumulative value")]
+AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+NodeFraction = Annotated[
+    float,
+    typer.Option(
+        "--node-fraction",
+        metavar="FRACTION",
+        min=0.0,
+        max=1.0,
+        help="hide functions whose cum is below this fraction of the total "
+        "(go tool pprof's -nodefraction, same default)",
+    ),
+]
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0.1, metavar="SECONDS", help="seconds the whole download of a URL may take"
+    ),
+]
+MaxSeconds = Annotated[
+    float,
+    typer.Option(
+        "--max-seconds",
+        min=0.1,
+        metavar="SECONDS",
+        help="kill the analysis after this many seconds",
+    ),
+]
+MaxMemory = Annotated[
+    int,
+    typer.Option("--max-memory", min=64, metavar="MIB", help="address space the analysis may use"),
+]
+
+
 @pprof_app.callback()
 def _group() -> None:
     """Analyse Go pprof heap profiles (files or /debug/pprof URLs)."""
@@ -59,57 +107,14 @@ def top_command(
         str, typer.Argument(metavar="FILE|URL", help="profile.proto file (gzip or raw) or URL")
     ],
     *,
-    nodecount: Annotated[
-        int,
-        typer.Option("-n", "--nodecount", metavar="N", help="rows to show (0: all)", min=0),
-    ] = 20,
-    sample_index: Annotated[
-        str | None,
-        typer.Option(
-            "--sample-index",
-            metavar="TYPE",
-            envvar="PRESSURED_PPROF_SAMPLE_INDEX",
-            help="sample type: inuse_space (heap default), alloc_space, inuse_objects, "
-            "alloc_objects, or a number",
-        ),
-    ] = None,
-    cum: Annotated[bool, typer.Option("--cum", help="sort by cumulative value")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    node_fraction: Annotated[
-        float,
-        typer.Option(
-            "--node-fraction",
-            metavar="FRACTION",
-            min=0.0,
-            max=1.0,
-            help="hide functions whose cum is below this fraction of the total "
-            "(go tool pprof's -nodefraction, same default)",
-        ),
-    ] = 0.005,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            min=0.1,
-            metavar="SECONDS",
-            help="seconds the whole download of a URL may take",
-        ),
-    ] = 30.0,
-    max_seconds: Annotated[
-        float,
-        typer.Option(
-            "--max-seconds",
-            min=0.1,
-            metavar="SECONDS",
-            help="kill the analysis after this many seconds",
-        ),
-    ] = 60.0,
-    max_memory: Annotated[
-        int,
-        typer.Option(
-            "--max-memory", min=64, metavar="MIB", help="address space the analysis may use"
-        ),
-    ] = 2048,
+    nodecount: NodeCount = 20,
+    sample_index: SampleIndex = None,
+    cum: Cum = False,
+    as_json: AsJson = False,
+    node_fraction: NodeFraction = 0.005,
+    timeout: Timeout = 30.0,
+    max_seconds: MaxSeconds = 60.0,
+    max_memory: MaxMemory = 2048,
 ) -> None:
     """Per-function flat and cum values, as `go tool pprof -top` prints them."""
 
@@ -141,57 +146,14 @@ def diff_command(
     ],
     new: Annotated[str, typer.Argument(metavar="NEW", help="the later profile (file or URL)")],
     *,
-    nodecount: Annotated[
-        int,
-        typer.Option("-n", "--nodecount", metavar="N", help="rows to show (0: all)", min=0),
-    ] = 20,
-    sample_index: Annotated[
-        str | None,
-        typer.Option(
-            "--sample-index",
-            envvar="PRESSURED_PPROF_SAMPLE_INDEX",
-            metavar="TYPE",
-            help="sample type: inuse_space (heap default), alloc_space, inuse_objects, "
-            "alloc_objects, or a number",
-        ),
-    ] = None,
-    cum: Annotated[bool, typer.Option("--cum", help="sort by cumulative value")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    node_fraction: Annotated[
-        float,
-        typer.Option(
-            "--node-fraction",
-            min=0.0,
-            max=1.0,
-            metavar="FRACTION",
-            help="hide functions whose cum is below this fraction of the total "
-            "(go tool pprof's -nodefraction, same default)",
-        ),
-    ] = 0.005,
-    timeout: Annotated[
-        float,
-        typer.Option(
-            "--timeout",
-            min=0.1,
-            metavar="SECONDS",
-            help="seconds the whole download of a URL may take",
-        ),
-    ] = 30.0,
-    max_seconds: Annotated[
-        float,
-        typer.Option(
-            "--max-seconds",
-            min=0.1,
-            metavar="SECONDS",
-            help="kill the analysis after this many seconds",
-        ),
-    ] = 60.0,
-    max_memory: Annotated[
-        int,
-        typer.Option(
-            "--max-memory", min=64, metavar="MIB", help="address space the analysis may use"
-        ),
-    ] = 2048,
+    nodecount: NodeCount = 20,
+    sample_index: SampleIndex = None,
+    cum: Cum = False,
+    as_json: AsJson = False,
+    node_fraction: NodeFraction = 0.005,
+    timeout: Timeout = 30.0,
+    max_seconds: MaxSeconds = 60.0,
+    max_memory: MaxMemory = 2048,
 ) -> None:
     """What NEW holds more (or less) than BASE per function, as `go tool pprof -top -base`."""
 
