@@ -99,7 +99,7 @@ class WatchOptions:
     v1_pressure_level: str | None = "medium"
     change_fraction: float = 0.01
     """A cold adaptive read is reported when usage moved by this fraction of the limit."""
-    v1_cold_interval_s: float = 2.0
+    v1_cold_interval_s: float = 4.0
     """Reads of a v1 target below its lowest threshold (kernel memory crosses no eventfd)."""
     read_always: bool = False
     """Read v1 usage adaptively even below the thresholds: a rule expression has no kernel
