@@ -38,15 +38,14 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from pressured.errors import ConfigError
+from pressured.metrics_config import ALL_INTERFACES, MetricsSettings
 from pressured.model import Identity, OomKill, PressureEvent, Sample
-from pressured.settings import Checker
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -66,84 +65,14 @@ log = logging.getLogger("pressured.metrics")
 LEAD_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 """Warning lead time buckets: sub-second (a spike outran the poll) up to an hour (slow leak)."""
 
-ALL_INTERFACES: Final = "0.0.0.0"  # noqa: S104 - a DaemonSet is scraped from other nodes
 DEFAULT_TTL: Final = 60.0
 _LEVELS: Final = ("some", "full")
 _WINDOWS: Final = ("avg10", "avg60", "avg300")
 _TARGET_LABELS: Final = ("namespace", "pod", "container", "cgroup")
 _KILL_LABELS: Final = ("node", "namespace", "pod", "container")
-_SETTINGS_KEYS: Final = (
-    "enabled",
-    "port",
-    "address",
-    "pid_labels",
-    "self_degraded_percent",
-    "self_shed_percent",
-)
 LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Wake-up lag buckets: a healthy loop wakes within a millisecond of its deadline; seconds
 mean the daemon was starved (CPU throttling, a stop, swapping)."""
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """The ``metrics`` config section."""
-
-    enabled: bool = True
-    port: int = 9000
-    address: str = ALL_INTERFACES
-    pid_labels: bool = False
-    self_degraded_percent: float = 85.0
-    """/healthz says degraded at or above this percent of the daemon's own memory limit."""
-    self_shed_percent: float = 90.0
-    """Optional work (heap captures, Lua) is shed at or above this percent of its own limit."""
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], where: str = "metrics") -> MetricsSettings:
-        """Build from the root config mapping's ``metrics`` section (``where`` is its path)."""
-        check = Checker()
-        section = check.section(cfg.get(where.rpartition(".")[2]), where, _SETTINGS_KEYS)
-        enabled = check.flag(section.get("enabled", cls.enabled), f"{where}.enabled", cls.enabled)
-        pid_labels = check.flag(
-            section.get("pid_labels", cls.pid_labels), f"{where}.pid_labels", cls.pid_labels
-        )
-        port = check.number(
-            section.get("port", cls.port),
-            f"{where}.port",
-            cls.port,
-            min=0,
-            max=65535,
-            integer=True,
-            from_text=True,
-            expected="a port number 0-65535",
-        )
-        address = check.text(
-            section.get("address", cls.address),
-            f"{where}.address",
-            cls.address,
-            empty=False,
-            expected="a host address",
-        )
-        degraded = check.number(
-            section.get("self_degraded_percent", cls.self_degraded_percent),
-            f"{where}.self_degraded_percent",
-            cls.self_degraded_percent,
-            min=1,
-            max=100,
-            from_text=True,
-            expected="a percent 1-100",
-        )
-        shed = check.number(
-            section.get("self_shed_percent", cls.self_shed_percent),
-            f"{where}.self_shed_percent",
-            cls.self_shed_percent,
-            min=1,
-            max=100,
-            from_text=True,
-            expected="a percent 1-100",
-        )
-        check.raise_if_any()
-        return cls(enabled, port, address, pid_labels, float(degraded), float(shed))
 
 
 def _label(value: str | None) -> str:
