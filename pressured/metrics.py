@@ -77,28 +77,43 @@ mean the daemon was starved (CPU throttling, a stop, swapping)."""
 
 
 class _SeriesGauge:
-    """A labelled gauge kept as one dict (label values -> value) and served by ``collect``:
-    the same series as a prometheus_client Gauge, without a child object and two locks per
-    series (about 0.8 KiB each, some 25 per target)."""
+    """A labelled gauge kept as dicts (a target's label values -> the last ``split`` label
+    values -> value) and served by ``collect``: the same series as a prometheus_client Gauge,
+    without a child object and two locks per series (about 0.8 KiB each, some 25 per
+    target), and without a label tuple per series."""
 
     def __init__(
-        self, name: str, documentation: str, labelnames: Iterable[str], registry: CollectorRegistry
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str],
+        registry: CollectorRegistry,
+        split: int = 0,
     ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
+        self._split = len(self._labelnames) - split
+        self._values: dict[tuple[str, ...], dict[tuple[str, ...], float]] = {}
         self._lock = threading.Lock()
         registry.register(self)
 
-    def set(self, labels: tuple[str, ...], value: float) -> None:
+    def set(self, labels: tuple[str, ...], value: float, suffix: tuple[str, ...] = ()) -> None:
+        """``labels``: the target's; ``suffix``: the ``split`` label values after them."""
         with self._lock:
-            self._values[labels] = float(value)
+            series = self._values.get(labels)
+            if series is None:
+                series = self._values[labels] = {}
+            series[suffix] = float(value)
 
     def remove(self, *labels: str) -> None:
         """As a Gauge's remove: KeyError for label values never set."""
+        head, suffix = labels[: self._split], labels[self._split :]
         with self._lock:
-            del self._values[labels]
+            series = self._values[head]
+            del series[suffix]
+            if not series:
+                del self._values[head]
 
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -109,10 +124,23 @@ class _SeriesGauge:
     def collect(self) -> list[GaugeMetricFamily]:
         family = self._family()
         with self._lock:
-            items = list(self._values.items())
+            items = [
+                ((*labels, *suffix), value)
+                for labels, series in self._values.items()
+                for suffix, value in series.items()
+            ]
         for labels, value in items:
             family.add_metric(labels, value)
         return [family]
+
+
+_PSI_SERIES: Final = tuple((level, window) for level in _LEVELS for window in _WINDOWS)
+"""(severity_level, severity_window) of each PSI series, shared by every target's."""
+_KIND_SERIES: Final = {
+    (kind, decides): (kind, decides)
+    for kind in ("usage", "working_set", "unreclaimable")
+    for decides in ("0", "1")
+}
 
 
 def _label(value: str | None) -> str:
@@ -150,13 +178,17 @@ class Metrics:
             "oom_score", "oom_score of the target's main process", target, registry=r
         )
         self.memory_pressure = _SeriesGauge(
-            "memory_pressure", "Memory pressure stall information, percent", psi, registry=r
+            "memory_pressure",
+            "Memory pressure stall information, percent",
+            psi,
+            registry=r,
+            split=2,
         )
         self.io_pressure = _SeriesGauge(
-            "io_pressure", "IO pressure stall information, percent", psi, registry=r
+            "io_pressure", "IO pressure stall information, percent", psi, registry=r, split=2
         )
         self.cpu_pressure = _SeriesGauge(
-            "cpu_pressure", "CPU pressure stall information, percent", psi, registry=r
+            "cpu_pressure", "CPU pressure stall information, percent", psi, registry=r, split=2
         )
 
         self.memory_bytes = _SeriesGauge(
@@ -165,6 +197,7 @@ class Metrics:
             "figure); decides=1 on the kind warn/critical rest on",
             [*target, "kind", "decides"],
             registry=r,
+            split=2,
         )
         self.refaults_file = _SeriesGauge(
             "pressured_memory_refaults_file",
@@ -303,7 +336,7 @@ class Metrics:
         ):
             if value is not None:
                 decides = "1" if kind == decided_by else "0"
-                self.memory_bytes.set((*labels, kind, decides), value)
+                self.memory_bytes.set(labels, value, _KIND_SERIES[kind, decides])
         if sample.refault_file is not None:
             self.refaults_file.set(labels, sample.refault_file)
         if sample.oom_score is not None:
@@ -315,10 +348,8 @@ class Metrics:
         ):
             if psi is None:
                 continue
-            for level in _LEVELS:
-                for window in _WINDOWS:
-                    value = getattr(psi, f"{level}_{window}")
-                    family.set((*labels, level, window), value)
+            for suffix in _PSI_SERIES:
+                family.set(labels, getattr(psi, f"{suffix[0]}_{suffix[1]}"), suffix)
 
     def add_throttled_seconds(self, cgroup: str, identity: Identity, seconds: float) -> None:
         """Seconds the engine counted the target held at memory.high (take_throttled_seconds)."""
