@@ -25,7 +25,7 @@ The machine may be shared: the load average at the start and end is printed with
 Prints one JSON object. Figures, not a test: nothing here asserts a speed.
 
     python bench/wake_latency.py [--trials 30] [--cgroups 200] [--idle-seconds 20] [--action]
-        [--arming 0,200,1000] [--only arming]
+        [--arming 0,200,1000] [--metrics] [--only arming]
 """
 
 from __future__ import annotations
@@ -296,9 +296,12 @@ def _proc_status(pid: int) -> tuple[float, int, float]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd")), cpu
 
 
-def arming_run(n: int, idle_s: float, events_dir: str) -> dict[str, float | int]:
+def arming_run(
+    n: int, idle_s: float, events_dir: str, metrics: bool = False
+) -> dict[str, float | int]:
     """`pressured run` over a parent cgroup with ``n`` limited children: start -> ready, then
-    RSS, fds (and, with ``idle_s``, CPU seconds while idle)."""
+    RSS, fds (and, with ``idle_s``, CPU seconds while idle). ``metrics``: with /metrics served
+    (on a free port)."""
     parent = Child(f"pressured-bench-arm-{os.getpid()}-{n}", None)
     children: list[Child] = []
     daemon: PressuredProcess | None = None
@@ -312,7 +315,7 @@ def arming_run(n: int, idle_s: float, events_dir: str) -> dict[str, float | int]
                     "thresholds": {"warn_percent": 80, "critical_percent": 95},
                     "actions": [{"type": "signal", "warn": "SIGUSR1", "critical": "SIGUSR2"}],
                     "kills": {"kmsg": {"enabled": False}, "tracepoint": {"enabled": False}},
-                    "metrics": {"enabled": False},
+                    "metrics": {"enabled": metrics, "port": 0, "address": "127.0.0.1"},
                     "source": {"machine": False},
                 },
                 f,
@@ -333,6 +336,7 @@ def arming_run(n: int, idle_s: float, events_dir: str) -> dict[str, float | int]
             "ready_s": round(ready_s, 3),
             "rss_mib": round(rss, 1),
             "fds": fds,
+            "metrics": metrics,
         }
         if idle_s:
             time.sleep(idle_s)
@@ -471,6 +475,7 @@ def main() -> None:
         default="0,200,1000",
         help="target counts for the whole-process arming run ('' skips it)",
     )
+    ap.add_argument("--metrics", action="store_true", help="the arming runs with /metrics served")
     ap.add_argument("--breakdown", type=int, default=10, help="trials of the stage breakdown")
     ap.add_argument("--only", choices=["arming", "breakdown"], help="run only this part")
     ap.add_argument("--idle-worker", choices=["watcher", "poller"], help=argparse.SUPPRESS)
@@ -491,7 +496,8 @@ def main() -> None:
     arming: list[dict[str, float | int]] = []
     with tempfile.TemporaryDirectory() as d:
         for n in counts:
-            arming.append(arming_run(n, a.idle_seconds if n == max(counts) else 0, d))
+            idle_s = a.idle_seconds if n == max(counts) else 0
+            arming.append(arming_run(n, idle_s, d, a.metrics))
     if a.only == "arming":
         print(json.dumps({"arming": arming, "load_start": load_start, "load_end": loadavg()}))
         return

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import typer
 
-from pressured import __version__
 from pressured.errors import ConfigError, PressuredError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
@@ -219,6 +218,8 @@ def _os_error(exc: OSError) -> str:
 
 def _version(value: bool) -> None:
     if value:
+        from pressured import __version__  # noqa: PLC0415
+
         typer.echo(f"pressured {__version__}")
         raise typer.Exit(0)
 

@@ -626,7 +626,7 @@ def _delegate(cfg: Config) -> list[str]:
     except ConfigError as exc:
         problems.extend(exc.problems)
     try:
-        from pressured.metrics import MetricsSettings  # noqa: PLC0415
+        from pressured.metrics_config import MetricsSettings  # noqa: PLC0415
 
         MetricsSettings.from_config(cfg.data)
     except ConfigError as exc:

@@ -409,7 +409,7 @@ HIGH_QUIET_SECONDS: Final = 5.0
 and then charges again: a "high" count that has not risen for longer means the hold is over."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Throttle:
     """A target's hold at memory.high: where its "high" count and full stall stood when the
     hold began, and what is still to be counted and reported."""
@@ -425,7 +425,7 @@ class _Throttle:
     """Held seconds not yet taken by ``take_throttled_seconds``."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Target:
     history: Points = ()
     """Replaced, never changed in place: the action thread's re-check reads it unlocked."""

@@ -38,15 +38,15 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
 
 from pressured.errors import ConfigError
+from pressured.metrics_config import ALL_INTERFACES, MetricsSettings
 from pressured.model import Identity, OomKill, PressureEvent, Sample
-from pressured.settings import Checker
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -66,84 +66,81 @@ log = logging.getLogger("pressured.metrics")
 LEAD_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 """Warning lead time buckets: sub-second (a spike outran the poll) up to an hour (slow leak)."""
 
-ALL_INTERFACES: Final = "0.0.0.0"  # noqa: S104 - a DaemonSet is scraped from other nodes
 DEFAULT_TTL: Final = 60.0
 _LEVELS: Final = ("some", "full")
 _WINDOWS: Final = ("avg10", "avg60", "avg300")
 _TARGET_LABELS: Final = ("namespace", "pod", "container", "cgroup")
 _KILL_LABELS: Final = ("node", "namespace", "pod", "container")
-_SETTINGS_KEYS: Final = (
-    "enabled",
-    "port",
-    "address",
-    "pid_labels",
-    "self_degraded_percent",
-    "self_shed_percent",
-)
 LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Wake-up lag buckets: a healthy loop wakes within a millisecond of its deadline; seconds
 mean the daemon was starved (CPU throttling, a stop, swapping)."""
 
 
-@dataclass(frozen=True)
-class MetricsSettings:
-    """The ``metrics`` config section."""
+class _SeriesGauge:
+    """A labelled gauge kept as dicts (a target's label values -> the last ``split`` label
+    values -> value) and served by ``collect``: the same series as a prometheus_client Gauge,
+    without a child object and two locks per series (about 0.8 KiB each, some 25 per
+    target), and without a label tuple per series."""
 
-    enabled: bool = True
-    port: int = 9000
-    address: str = ALL_INTERFACES
-    pid_labels: bool = False
-    self_degraded_percent: float = 85.0
-    """/healthz says degraded at or above this percent of the daemon's own memory limit."""
-    self_shed_percent: float = 90.0
-    """Optional work (heap captures, Lua) is shed at or above this percent of its own limit."""
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Iterable[str],
+        registry: CollectorRegistry,
+        split: int = 0,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._split = len(self._labelnames) - split
+        self._values: dict[tuple[str, ...], dict[tuple[str, ...], float]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
 
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], where: str = "metrics") -> MetricsSettings:
-        """Build from the root config mapping's ``metrics`` section (``where`` is its path)."""
-        check = Checker()
-        section = check.section(cfg.get(where.rpartition(".")[2]), where, _SETTINGS_KEYS)
-        enabled = check.flag(section.get("enabled", cls.enabled), f"{where}.enabled", cls.enabled)
-        pid_labels = check.flag(
-            section.get("pid_labels", cls.pid_labels), f"{where}.pid_labels", cls.pid_labels
-        )
-        port = check.number(
-            section.get("port", cls.port),
-            f"{where}.port",
-            cls.port,
-            min=0,
-            max=65535,
-            integer=True,
-            from_text=True,
-            expected="a port number 0-65535",
-        )
-        address = check.text(
-            section.get("address", cls.address),
-            f"{where}.address",
-            cls.address,
-            empty=False,
-            expected="a host address",
-        )
-        degraded = check.number(
-            section.get("self_degraded_percent", cls.self_degraded_percent),
-            f"{where}.self_degraded_percent",
-            cls.self_degraded_percent,
-            min=1,
-            max=100,
-            from_text=True,
-            expected="a percent 1-100",
-        )
-        shed = check.number(
-            section.get("self_shed_percent", cls.self_shed_percent),
-            f"{where}.self_shed_percent",
-            cls.self_shed_percent,
-            min=1,
-            max=100,
-            from_text=True,
-            expected="a percent 1-100",
-        )
-        check.raise_if_any()
-        return cls(enabled, port, address, pid_labels, float(degraded), float(shed))
+    def set(self, labels: tuple[str, ...], value: float, suffix: tuple[str, ...] = ()) -> None:
+        """``labels``: the target's; ``suffix``: the ``split`` label values after them."""
+        with self._lock:
+            series = self._values.get(labels)
+            if series is None:
+                series = self._values[labels] = {}
+            series[suffix] = float(value)
+
+    def remove(self, *labels: str) -> None:
+        """As a Gauge's remove: KeyError for label values never set."""
+        head, suffix = labels[: self._split], labels[self._split :]
+        with self._lock:
+            series = self._values[head]
+            del series[suffix]
+            if not series:
+                del self._values[head]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        with self._lock:
+            items = [
+                ((*labels, *suffix), value)
+                for labels, series in self._values.items()
+                for suffix, value in series.items()
+            ]
+        for labels, value in items:
+            family.add_metric(labels, value)
+        return [family]
+
+
+_PSI_SERIES: Final = tuple((level, window) for level in _LEVELS for window in _WINDOWS)
+"""(severity_level, severity_window) of each PSI series, shared by every target's."""
+_KIND_SERIES: Final = {
+    (kind, decides): (kind, decides)
+    for kind in ("usage", "working_set", "unreclaimable")
+    for decides in ("0", "1")
+}
 
 
 def _label(value: str | None) -> str:
@@ -174,30 +171,35 @@ class Metrics:
         target = [*_TARGET_LABELS, "pid"] if pid_labels else list(_TARGET_LABELS)
         psi = [*target, "severity_level", "severity_window"]
 
-        self.memory_usage = Gauge(
+        self.memory_usage = _SeriesGauge(
             "memory_usage", "Memory in use, percent of the limit", target, registry=r
         )
-        self.oom_score = Gauge(
+        self.oom_score = _SeriesGauge(
             "oom_score", "oom_score of the target's main process", target, registry=r
         )
-        self.memory_pressure = Gauge(
-            "memory_pressure", "Memory pressure stall information, percent", psi, registry=r
+        self.memory_pressure = _SeriesGauge(
+            "memory_pressure",
+            "Memory pressure stall information, percent",
+            psi,
+            registry=r,
+            split=2,
         )
-        self.io_pressure = Gauge(
-            "io_pressure", "IO pressure stall information, percent", psi, registry=r
+        self.io_pressure = _SeriesGauge(
+            "io_pressure", "IO pressure stall information, percent", psi, registry=r, split=2
         )
-        self.cpu_pressure = Gauge(
-            "cpu_pressure", "CPU pressure stall information, percent", psi, registry=r
+        self.cpu_pressure = _SeriesGauge(
+            "cpu_pressure", "CPU pressure stall information, percent", psi, registry=r, split=2
         )
 
-        self.memory_bytes = Gauge(
+        self.memory_bytes = _SeriesGauge(
             "pressured_memory_bytes",
             "Memory of the target by kind (usage, working_set, unreclaimable: the OOM-risk "
             "figure); decides=1 on the kind warn/critical rest on",
             [*target, "kind", "decides"],
             registry=r,
+            split=2,
         )
-        self.refaults_file = Gauge(
+        self.refaults_file = _SeriesGauge(
             "pressured_memory_refaults_file",
             "workingset_refault_file of the target's memory.stat (a counter of the kernel: "
             "rate() of it is page-cache thrash)",
@@ -326,7 +328,7 @@ class Metrics:
         labels = self._target_labels(cgroup, identity, pid)
         with self._lock:
             self._seen[labels] = self._clock()
-        self.memory_usage.labels(*labels).set(usage_percent)
+        self.memory_usage.set(labels, usage_percent)
         for kind, value in (
             ("usage", sample.usage_bytes),
             ("working_set", sample.working_set_bytes),
@@ -334,11 +336,11 @@ class Metrics:
         ):
             if value is not None:
                 decides = "1" if kind == decided_by else "0"
-                self.memory_bytes.labels(*labels, kind, decides).set(value)
+                self.memory_bytes.set(labels, value, _KIND_SERIES[kind, decides])
         if sample.refault_file is not None:
-            self.refaults_file.labels(*labels).set(sample.refault_file)
+            self.refaults_file.set(labels, sample.refault_file)
         if sample.oom_score is not None:
-            self.oom_score.labels(*labels).set(sample.oom_score)
+            self.oom_score.set(labels, sample.oom_score)
         for family, psi in (
             (self.memory_pressure, sample.memory_psi),
             (self.io_pressure, sample.io_psi),
@@ -346,10 +348,8 @@ class Metrics:
         ):
             if psi is None:
                 continue
-            for level in _LEVELS:
-                for window in _WINDOWS:
-                    value = getattr(psi, f"{level}_{window}")
-                    family.labels(*labels, level, window).set(value)
+            for suffix in _PSI_SERIES:
+                family.set(labels, getattr(psi, f"{suffix[0]}_{suffix[1]}"), suffix)
 
     def add_throttled_seconds(self, cgroup: str, identity: Identity, seconds: float) -> None:
         """Seconds the engine counted the target held at memory.high (take_throttled_seconds)."""

@@ -37,7 +37,7 @@ def rfc3339(ts: float) -> str:
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     """Kubernetes identity of a target; every field None outside Kubernetes."""
 
@@ -60,7 +60,7 @@ class Identity:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Psi:
     """One line pair of a pressure file (psi.rst): percentages and total stall in us."""
 
@@ -87,7 +87,7 @@ METRICS: Final = ("unreclaimable", "working_set", "usage")
 DEFAULT_METRIC: Final[Metric] = "unreclaimable"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Overrides:
     """Per-target threshold overrides (pod annotations pressured.io/*); None keeps the
     configured value."""
@@ -97,7 +97,7 @@ class Overrides:
     cooldown_seconds: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One reading of a target. Bytes are bytes; limit None means unlimited."""
 

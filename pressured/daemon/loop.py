@@ -129,7 +129,7 @@ class Daemon:
         self._own_adopted = False
         self.ready = False
         """True once every target found at start is armed and the kill sources are open."""
-        from pressured.metrics import MetricsSettings  # noqa: PLC0415
+        from pressured.metrics_config import MetricsSettings  # noqa: PLC0415
 
         levels = MetricsSettings.from_config(cfg.data)
         self.selfwatch = SelfWatch(

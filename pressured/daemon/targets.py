@@ -22,7 +22,7 @@ MAX_PIDS_IN_EVENT = 64
 MAX_PID_OWNERS = 65536
 
 
-@dataclass
+@dataclass(slots=True)
 class TargetState:
     spec: TargetSpec
     limit: int | None = None

@@ -75,7 +75,7 @@ def detect_layout(root: str = "/sys/fs/cgroup") -> Layout:
     return Layout(root, v1_memory if has_v1 else None, v2, v2_memory)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CgroupRef:
     """A cgroup that can be watched: its memory directory and where its PSI lives."""
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pressured.k8s.client import KubeClient
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TargetSpec:
     key: str
     """Stable identity of the target: the cgroup path, or "<pod uid>/<container>" (cluster)."""
