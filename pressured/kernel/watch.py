@@ -832,11 +832,13 @@ class Watcher:
 
     def _next_read(self, t: _Target, now: float) -> float:
         """When to read ``t`` next: after its interval, or, for an idle v1 target below its
-        lowest threshold, on a common tick (every such target is read in the same sweep)."""
+        lowest threshold, on the last common tick within its interval (every such target is
+        read in the same sweep, and none waits longer than its interval: a kernel memory leak
+        is seen by these reads only)."""
         interval = self._interval(t)
         if t.cold_reads and not t.hot and interval >= self.options.v1_cold_interval_s:
             tick = self.options.v1_cold_interval_s
-            return math.ceil((now + interval) / tick) * tick
+            return math.floor((now + interval) / tick) * tick
         return now + interval
 
     def _sweep(self) -> list[Wakeup]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pressured.kernel.watch import WatchOptions
 from pressured.model import rfc3339
 from tests.support.cgroups import Child
 from tests.support.daemon import PressuredProcess
@@ -210,6 +211,7 @@ def summary(docs: list[Event]) -> list[dict[str, Any]]:
 MiB = 1024 * 1024
 LIMIT = 64 * MiB
 LEAK_MIB_PER_S = 8 / SLOW
+V1_COLD_S = WatchOptions().v1_cold_interval_s
 
 
 class NotHere(Exception):
@@ -326,11 +328,19 @@ def mixed(make: MakeChild, tmp_path: Path, data_dir: str, metrics: Sequence[str]
         return Outcome(_collect(w), calm_until=calm_until, notes={"seen_calm": seen})
 
 
+KERNEL_LEAK_MIB_PER_S = min(LEAK_MIB_PER_S, 0.7 * LIMIT / MiB / (3 * V1_COLD_S))
+"""Kernel memory crosses no v1 eventfd: on the host the daemon sees this leak only by its reads
+of an idle cgroup, one per cold interval. The leak reaches the warn level (70 %) after three of
+them, so the test is about the warning, not about where the workload's start fell between two
+reads."""
+
+
 def kernel_leak(make: MakeChild, tmp_path: Path, data_dir: str, metrics: Sequence[str]) -> Outcome:
     """Pipe buffers filled and kept: kernel memory, where the kernel charges it to the cgroup
     (pipe pages are allocated __GFP_ACCOUNT)."""
     child = make(LIMIT)
-    with watch(child, argv("kernel_leak", LEAK_MIB_PER_S), tmp_path, metrics=metrics) as w:
+    workload = argv("kernel_leak", KERNEL_LEAK_MIB_PER_S)
+    with watch(child, workload, tmp_path, metrics=metrics) as w:
         assert w.app is not None
         grown = wait_for(
             lambda: w.app.poll() is not None or child.usage() >= LIMIT // 2,

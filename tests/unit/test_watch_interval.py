@@ -162,7 +162,9 @@ def test_cold_reads_share_one_tick(watcher: Watcher) -> None:
         t = cold_v1(100)
         watcher._update(t, 100, now)
         dues.append(t.next_due)
-    assert len(set(dues)) == 1 and dues[0] % tick == 0 and dues[0] >= 11.3 + tick
+    assert len(set(dues)) == 1 and dues[0] % tick == 0
+    # and none waits longer than the cold interval (a kernel memory leak is seen by these only)
+    assert 11.3 < dues[0] <= 10.1 + tick
 
 
 def test_a_level_due_soon_is_read_at_half_the_time_left(watcher: Watcher) -> None:
