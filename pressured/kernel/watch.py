@@ -46,6 +46,7 @@ import heapq
 import math
 import os
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -71,6 +72,8 @@ FdKind = Literal[
 PREDICT_FLOOR_S = 0.001
 """The shortest interval of a read timed to a level's predicted crossing (below
 min_interval_s, which bounds routine reads)."""
+SWEEP_EARLY_S = 0.0005
+"""A sweep also reads the targets due this soon after it (one wake-up, not two)."""
 ARM_WORKERS = 64
 """Threads that arm targets at once: they spend their time waiting for RCU grace periods."""
 
@@ -142,15 +145,12 @@ class _Target:
 
     @property
     def hot(self) -> bool:
-        return (
-            bool(self.levels)
-            and self.last_usage is not None
-            and self.last_usage >= min(self.levels)
-        )
+        levels, usage = self.levels, self.last_usage  # levels are sorted
+        return bool(levels) and usage is not None and usage >= levels[0]
 
     @property
     def adaptive(self) -> bool:
-        return self.adaptive_always or self.hot or self.cold_reads
+        return self.adaptive_always or self.cold_reads or self.hot
 
 
 @dataclass(slots=True)
@@ -838,14 +838,15 @@ class Watcher:
         interval = self._interval(t)
         if t.cold_reads and not t.hot and interval >= self.options.v1_cold_interval_s:
             tick = self.options.v1_cold_interval_s
-            return math.floor((now + interval) / tick) * tick
+            # a read made a little early (SWEEP_EARLY_S) still aims at the next tick
+            return math.floor((now + interval + SWEEP_EARLY_S) / tick) * tick
         return now + interval
 
     def _sweep(self) -> list[Wakeup]:
         now = self._clock()
         picked: dict[str, _Target] = {}
         heap = self._due
-        while heap and heap[0][0] <= now + 0.0005:
+        while heap and heap[0][0] <= now + SWEEP_EARLY_S:
             when, _seq, key = heapq.heappop(heap)
             if self._still_due(key, when):
                 picked[key] = self._targets[key]
@@ -863,10 +864,13 @@ class Watcher:
                     self._schedule(t, now + self.options.max_interval_s)
                 continue
             try:
-                usage = parse.parse_int(res.decode("ascii", "replace"), t.usage_path)
-            except CgroupFileError:
-                self._schedule(t, now + self.options.max_interval_s)
-                continue
+                usage = int(res)  # the usual case, cheaply: a sweep may read thousands
+            except ValueError:
+                try:
+                    usage = parse.parse_int(res.decode("ascii", "replace"), t.usage_path)
+                except CgroupFileError:
+                    self._schedule(t, now + self.options.max_interval_s)
+                    continue
             w = self._after_read(t, usage, now)
             if w is not None:
                 out.append(w)
@@ -887,7 +891,8 @@ class Watcher:
         was_hot = t.hot
         prev = t.last_reported
         self._update(t, usage, now)
-        crossed = prev is not None and any((prev < lv) != (usage < lv) for lv in t.levels)
+        # a level lies between the two readings (levels are sorted)
+        crossed = prev is not None and bisect_right(t.levels, prev) != bisect_right(t.levels, usage)
         moved = prev is None or (
             t.limit is not None and abs(usage - prev) >= self.options.change_fraction * t.limit
         )
