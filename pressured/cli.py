@@ -60,15 +60,21 @@ app.add_typer(
 
 def _metavar_alone() -> None:
     """An argument with a metavar shows only it in --help (FILE, not FILE <str>), as an
-    option does; typer adds the Python type after it."""
+    option does; typer shows the type's metavar after it, so each such argument gets a copy of
+    its type that has none."""
+    import copy  # noqa: PLC0415
+
     from typer.core import TyperArgument  # noqa: PLC0415
 
-    shown = TyperArgument.display_type_rich
+    init = TyperArgument.__init__
 
-    def display_type_rich(self: TyperArgument, ctx: Any) -> str | None:
-        return None if self.metavar else shown(self, ctx)
+    def __init__(self: TyperArgument, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if self.metavar:
+            self.type = copy.copy(self.type)
+            self.type.get_metavar = lambda param, ctx: ""  # type: ignore[method-assign]
 
-    TyperArgument.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+    TyperArgument.__init__ = __init__  # type: ignore[method-assign]
 
 
 _metavar_alone()
