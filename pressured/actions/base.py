@@ -71,6 +71,12 @@ class Action:
     work; it must not block (no network, no child process). SLOW: its own worker thread and
     bounded queue; it may wait on the network, but only until ``run_deadline_s``."""
 
+    never_blocks: ClassVar[bool] = False
+    """Only for IMMEDIATE actions whose run makes no call that can block (signal: a kill(2) per
+    process, no output of its own but log records): the daemon runs them on its loop's thread
+    when nothing of theirs is pending, so a crossing reaches them without a thread hand-off. An
+    immediate action that writes a stream (log: stdout can fill) never runs there."""
+
     enriches: ClassVar[bool] = False
     """It adds to ``event.extra`` what the actions after it report (heapdump's pprof_top): the
     slow actions configured after it run in its lane, after it, and see what it added."""
@@ -82,6 +88,8 @@ class Action:
         super().__init_subclass__(**kwargs)
         if cls.lane not in LANES:
             raise TypeError(f"{cls.__name__}.lane must be one of {LANES}, got {cls.lane!r}")
+        if cls.never_blocks and cls.lane != IMMEDIATE:
+            raise TypeError(f"{cls.__name__}.never_blocks is only for {IMMEDIATE!r} actions")
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"

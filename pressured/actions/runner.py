@@ -3,11 +3,14 @@ slow action never delays a wake-up, and nothing that must be immediate waits beh
 
 - The immediate lane: the actions whose class says ``lane = "immediate"`` (log, signal), in
   configured order, for every event in the order the daemon made it, on one thread. Its queue
-  is not bounded: the log line is the record, and immediate actions do local work only. With
-  ``inline_immediate`` (the daemon) an event that finds the lane idle runs on the submitting
-  thread at once: no hand-off to another thread between a crossing and its signal (measured:
-  a thread switch on a loaded machine cost milliseconds); an event that finds the lane busy
-  queues behind what it holds, so the order is kept.
+  is not bounded: the log line is the record, and immediate actions do local work only.
+- With ``inline_immediate`` (the daemon) the immediate actions that never block
+  (``Action.never_blocks``: signal) have a lane of their own, and an event that finds it idle
+  runs them on the submitting thread at once: no hand-off to another thread between a
+  crossing and its signal (measured: a thread switch on a loaded machine cost milliseconds);
+  an event that finds it busy queues behind what it holds, so the order is kept. The other
+  immediate actions (log) stay on their thread: a stdout that nobody reads stalls the log
+  line, never the daemon's loop.
 - Slow lanes: every other action (exec, webhook, heapdump, lua, k8s-event, evict, plugins) runs
   on a lane of its own: one worker thread and a bounded queue (QUEUE_SIZE events). A slow action
   configured after a heapdump action (one that ``enriches`` the event) runs in heapdump's lane,
@@ -101,6 +104,12 @@ def run_deadline(action: Action, cap: float = RUN_CAP_S) -> float:
 def describe(event: Event) -> str:
     made = time.strftime("%H:%M:%S", time.gmtime(event.time))
     return f"{event.severity} of {event.key or event.cgroup} ({made}Z)"
+
+
+def _without_processes(event: Event) -> Event:
+    """The event for a lane that does not act on processes: those it holds stay with the lane
+    that does (signal), which closes them."""
+    return event if event.processes is None else replace(event, processes=None)
 
 
 def _own_copy(event: Event) -> Event:
@@ -383,10 +392,10 @@ class ActionRunner:
         """``after``: the runner this one replaces (a reload): this one's immediate lane starts
         once the old one's has written what it held, so the log keeps the events' order.
         ``shed``: asked before each optional action (Action.optional); True skips it, counted
-        as a drop with reason "shed". ``inline_immediate``: ``submit`` runs the immediate
-        actions itself when their lane is idle (see the module's docstring)."""
+        as a drop with reason "shed". ``inline_immediate``: the immediate actions that never
+        block get a lane of their own, which ``submit`` runs itself when it is idle (see the
+        module's docstring)."""
         self.actions = actions
-        self._inline = inline_immediate
         self._still_holds = still_holds
         self._on_failure = on_failure
         self._on_drop: OnDrop = on_drop or (lambda _action, _reason: None)
@@ -410,10 +419,17 @@ class ActionRunner:
                 **kw,
             )
 
+        onloop = [a for a in immediate if a.never_blocks] if inline_immediate else []
+        rest = [a for a in immediate if a not in onloop]
         self._immediate: _Lane | None = None
-        if immediate:
+        if rest:
             old = after._immediate if after is not None else None
-            self._immediate = lane("actions", immediate, None, None, after=old)
+            self._immediate = lane("actions", rest, None, None, after=old)
+        self._onloop: _Lane | None = None
+        """The immediate actions that never block, run by ``submit`` when idle."""
+        if onloop:
+            old = after._onloop if after is not None else None
+            self._onloop = lane("nonblocking", onloop, None, None, after=old)
         self._slow = [
             lane("+".join(a.type for a in chain), chain, queue_size, run_cap_s) for chain in chains
         ]
@@ -422,22 +438,22 @@ class ActionRunner:
 
     @property
     def lanes(self) -> list[tuple[str, list[str]]]:
-        """(lane name, action types in order) for each lane, the immediate one first."""
-        lanes = [self._immediate] if self._immediate is not None else []
-        return [(lane.name, [a.type for a in lane.actions]) for lane in [*lanes, *self._slow]]
+        """(lane name, action types in order) for each lane, the immediate ones first."""
+        return [(lane.name, [a.type for a in lane.actions]) for lane in self._all()]
 
     def _all(self) -> list[_Lane]:
-        return [*([self._immediate] if self._immediate is not None else []), *self._slow]
+        first = [lane for lane in (self._onloop, self._immediate) if lane is not None]
+        return [*first, *self._slow]
 
     def submit(self, event: Event) -> None:
         """Hand an event to every lane; never waits for a slow one (a full slow lane drops by
-        its rule). With ``inline_immediate`` the immediate actions may run here, last."""
-        if self._immediate is not None and not self._inline:
-            self._immediate.offer(event)
+        its rule). The immediate actions that never block may run here, last."""
+        if self._immediate is not None:
+            self._immediate.offer(event if self._onloop is None else _without_processes(event))
         for lane in self._slow:
             lane.offer(_own_copy(event))
-        if self._immediate is not None and self._inline and not self._immediate.run_inline(event):
-            self._immediate.offer(event)
+        if self._onloop is not None and not self._onloop.run_inline(event):
+            self._onloop.offer(event)
 
     def run_chain(self, event: Event) -> None:
         """Every action for ``event`` in configured order on the caller's thread, untimed."""

@@ -50,6 +50,7 @@ class SignalAction(Action):
     type = "signal"
     lane = IMMEDIATE  # a kill(2): never behind network work
     holds_processes = True
+    never_blocks = True
 
     def __init__(
         self, options: Mapping[str, Any], ctx: ActionContext, where: str = "actions[]"

@@ -7,8 +7,9 @@ the source's inotify. A wake-up becomes a sample (targets.py), the engine turns 
 events, and the action runner takes them into its lanes, on threads of their own
 (actions/runner.py); kill records go through the kill pipeline (kill_pipeline.py). Nothing on
 this thread waits for a slow action: not an event, not a reload, and a stop only for a bounded
-time. The immediate actions (the log line, the signal: local work) run here when their lane is
-idle, so a crossing reaches its signal without a thread hand-off.
+time. The signal action (it never blocks) runs here when its lane is idle, so a crossing
+reaches its signal without a thread hand-off; the log line is written on a thread of its own
+(a stdout nobody reads must not stop the watching).
 """
 
 from __future__ import annotations

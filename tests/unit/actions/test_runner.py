@@ -7,9 +7,15 @@ does not answer, whose release the test controls (the real server is in tests/ke
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
+import struct
+import termios
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,6 +128,13 @@ def test_lanes_by_action_type() -> None:
     immediate, chains = lane_chains([before, log, heap, sig, after])
     assert immediate == [log, sig]
     assert chains == [[before], [heap, after]]
+
+
+def test_never_blocks_is_refused_on_a_slow_action() -> None:
+    with pytest.raises(TypeError, match="never_blocks is only for 'immediate' actions"):
+
+        class Odd(Action):
+            never_blocks = True
 
 
 def test_a_bad_lane_is_refused_when_the_class_is_made() -> None:
@@ -316,29 +329,90 @@ def test_shedding_skips_optional_actions_only_and_counts_each_skip(
     wait_for(lambda: optional.seen == ["critical"], what="the optional action ran again")
 
 
-def test_inline_immediate_runs_on_the_submitting_thread_when_idle(make_runner: Any) -> None:
-    threads: list[str] = []
+class OnLoop(Recorder):
+    """Immediate and never blocking, as signal: notes the thread each event ran on."""
 
-    class Where(Recorder):
-        def run(self, event: Event) -> None:
-            threads.append(threading.current_thread().name)
-            super().run(event)
+    type = "test-onloop"
+    never_blocks = True
 
-    rec, slow = Where({}, CTX), Blocking({}, CTX)
-    runner = make_runner([rec, slow], inline_immediate=True)
+    def __init__(self, options: Mapping[str, Any], ctx: ActionContext, where: str = "") -> None:
+        super().__init__(options, ctx, where)
+        self.threads: list[str] = []
+
+    def run(self, event: Event) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().run(event)
+
+
+def test_never_blocking_actions_run_on_the_submitting_thread_when_idle(make_runner: Any) -> None:
+    here = threading.current_thread().name
+
+    class LogLike(OnLoop):
+        never_blocks = False  # it writes a stream, as log
+
+    log_like, onloop, slow = LogLike({}, CTX), OnLoop({}, CTX), Blocking({}, CTX)
+    runner = make_runner([log_like, onloop, slow], inline_immediate=True)
+    assert [name for name, _types in runner.lanes][:2] == ["nonblocking", "actions"]
     runner.submit(pressure("warn"))
     # run before submit returned, here, while the slow lane still holds its copy
-    assert rec.seen == ["warn"]
-    assert threads == [threading.current_thread().name]
+    assert onloop.seen == ["warn"] and onloop.threads == [here]
     assert slow.done == []
+    # the stream writer runs on its lane's thread, never on the submitting one
+    wait_for(lambda: log_like.seen == ["warn"], what="the log-like action")
+    assert log_like.threads != [here]
     slow.release.set()
+
+
+def test_a_log_nobody_reads_never_stalls_the_submitting_thread(
+    make_runner: Any, tmp_path: Path
+) -> None:
+    # a real FIFO whose reader reads nothing: the log's writes block once its buffer is full,
+    # as a stdout nobody drains
+    fifo = tmp_path / "events"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+        log, onloop = LogAction({"path": str(fifo)}, CTX), OnLoop({}, CTX)
+        runner = make_runner([log, onloop], inline_immediate=True)
+
+        def buffered() -> int:
+            return struct.unpack("i", fcntl.ioctl(reader, termios.FIONREAD, b"\0" * 4))[0]
+
+        runner.submit(pressure("warn"))
+        line = wait_for(buffered, what="the first log line")  # its length, as written
+        room = 4096 // line - 1
+        for _ in range(room + 1 + 5):  # fills the pipe; one more blocks; five wait behind it
+            runner.submit(pressure("warn"))
+        sent = 1 + room + 1 + 5
+        lane = runner._immediate
+        wait_for(
+            lambda: buffered() == line * (1 + room) and len(lane._queue) == 5,
+            what="the log lane blocked on a full pipe",
+        )
+        assert lane._current is not None
+        # meanwhile the never-blocking action ran every event here, at once
+        for _ in range(3):
+            runner.submit(pressure("critical"))
+        sent += 3
+        assert onloop.seen == ["warn"] * (sent - 3) + ["critical"] * 3
+        assert set(onloop.threads) == {threading.current_thread().name}
+        # the reader drains: every line arrives, none lost
+        data = b""
+        while data.count(b"\n") < sent:
+            wait_for(lambda: buffered() > 0, what="more log lines")
+            data += os.read(reader, 65536)
+        lines = [json.loads(line) for line in data.decode().splitlines()]
+        assert [d["severity"] for d in lines] == [*onloop.seen]
+    finally:
+        os.close(reader)
 
 
 def test_inline_immediate_queues_behind_a_busy_lane_and_keeps_the_order(make_runner: Any) -> None:
     gate = threading.Event()
     order: list[str] = []
 
-    class Gated(Recorder):
+    class Gated(OnLoop):
         def run(self, event: Event) -> None:
             if event.severity == "warn":
                 gate.wait(10)
@@ -347,7 +421,7 @@ def test_inline_immediate_queues_behind_a_busy_lane_and_keeps_the_order(make_run
     runner = make_runner([Gated({}, CTX)], inline_immediate=True)
     first = threading.Thread(target=runner.submit, args=(pressure("warn"),))
     first.start()  # runs inline on that thread, held at the gate
-    wait_for(lambda: runner._immediate._current is not None, what="the first event running")
+    wait_for(lambda: runner._onloop._current is not None, what="the first event running")
     runner.submit(pressure("critical"))  # the lane is busy: queued, not run here
     assert order == []
     gate.set()
