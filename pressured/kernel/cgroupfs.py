@@ -23,10 +23,19 @@ Version = Literal[1, 2]
 
 
 def read_text(path: str) -> str:
-    """A whole small file; a missing or unreadable file raises CgroupFileError naming it."""
+    """A whole small file; a missing or unreadable file raises CgroupFileError naming it.
+
+    Plain system calls, no file object: an event reads a dozen cgroup and /proc files on the
+    way from a crossing to its signal, and io.open costs a third of each read."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", "replace")
     except FileNotFoundError:
         raise CgroupFileError(path, "missing") from None
     except OSError as exc:

@@ -153,6 +153,14 @@ class _Target:
         return self.adaptive_always or self.cold_reads or self.hot
 
 
+def _aimed(interval: float, eta: float) -> float:
+    """``interval``, unless a level is due (at the current growth) in ``eta`` seconds, before two
+    such reads: then half the time left, again and again, so the crossing is seen within
+    PREDICT_FLOOR_S of when it comes at this growth (a few reads per crossing, then routine
+    reads again)."""
+    return max(PREDICT_FLOOR_S, eta / 2) if eta < 2 * interval else interval
+
+
 @dataclass(slots=True)
 class _V1Reg:
     """A v1 cgroup's registrations on one eventfd, made off the Watcher's thread."""
@@ -671,19 +679,16 @@ class Watcher:
                 # the sooner of the two: a read too early costs a read, one too late a delay
                 eta = (above[0] - usage) / max(t.growth, t.last_rate)
         interval = min(hi, max(lo, interval))
-        if eta is not None and eta < 2 * interval:
-            # a level is due before two routine reads: read at half the time left, again and
-            # again, so the crossing is seen within PREDICT_FLOOR_S of when it comes at this
-            # growth (a few reads per crossing, then routine reads again)
-            interval = max(PREDICT_FLOOR_S, eta / 2)
-        return interval
+        return interval if eta is None else _aimed(interval, eta)
 
     def _cold_interval(self, t: _Target) -> float:
         """Until the next read of a v1 target below its lowest threshold: the cold interval,
-        shortened by growth to four reads before the lowest level."""
+        shortened by growth to four reads before the lowest level. Not aimed at the crossing
+        as the levels above are: the eventfd reports it (measured: reads aimed at it made the
+        wake-up later, p50 0.48 -> 0.80 ms, as each reported read takes the loop's time)."""
         cold = max(self.options.v1_cold_interval_s, self.options.max_interval_s)
         if t.growth > 0 and t.levels and t.last_usage is not None:
-            before = max(0.0, min(t.levels) - t.last_usage) / t.growth / 4.0
+            before = max(0.0, t.levels[0] - t.last_usage) / t.growth / 4.0
             if before < cold:
                 return max(self.options.min_interval_s, before)
         return cold

@@ -149,6 +149,7 @@ def test_v1_below_its_levels_is_read_on_the_cold_interval(watcher: Watcher) -> N
     assert watcher._interval(cold_v1(100)) == cold
     # growing towards the lowest level: four reads before it
     assert watcher._interval(cold_v1(500, growth=100.0)) == pytest.approx(0.5)
+    # the crossing of the lowest level is the eventfd's to report: routine reads only
     assert watcher._interval(cold_v1(699, growth=1e9)) == LO
     # above the lowest level it is hot: the adaptive interval
     hot = cold_v1(750)
