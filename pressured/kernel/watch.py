@@ -840,12 +840,14 @@ class Watcher:
         lowest threshold, on the last common tick within its interval (every such target is
         read in the same sweep, and none waits longer than its interval: a kernel memory leak
         is seen by these reads only)."""
-        interval = self._interval(t)
-        if t.cold_reads and not t.hot and interval >= self.options.v1_cold_interval_s:
+        if t.cold_reads and not t.adaptive_always and not t.hot:
+            interval = self._cold_interval(t)
             tick = self.options.v1_cold_interval_s
-            # a read made a little early (SWEEP_EARLY_S) still aims at the next tick
-            return math.floor((now + interval + SWEEP_EARLY_S) / tick) * tick
-        return now + interval
+            if interval >= tick:
+                # a read made a little early (SWEEP_EARLY_S) still aims at the next tick
+                return math.floor((now + interval + SWEEP_EARLY_S) / tick) * tick
+            return now + interval
+        return now + self._interval(t)
 
     def _sweep(self) -> list[Wakeup]:
         now = self._clock()
