@@ -10,7 +10,9 @@ then
    crosses five levels and holds; the CPU time spent inside the wait() calls that returned
    wake-ups, per wake-up and per such call.
 
-The point: both figures follow the cgroups that changed (M), not the cgroups watched (N).
+The point: the per-wake figure follows the cgroups that changed (M), not the cgroups watched
+(N). The idle figure grows with N by one read of each idle v1 cgroup per cold interval (4 s):
+kernel memory is charged without the v1 threshold check, so only reads see it grow.
 PSI triggers are off here (one fd and an RCU wait each; not what this measures).
 The machine may be shared: the load average at the start and end is printed.
 
