@@ -114,7 +114,7 @@ def _without_processes(event: Event) -> Event:
 
 def _own_copy(event: Event) -> Event:
     """What a lane may add to (heapdump's pprof_top) without touching another lane's event.
-    The processes the event holds stay with the immediate lane (signal), which closes them."""
+    The processes the event holds stay with the lane that runs signal, which closes them."""
     return replace(event, extra=dict(event.extra), processes=None)
 
 
