@@ -66,7 +66,9 @@ cooldown), ``event.extra["heap_growth_top"]`` lists the functions whose in-use b
 since its previous capture (pressured.pprof.growth: `go tool pprof -top -base` of the two,
 the previous one read back from storage) and ``["heap_growth_since"]`` that capture's key; a
 failure goes into ``["heap_growth_error"]``. A critical after a warn capture is captured despite
-the cooldown: the pair is what shows the growth.
+the cooldown: the pair is what shows the growth. On the JVM the rows are classes (two class
+histograms); on Node.js each capture's rows are its own sampling window's
+(``["heap_growth_window_seconds"]``), see ``_window_growth``.
 
 The profile is the pod owner's to write, so it is analysed in a worker process
 (pressured.pprof.worker) killed past ``analyze_timeout_ms`` or ``analyze_max_mib``: a profile
@@ -234,6 +236,7 @@ class HeapdumpAction(Action):
             raise
         if runtime != "go":
             self._last_capture[target] = now
+            self._last_severity[target] = event.severity
             self._capture_runtime(event, runtime, runtime_pid, self._key(event, [runtime_pid]))
             return
         host = self._host(event)
@@ -534,6 +537,8 @@ class HeapdumpAction(Action):
             summary = self._analyze(event, cap.profile, cap.key)
             if summary:
                 event.extra["pprof_top"] = summary
+                if runtime == "node":
+                    self._window_growth(event, summary)
         try:
             self._storage().write(
                 stem + ".json", json.dumps(event.to_json(), indent=2, default=str).encode()
@@ -568,10 +573,20 @@ class HeapdumpAction(Action):
                 self._storage().read(histo_key).decode("utf-8", "replace"), histo_key
             )
         except (PprofError, StorageError) as exc:
+            log.warning("heapdump: no class growth since %s: %s", previous, exc)
             event.extra["heap_growth_error"] = f"{previous}: {exc}"
             return
         event.extra["heap_growth_top"] = jvm.class_growth(before, after, self.top_n)
         event.extra["heap_growth_since"] = previous
+
+    def _window_growth(self, event: Event, summary: list[dict[str, Any]]) -> None:
+        # On Node.js, growth is the capture's own window: V8's sampling heap profiler records
+        # only allocations made after sampling starts and drops each sample its object's
+        # collection frees, so the profile is what the window added and still holds. Two
+        # captures cannot be compared instead: each samples only its own window (the
+        # inspector is closed between them), and a steady leak would show no difference.
+        event.extra["heap_growth_top"] = [row for row in summary if row.get("flat", 0) > 0]
+        event.extra["heap_growth_window_seconds"] = self.sample_seconds
 
     def _growth(self, event: Event, storage: Any, cap: _Capture) -> None:
         # Heap growth since this target's previous capture, read back from storage (the daemon

@@ -25,10 +25,11 @@ from pressured.storage.local import LocalStorage
 from tests.pprof.conftest import pod_event
 from tests.runtimes.conftest import LEAK_FUNCTION, child_pid, free_port
 
+_IDENT = Identity(namespace="shop", pod_name="web-1", container_name="app")
+
 
 def _event(pid: int) -> PressureEvent:
-    ident = Identity(namespace="shop", pod_name="web-1", container_name="app")
-    return pod_event(ident, extra={"pids": [pid]})
+    return pod_event(_IDENT, extra={"pids": [pid]})
 
 
 def _inspector_open(pid: int, port: int) -> bool:
@@ -84,6 +85,32 @@ def test_repeated_captures_open_and_close_the_inspector_each_time(
         assert event.extra["pprof_top"][0]["function"] == LEAK_FUNCTION
         assert not _inspector_open(proc.pid, port)
         assert proc.poll() is None
+
+
+def test_warn_then_critical_both_captured_each_with_its_window_growth(
+    start_node: Callable[..., subprocess.Popen[str]],
+    make_action: Callable[..., HeapdumpAction],
+) -> None:
+    # the default cooldown (300 s) holds back a repeat, not a critical after a warn; on Node.js
+    # a capture's growth is its own sampling window (what it added and still holds)
+    port = free_port()
+    proc = start_node(f"--inspect-port={port}")
+    action = make_action(
+        {"inspector_port": port, "sample_seconds": 0.5, "severities": ["warn", "critical"]}
+    )
+    warn = pod_event(_IDENT, severity="warn", extra={"pids": [proc.pid]})
+    action.run(warn)
+    critical = pod_event(_IDENT, severity="critical", extra={"pids": [proc.pid]})
+    action.run(critical)
+    for event in (warn, critical):
+        grown = event.extra["heap_growth_top"]
+        assert grown[0]["function"] == LEAK_FUNCTION, grown
+        assert all(row["flat"] > 0 for row in grown)
+        assert event.extra["heap_growth_window_seconds"] == 0.5
+    assert critical.extra["heapdump"]["key"] != warn.extra["heapdump"]["key"]
+    again = pod_event(_IDENT, severity="critical", extra={"pids": [proc.pid]})
+    action.run(again)  # within the cooldown, and no escalation: not captured
+    assert "heapdump" not in again.extra
 
 
 def test_node_in_its_own_network_namespace_through_the_helper(
