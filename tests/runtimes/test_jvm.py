@@ -226,7 +226,7 @@ class _FakeAttachListener:
     with a histogram cut short (what a JVM dying mid-reply sends). A real JVM's reply cannot
     be cut on demand; everything else in the path (detection, helper, identity) is real."""
 
-    def __init__(self, path: str, reply: bytes) -> None:
+    def __init__(self, path: str, reply: bytes, *, stall: bool = False) -> None:
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         os.chmod(path, 0o666)
@@ -234,6 +234,8 @@ class _FakeAttachListener:
         self.path = path
         self.reply = reply
         self.request = b""
+        self.released = threading.Event()
+        self.stall = stall
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -243,19 +245,22 @@ class _FakeAttachListener:
             while not self.request.endswith(b"\0\0\0"):
                 self.request += conn.recv(4096)
             conn.sendall(self.reply)
+            if self.stall:  # a JVM hung mid-reply: the connection stays open, silent
+                self.released.wait(60)
 
     def close(self) -> None:
+        self.released.set()
         self.server.close()
         self.thread.join(5)
         os.unlink(self.path)
 
 
 @pytest.fixture
-def fake_listener_for() -> Iterator[Callable[[int, bytes], _FakeAttachListener]]:
+def fake_listener_for() -> Iterator[Callable[..., _FakeAttachListener]]:
     made: list[_FakeAttachListener] = []
 
-    def make(pid: int, reply: bytes) -> _FakeAttachListener:
-        listener = _FakeAttachListener(hotspot.socket_path("/proc", pid, pid), reply)
+    def make(pid: int, reply: bytes, stall: bool = False) -> _FakeAttachListener:
+        listener = _FakeAttachListener(hotspot.socket_path("/proc", pid, pid), reply, stall=stall)
         made.append(listener)
         return listener
 
@@ -265,10 +270,32 @@ def fake_listener_for() -> Iterator[Callable[[int, bytes], _FakeAttachListener]]
 
 
 @pytest.mark.hostile
+def test_jvm_that_stalls_mid_reply_times_out_clearly(
+    start_jvm: Callable[..., subprocess.Popen[str]],
+    real_histogram: str,
+    fake_listener_for: Callable[..., _FakeAttachListener],
+    make_action: Callable[..., HeapdumpAction],
+    storage: LocalStorage,
+) -> None:
+    proc = start_jvm(1000, uid=os.geteuid())
+    fake_listener_for(proc.pid, b"0\n" + real_histogram[:200].encode(), stall=True)
+    action = make_action({"runtime": "jvm", "full_dump": "never", "timeout_ms": 1000})
+    event = _event(proc.pid)
+    with pytest.raises(ActionError) as raised:
+        action.run(event)
+    message = event.extra["heapdump_error"]
+    assert message == str(raised.value)
+    assert f"jvm pid {proc.pid}" in message
+    assert "did not finish 'GC.class_histogram' within 1 s" in message
+    assert list(storage.list()) == []
+    assert proc.poll() is None
+
+
+@pytest.mark.hostile
 def test_truncated_histogram_is_stored_and_reported(
     start_jvm: Callable[..., subprocess.Popen[str]],
     real_histogram: str,
-    fake_listener_for: Callable[[int, bytes], _FakeAttachListener],
+    fake_listener_for: Callable[..., _FakeAttachListener],
     make_action: Callable[..., HeapdumpAction],
     storage: LocalStorage,
     caplog: pytest.LogCaptureFixture,
@@ -292,7 +319,7 @@ def test_truncated_histogram_is_stored_and_reported(
 @pytest.mark.hostile
 def test_attach_error_reply_is_reported(
     start_jvm: Callable[..., subprocess.Popen[str]],
-    fake_listener_for: Callable[[int, bytes], _FakeAttachListener],
+    fake_listener_for: Callable[..., _FakeAttachListener],
     make_action: Callable[..., HeapdumpAction],
     storage: LocalStorage,
 ) -> None:
@@ -344,7 +371,7 @@ def test_histogram_past_max_bytes_is_aborted(
 @pytest.mark.hostile
 def test_attach_socket_closed_without_a_reply(
     start_jvm: Callable[..., subprocess.Popen[str]],
-    fake_listener_for: Callable[[int, bytes], _FakeAttachListener],
+    fake_listener_for: Callable[..., _FakeAttachListener],
     make_action: Callable[..., HeapdumpAction],
     storage: LocalStorage,
 ) -> None:
