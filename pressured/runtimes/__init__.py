@@ -3,7 +3,9 @@
 The heapdump action (pressured.actions.heapdump) chooses the runtime (its ``runtime`` option,
 ``auto`` asks ``detect``) and hands the capture here; Go stays the action's own HTTP path.
 
-- ``detect``: which runtime a process runs, from /proc.
+- ``detect``: which runtime a process runs, from /proc; ``hold``: the process held
+  (kernel.pidfd) from before that reading, so SIGQUIT and SIGUSR1 go through a pidfd to that
+  process, or nowhere once it is gone, never to a pid number another process took since.
 - ``jvm``: the HotSpot attach protocol (client in ``hotspot``, run as the JVM's user in a
   helper), GC.class_histogram always, GC.heap_dump when asked and safe.
 - ``node``: the inspector (SIGUSR1), a sampling heap profile over the DevTools protocol,

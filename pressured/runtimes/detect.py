@@ -8,13 +8,18 @@
   ``GO_SCAN_BYTES``.
 
 Nothing here signals or attaches: sending SIGQUIT or SIGUSR1 to a process that is not the
-runtime that handles it would kill it, so both capture paths ask ``detect`` first.
+runtime that handles it would kill it, so both capture paths ask ``detect`` first, through
+``hold``: the process is held (kernel.pidfd) before /proc is read, and a signal goes through
+that handle, never to a pid number that another process may have taken since.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Literal
+
+from pressured.errors import ActionError
+from pressured.kernel.pidfd import ProcessHandle, open_process
 
 Runtime = Literal["jvm", "node", "go"]
 
@@ -39,6 +44,37 @@ def detect(pid: int, proc_root: str = "/proc", *, go: bool = True) -> Runtime | 
     if go and has_go_buildinfo(pid, proc_root):
         return "go"
     return None
+
+
+NAMES: dict[str, str] = {
+    "jvm": "a JVM (no libjvm mapped)",
+    "node": "a Node.js process",
+    "go": "a Go program",
+}
+
+
+def hold(
+    pid: int, proc_root: str, runtime: Runtime, sig: str, error: type[ActionError]
+) -> ProcessHandle:
+    """Process ``pid`` held (kernel.pidfd.open_process) once /proc says it runs ``runtime``.
+
+    Opened first, detected next, alive after that: what ``detect`` read was that very process,
+    not one that took its number, and a signal sent through the handle reaches it or nobody.
+    Else ``error`` saying why, and that ``sig`` was not sent. The caller closes the handle."""
+    process = open_process(pid, proc_root)
+    if process is None:
+        raise error(f"pid {pid} is gone; no {sig} sent")
+    try:
+        found = detect(pid, proc_root, go=runtime == "go")
+        why = process.refusal() or (None if process.alive() else "is gone")
+        if why is None and found != runtime:
+            why = f"is not {NAMES[runtime]}"
+        if why is not None:
+            raise error(f"pid {pid} {why}; no {sig} sent")
+    except BaseException:
+        process.close()
+        raise
+    return process
 
 
 def mapped_libraries(pid: int, proc_root: str = "/proc") -> set[str]:

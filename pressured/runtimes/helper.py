@@ -37,11 +37,13 @@ def run(
     max_bytes: int,
     sink: Callable[[bytes], None],
     env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> int:
     """Run ``argv``, give its stdout to ``sink`` chunk by chunk; the number of bytes given.
 
     The helper changes its own identity or namespace after exec (so it starts with this
-    process's rights, whatever the target's user may read or run).
+    process's rights, whatever the target's user may read or run). It inherits no descriptor
+    but ``pass_fds`` (a pidfd on its target) and its standard streams.
     """
     deadline = time.monotonic() + deadline_s
     try:
@@ -51,6 +53,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             cwd="/",
             env=env,
         )

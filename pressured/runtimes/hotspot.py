@@ -14,7 +14,10 @@ The protocol, as jcmd and jattach speak it on Linux:
    pid in its own pid namespace (the last NSpid field of /proc/PID/status).
 2. No socket yet: create ``.attach_pid<nspid>`` in the JVM's working directory (or its /tmp
    when that is not writable), send SIGQUIT, and wait for the socket; the JVM's signal thread
-   sees the file and starts the listener. The file is removed afterwards.
+   sees the file and starts the listener. The file is removed afterwards. SIGQUIT goes through
+   the pidfd the daemon passes (``--pidfd``, held since before it read /proc), so a JVM that
+   exited meanwhile is signalled nowhere: never the process that took its pid (SIGQUIT would
+   end it). Only with ``--pidfd -1`` (a kernel without pidfds) is it sent to the pid number.
 3. Send ``1\\0`` (protocol version), the command and three arguments, each NUL-terminated:
    here ``jcmd\\0<diagnostic command line>\\0\\0\\0``.
 4. The reply is a decimal result code on the first line (0: done), then the command's output,
@@ -27,7 +30,7 @@ them through ``/proc/PID/root``, with the rights of the JVM's own user only.
 
 Usage (argv after the source):
 
-    --as UID GID --jvm PROC_ROOT PID NSPID COMMAND...
+    --as UID GID --jvm PROC_ROOT PID NSPID [--pidfd FD] COMMAND...
     COMMAND: jcmd <timeout_s> <command line>   the reply on stdout, as sent
              take <path in the JVM>            the file on stdout, then unlinked
              remove <path in the JVM>          unlink, if it exists
@@ -66,11 +69,22 @@ class Jvm:
     """Where the JVM's files are, from this helper: inside its mount namespace once entered,
     else through /proc/PID/root."""
 
-    def __init__(self, proc_root: str, pid: int, nspid: int) -> None:
+    def __init__(self, proc_root: str, pid: int, nspid: int, pidfd: int | None = None) -> None:
         self.proc_root = proc_root
         self.pid = pid
         self.nspid = nspid
+        self.pidfd = pidfd
         self.entered = False
+
+    def quit(self) -> None:
+        """SIGQUIT to the JVM: through its pidfd when there is one, else to its pid."""
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGQUIT)
+            else:
+                os.kill(self.pid, signal.SIGQUIT)
+        except ProcessLookupError as exc:
+            raise AttachFailed(f"pid {self.pid} is gone; no SIGQUIT sent") from exc
 
     def enter(self) -> None:
         """Enter the JVM's mount namespace when this helper may (root) and it is another."""
@@ -149,7 +163,7 @@ def connect(jvm: Jvm, timeout_s: float) -> socket.socket:
             pass
     trigger = _make_trigger(jvm)
     try:
-        os.kill(jvm.pid, signal.SIGQUIT)
+        jvm.quit()
         pause = 0.01
         # HotSpot has no notification to wait on: the socket appears when its signal thread
         # has started the listener (a few ms on an idle JVM)
@@ -254,11 +268,17 @@ def become(uid: int, gid: int) -> None:
 def main(argv: list[str]) -> int:
     try:
         if len(argv) < 9 or argv[0] != "--as" or argv[3] != "--jvm":
-            raise AttachFailed(f"usage: --as UID GID --jvm PROC PID NSPID COMMAND (got {argv!r})")
-        jvm = Jvm(argv[4], int(argv[5]), int(argv[6]))
+            raise AttachFailed(
+                f"usage: --as UID GID --jvm PROC PID NSPID [--pidfd FD] COMMAND (got {argv!r})"
+            )
+        command = argv[7:]
+        pidfd = None
+        if command[0] == "--pidfd" and len(command) > 1:
+            pidfd = int(command[1]) if int(command[1]) >= 0 else None
+            command = command[2:]
+        jvm = Jvm(argv[4], int(argv[5]), int(argv[6]), pidfd)
         jvm.enter()  # first, while root: setns needs CAP_SYS_ADMIN
         become(int(argv[1]), int(argv[2]))
-        command = argv[7:]
         if len(command) == 3 and command[0] == "jcmd":
             jcmd(jvm, float(command[1]), command[2])
         elif len(command) == 2 and command[0] == "take":

@@ -3,7 +3,9 @@
 The client (pressured.runtimes.hotspot) runs in a helper process with the JVM's effective uid
 and gid, read from /proc/PID/status, because HotSpot admits on its attach socket only a peer
 with its own. The JVM is addressed by its pid in its own namespace (the last NSpid field) and
-through ``/proc/PID/root``, so a JVM in a container is reached from the node.
+through ``/proc/PID/root``, so a JVM in a container is reached from the node. It is held from
+before /proc said it is a JVM (detect.hold: a pidfd), and the helper is given that pidfd for
+its SIGQUIT: a JVM gone since is signalled nowhere, never the process that took its pid.
 
 Every capture stores ``GC.class_histogram`` (live objects after a full GC, a few hundred KiB)
 as ``<stem>.histo.txt`` and puts its top classes into ``heap_top``: [{name, bytes,
@@ -17,6 +19,7 @@ JVM's /tmp, streamed into storage as ``<stem>.hprof`` and removed there.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import re
@@ -27,6 +30,7 @@ from typing import Any
 
 from pressured.errors import ActionError, PprofError, StorageError, quote
 from pressured.runtimes import CaptureOptions, RuntimeCapture, Target, helper
+from pressured.runtimes.detect import hold
 
 log = logging.getLogger("pressured.runtimes.jvm")
 
@@ -47,6 +51,9 @@ class JvmProcess:
     nspid: int
     uid: int
     gid: int
+    pidfd: int | None = None
+    """The daemon's pidfd on the JVM (detect.hold), passed to the helper for its SIGQUIT;
+    None where the kernel has none (the helper signals the pid, just checked by the daemon)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,21 @@ def full_dump_decision(
 
 
 def capture(target: Target, storage: Any, stem: str, options: CaptureOptions) -> RuntimeCapture:
-    jvm = identify(target.pid, target.proc_root)
+    # SIGQUIT ends a process that is not a JVM: held, then asked once more, then sent through
+    # the handle only (a JVM gone since is signalled nowhere, whoever holds its pid by then)
+    process = hold(target.pid, target.proc_root, "jvm", "SIGQUIT", JvmCaptureError)
+    try:
+        jvm = dataclasses.replace(identify(target.pid, target.proc_root), pidfd=process.pidfd)
+        if not process.alive():
+            raise JvmCaptureError(f"pid {target.pid} is gone; no SIGQUIT sent")
+        return _capture(jvm, target, storage, stem, options)
+    finally:
+        process.close()
+
+
+def _capture(
+    jvm: JvmProcess, target: Target, storage: Any, stem: str, options: CaptureOptions
+) -> RuntimeCapture:
     what = f"JVM pid {jvm.pid} (uid {jvm.uid})"
     histo_key = stem + ".histo.txt"
     text = _jcmd_into(jvm, target, options, "GC.class_histogram", storage, key=histo_key, keep=True)
@@ -199,7 +220,8 @@ def _helper_argv(jvm: JvmProcess, proc_root: str, *command: str) -> list[str]:
     source = _HOTSPOT_SOURCE.read_text()
     ids = ["--as", str(jvm.uid), str(jvm.gid)]
     where = ["--jvm", proc_root, str(jvm.pid), str(jvm.nspid)]
-    return [sys.executable, "-I", "-S", "-c", source, *ids, *where, *command]
+    pidfd = ["--pidfd", str(-1 if jvm.pidfd is None else jvm.pidfd)]
+    return [sys.executable, "-I", "-S", "-c", source, *ids, *where, *pidfd, *command]
 
 
 def _run_as_jvm(
@@ -212,6 +234,7 @@ def _run_as_jvm(
         # a reply's result-code line comes on top of its output, which its sink caps exactly
         max_bytes=options.max_bytes + (_CODE_LINE_MAX if args[0] == "jcmd" else 0),
         sink=sink,
+        pass_fds=() if jvm.pidfd is None else (jvm.pidfd,),
     )
 
 

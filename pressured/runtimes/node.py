@@ -1,7 +1,9 @@
 """Node.js heap capture through the inspector: a sampling heap profile, as profile.proto.
 
 1. The inspector: when nothing answers on ``127.0.0.1:<inspector_port>`` (9229, Node's
-   default) pressured sends SIGUSR1, on which Node opens it there, and waits for it.
+   default) pressured sends SIGUSR1, on which Node opens it there, and waits for it. The
+   signal goes through a handle on the process (detect.hold: a pidfd, opened before /proc
+   said it is Node), so it never reaches a process that took the pid since.
 2. ``/json/list`` names the target's WebSocket URL; only its path is used, on the same
    127.0.0.1 port (a reply cannot send pressured elsewhere).
 3. Over the DevTools protocol (the ``websockets`` library, every message at most max_bytes):
@@ -40,9 +42,10 @@ from typing import Any
 
 from pressured import httpget
 from pressured.errors import ActionError, HttpGetError, PprofError, StorageError, quote
+from pressured.kernel.pidfd import ProcessHandle
 from pressured.kernel.procfs import namespace_pids
 from pressured.runtimes import CaptureOptions, RuntimeCapture, Target, helper
-from pressured.runtimes.detect import detect
+from pressured.runtimes.detect import hold
 
 SAMPLING_INTERVAL = 32768  # bytes between samples: V8's and Chrome DevTools' default
 LIST_MAX_BYTES = 1024 * 1024
@@ -72,21 +75,20 @@ def sample(target: Target, options: CaptureOptions) -> bytes:
     pid, port = target.pid, options.inspector_port
     what = f"Node.js pid {pid} inspector on 127.0.0.1:{port}"
     deadline = time.monotonic() + options.timeout_s + options.sample_seconds
-    fields = namespace_pids(pid, target.proc_root)
-    if fields is None:
-        raise NodeCaptureError(f"pid {pid} is gone")
-    nspid = int(fields[-1]) if fields else pid
-    opened = False
-    if not _listening(port):
-        # SIGUSR1 terminates a process that is not Node: ask /proc once more right before
-        if detect(pid, target.proc_root) != "node":
-            raise NodeCaptureError(f"pid {pid} is not a Node.js process; no SIGUSR1 sent")
-        try:
-            os.kill(pid, signal.SIGUSR1)
-        except OSError as exc:
-            raise NodeCaptureError(f"{what}: SIGUSR1: {exc.strerror or exc}") from exc
-        opened = True
-        _wait_listening(port, deadline, what, options.timeout_s)
+    # SIGUSR1 terminates a process that is not Node: held, then asked once more right before
+    process = hold(pid, target.proc_root, "node", "SIGUSR1", NodeCaptureError)
+    try:
+        fields = namespace_pids(pid, target.proc_root)
+        if fields is None or not process.alive():
+            raise NodeCaptureError(f"pid {pid} is gone")
+        nspid = int(fields[-1]) if fields else pid
+        opened = False
+        if not _listening(port):
+            send_sigusr1(process, what)
+            opened = True
+            _wait_listening(port, deadline, what, options.timeout_s)
+    finally:
+        process.close()  # the signal is sent: the rest is the inspector's conversation
     ws_path = _websocket_path(port, deadline, what)
     try:
         raw = _sampling_profile(
@@ -104,6 +106,20 @@ def sample(target: Target, options: CaptureOptions) -> bytes:
 
 
 # ------------------------------------------------------------------------------ the inspector
+
+
+def send_sigusr1(process: ProcessHandle, what: str) -> None:
+    """SIGUSR1 to the held ``process``, through its pidfd where it has one: to that process or,
+    once it is gone, to nobody. A NodeCaptureError says why none was sent."""
+    why = process.refusal()
+    if why is not None:
+        raise NodeCaptureError(f"pid {process.pid} {why}; no SIGUSR1 sent")
+    try:
+        process.send(signal.SIGUSR1)
+    except ProcessLookupError as exc:
+        raise NodeCaptureError(f"pid {process.pid} is gone; no SIGUSR1 sent") from exc
+    except OSError as exc:
+        raise NodeCaptureError(f"{what}: SIGUSR1: {exc.strerror or exc}") from exc
 
 
 def _listening(port: int) -> bool:
