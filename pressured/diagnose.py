@@ -17,7 +17,7 @@ from pressured.config import Config
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import cgroupfs, procfs, sampler
 from pressured.kills.journal import read_kills
-from pressured.model import MACHINE, Sample
+from pressured.model import MACHINE, METRIC_SHORT, Sample
 from pressured.sources.factory import make_source
 
 MAX_CGROUP_PIDS: Final = 256
@@ -143,9 +143,6 @@ def _mib(v: int | None) -> str:
     return "-" if v is None else f"{v / 1048576:.1f}Mi"
 
 
-_SHORT = {"unreclaimable": "unrecl", "working_set": "ws", "usage": "usage"}
-
-
 def _procs(by_score: list[dict[str, Any]], by_rss: list[dict[str, Any]]) -> str:
     """The top processes by oom_score, then those by RSS that are not among them."""
     shown = [*by_score, *(p for p in by_rss if p not in by_score)]
@@ -184,7 +181,7 @@ def render(rows: list[dict[str, Any]]) -> None:
         name = r["cgroup"]
         if r["pod"]:
             name = f"{r['namespace']}/{r['pod']}/{r['container']}"
-        pct = "-" if r["percent"] is None else f"{r['percent']:.1f} {_SHORT[r['decided_by']]}"
+        pct = "-" if r["percent"] is None else f"{r['percent']:.1f} {METRIC_SHORT[r['decided_by']]}"
         style = (
             "red" if (r["percent"] or 0) >= 85 else "yellow" if (r["percent"] or 0) >= 70 else None
         )

@@ -85,6 +85,18 @@ Metric = Literal["unreclaimable", "working_set", "usage"]
 - usage: the raw charge (memory.current, memory.usage_in_bytes)."""
 METRICS: Final = ("unreclaimable", "working_set", "usage")
 DEFAULT_METRIC: Final[Metric] = "unreclaimable"
+METRIC_SHORT: Final[dict[str, str]] = {
+    "unreclaimable": "unrecl",
+    "working_set": "ws",
+    "usage": "usage",
+}
+"""A metric's name in a table cell (diagnose, top)."""
+METRIC_FIELDS: Final[dict[str, str]] = {
+    "unreclaimable": "unreclaimable_bytes",
+    "working_set": "working_set_bytes",
+    "usage": "usage_bytes",
+}
+"""The event and state field that holds each metric's bytes."""
 
 
 @dataclass(frozen=True, slots=True)
