@@ -2,26 +2,31 @@
 
 Each row shows the OOM-risk figure (unreclaimable) and the working set side by side, with the
 percent, headroom and ETA by the configured metric (``decided_by``: the one they rest on), the
-cgroup's top processes by oom_score and by RSS, and the kills the daemon confirmed in it since
-boot (the state directory's kill journal; a container's kills are matched by pod and container,
-so a restarted container's earlier kills show too).
+cgroup's top processes by oom_score and by RSS (the machine row's: of every process), and the
+kills the daemon confirmed in it since boot (the state directory's kill journal; a container's
+kills are matched by pod and container, so a restarted container's earlier kills show too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, Final
 
 from pressured.config import Config
 from pressured.errors import CgroupError, CgroupFileError
 from pressured.kernel import cgroupfs, procfs, sampler
 from pressured.kills.journal import read_kills
-from pressured.model import MACHINE, Sample
+from pressured.model import MACHINE, METRIC_SHORT, Sample
 from pressured.sources.factory import make_source
+
+MAX_CGROUP_PIDS: Final = 256
+"""Processes of one cgroup read for its top lists; the machine row reads every process (the
+kernel's OOM killer chooses among all of them)."""
 
 
 def _reading(key: str, ref: cgroupfs.CgroupRef | None, proc: str) -> tuple[Sample, list[int]]:
+    """The target's sample and the pids whose processes its row ranks."""
     # the memory numbers make the row; a missing extra only leaves its column empty
     sample = sampler.read_sample(
         key, ref, now=time.monotonic(), proc=proc, psi=("memory",), strict_psi=False
@@ -29,7 +34,10 @@ def _reading(key: str, ref: cgroupfs.CgroupRef | None, proc: str) -> tuple[Sampl
     pids: list[int] = []
     if ref is not None:
         with contextlib.suppress(CgroupFileError):
-            pids = cgroupfs.read_pids(ref)
+            pids = cgroupfs.read_pids(ref)[:MAX_CGROUP_PIDS]
+    elif key == MACHINE:
+        with contextlib.suppress(OSError):
+            pids = procfs.pids(proc)
     return sample, pids
 
 
@@ -70,7 +78,7 @@ def diagnose(cfg: Config, *, interval: float = 1.0, top: int = 3) -> list[dict[s
         limit = r.limit_bytes
         pct = 100.0 * value / limit if limit else None
         eta = (limit - value) / growth if limit and growth > 0 else None
-        procs = procfs.processes_memory(pids[:256], proc)
+        procs = procfs.processes_memory(pids, proc)
         by_score = sorted(procs, key=lambda p: -p.oom_score)[:top]
         by_rss = sorted(procs, key=lambda p: -(p.rss_bytes or 0))[:top]
         terms: dict[str, int] | None = None
@@ -135,9 +143,6 @@ def _mib(v: int | None) -> str:
     return "-" if v is None else f"{v / 1048576:.1f}Mi"
 
 
-_SHORT = {"unreclaimable": "unrecl", "working_set": "ws", "usage": "usage"}
-
-
 def _procs(by_score: list[dict[str, Any]], by_rss: list[dict[str, Any]]) -> str:
     """The top processes by oom_score, then those by RSS that are not among them."""
     shown = [*by_score, *(p for p in by_rss if p not in by_score)]
@@ -176,7 +181,7 @@ def render(rows: list[dict[str, Any]]) -> None:
         name = r["cgroup"]
         if r["pod"]:
             name = f"{r['namespace']}/{r['pod']}/{r['container']}"
-        pct = "-" if r["percent"] is None else f"{r['percent']:.1f} {_SHORT[r['decided_by']]}"
+        pct = "-" if r["percent"] is None else f"{r['percent']:.1f} {METRIC_SHORT[r['decided_by']]}"
         style = (
             "red" if (r["percent"] or 0) >= 85 else "yellow" if (r["percent"] or 0) >= 70 else None
         )

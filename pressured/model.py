@@ -85,6 +85,18 @@ Metric = Literal["unreclaimable", "working_set", "usage"]
 - usage: the raw charge (memory.current, memory.usage_in_bytes)."""
 METRICS: Final = ("unreclaimable", "working_set", "usage")
 DEFAULT_METRIC: Final[Metric] = "unreclaimable"
+METRIC_SHORT: Final[dict[str, str]] = {
+    "unreclaimable": "unrecl",
+    "working_set": "ws",
+    "usage": "usage",
+}
+"""A metric's name in a table cell (diagnose, top)."""
+METRIC_FIELDS: Final[dict[str, str]] = {
+    "unreclaimable": "unreclaimable_bytes",
+    "working_set": "working_set_bytes",
+    "usage": "usage_bytes",
+}
+"""The event and state field that holds each metric's bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +251,25 @@ class KillRecord:
         return self.source == SOURCE_COUNTERS_RESTART
 
 
+@dataclass(frozen=True, slots=True)
+class RiskFigures:
+    """The OOM-risk figures of a target's last sample before a kill: what the engine decided
+    on when it last read the target."""
+
+    unreclaimable_bytes: int | None
+    working_set_bytes: int
+    decided_by: Metric
+
+    @classmethod
+    def of(cls, sample: Sample, metric: Metric) -> RiskFigures:
+        return cls(sample.unreclaimable_bytes, sample.working_set_bytes, sample.decided_by(metric))
+
+
 @dataclass(frozen=True)
 class OomKill:
-    """A confirmed OOM kill, reported once (event_type "oom_killed")."""
+    """A confirmed OOM kill, reported once (event_type "oom_killed"). ``risk``: the figures of
+    the target's last sample (None: no sample, a kill while the daemon was down, or none of
+    ours)."""
 
     time: float  # wall clock
     cgroup: str
@@ -256,6 +284,8 @@ class OomKill:
     dry_run: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    risk: RiskFigures | None = None
+
     event_type: Literal["oom_killed"] = "oom_killed"
     processes: ProcessHandles | None = field(default=None, compare=False, repr=False)
 
@@ -264,6 +294,7 @@ class OomKill:
         return "oom_killed"
 
     def to_json(self) -> dict[str, Any]:
+        risk = self.risk
         out: dict[str, Any] = {
             "event_type": self.event_type,
             "time": rfc3339(self.time),
@@ -272,6 +303,9 @@ class OomKill:
             "pid": self.pid,
             "comm": self.comm,
             "oom_kill_count": self.oom_kill_count,
+            "unreclaimable_bytes": None if risk is None else risk.unreclaimable_bytes,
+            "working_set_bytes": None if risk is None else risk.working_set_bytes,
+            "decided_by": None if risk is None else risk.decided_by,
             "sources": list(self.sources),
             "warned_seconds_before": None
             if self.warned_seconds_before is None

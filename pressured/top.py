@@ -5,9 +5,12 @@ No timer: a reader thread long-polls the daemon's ``/v1/state?after=GENERATION&w
 (daemon/state.py), which answers as soon as a loop turn changed something; each answer (and
 each key) redraws the screen. A daemon with nothing to say costs one request per MAX_WAIT_S.
 
-Each target's usage against its limit is a bar, with growth, ETA, PSI and severity; below, the
-last events. Keys: ``s`` next sort (headroom, usage %, growth, ETA, name), ``r`` reverse,
-``/`` filter by text (Enter keeps it, Esc drops it), ``c`` clears the filter, ``q`` quits.
+Each target's deciding figure (``decided_by``: the OOM-risk figure, unreclaimable, by default;
+the working set where a source has none) against its limit, with its percent as a bar, growth,
+ETA, PSI and severity; below, the last events.
+
+Keys: ``s`` next sort (headroom, usage %, growth, ETA, name), ``r`` reverse, ``/`` filter by
+text (Enter keeps it, Esc drops it), ``c`` clears the filter, ``q`` quits.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pressured import httpget
 from pressured.errors import HttpGetError
+from pressured.model import METRIC_FIELDS, METRIC_SHORT
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -113,6 +117,15 @@ def _mib(v: Any) -> str:
     return "-" if not isinstance(v, int | float) else f"{v / 1048576:.1f}Mi"
 
 
+def _deciding(row: Mapping[str, Any]) -> tuple[Any, str]:
+    """The bytes the row's percent, headroom and ETA rest on, and the metric's short name
+    (the working set for a daemon that does not say)."""
+    metric = row.get("decided_by")
+    if metric not in METRIC_FIELDS:
+        metric = "working_set"
+    return row.get(METRIC_FIELDS[metric]), METRIC_SHORT[metric]
+
+
 def _bar(percent: Any, width: int = 20) -> str:
     if not isinstance(percent, int | float):
         return " " * width
@@ -148,7 +161,7 @@ def render(state: Mapping[str, Any] | None, view: View, error: str | None) -> Re
     if error:
         parts.append(Text(f"(stale) {error}", style="red"))
     table = Table(expand=False, pad_edge=False)
-    for col in ("target", "usage / limit", "", "%", "growth/s", "ETA", "PSI some/full", "sev"):
+    for col in ("target", "deciding / limit", "", "%", "growth/s", "ETA", "PSI some/full", "sev"):
         table.add_column(col, overflow="fold" if col == "target" else "ellipsis")
     for r in rows(state, view):
         pct = r.get("percent")
@@ -161,9 +174,10 @@ def render(state: Mapping[str, Any] | None, view: View, error: str | None) -> Re
         if isinstance(r.get("psi_some_avg10"), int | float):
             psi = f"{r['psi_some_avg10']:.2f}/{r.get('psi_full_avg10') or 0:.2f}"
         eta = r.get("eta_seconds")
+        value, metric = _deciding(r)
         table.add_row(
             Text(_name(r)),
-            f"{_mib(r.get('working_set_bytes'))} / {_mib(r.get('limit_bytes'))}",
+            f"{_mib(value)} {metric} / {_mib(r.get('limit_bytes'))}",
             _bar(pct),
             "-" if not isinstance(pct, int | float) else f"{pct:.1f}",
             _mib(r.get("growth_bytes_per_s")),

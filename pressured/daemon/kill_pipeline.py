@@ -2,7 +2,9 @@
 cgroup path, its cgroup id, or the target that last held its pid), the target's kill counter is
 read so both meet inside the merge window, and the reconciler merges the records of one kill
 into one event with the lead time of the warning before it. Each event says which limit
-killed (kills.limits: ``limit_scope`` and ``limit``), in the log too."""
+killed (kills.limits: ``limit_scope`` and ``limit``), in the log too, and carries the OOM-risk
+figures of the target's last sample (``last_sample``: the daemon's live state keeps it), taken
+when the kill's records arrive: a killed container's cgroup may be gone when it is reported."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pressured.kills import (
     attribute,
 )
 from pressured.kills.limits import CgroupTree, LimitScope, which_limit
-from pressured.model import KillRecord, OomKill
+from pressured.model import KillRecord, OomKill, RiskFigures, Sample
 
 from .targets import Targets, TargetState
 
@@ -46,9 +48,12 @@ class KillPipeline:
         wall: Callable[[], float],
         proc_root: str,
         started_usec: int | None = None,
+        last_sample: Callable[[str], Sample | None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._targets = targets
+        self._engine = engine
+        self._last_sample = last_sample
         self._emit = emit
         self._clock = clock
         self.config = KillsConfig.from_mapping(cfg.get("kills"))
@@ -166,6 +171,7 @@ class KillPipeline:
                 cgroup=state.cgroup if state else record.cgroup,
                 identity=identity,
                 annotations=dict(state.spec.annotations) if state else None,
+                risk=self._risk(key if isinstance(key, str) else None, record),
             )
 
     def _add(self, record: KillRecord, key: str | None, state: TargetState | None) -> None:
@@ -175,7 +181,18 @@ class KillPipeline:
             cgroup=state.cgroup if state else record.cgroup,
             identity=state.spec.identity if state else None,
             annotations=dict(state.spec.annotations) if state else None,
+            risk=self._risk(key, record),
         )
+
+    def _risk(self, key: str | None, record: KillRecord) -> RiskFigures | None:
+        """The figures of ``key``'s last sample; none for kills while the daemon was down
+        (its last sample is not from before them)."""
+        if key is None or record.restart or self._last_sample is None:
+            return None
+        sample = self._last_sample(key)
+        if sample is None:
+            return None
+        return RiskFigures.of(sample, self._engine.settings.metric)
 
     def forget(self, state: TargetState) -> None:
         """The target is gone; its last counters were read before."""

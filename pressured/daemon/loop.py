@@ -116,6 +116,7 @@ class Daemon:
         self.source = source or make_source(cfg)
         self.watcher = Watcher(watch_options(cfg), clock=clock, proc=self.proc_root)
         self.targets = Targets(self.engine, self.watcher, proc_root=self.proc_root, clock=clock)
+        self.live = LiveState(cfg.get("kubernetes.node_name"), wall=wall, extra=self._live_extra)
         self.kills = KillPipeline(
             cfg,
             self.targets,
@@ -125,6 +126,7 @@ class Daemon:
             wall=wall,
             proc_root=self.proc_root,
             started_usec=started_usec,
+            last_sample=self.live.last_sample,
         )
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -151,7 +153,6 @@ class Daemon:
             clock=clock,
             proc=self.proc_root,
         )
-        self.live = LiveState(cfg.get("kubernetes.node_name"), wall=wall, extra=self._live_extra)
 
     @property
     def kill_status(self) -> dict[str, tuple[bool, str]]:

@@ -192,6 +192,12 @@ class LiveState:
                 self._kills.append(doc)
             self._dirty = True
 
+    def last_sample(self, key: str) -> Sample | None:
+        """The target's last reading (the kill pipeline's OOM-risk figures of a kill)."""
+        with self._cond:
+            row = self._rows.get(key)
+            return None if row is None else row.sample
+
     def forget(self, key: str) -> None:
         with self._cond:
             if self._rows.pop(key, None) is not None:

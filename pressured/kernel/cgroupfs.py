@@ -244,6 +244,25 @@ def unreclaimable(
         kernel = kmem if kmem is not None else usage - anon - file
     # Page cache off the evictable file LRUs is locked (mlock, ramfs). (The file LRUs may also
     # hold MADV_FREE anonymous pages, which makes this smaller, never larger, than it is.)
+    #
+    # Dirty and writeback file pages are not counted: they stay on the file LRUs, so the
+    # difference below leaves them out. cgroup-v2.rst, memory.stat: file_dirty "Amount of
+    # cached filesystem data that was modified but not yet written back to disk",
+    # file_writeback "... and is currently being written back to disk" (v1 memory.rst 5.2:
+    # dirty "# of bytes that are waiting to get written back to the disk", writeback "# of
+    # bytes of file/anon cache that are queued for syncing to disk"). Writeback cleans them
+    # and reclaim then drops them, and their share is bounded: cgroup-v2.rst "Writeback":
+    # "Both system-wide and per-cgroup dirty memory states are examined and the more
+    # restrictive of the two is enforced" (balance_dirty_pages throttles the writer). On v1,
+    # where a memcg is no dirty domain, memcg reclaim waits for writeback instead of declaring
+    # OOM (mm/vmscan.c, shrink_page_list: "memcg does not have any dirty pages throttling so
+    # we could easily OOM just because too many pages are in writeback and there is nothing
+    # else to reclaim. Wait for the writeback to complete.").
+    # The dirty pages writeback cannot free are those with nowhere to be written: tmpfs and
+    # shmem (counted in shmem; never in file_dirty) and ramfs (unevictable: file_locked).
+    # Counting file_dirty would warn every large buffered writer whose pages the kernel frees
+    # once written; a device too slow to take them shows as memory and io stall (PSI), which
+    # the thrash and throttle rules read.
     return Unreclaimable(
         anon=max(0, anon),
         shmem=max(0, shmem),

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pressured.kills.base import Clock
-from pressured.model import SOURCE_COUNTERS, SOURCE_COUNTERS_RESTART, Identity, KillRecord, OomKill
+from pressured.model import (
+    SOURCE_COUNTERS,
+    SOURCE_COUNTERS_RESTART,
+    Identity,
+    KillRecord,
+    OomKill,
+    RiskFigures,
+)
 
 log = logging.getLogger("pressured.kills.reconciler")
 
@@ -53,6 +60,7 @@ class _Counter:
     annotations: dict[str, str]
     arrived: float
     first_warn: float | None
+    risk: RiskFigures | None = None
     units: list[_Unit] = field(default_factory=list)
 
     @property
@@ -87,6 +95,7 @@ class _Group:
     records: list[KillRecord] = field(default_factory=list)
     sources: set[str] = field(default_factory=set)
     first_warn: float | None = None
+    risk: RiskFigures | None = None
     unit: _Unit | None = None
     confirmed_late: bool = False
     restart: bool = False
@@ -195,16 +204,25 @@ class Reconciler:
         cgroup: str | None = None,
         identity: Identity | None = None,
         annotations: Mapping[str, str] | None = None,
+        risk: RiskFigures | None = None,
     ) -> None:
         """Take one record. ``key``/``cgroup`` name the watched target it belongs to (None
-        when the daemon could not attribute it); ``cgroup`` defaults to the record's own."""
+        when the daemon could not attribute it); ``cgroup`` defaults to the record's own.
+        ``risk``: the figures of that target's last sample, taken now (the target may be gone
+        when the kill is reported)."""
         now = self._clock()
         ident = identity or Identity()
         notes = dict(annotations or {})
         target_cgroup = cgroup if cgroup is not None else record.cgroup
         if record.pid is None:
             self._add_counter(
-                record, key=key, cgroup=target_cgroup, identity=ident, annotations=notes, now=now
+                record,
+                key=key,
+                cgroup=target_cgroup,
+                identity=ident,
+                annotations=notes,
+                now=now,
+                risk=risk,
             )
             return
         group = self._find_group(record, key)
@@ -219,6 +237,7 @@ class Reconciler:
                 record.time,
                 record.wall,
                 first_warn=self._first_warn(key),
+                risk=risk,
             )
             self._groups.append(group)
         elif group.emitted_at is not None:
@@ -234,6 +253,7 @@ class Reconciler:
         if group.key is None and key is not None:
             group.key, group.cgroup = key, target_cgroup
             group.identity, group.annotations = ident, notes
+            group.risk = risk
         elif group.cgroup is None and target_cgroup is not None:
             group.cgroup = target_cgroup
         if group.first_warn is None:
@@ -248,6 +268,7 @@ class Reconciler:
         identity: Identity,
         annotations: dict[str, str],
         now: float,
+        risk: RiskFigures | None,
     ) -> None:
         group_delta = record.extra.get("oom_group_kill_delta")
         if isinstance(group_delta, int) and group_delta > 0:
@@ -262,6 +283,7 @@ class Reconciler:
             annotations,
             now,
             None if record.restart else self._first_warn(key),
+            None if record.restart else risk,
         )
         value = record.extra.get("oom_kill")
         for i in range(record.count_delta):
@@ -710,6 +732,7 @@ class Reconciler:
             annotations=dict(g.annotations),
             dry_run=self._dry_run,
             extra=extra,
+            risk=None if g.restart else g.risk or (g.unit.counter.risk if g.unit else None),
         )
 
     def _kill_from_unit(self, u: _Unit) -> OomKill:
@@ -732,4 +755,5 @@ class Reconciler:
             annotations=dict(c.annotations),
             dry_run=self._dry_run,
             extra=extra,
+            risk=c.risk,
         )

@@ -366,6 +366,32 @@ def test_unreclaimable_v2_counts_tmpfs_and_locked_file_pages() -> None:
     assert (risk.anon, risk.shmem, risk.file_locked, risk.kernel) == (4 * M, 50 * M, 20 * M, M)
 
 
+def test_dirty_and_writeback_file_pages_are_not_unreclaimable() -> None:
+    # a buffered writer: its dirty and writeback pages sit on the file LRUs, and writeback
+    # frees them (cgroupfs.unreclaimable says why they are left out)
+    v2 = {
+        "anon": 4 * M,
+        "file": 60 * M,
+        "shmem": 0,
+        "active_file": 10 * M,
+        "inactive_file": 50 * M,
+        "kernel": M,
+    }
+    dirty = {**v2, "file_dirty": 40 * M, "file_writeback": 8 * M}
+    assert cgroupfs.unreclaimable(dirty, 2, usage=65 * M) == cgroupfs.unreclaimable(
+        v2, 2, usage=65 * M
+    )
+    assert cgroupfs.unreclaimable(dirty, 2, usage=65 * M).total == 5 * M
+    v1 = {
+        "total_rss": 4 * M,
+        "total_cache": 60 * M,
+        "total_active_file": 10 * M,
+        "total_inactive_file": 50 * M,
+    }
+    dirty = {**v1, "total_dirty": 40 * M, "total_writeback": 8 * M}
+    assert cgroupfs.unreclaimable(dirty, 1, usage=65 * M, kmem=M).total == 5 * M
+
+
 def test_unreclaimable_v2_before_the_kernel_total() -> None:
     # kernels before 5.18 have no "kernel" line: its unreclaimable parts are added up
     stat = {

@@ -437,6 +437,24 @@ def test_diagnose_shows_the_oom_risk_beside_the_working_set_and_kills_since_boot
     assert "kills since boot" in result.stdout and "4.5s" in result.stdout
 
 
+def test_diagnose_machine_row_ranks_every_process_of_the_machine(
+    tmp_path: Path, v2_tree: Path
+) -> None:
+    # the real /proc: the machine row's processes are the machine's, not a cgroup's
+    cfg = write(tmp_path, f"source:\n  cgroup:\n    path: {v2_tree}\n  machine: true\n")
+    result = invoke("diagnose", "-c", cfg, "--json", "--interval", "0")
+    assert result.exit_code == EXIT_OK, result.output
+    (machine,) = [r for r in json.loads(result.stdout) if r["cgroup"] == "machine"]
+    by_score, by_rss = machine["top_processes"], machine["top_by_rss"]
+    assert len(by_score) == len(by_rss) == 3  # the default top
+    scores = [p["oom_score"] for p in by_score]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0
+    sizes = [p["rss_bytes"] or 0 for p in by_rss]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > 0
+    # more than the one process the fake tree's cgroups hold
+    assert {p["pid"] for p in by_score + by_rss} - {os.getpid()}
+
+
 def test_diagnose_keeps_a_row_whose_psi_file_is_malformed(tmp_path: Path, v2_tree: Path) -> None:
     (v2_tree / "kubepods/pod-b/app/memory.pressure").write_text("bogus line\n")
     rows = diagnose_json(tmp_path, v2_tree)

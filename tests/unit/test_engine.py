@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -801,3 +802,45 @@ def test_thrash_beside_an_oom_warning_is_reported_apart() -> None:
         ("memory_pressure", "warn"),
         ("memory_thrash", "thrash"),
     ]
+
+
+def _grown(key: str, t: int, *, anon: int, cache: int) -> Sample:
+    """A 1000 MiB cgroup holding ``anon`` MiB that reclaim cannot free and ``cache`` MiB of
+    page cache it can, all in the working set."""
+    return Sample(
+        key=key,
+        time=float(t),
+        usage_bytes=(anon + cache) * MiB,
+        working_set_bytes=(anon + cache) * MiB,
+        limit_bytes=1000 * MiB,
+        unreclaimable_bytes=anon * MiB,
+    )
+
+
+def test_the_eta_follows_the_unreclaimable_figure_not_the_page_cache() -> None:
+    settings_ = EngineSettings(predict_seconds=120, cooldown_seconds=0)
+    engine = Engine(settings_)
+    ws = Engine(dataclasses.replace(settings_, metric="working_set"))
+    cache_growth = [_grown("cache", t, anon=200, cache=40 * t) for t in range(20)]
+    # page cache grows 40 MiB/s over flat anonymous memory: no ETA, no warning from growth...
+    assert [e for s in cache_growth for e in feed_risk(engine, s)] == []
+    # ...where the working set, fed the same samples, predicts the OOM (the growth is real)
+    by_ws = [e for s in cache_growth for e in feed_risk(ws, s)]
+    assert by_ws and by_ws[0].rule == "predict eta<120s"
+    # above the warn level the events say so: no growth of what decides, no ETA
+    held = [
+        e for t in range(20) for e in feed_risk(engine, _grown("held", t, anon=750, cache=10 * t))
+    ]
+    assert len(held) == 20
+    for e in held:
+        assert (e.severity, e.decided_by) == ("warn", "unreclaimable")
+        assert not e.growth_bytes_per_s and e.eta_seconds is None
+    # the same growth in anonymous memory: a warning with the ETA at the anonymous slope
+    events: list[PressureEvent] = []
+    for t in range(20):
+        events += feed_risk(engine, _grown("anon", t, anon=200 + 40 * t, cache=100))
+    first = events[0]
+    assert (first.rule, first.decided_by) == ("predict eta<120s", "unreclaimable")
+    assert first.growth_bytes_per_s == pytest.approx(40 * MiB)
+    assert first.unreclaimable_bytes is not None
+    assert first.eta_seconds == pytest.approx((1000 * MiB - first.unreclaimable_bytes) / (40 * MiB))
