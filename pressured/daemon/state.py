@@ -7,8 +7,10 @@ wake-ups with ``turn()``, which advances ``generation``. A client that passes
 ``?after=GENERATION&wait=SECONDS`` is answered as soon as a later turn ends (or after ``wait``
 seconds, at most MAX_WAIT_S): `pressured top` refreshes on the daemon's own wake-ups that way,
 and `pressured diagnose --cluster` reads it once from every node through the API server's pods
-proxy. Bounded: at most MAX_EVENTS events and MAX_KILLS kills are kept, at most MAX_WAITERS
-requests wait at once (the others are answered at once), and the endpoint only reads.
+proxy. The kills of earlier runs are listed again from the kill journal at start
+(``seed_kills``), so a restart hides none. Bounded: at most MAX_EVENTS events and MAX_KILLS
+kills are kept, at most MAX_WAITERS requests wait at once (the others are answered at once),
+and the endpoint only reads.
 """
 
 from __future__ import annotations
