@@ -37,6 +37,7 @@ from pressured.errors import CgroupFileError, ConfigError, PressuredError
 from pressured.kernel import cgroupfs
 from pressured.kernel.pidfd import ProcessHandles, open_processes
 from pressured.kernel.watch import PsiSpec, Wakeup, Watcher, WatchOptions
+from pressured.kills.journal import read_kills
 from pressured.model import MACHINE, Event, OomKill, PressureEvent, Sample
 from pressured.sources.base import Source, TargetSpec
 from pressured.sources.factory import make_source
@@ -153,6 +154,23 @@ class Daemon:
             clock=clock,
             proc=self.proc_root,
         )
+        self._seed_kills()
+
+    def _seed_kills(self) -> None:
+        """/v1/state lists again the kills of the previous runs (kill journal): a restart does
+        not hide a kill `pressured diagnose --cluster` would have shown."""
+        state_dir = self.cfg.get("state_dir")
+        journal = self.kills.journal
+        if not state_dir or journal is None:
+            return
+        try:
+            kept = read_kills(str(state_dir), every_boot=True)
+        except OSError as exc:
+            log.warning("%s: cannot list the earlier kills: %s", journal.path, exc.strerror or exc)
+            return
+        seeded = self.live.seed_kills(kept, where=journal.path)
+        if seeded:
+            log.info("%s: %d earlier kill(s) listed at %s", journal.path, seeded, STATE_PATH)
 
     @property
     def kill_status(self) -> dict[str, tuple[bool, str]]:

@@ -7,23 +7,28 @@ wake-ups with ``turn()``, which advances ``generation``. A client that passes
 ``?after=GENERATION&wait=SECONDS`` is answered as soon as a later turn ends (or after ``wait``
 seconds, at most MAX_WAIT_S): `pressured top` refreshes on the daemon's own wake-ups that way,
 and `pressured diagnose --cluster` reads it once from every node through the API server's pods
-proxy. Bounded: at most MAX_EVENTS events and MAX_KILLS kills are kept, at most MAX_WAITERS
-requests wait at once (the others are answered at once), and the endpoint only reads.
+proxy. The kills of earlier runs are listed again from the kill journal at start
+(``seed_kills``), so a restart hides none. Bounded: at most MAX_EVENTS events and MAX_KILLS
+kills are kept, at most MAX_WAITERS requests wait at once (the others are answered at once),
+and the endpoint only reads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pressured.engine import theil_sen_slope
 from pressured.model import Event, Identity, OomKill, Sample, rfc3339
+
+log = logging.getLogger("pressured.daemon")
 
 STATE_PATH: Final = "/v1/state"
 STATE_VERSION: Final = 1
@@ -105,8 +110,10 @@ class _Row:
 
 
 def _event_json(event: Event) -> dict[str, Any]:
+    if isinstance(event, OomKill):
+        return kill_row(event.to_json(), key=event.key or event.cgroup)
     ident = event.identity
-    out: dict[str, Any] = {
+    return {
         "time": rfc3339(event.time),
         "event_type": event.event_type,
         "severity": event.severity,
@@ -115,18 +122,46 @@ def _event_json(event: Event) -> dict[str, Any]:
         "namespace": ident.namespace,
         "pod": ident.pod_name,
         "container": ident.container_name,
+        "usage_percent": round(event.usage_percent, 2),
+        "rule": event.rule,
     }
-    if isinstance(event, OomKill):
-        out.update(
-            pid=event.pid,
-            victim=event.comm,
-            warned_seconds_before=None
-            if event.warned_seconds_before is None
-            else round(event.warned_seconds_before, 3),
-        )
-    else:
-        out.update(usage_percent=round(event.usage_percent, 2), rule=event.rule)
-    return out
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _seconds(value: Any) -> float | None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return round(float(value), 3) if number and math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def kill_row(doc: Mapping[str, Any], *, key: str | None = None) -> dict[str, Any]:
+    """A kill as /v1/state lists it, from an ``oom_killed`` event's JSON (OomKill.to_json) or
+    a line of the kill journal (kills/journal.py keeps those names): pod_name -> pod,
+    container_name -> container, comm -> victim. A field of the wrong type is None."""
+    cgroup = _str(doc.get("cgroup"))
+    return {
+        "time": _str(doc.get("time")),
+        "event_type": "oom_killed",
+        "severity": "oom_killed",
+        "key": key or cgroup,
+        "cgroup": cgroup,
+        "namespace": _str(doc.get("namespace")),
+        "pod": _str(doc.get("pod_name")),
+        "container": _str(doc.get("container_name")),
+        "pid": _count(doc.get("pid")),
+        "victim": _str(doc.get("comm")),
+        "warned_seconds_before": _seconds(doc.get("warned_seconds_before")),
+        "limit_scope": _str(doc.get("limit_scope")),
+        "unreclaimable_bytes": _count(doc.get("unreclaimable_bytes")),
+        "working_set_bytes": _count(doc.get("working_set_bytes")),
+        "decided_by": _str(doc.get("decided_by")),
+    }
 
 
 class LiveState:
@@ -197,6 +232,28 @@ class LiveState:
         with self._cond:
             row = self._rows.get(key)
             return None if row is None else row.sample
+
+    def seed_kills(self, journal: Iterable[Mapping[str, Any]], *, where: str = "journal") -> int:
+        """List again the kills a previous run confirmed (kills/journal.py ``read_kills``,
+        oldest first): the last MAX_KILLS of them, before any new one. A line without a
+        readable time is skipped with a warning naming ``where``; how many were listed."""
+        from pressured.k8s.client import parse_time  # noqa: PLC0415
+
+        rows, bad = [], 0
+        for doc in journal:
+            row = kill_row(doc)
+            if parse_time(row["time"]) is None:
+                bad += 1
+                continue
+            rows.append(row)
+        if bad:
+            log.warning("%s: %d kill(s) without a readable time skipped", where, bad)
+        with self._cond:
+            live = list(self._kills)
+            kept = [*rows, *live][-MAX_KILLS:]
+            self._kills = deque(kept, maxlen=MAX_KILLS)
+            self._dirty = True
+        return len(kept) - len(live)
 
     def forget(self, key: str) -> None:
         with self._cond:

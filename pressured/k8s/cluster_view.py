@@ -134,15 +134,25 @@ def gather(
         view.nodes.append(entry)
         for row in _dicts(got.get("targets")):
             view.targets.append({"node": node, **row})
-        for kill in _dicts(got.get("kills")):
-            age = _age_seconds(kill, now)
-            if age is not None and age > since:
-                continue
-            view.kills.append({"node": node, **kill, "age_seconds": age})
+        view.kills.extend(recent_kills(got, node, since=since, now=now))
     view.targets.sort(key=_headroom_key)
     view.kills.sort(key=lambda k: k["age_seconds"] if k["age_seconds"] is not None else 1e18)
     view.nodes.sort(key=lambda n: (n["ok"], str(n["node"])))
     return view
+
+
+def recent_kills(
+    state: Mapping[str, Any], node: str | None, *, since: float, now: float
+) -> list[dict[str, Any]]:
+    """The kills of one pod's /v1/state answer no older than ``since`` seconds at ``now``, each
+    with its node and age (a kill whose time cannot be read is kept, its age None)."""
+    out = []
+    for kill in _dicts(state.get("kills")):
+        age = _age_seconds(kill, now)
+        if age is not None and age > since:
+            continue
+        out.append({"node": node, **kill, "age_seconds": age})
+    return out
 
 
 def _dicts(value: Any) -> Iterable[dict[str, Any]]:

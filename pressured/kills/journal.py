@@ -1,10 +1,12 @@
 """The kills this daemon confirmed, kept as JSON lines in ``<state_dir>/kills.jsonl``: what
-`pressured diagnose` lists as the kills since boot, with how long before each it warned.
+`pressured diagnose` lists as the kills since boot, with how long before each it warned, and
+what a restarted daemon lists again at /v1/state (daemon/state.py ``LiveState.seed_kills``).
 
 Each line is one ``oom_killed`` event's essentials and the boot it happened in
 (/proc/sys/kernel/random/boot_id), so a reader can keep this boot's kills only. The file is
-bounded: past MAX_BYTES it is rewritten with its newer half (atomically, as kills.json).
-A line that cannot be read is skipped: the journal informs, it decides nothing.
+bounded: past MAX_BYTES it is rewritten with its newer half (atomically: a temporary file
+renamed over kills.jsonl). A line that cannot be read is skipped: the journal informs, it
+decides nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def entry(kill: OomKill, boot: str | None) -> dict[str, Any]:
         "sources",
         "warned_seconds_before",
         "limit_scope",
+        "unreclaimable_bytes",
+        "working_set_bytes",
+        "decided_by",
         "dry_run",
     )
     return {"boot_id": boot, **{k: doc.get(k) for k in keep}}
@@ -84,11 +89,14 @@ class KillJournal:
             raise
 
 
-def read_kills(state_dir: str, *, boot: str | None = None) -> list[dict[str, Any]]:
-    """The journal's kills of boot ``boot`` (default: this one), oldest first; [] when there
-    is no journal. Lines that are not a JSON object are skipped."""
+def read_kills(
+    state_dir: str, *, boot: str | None = None, every_boot: bool = False
+) -> list[dict[str, Any]]:
+    """The journal's kills of boot ``boot`` (default: this one; ``every_boot``: all kept),
+    oldest first; [] when there is no journal. Lines that are not a JSON object are skipped;
+    a journal that cannot be read is OSError."""
     path = os.path.join(state_dir, JOURNAL_FILE)
-    want = boot if boot is not None else boot_id()
+    want = None if every_boot else boot if boot is not None else boot_id()
     out = []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

@@ -50,6 +50,10 @@ NODE_HOST_PATHS = {
 # a v1 threshold writes cgroup.event_control, and both fail with EROFS on a read-only bind mount
 # (test_read_only_cgroup_mount_refuses_a_psi_trigger shows it on this host's cgroup2 tree).
 NODE_WRITABLE_HOST_PATHS = {"/sys/fs/cgroup"}
+# And the daemon's own state (values stateDir.hostPath): the kill journal and counters outlive
+# the pod, mounted beside the emptyDir at /var/lib/pressured (spool, local storage), not over it.
+NODE_STATE = {"path": "/var/lib/pressured", "type": "DirectoryOrCreate"}
+NODE_STATE_MOUNT = "/var/lib/pressured/state"
 DOWNWARD_ENV = {
     "NODE_NAME": "spec.nodeName",
     "POD_NAME": "metadata.name",
@@ -438,6 +442,10 @@ def test_node_daemonset_has_host_pid_mounts_and_tolerations() -> None:
     assert watcher["image"].split(":")[0].endswith("pressured-privileged")
 
     host_volumes = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    assert host_volumes.pop("node-state") == NODE_STATE
+    (state,) = [m for m in watcher["volumeMounts"] if m["name"] == "node-state"]
+    assert state["mountPath"] == NODE_STATE_MOUNT == config_of(docs)["state_dir"]
+    assert not state.get("readOnly", False)
     assert {hp["path"]: hp["type"] for hp in host_volumes.values()} == NODE_HOST_PATHS
     host_mounts = {m["mountPath"]: m for m in watcher["volumeMounts"] if m["name"] in host_volumes}
     assert set(host_mounts) == set(NODE_HOST_PATHS)
@@ -491,6 +499,7 @@ def test_cluster_deployment_is_one_unprivileged_replica() -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert "hostPID" not in spec
     assert not any("hostPath" in volume for volume in spec["volumes"])
+    assert "state_dir" not in config_of(docs), "the Deployment's pod moves between nodes"
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert watcher["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert watcher["securityContext"]["allowPrivilegeEscalation"] is False

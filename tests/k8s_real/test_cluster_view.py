@@ -12,7 +12,8 @@ pods proxy dials ``status.podIP`` and refuses any address that is not global uni
 private address of its own on the loopback interface (ip addr add 10.250.N.1/32 dev lo),
 removed afterwards; the daemons listen on every address. The user is a ServiceAccount bound by
 the chart's own viewer-rbac.yaml and nothing else: the Role the chart ships is what is proved
-sufficient. One node's cgroup leaks into a real OOM kill, after pressured warned.
+sufficient. One node's cgroup leaks into a real OOM kill, after pressured warned; that node's
+daemon is then killed and started again on the same state_dir, and the kill is still listed.
 """
 
 from __future__ import annotations
@@ -343,13 +344,16 @@ def test_cluster_view_through_the_pods_proxy(
         own[node] = (uid, node_trees(node, uid, container_id, 512 * MiB))
     with contextlib.ExitStack() as stack:
         daemons: dict[str, PressuredProcess] = {}
-        for node, tree in trees.items():
+
+        def start(node: str) -> PressuredProcess:
+            """The node's daemon, on its own state_dir (the chart's host directory)."""
             cfg = tmp_path / f"{node}.yaml"
             cfg.write_text(
-                f"source: {{mode: node, cgroup: {{path: {tree.base}}}}}\n"
+                f"source: {{mode: node, cgroup: {{path: {trees[node].base}}}}}\n"
                 f"kubernetes: {{node_name: {node}, kubeconfig: {k8s_lane.kubeconfig}}}\n"
                 "thresholds: {warn_percent: 50, critical_percent: 75, metric: usage}\n"
                 "actions: [{type: log}]\n"
+                f"state_dir: {tmp_path / f'{node}-state'}\n"
             )
             args = ["run", "-c", str(cfg), "--metrics-port", str(ports[node])]
             args += ["--events-out", str(tmp_path / f"{node}.jsonl")]
@@ -359,7 +363,10 @@ def test_cluster_view_through_the_pods_proxy(
                 PressuredProcess(args, env=environ(POD_UID=uid), wrapper=wrapper)
             )
             daemon.wait_ready()
-            daemons[node] = daemon
+            return daemon
+
+        for node in trees:
+            daemons[node] = start(node)
         wait_for(
             lambda: all(
                 {t["pod"] for t in _state(port)["targets"]} >= {f"web-{node[-1]}"}
@@ -411,6 +418,16 @@ def test_cluster_view_through_the_pods_proxy(
         # the table as a person sees it
         shown = _diagnose(viewer, "--since", "10m")
 
+        # node-a's daemon dies (SIGKILL: a crash, its own OOM) and its pod's next one starts on
+        # the same state_dir: the kill it had reported is still listed, once
+        daemons["node-a"].proc.kill()
+        daemons["node-a"].proc.wait()
+        daemons["node-a"] = start("node-a")
+        daemons["node-a"].wait_for_log(r": 1 earlier kill\(s\) listed at /v1/state")
+        restarted = _diagnose(viewer, "--json", "--since", "10m")
+        assert restarted.returncode == 0, restarted.stderr
+        after_restart = json.loads(restarted.stdout)
+
     assert {(n["node"], n["ok"]) for n in view["nodes"]} == {
         ("node-a", True),
         ("node-b", True),
@@ -442,6 +459,13 @@ def test_cluster_view_through_the_pods_proxy(
     assert kill["victim"].startswith("python")
     assert kill["pid"] == victim.pid
     assert kill["warned_seconds_before"] is not None and kill["warned_seconds_before"] > 0
+    assert kill["limit_scope"] == "container", kill
+
+    def without_age(k: dict[str, Any]) -> dict[str, Any]:
+        return {f: v for f, v in k.items() if f != "age_seconds"}
+
+    assert [without_age(k) for k in after_restart["kills"]] == [without_age(kill)]
+    assert {(n["node"], n["ok"]) for n in after_restart["nodes"]} >= {("node-a", True)}
 
     assert shown.returncode == 0, shown.stderr
     assert "node-c (pressured-node-c): not read: not running" in shown.stdout, shown.stdout

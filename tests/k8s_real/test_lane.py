@@ -53,6 +53,8 @@ MODES = chart_modes()
 # node mode's NOTES ask for privileged; the cluster mode claims to run under restricted.
 WORKLOAD = {"node": "DaemonSet", "cluster": "Deployment"}
 POD_SECURITY = {"node": "privileged", "cluster": "restricted"}
+NODE_STATE_DIR = "/var/lib/pressured/state"
+"""Where node mode mounts its host directory for state_dir (values stateDir.hostPath)."""
 
 
 @pytest.fixture
@@ -354,6 +356,36 @@ def test_chart_renders_and_the_api_server_accepts_it(
         r = api.create(pod, baseline, dry_run=True)
         assert r.status_code == 403, api_error(r)
         assert "violates PodSecurity" in api_error(r)
+        assert '"node-state"' in api_error(r), "the state's hostPath is one more reason"
+
+
+@pytest.mark.parametrize(
+    ("args", "state_dir", "host_path"),
+    [
+        ((), NODE_STATE_DIR, "/var/lib/pressured"),
+        (("--set", "stateDir.hostPath=/srv/pressured"), NODE_STATE_DIR, "/srv/pressured"),
+        (("--set", "stateDir.hostPath="), None, None),
+        (("--set", "config.state_dir=/data"), "/data", None),
+        (("--set", "mode=cluster"), None, None),
+    ],
+    ids=["default", "elsewhere", "off", "users-own", "cluster"],
+)
+def test_node_mode_keeps_its_kills_in_a_host_directory(
+    k8s_lane: Lane, args: tuple[str, ...], state_dir: str | None, host_path: str | None
+) -> None:
+    """The kill journal outlives the pod in node mode only (a cluster-mode pod moves)."""
+    manifests = render(k8s_lane, "t", "ns", *args)
+    (cm,) = [m.doc for m in manifests if m.doc["kind"] == "ConfigMap"]
+    assert yaml.safe_load(cm["data"]["config.yaml"]).get("state_dir") == state_dir
+    spec = workload_pod(manifests)["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["state"] == "/var/lib/pressured" and "emptyDir" in volumes["state"]
+    if host_path is None:
+        assert "node-state" not in volumes and "node-state" not in mounts
+    else:
+        assert volumes["node-state"]["hostPath"] == {"path": host_path, "type": "DirectoryOrCreate"}
+        assert mounts["node-state"] == state_dir
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])

@@ -79,7 +79,8 @@ release renders.
 
 {{/*
 The daemon's config.yaml: the free-form `config` value with what the chart owns laid over it
-(mode, metrics port, Lua scripts directory, S3 storage), so the file and the pod spec agree.
+(mode, metrics port, Lua scripts directory, S3 storage, node mode's state_dir unless
+config.state_dir is given), so the file and the pod spec agree.
 With actions.events on, a k8s-event action is added unless config.actions has one: Events on
 the pods are the default, and one value turns them off with their RBAC.
 */}}
@@ -101,6 +102,9 @@ the pods are the default, and one value turns them off with their RBAC.
 {{- $_ = set $cfg "actions" (append $actions (dict "type" "k8s-event")) -}}
 {{- end -}}
 {{- end -}}
+{{- if include "pressured.nodeState" . -}}
+{{- $_ = set $cfg "state_dir" (include "pressured.stateDirMount" .) -}}
+{{- end -}}
 {{- if .Values.luaScripts -}}
 {{- $plugins := get $cfg "plugins" | default dict -}}
 {{- $lua := get $plugins "lua" | default dict -}}
@@ -120,6 +124,25 @@ the pods are the default, and one value turns them off with their RBAC.
 {{- $_ = set $cfg "storage" $storage -}}
 {{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+Where node mode mounts stateDir.hostPath: the kill journal and counters (config state_dir).
+Beside the emptyDir at /var/lib/pressured (spool, local storage), not over it: those are
+pod-lifetime data and would otherwise pile up on the host.
+*/}}
+{{- define "pressured.stateDirMount" -}}
+/var/lib/pressured/state
+{{- end -}}
+
+{{/*
+"true" when the chart gives node mode its state_dir: stateDir.hostPath is set and
+config.state_dir is not (a state_dir of the user's own is mounted by the user's extraVolumes).
+*/}}
+{{- define "pressured.nodeState" -}}
+{{- if and (eq .Values.mode "node") .Values.stateDir.hostPath (not (hasKey (.Values.config | default dict) "state_dir")) -}}
+true
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -287,6 +310,12 @@ spec:
           mountPath: /var/lib/pressured
         - name: tmp
           mountPath: /tmp
+        {{- if include "pressured.nodeState" . }}
+        # The kill journal and counters outlive the pod: a restarted daemon lists its earlier
+        # kills again at /v1/state and reports the kills it missed while down.
+        - name: node-state
+          mountPath: {{ include "pressured.stateDirMount" . }}
+        {{- end }}
         {{- if $node }}
         # Writable, though nothing is changed: arming a PSI trigger writes its spec to
         # memory.pressure and a v1 threshold to cgroup.event_control, and the kernel refuses
@@ -326,6 +355,12 @@ spec:
       emptyDir: {}
     - name: tmp
       emptyDir: {}
+    {{- if include "pressured.nodeState" . }}
+    - name: node-state
+      hostPath:
+        path: {{ .Values.stateDir.hostPath | quote }}
+        type: DirectoryOrCreate
+    {{- end }}
     {{- if $node }}
     # Every container's cgroup: memory.current/usage, memory.events, memory.pressure.
     - name: cgroup
