@@ -14,6 +14,7 @@ from typing import Any
 
 from pressured.errors import ConfigError
 from pressured.kills.base import Clock
+from pressured.kills.journal import boot_id
 from pressured.model import SOURCE_COUNTERS, SOURCE_COUNTERS_RESTART, KillRecord
 
 log = logging.getLogger("pressured.kills.counters")
@@ -28,10 +29,16 @@ class KillState:
     Written atomically (temporary file, fsync, rename) so a crash leaves either the old or
     the new state. A file that cannot be read is set aside as ``kills.json.corrupt`` with a
     warning: losing it costs only the kills that happened while the daemon was down.
+
+    The state names the boot it was saved in (``boot``: the kernel's boot_id). Saved in
+    another boot (a state_dir on the node's disk across a reboot), every cgroup it names was
+    made anew since, whatever its inode: ``other_boot``.
     """
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *, boot: str | None = None) -> None:
         self.state_dir = state_dir
+        self.boot = boot if boot is not None else boot_id()
+        self.saved_boot: str | None = None
         self.path = os.path.join(state_dir, STATE_FILE)
         try:
             os.makedirs(state_dir, exist_ok=True)
@@ -71,7 +78,14 @@ class KillState:
                 out[str(cg)] = entry
         saved = data.get("saved_at")
         self.saved_at = float(saved) if isinstance(saved, int | float) else None
+        boot = data.get("boot_id")
+        self.saved_boot = boot if isinstance(boot, str) else None
         return out
+
+    @property
+    def other_boot(self) -> bool:
+        """Saved in another boot than this one (both known)."""
+        return None not in (self.boot, self.saved_boot) and self.boot != self.saved_boot
 
     def _set_aside(self, why: str) -> dict[str, dict[str, Any]]:
         log.warning("%s: %s; kills while the daemon was down cannot be reported", self.path, why)
@@ -86,6 +100,7 @@ class KillState:
         data = {
             "version": STATE_VERSION,
             "saved_at": time.time() if wall is None else wall,
+            "boot_id": self.boot,
             "cgroups": self.entries,
         }
         fd, tmp = tempfile.mkstemp(prefix=".kills.", dir=self.state_dir)
@@ -198,8 +213,7 @@ class CounterTracker:
         self._live[cgroup] = (current, cgroup_id, group)
         restart = False
         if seen is None:
-            saved = self._state.get(cgroup) if self._state is not None else None
-            if saved is None:
+            if self._state is None or (saved := self._state.get(cgroup)) is None:
                 return 0, 0, False
             saved_group = saved.get("oom_group_kill")
             seen = (
@@ -208,6 +222,8 @@ class CounterTracker:
                 saved_group if isinstance(saved_group, int) else None,
             )
             restart = True
+            if self._state.other_boot:  # made anew since the reboot: all its kills are new
+                return current, group or 0, restart
         last, last_id, last_group = seen
         recreated = last_id is not None and cgroup_id is not None and last_id != cgroup_id
         if recreated or current < last:

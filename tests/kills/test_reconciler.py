@@ -579,6 +579,26 @@ def test_restart_reports_kills_while_down(tmp_path: Path) -> None:
     assert later is not None and later.source == "counters" and later.count_delta == 1
 
 
+def test_a_state_of_an_earlier_boot_counts_each_cgroup_as_made_anew(tmp_path: Path) -> None:
+    # a state_dir on the node's disk outlives a reboot; the kubepods cgroups are made again
+    # with the same paths (and, kernfs numbering afresh, maybe the same inodes)
+    clock = Clock()
+    before = CounterTracker(KillState(str(tmp_path), boot="boot-1"), clock=clock)
+    with before.batch():
+        before.observe("a", "/a", 5, cgroup_id=11)
+        before.observe("b", "/b", 0, cgroup_id=12)
+    assert json.loads((tmp_path / "kills.json").read_text())["boot_id"] == "boot-1"
+
+    after = CounterTracker(KillState(str(tmp_path), boot="boot-2"), clock=clock)
+    below = after.observe("a", "/a", 2, cgroup_id=11)  # two kills since the reboot
+    assert below is not None and (below.source, below.count_delta) == ("counters:restart", 2)
+    above = after.observe("b", "/b", 3, cgroup_id=12)  # more than saved: all three are new
+    assert above is not None and above.count_delta == 3
+
+    same = CounterTracker(KillState(str(tmp_path), boot="boot-2"), clock=clock)
+    assert same.observe("b", "/b", 3, cgroup_id=12) is None  # same boot: nothing new
+
+
 def test_restart_with_replayed_kmsg_counts_once(tmp_path: Path) -> None:
     clock = Clock(5000.0)
     CounterTracker(KillState(str(tmp_path)), clock=clock).observe("a", "/a", 0)
