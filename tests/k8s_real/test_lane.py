@@ -34,7 +34,9 @@ pytestmark = pytest.mark.k8s_real
 
 CHART = ROOT / "charts" / "pressured"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
-SERVICEMONITOR_CRD = Path(__file__).parent / "fixtures" / "servicemonitor-crd.yaml"
+OPERATOR_CRDS = {"servicemonitors": "ServiceMonitor", "prometheusrules": "PrometheusRule"}
+"""The Prometheus Operator CRDs the lane fetches (scripts/k8s-lane CRDS), by the kind each
+serves."""
 PSA = "pod-security.kubernetes.io/enforce"
 
 Doc = dict[str, Any]
@@ -194,22 +196,26 @@ def apply_all(api: Api, manifests: list[Manifest], namespace: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def servicemonitor_crd(k8s_lane: Lane) -> None:
-    """The ServiceMonitor kind the examples render, served by a stand-in CRD."""
-    crd = yaml.safe_load(SERVICEMONITOR_CRD.read_text(encoding="utf-8"))
+def operator_crds(k8s_lane: Lane) -> None:
+    """The Prometheus Operator's own ServiceMonitor and PrometheusRule CRDs (from its pinned
+    module source, fetched by scripts/k8s-lane build), served by the lane: what the chart's
+    optional objects are checked against."""
     api = Api(k8s_lane)
-    r = api.create(crd, "")
-    assert r.status_code in (201, 409), api_error(r)
+    for name, kind in OPERATOR_CRDS.items():
+        path = Path(k8s_lane.env["K8S_LANE_CRDS"]) / f"{name}.yaml"
+        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+        r = api.create(crd, "")
+        assert r.status_code in (201, 409), f"{path}: {api_error(r)}"
 
-    def established() -> bool:
-        got = api.get(crd, "").json()
-        conditions = got.get("status", {}).get("conditions", [])
-        served = "ServiceMonitor" in api.resources("monitoring.coreos.com/v1", refresh=True)
-        return served and any(
-            c["type"] == "Established" and c["status"] == "True" for c in conditions
-        )
+        def established(crd: Doc = crd, kind: str = kind) -> bool:
+            got = api.get(crd, "").json()
+            conditions = got.get("status", {}).get("conditions", [])
+            served = kind in api.resources("monitoring.coreos.com/v1", refresh=True)
+            return served and any(
+                c["type"] == "Established" and c["status"] == "True" for c in conditions
+            )
 
-    wait_for(established, 15.0, "the ServiceMonitor CRD to be served", poll=0.1)
+        wait_for(established, 15.0, f"the {kind} CRD to be served", poll=0.1)
 
 
 # ---------------------------------------------------------------- the lane
@@ -389,7 +395,7 @@ def test_node_mode_keeps_its_kills_in_a_host_directory(
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[path.stem for path in EXAMPLES])
-@pytest.mark.usefixtures("servicemonitor_crd")
+@pytest.mark.usefixtures("operator_crds")
 def test_chart_example_is_accepted_by_the_api_server(
     k8s_lane: Lane, api: Api, make_namespace: Callable[..., str], example: Path
 ) -> None:

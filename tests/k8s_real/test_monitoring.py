@@ -30,7 +30,14 @@ from lightkube.resources.core_v1 import Namespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.k8s_real.conftest import Lane, api_error, lane_requested
-from tests.k8s_real.test_lane import CHART, MODES, Api, render
+from tests.k8s_real.test_lane import (
+    CHART,
+    MODES,
+    Api,
+    apply_all,
+    operator_crds,  # noqa: F401 - a fixture
+    render,
+)
 from tests.support.cgroups import child_cgroup, own_memory_cgroup
 from tests.support.daemon import running
 
@@ -151,6 +158,26 @@ def rules_file(rule: dict[str, Any], where: Path) -> Path:
     """The PrometheusRule's groups as a Prometheus rule file."""
     where.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
     return where
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.usefixtures("operator_crds")
+def test_rule_is_accepted_by_the_api_server_under_the_operators_crd(
+    k8s_lane: Lane, make_ns: Callable[[], str], mode: str
+) -> None:
+    ns = make_ns()
+    manifests = render(
+        k8s_lane,
+        "pressured",
+        ns,
+        "--set",
+        f"mode={mode}",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+    )
+    rules = [m for m in manifests if m.doc["kind"] == "PrometheusRule"]
+    assert len(rules) == 1
+    apply_all(Api(k8s_lane), rules, ns)  # strict field validation by the operator's schema
 
 
 def test_rule_is_off_by_default(k8s_lane: Lane) -> None:
