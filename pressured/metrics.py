@@ -265,6 +265,14 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.kill_source_problems = Counter(
+            "pressured_kill_source_problems",
+            "What a running kill source could not read, by source and kind: lost (records "
+            "overwritten or dropped before they were read), overrun, read_error, malformed",
+            ["source", "kind"],
+            registry=r,
+        )
+        self._problems_seen: dict[tuple[str, str], int] = {}
 
         # the daemon itself (daemon/selfwatch.py)
         self.self_rss = Gauge(
@@ -462,6 +470,16 @@ class Metrics:
 
     def set_kill_source(self, source: str, active: bool) -> None:
         self.kill_sources_active.labels(source).set(1 if active else 0)
+
+    def set_kill_source_problems(self, source: str, counts: Mapping[str, int]) -> None:
+        """A kill source's problem counts since it opened (KillSource.problems): each series
+        exists from the first call, and grows by what was added since the last."""
+        for kind, total in counts.items():
+            seen = self._problems_seen.get((source, kind))
+            child = self.kill_source_problems.labels(source, kind)
+            if seen is None or total > seen:
+                child.inc(max(0, total - (seen or 0)))
+                self._problems_seen[source, kind] = total
 
     def set_kill_sources(self, active: Iterable[str], known: Iterable[str]) -> None:
         """Convenience: mark every source of ``known`` as active or not."""

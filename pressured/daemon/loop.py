@@ -282,6 +282,8 @@ class Daemon:
             shedding=self.selfwatch.shedding,
         )
         self.metrics.set_degraded(bool(self.selfwatch.degraded(now)))
+        for name in self.kills.sources.open_names():
+            self.metrics.set_kill_source_problems(name, self.kills.sources.problems(name))
 
     def _start_kills(self) -> None:
         status = self.kills.start()
@@ -290,6 +292,8 @@ class Daemon:
         if self.metrics is not None:
             for name, (active, _why) in status.items():
                 self.metrics.set_kill_source(name, active)
+            for name in self.kills.sources.open_names():
+                self.metrics.set_kill_source_problems(name, self.kills.sources.problems(name))
 
     def _watch_fd(self, fd: int, name: str, handler: Callable[[], None]) -> None:
         self.watcher.watch_fd(fd, name)

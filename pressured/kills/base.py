@@ -39,4 +39,11 @@ class KillSource(Protocol):
         """Every kill ready now; never blocks."""
         ...
 
+    @property
+    def problems(self) -> dict[str, int]:
+        """What went wrong since it opened, by kind (counts only grow): records lost before
+        they could be read, reads that failed, records that could not be made sense of. A
+        kill among them may go unconfirmed by this source (the others may still see it)."""
+        ...
+
     def close(self) -> None: ...

@@ -149,6 +149,15 @@ class KillSources:
                 out += src.read()
         return out
 
+    def open_names(self) -> list[str]:
+        """The sources open now."""
+        return list(self._open)
+
+    def problems(self, source: str) -> dict[str, int]:
+        """An open source's problem counts by kind (KillSource.problems); {} when not open."""
+        src = self._open.get(source)
+        return {} if src is None else src.problems
+
     def close(self) -> None:
         for source in self._open.values():
             source.close()

@@ -83,6 +83,7 @@ def test_epipe_counts_and_goes_on() -> None:
     assert [k.pid for k in reader.read()] == [1, 2]
     assert reader.overruns == 1
     assert reader.lost == 4
+    assert reader.problems == {"lost": 4, "overrun": 1, "read_error": 0, "malformed": 0}
     reader.close()
 
 
@@ -93,6 +94,7 @@ def test_malformed_records_are_skipped() -> None:
     assert reader.read() == []
     assert reader.malformed == 1
     assert [k.pid for k in reader.read()] == [9]
+    assert reader.problems == {"lost": 0, "overrun": 0, "read_error": 0, "malformed": 1}
     reader.close()
 
 

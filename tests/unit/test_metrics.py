@@ -173,6 +173,20 @@ def test_daemon_families_over_http(metrics: Metrics, server: MetricsServer) -> N
     assert got["pressured_kill_sources_active"] == {lab(source="kmsg"): 1.0, lab(source="bcc"): 0.0}
 
 
+def test_kill_source_problems_are_counters_from_the_first_reading(
+    metrics: Metrics, server: MetricsServer
+) -> None:
+    metrics.set_kill_source_problems("kmsg", {"lost": 0, "malformed": 0})
+    got = scrape(server)["pressured_kill_source_problems_total"]
+    assert got == {lab(source="kmsg", kind="lost"): 0.0, lab(source="kmsg", kind="malformed"): 0.0}
+    metrics.set_kill_source_problems("kmsg", {"lost": 4, "malformed": 0})
+    metrics.set_kill_source_problems("kmsg", {"lost": 6, "malformed": 1})
+    # a source reopened counts from 0 again: the counter never goes down
+    metrics.set_kill_source_problems("kmsg", {"lost": 2, "malformed": 1})
+    got = scrape(server)["pressured_kill_source_problems_total"]
+    assert got == {lab(source="kmsg", kind="lost"): 6.0, lab(source="kmsg", kind="malformed"): 1.0}
+
+
 def test_stale_targets_are_dropped_after_the_ttl(
     metrics: Metrics, server: MetricsServer, clock: Clock
 ) -> None:

@@ -333,6 +333,10 @@ class BccProbe:
         return self.active, self.reason
 
     @property
+    def problems(self) -> dict[str, int]:
+        return {"lost": self.lost}
+
+    @property
     def poll_interval(self) -> float | None:
         """Without reader fds nothing wakes the loop for the probe: read it this often."""
         return 0.5 if self._bpf is not None and not self.fds() else None

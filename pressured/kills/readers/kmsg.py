@@ -137,6 +137,15 @@ class KmsgReader:
         """Records overwritten before they could be read."""
         return self.parser.gaps
 
+    @property
+    def problems(self) -> dict[str, int]:
+        return {
+            "lost": self.lost,
+            "overrun": self.overruns,
+            "read_error": self.errors,
+            "malformed": self.malformed,
+        }
+
     def read(self) -> list[KillRecord]:
         """Drain every record ready now; kills found among them."""
         out: list[KillRecord] = []

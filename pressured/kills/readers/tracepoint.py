@@ -315,6 +315,10 @@ class MarkVictimSource:
     def lost(self) -> int:
         return sum(r.lost for r in self._readers)
 
+    @property
+    def problems(self) -> dict[str, int]:
+        return {"lost": self.lost, "read_error": self.ring_errors, "malformed": self.decode_errors}
+
     def read(self) -> list[KillRecord]:
         out: list[KillRecord] = []
         for reader in self._readers:
