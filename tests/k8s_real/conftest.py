@@ -138,12 +138,12 @@ class Lane:
     # ---- faults: the API server alone stopped and started again; etcd compacted
     def stop_apiserver(self) -> None:
         """kube-apiserver stopped (SIGTERM); etcd runs on."""
-        proc = _run_lane("apiserver-stop", str(self.dir))
+        proc = run_lane("apiserver-stop", str(self.dir))
         assert proc.returncode == 0, proc.stderr
 
     def start_apiserver(self) -> None:
         """kube-apiserver started again on the same port with the same flags; ready on return."""
-        proc = _run_lane("apiserver-start", str(self.dir))
+        proc = run_lane("apiserver-start", str(self.dir))
         assert proc.returncode == 0, _tail(proc.stderr)
         self.env = _read_env(self.dir / "env")
 
@@ -164,7 +164,7 @@ class Lane:
         self.client.close()
 
 
-def _run_lane(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_lane(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(LANE_SCRIPT), *args],
         capture_output=True,
@@ -177,31 +177,31 @@ def _run_lane(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 @pytest.fixture(scope="session")
 def k8s_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
-    bindir = Path(_run_lane("bindir").stdout.strip())
+    bindir = Path(run_lane("bindir").stdout.strip())
     built = all((bindir / name).is_file() for name in BINARIES)
     if not built and not lane_requested():
         pytest.skip(
             f"the Kubernetes lane is not built ({bindir} lacks {', '.join(BINARIES)}) and "
             "PRESSURED_K8S_LANE is not set: `make test-k8s` builds it and runs these tests"
         )
-    build = _run_lane("build")
+    build = run_lane("build")
     if build.returncode != 0:
         pytest.fail(f"scripts/k8s-lane build failed:\n{_tail(build.stderr)}", pytrace=False)
 
     lane_dir = tmp_path_factory.mktemp("k8s-lane")
     # The lane stops by itself if this session dies without its teardown.
-    start = _run_lane(
+    start = run_lane(
         "start", str(lane_dir), env={**os.environ, "K8S_LANE_OWNER_PID": str(os.getpid())}
     )
     if start.returncode != 0:
-        _run_lane("stop", str(lane_dir))
+        run_lane("stop", str(lane_dir))
         pytest.fail(f"scripts/k8s-lane start failed:\n{_tail(start.stderr)}", pytrace=False)
     lane = Lane(lane_dir, _read_env(lane_dir / "env"))
     try:
         yield lane
     finally:
         lane.close()
-        stop = _run_lane("stop", str(lane_dir))
+        stop = run_lane("stop", str(lane_dir))
         assert stop.returncode == 0, stop.stderr
 
 
@@ -221,9 +221,9 @@ def own_lane(
             "K8S_LANE_OWNER_PID": str(os.getpid()),
             "K8S_LANE_APISERVER_FLAGS": " ".join(flags),
         }
-        proc = _run_lane("start", str(lane_dir), env=env)
+        proc = run_lane("start", str(lane_dir), env=env)
         if proc.returncode != 0:
-            _run_lane("stop", str(lane_dir))
+            run_lane("stop", str(lane_dir))
             pytest.fail(f"scripts/k8s-lane start failed:\n{_tail(proc.stderr)}", pytrace=False)
         lane = Lane(lane_dir, _read_env(lane_dir / "env"))
         started.append(lane)
@@ -234,7 +234,7 @@ def own_lane(
     finally:
         for lane in started:
             lane.close()
-            stop = _run_lane("stop", str(lane.dir))
+            stop = run_lane("stop", str(lane.dir))
             assert stop.returncode == 0, stop.stderr
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 from lightkube.models.authentication_v1 import TokenRequestSpec
@@ -27,7 +28,7 @@ from lightkube.models.rbac_v1 import PolicyRule, RoleRef, Subject
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 
-from tests.k8s_real.conftest import FIELD_MANAGER, ROOT, Lane, api_error
+from tests.k8s_real.conftest import FIELD_MANAGER, ROOT, Lane, api_error, run_lane
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.k8s_real
@@ -231,6 +232,31 @@ def test_api_server_is_ready_and_is_the_release_built(k8s_lane: Lane) -> None:
     assert (version["major"], version["minor"]) == ("1", "34")
     assert version["gitVersion"] == k8s_lane.version
     assert k8s_lane.version.startswith("v1.34.")
+
+
+def test_a_lane_stops_on_sigterm_and_a_second_build_is_the_cache(
+    own_lane: Callable[..., Lane],
+) -> None:
+    lane = own_lane()
+    pids = [int(lane.env[k]) for k in ("K8S_LANE_APISERVER_PID", "K8S_LANE_ETCD_PID")]
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    stop = run_lane("stop", str(lane.dir))
+    assert stop.returncode == 0, stop.stderr
+    assert "SIGKILL" not in stop.stderr, "each stopped within its grace after SIGTERM"
+
+    def gone() -> bool:
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                continue
+        return True
+
+    wait_for(gone, 30.0, "the lane's etcd and kube-apiserver to exit")
+    build = run_lane("build")
+    assert build.returncode == 0, build.stderr
+    assert "cached in" in build.stderr and "building" not in build.stderr
 
 
 def test_admin_client_from_the_kubeconfig_is_in_system_masters(k8s_lane: Lane) -> None:
