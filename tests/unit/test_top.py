@@ -48,3 +48,25 @@ def test_where_no_unreclaimable_figure_is_known_the_working_set_is_shown_as_such
     for name in ("/pod", "/old-daemon"):
         (line,) = [x for x in text.splitlines() if name in x]
         assert "100.0Mi ws / 128.0Mi" in line
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.replace("┃", "│").strip("│").split("│")]
+
+
+def test_growth_eta_and_psi_are_shown_and_a_missing_one_is_a_dash() -> None:
+    leaking = {
+        **row("/leak", "unreclaimable", 90.0),
+        "growth_bytes_per_s": 4 * MiB,
+        "eta_seconds": 2.6,
+        "psi_some_avg10": 12.5,
+        "psi_full_avg10": 3.25,
+        "severity": "critical",
+    }
+    text = screen([leaking, row("/calm", "unreclaimable", 10.0)])
+    header = next(x for x in text.splitlines() if "deciding / limit" in x)
+    assert cells(header)[3:] == ["%", "growth/s", "ETA", "PSI some/full", "sev"]
+    (line,) = [x for x in text.splitlines() if "/leak" in x]
+    assert cells(line)[3:] == ["90.0", "4.0Mi", "3s", "12.50/3.25", "critical"]
+    (calm,) = [x for x in text.splitlines() if "/calm" in x]
+    assert cells(calm)[3:] == ["10.0", "-", "-", "-", "ok"]
