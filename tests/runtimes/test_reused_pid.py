@@ -34,11 +34,11 @@ def reused() -> dict[str, Any]:
         pytest.skip("no /proc/sys/kernel/ns_last_pid (CONFIG_CHECKPOINT_RESTORE): pids not chosen")
     if pidfd_unavailable() is not None:
         pytest.skip(f"no pidfds here ({pidfd_unavailable()}): a signal goes to a pid number")
-    # its own /proc (pids of that namespace) and an empty /tmp (no attach socket of the host's)
-    script = 'mount -t tmpfs tmpfs /tmp && exec "$@"'
-    python = [sys.executable, str(SCRIPT)]
+    # its own /proc (pids of that namespace); /tmp stays the host's, since the checkout and
+    # its .venv may live there (an attach socket of a host JVM can only name a host pid, not
+    # the namespace's small ones)
     done = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script, "sh", *python],
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(SCRIPT)],
         cwd=REPO,
         capture_output=True,
         text=True,
