@@ -3,6 +3,8 @@ sample, taken from the daemon's live state when the kill's records arrive."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pressured import config
 from pressured.daemon.kill_pipeline import KillPipeline
 from pressured.daemon.state import LiveState
@@ -21,6 +23,22 @@ class NoTargets:
         return None
 
 
+def make_pipeline(
+    live: LiveState, emitted: list[OomKill], clock: Callable[[], float]
+) -> KillPipeline:
+    """A pipeline with no kill source open, its kills into ``emitted``."""
+    return KillPipeline(
+        config.load(None, env={}),
+        NoTargets(),  # type: ignore[arg-type]
+        Engine(),
+        lambda kill, state: emitted.append(kill),
+        clock=clock,
+        wall=lambda: 1_700_000_000.0,
+        proc_root="/proc",
+        last_sample=live.last_sample,
+    )
+
+
 def test_a_kill_carries_the_last_samples_risk_figures_after_its_target_is_gone() -> None:
     now = [100.0]
     live = LiveState(None, wall=lambda: 1_700_000_000.0)
@@ -29,16 +47,7 @@ def test_a_kill_carries_the_last_samples_risk_figures_after_its_target_is_gone()
             sample = Sample(key, t, 70 * MiB, 66 * MiB, 64 * MiB, unreclaimable_bytes=anon)
             live.sample(key, f"/{key}", Identity(), sample, value=anon, severity="critical")
     emitted: list[OomKill] = []
-    pipeline = KillPipeline(
-        config.load(None, env={}),
-        NoTargets(),  # type: ignore[arg-type]
-        Engine(),
-        lambda kill, state: emitted.append(kill),
-        clock=lambda: now[0],
-        wall=lambda: 1_700_000_000.0,
-        proc_root="/proc",
-        last_sample=live.last_sample,
-    )
+    pipeline = make_pipeline(live, emitted, lambda: now[0])
     record = KillRecord("kmsg", 100.0, 1_700_000_000.0, cgroup="/job", pid=7, extra={"key": "job"})
     pipeline.add_polled([record])
     live.forget("job")  # dropped before the merge window closed
@@ -63,16 +72,7 @@ def test_without_an_unreclaimable_figure_the_kill_says_the_working_set_decided()
     sample = Sample("pod/c", 5.0, 90 * MiB, 80 * MiB, 100 * MiB)  # the kubelet's summary
     live.sample("pod/c", "pod/c", Identity(), sample, value=80 * MiB, severity="warn")
     emitted: list[OomKill] = []
-    pipeline = KillPipeline(
-        config.load(None, env={}),
-        NoTargets(),  # type: ignore[arg-type]
-        Engine(),
-        lambda kill, state: emitted.append(kill),
-        clock=lambda: 5.0,
-        wall=lambda: 1_700_000_000.0,
-        proc_root="/proc",
-        last_sample=live.last_sample,
-    )
+    pipeline = make_pipeline(live, emitted, lambda: 5.0)
     pipeline.add_polled([KillRecord("counters", 5.0, 1_700_000_000.0, extra={"key": "pod/c"})])
     pipeline.flush(50.0)
     (kill,) = [k.to_json() for k in emitted]
