@@ -1,0 +1,657 @@
+"""The daemon's Kubernetes pieces driven directly, without a daemon: the pod cache (list, watch,
+resume, re-list on 410) and the k8s-event and evict actions, against the real API server with a
+token of the chart's own node-mode ServiceAccount (Events and eviction on).
+
+Each test has a namespace and a node name of its own, so the session's other pods are not
+seen. Every request the client sends is recorded (method, URL, status) for the assertions that
+count API calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from pressured.actions.base import ActionContext
+from pressured.actions.evict import EvictAction
+from pressured.actions.k8s_event import K8sEventAction
+from pressured.errors import ActionError
+from pressured.k8s.client import KubeClient
+from pressured.k8s.podcache import PodCache, PodInfo
+from pressured.model import Identity, OomKill, PressureEvent
+from tests.k8s_real.conftest import Lane, api_error
+from tests.k8s_real.kubelet import (
+    MERGE_PATCH,
+    Container,
+    chart_kubeconfig,
+    container_id,
+    create_pod,
+    new_namespace,
+    pod_events,
+    token_kubeconfig,
+)
+from tests.k8s_real.test_chart_rbac import record_requests, request_token
+from tests.k8s_real.test_evict_e2e import forbidding_budget
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.k8s_real
+MiB = 1 << 20
+WALL = 1772446560.0  # 2026-03-02T10:16:00Z
+
+
+@dataclass
+class Parts:
+    lane: Lane
+    kube: KubeClient
+    ns: str
+    node: str
+    seen: list[tuple[str, str, int]] = field(default_factory=list)
+    """(method, url, status) of every request the client sent."""
+
+    def requests(self, method: str, path_suffix: str, **query: str) -> list[dict[str, str]]:
+        """The query of each request of ``method`` whose path ends with ``path_suffix`` and
+        whose query has ``query``'s items."""
+        out = []
+        for m, url, _ in self.seen:
+            parts = urlsplit(url)
+            q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            if m == method and parts.path.endswith(path_suffix) and query.items() <= q.items():
+                out.append(q)
+        return out
+
+    def pod_watches(self) -> list[dict[str, str]]:
+        return self.requests("GET", "/api/v1/pods", watch="true")
+
+    def pod_lists(self) -> list[dict[str, str]]:
+        return [q for q in self.requests("GET", "/api/v1/pods") if "watch" not in q]
+
+
+def parts_on(lane: Lane, where: Path) -> Parts:
+    path = chart_kubeconfig(lane, where / "kubeconfig", eviction=True)
+    node = f"parts-{uuid.uuid4().hex[:6]}"
+    kube = KubeClient.from_config({"kubeconfig": str(path), "node_name": node}, environ={})
+    parts = Parts(lane, kube, new_namespace(lane, "parts"), node)
+    record_requests(kube, parts.seen)
+    return parts
+
+
+@pytest.fixture
+def parts(k8s_lane: Lane, tmp_path: Path) -> Iterator[Parts]:
+    p = parts_on(k8s_lane, tmp_path)
+    try:
+        yield p
+    finally:
+        p.kube.close()
+
+
+def one_pod(p: Parts, name: str, *containers: Container, **kw: Any) -> dict[str, Any]:
+    return create_pod(p.lane, p.ns, name, containers or [app()], node=p.node, **kw)
+
+
+def app(name: str = "app", mib: int = 64) -> Container:
+    return Container(name, mib * MiB, container_id())
+
+
+def delete_pod(lane: Lane, ns: str, name: str) -> None:
+    r = lane.admin_http.delete(
+        f"/api/v1/namespaces/{ns}/pods/{name}", params={"gracePeriodSeconds": 0}
+    )
+    assert r.status_code == 200, api_error(r)
+
+
+# ---------------------------------------------------------------- the pod cache
+@pytest.fixture
+def caches() -> Iterator[Callable[..., PodCache]]:
+    made: list[PodCache] = []
+
+    def make(p: Parts, **kw: Any) -> PodCache:
+        kw = {"retry_seconds": 0.05, "server_timeout": 2, **kw}
+        cache = PodCache(p.kube, field_selector=f"spec.nodeName={p.node}", **kw)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        # A blocked read ends at the server's timeout (2 s) at the latest.
+        cache.close(timeout=30)
+        assert not cache.running
+
+
+def test_pod_cache_lists_the_nodes_pods_and_finds_them_by_container_id(
+    parts: Parts, caches: Callable[..., PodCache]
+) -> None:
+    web_app, envoy = app("app", 256), app("envoy", 128)
+    web = one_pod(
+        parts,
+        "web",
+        web_app,
+        envoy,
+        labels={"app": "web"},
+        annotations={"pressured.io/warn-percent": "60"},
+    )
+    other = create_pod(parts.lane, parts.ns, "elsewhere", [app()], node="another-node")
+    cache = caches(parts)
+    cache.start()
+    (listing,) = parts.pod_lists()
+    assert listing["fieldSelector"] == f"spec.nodeName={parts.node}"
+    assert {p.name for p in cache.pods()} == {"web"}
+    assert cache.by_uid(other["metadata"]["uid"]) is None
+
+    info = cache.by_container_id(web_app.id)
+    assert info is not None
+    assert (info.name, info.namespace, info.uid, info.pod_ip, info.node_name) == (
+        "web",
+        parts.ns,
+        web["metadata"]["uid"],
+        "10.244.0.17",
+        parts.node,
+    )
+    assert info.qos == "burstable"  # the server's own status.qosClass: memory limits only
+    assert info.labels["app"] == "web"
+    assert info.annotations["pressured.io/warn-percent"] == "60"
+    assert info.containers["app"].limits_memory_bytes == 256 * MiB
+    assert info.containers["envoy"].limits_memory_bytes == 128 * MiB
+    assert info.containers["envoy"].id == envoy.id
+    # The runtime prefix is accepted on lookup too.
+    assert cache.by_container_id(f"containerd://{web_app.id}") is info
+
+
+def test_pod_cache_follows_added_modified_deleted_through_its_watch(
+    parts: Parts, caches: Callable[..., PodCache]
+) -> None:
+    first = one_pod(parts, "first")
+    seen: list[tuple[str, str | None]] = []
+
+    def listener(kind: str, new: PodInfo | None, old: PodInfo | None) -> None:
+        pod = new or old
+        seen.append((kind, pod.name if pod else None))
+
+    cache = caches(parts)
+    cache.add_listener(listener)
+    cache.start()
+    generation = cache.generation
+
+    added = app()
+    one_pod(parts, "added", added)
+    info = wait_for(lambda: cache.by_container_id(added.id), 30, "the ADDED pod")
+    assert info.name == "added"
+    assert cache.generation > generation
+    watch = parts.pod_watches()[0]
+    assert watch["fieldSelector"] == f"spec.nodeName={parts.node}"
+
+    r = parts.lane.admin_http.patch(
+        f"/api/v1/namespaces/{parts.ns}/pods/first",
+        json={"metadata": {"annotations": {"pressured.io/warn-percent": "50"}}},
+        headers=MERGE_PATCH,
+    )
+    assert r.status_code == 200, api_error(r)
+    uid = first["metadata"]["uid"]
+
+    def annotated() -> bool:
+        pod = cache.by_uid(uid)
+        return pod is not None and pod.annotations.get("pressured.io/warn-percent") == "50"
+
+    wait_for(annotated, 30, "the MODIFIED pod")
+    delete_pod(parts.lane, parts.ns, "first")
+    wait_for(lambda: cache.by_uid(uid) is None, 30, "the DELETED pod")
+
+    # A pod of another node never shows: the server applies the selector.
+    stranger = app()
+    create_pod(parts.lane, parts.ns, "stranger", [stranger], node="another-node")
+    marker = app()
+    one_pod(parts, "marker", marker)
+    wait_for(lambda: cache.by_container_id(marker.id), 30, "the marker pod")
+    assert cache.by_container_id(stranger.id) is None
+    assert {("ADDED", "added"), ("MODIFIED", "first"), ("DELETED", "first")} <= set(seen), seen
+    assert len(parts.pod_lists()) == 1  # no API call per change
+
+
+def test_pod_cache_resumes_from_its_resource_version_when_the_server_ends_the_watch(
+    parts: Parts, caches: Callable[..., PodCache]
+) -> None:
+    """The server ends each watch at timeoutSeconds (2 s here): the next one starts at the
+    resourceVersion the cache has seen, with no re-list."""
+    cache = caches(parts)
+    cache.start()
+    early = app()
+    pod = one_pod(parts, "early", early)
+    wait_for(lambda: cache.by_container_id(early.id), 30, "the first pod")
+    seen_rv = int(pod["metadata"]["resourceVersion"])
+    n = len(parts.pod_watches())
+    wait_for(lambda: len(parts.pod_watches()) > n, 30, "a watch after the server ended one")
+    resumed = parts.pod_watches()[n]
+    assert int(resumed["resourceVersion"]) >= seen_rv, (resumed, seen_rv)
+    late = app()
+    one_pod(parts, "late", late)
+    wait_for(lambda: cache.by_container_id(late.id), 30, "a pod after the resume")
+    assert cache.relists == 1
+    assert len(parts.pod_lists()) == 1
+
+
+def test_pod_cache_relists_on_410_and_reports_a_pod_gone_between_the_lists(
+    own_lane: Callable[..., Lane], tmp_path: Path, caches: Callable[..., PodCache]
+) -> None:
+    """The watch thread is held in a listener while the API server restarts (its watch cache
+    then starts at etcd's revision: 410 for any older resourceVersion, as
+    tests/k8s_real/test_faults.py measures) and a pod is deleted: only the re-list can tell of
+    that pod, reported as DELETED before the RELIST."""
+    lane = own_lane()
+    p = parts_on(lane, tmp_path)
+    cache = caches(p)
+    held, release = threading.Event(), threading.Event()
+    try:
+        doomed = one_pod(p, "doomed")
+        seen: list[tuple[str, str | None]] = []
+
+        def listener(kind: str, new: PodInfo | None, old: PodInfo | None) -> None:
+            pod = new or old
+            seen.append((kind, pod.name if pod else None))
+            if pod is not None and pod.name == "gate":
+                held.set()
+                release.wait(120)
+
+        cache.add_listener(listener)
+        cache.start()
+        one_pod(p, "gate")
+        wait_for(held.is_set, 30, "the watch thread held")
+        # A write the watch does not see (another node's pod): etcd's revision moves past the
+        # cache's resourceVersion, which the restarted server's watch cache then refuses.
+        create_pod(lane, p.ns, "elsewhere", [app()], node="another-node")
+        lane.stop_apiserver()
+        lane.start_apiserver()
+        delete_pod(lane, p.ns, "doomed")
+        release.set()
+        wait_for(lambda: cache.relists >= 2, 60, "a re-list after 410")
+        assert cache.by_uid(doomed["metadata"]["uid"]) is None
+        gone = seen.index(("DELETED", "doomed"))
+        assert ("RELIST", None) in seen[gone:], seen
+        after = app()
+        one_pod(p, "after", after)
+        wait_for(lambda: cache.by_container_id(after.id), 30, "a pod after the re-list")
+    finally:
+        release.set()
+        cache.close(timeout=30)
+        p.kube.close()
+
+
+# ---------------------------------------------------------------- the k8s-event action
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def identity_of(p: Parts, pod: dict[str, Any], container: str = "app") -> Identity:
+    meta = pod["metadata"]
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+    return Identity(
+        namespace=meta["namespace"],
+        pod_name=meta["name"],
+        pod_uid=meta["uid"],
+        container_name=container,
+        container_id=status["containerID"].split("://", 1)[1],
+        node_name=p.node,
+        pod_ip=pod["status"]["podIP"],
+    )
+
+
+def pressure(
+    who: Identity,
+    severity: str = "warn",
+    *,
+    eta: float | None = 42.0,
+    extra: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> PressureEvent:
+    return PressureEvent(
+        time=WALL,
+        severity=severity,  # type: ignore[arg-type]
+        previous_severity="ok",
+        cgroup=f"/kubepods/burstable/pod{who.pod_uid}/{who.container_id}",
+        usage_bytes=230 * MiB,
+        working_set_bytes=200 * MiB,
+        limit_bytes=256 * MiB,
+        usage_percent=78.125,
+        growth_bytes_per_s=1.5 * MiB,
+        eta_seconds=eta,
+        psi_some_avg10=None,
+        psi_full_avg10=None,
+        rule="warn_percent>=70",
+        key="/sys/fs/cgroup/kubepods/x",
+        identity=who,
+        extra=dict(extra or {}),
+        dry_run=dry_run,
+    )
+
+
+def oom_kill(who: Identity, extra: dict[str, Any] | None = None) -> OomKill:
+    return OomKill(
+        time=WALL,
+        cgroup=f"/kubepods/burstable/pod{who.pod_uid}",
+        pid=41807,
+        comm="python3",
+        oom_kill_count=1,
+        sources=("kmsg", "counters"),
+        warned_seconds_before=12.4,
+        identity=who,
+        extra=dict(extra or {}),
+    )
+
+
+def ctx_for(p: Parts, *, dry_run: bool = False) -> ActionContext:
+    return ActionContext(mode="node", node_name=p.node, kube=p.kube, dry_run=dry_run)
+
+
+@pytest.fixture
+def web(parts: Parts) -> Identity:
+    """A Running pod "web" of one container "app" on the test's node, as an Identity."""
+    return identity_of(parts, one_pod(parts, "web", app("app", 256)))
+
+
+def events_on(p: Parts, who: Identity, reason: str | None = None) -> list[dict[str, Any]]:
+    assert who.pod_uid is not None
+    return pod_events(p.lane, p.ns, who.pod_uid, reason)
+
+
+def event_posts(p: Parts) -> list[dict[str, str]]:
+    return p.requests("POST", f"/api/v1/namespaces/{p.ns}/events")
+
+
+def event_patches(p: Parts) -> list[str]:
+    return [
+        url for m, url, _ in p.seen if m == "PATCH" and f"/api/v1/namespaces/{p.ns}/events/" in url
+    ]
+
+
+def test_k8s_event_warning_then_repeats_aggregated(parts: Parts, web: Identity) -> None:
+    clock = Clock()
+    action = K8sEventAction({"min_interval_seconds": 30}, ctx_for(parts), "actions[0]", clock=clock)
+    action.run(pressure(web, "warn"))
+    (ev,) = events_on(parts, web)
+    assert ev["reason"] == "MemoryPressureWarning"
+    assert ev["type"] == "Warning"
+    assert ev["count"] == 1
+    assert ev["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "web",
+        "namespace": parts.ns,
+        "uid": web.pod_uid,
+        "fieldPath": "spec.containers{app}",
+    }
+    assert ev["firstTimestamp"] == ev["lastTimestamp"] == "2026-03-02T10:16:00Z"
+    assert "200.0Mi working set" in ev["message"]
+    assert "of 256.0Mi limit (78.1% by working_set)" in ev["message"]
+    assert "ETA 42s" in ev["message"]
+    assert ev["source"] == {"component": "pressured", "host": parts.node}
+
+    # Within the interval: no API call, the repeats are folded into the next write.
+    clock.now += 10
+    action.run(pressure(web, "warn"))
+    action.run(pressure(web, "warn"))
+    assert event_patches(parts) == []
+    clock.now += 30
+    action.run(pressure(web, "warn", eta=7.0))
+    assert len(event_patches(parts)) == 1
+    (ev,) = events_on(parts, web)  # aggregated, like kubectl's "x4 over 40s"
+    assert ev["count"] == 4
+    assert "ETA 7s" in ev["message"]
+    assert len(event_posts(parts)) == 1
+
+
+def test_k8s_event_each_severity_has_its_reason(parts: Parts, web: Identity) -> None:
+    action = K8sEventAction({}, ctx_for(parts), "actions[0]")
+    action.run(pressure(web, "warn"))
+    action.run(pressure(web, "critical"))
+    action.run(oom_kill(web))
+    action.run(pressure(web, "recovered"))  # no Event of its own
+    events = events_on(parts, web)
+    assert sorted(e["reason"] for e in events) == [
+        "MemoryPressureCritical",
+        "MemoryPressureWarning",
+        "OOMKillConfirmed",
+    ]
+    (oom,) = [e for e in events if e["reason"] == "OOMKillConfirmed"]
+    assert oom["message"] == (
+        "OOM kill confirmed in container app: python3 (pid 41807) killed, 12s after the first "
+        "warning"
+    )
+
+
+def test_k8s_event_severities_option_filters(parts: Parts, web: Identity) -> None:
+    action = K8sEventAction({"severities": ["oom_killed"]}, ctx_for(parts), "actions[0]")
+    action.run(pressure(web, "critical"))
+    assert events_on(parts, web) == []
+    assert event_posts(parts) == []
+    action.run(oom_kill(web))
+    assert [e["reason"] for e in events_on(parts, web)] == ["OOMKillConfirmed"]
+
+
+def test_k8s_event_message_carries_the_top_allocator_the_limit_and_the_throttle(
+    parts: Parts, web: Identity
+) -> None:
+    """What the analyses found reaches the stored Event: pprof's top allocator on a critical,
+    which limit killed on an OOMKillConfirmed, the throttle evidence as MemoryThrottled."""
+    top = [
+        {
+            "function": "main.(*leakyCache).grow",
+            "flat": 17301504,
+            "flat_pct": 98.24,
+            "cum": 17301504,
+            "cum_pct": 98.24,
+            "unit": "bytes",
+            "sample_type": "inuse_space",
+        },
+        {
+            "function": "main.churnBuffers",
+            "flat": 65630,
+            "flat_pct": 0.37,
+            "cum": 65630,
+            "cum_pct": 0.37,
+            "unit": "bytes",
+            "sample_type": "inuse_space",
+        },
+    ]
+    words = "killed by the pod's limit of 512Mi, not the container's 1Gi"
+    evidence = {
+        "memory_high_bytes": 48 * MiB,
+        "high_events_delta": 5230,
+        "psi_full_avg10": 41.5,
+        "full_stall_us": 12_400_000,
+        "held_seconds": 31.2,
+    }
+    action = K8sEventAction({}, ctx_for(parts), "actions[0]")
+    action.run(pressure(web, "critical", extra={"pprof_top": top}))
+    action.run(oom_kill(web, {"limit_scope": "pod", "limit": {"cgroup": "/x", "text": words}}))
+    throttled = replace(
+        pressure(web, "warn", extra={"throttle": evidence}), event_type="memory_throttled"
+    )
+    action.run(throttled)
+
+    (critical,) = events_on(parts, web, "MemoryPressureCritical")
+    assert critical["message"].endswith("; top allocator: main.(*leakyCache).grow 16.50MB (98.24%)")
+    assert "churnBuffers" not in critical["message"]
+    (oom,) = events_on(parts, web, "OOMKillConfirmed")
+    assert oom["message"].endswith("12s after the first warning; " + words)
+    (throttle,) = events_on(parts, web, "MemoryThrottled")
+    assert throttle["message"].endswith(
+        "; held at memory.high 48.0Mi for 31s: memory.events high +5230, "
+        "memory PSI full avg10 41.5%, 12.4s fully stalled"
+    )
+    assert events_on(parts, web, "MemoryPressureWarning") == []
+
+
+def test_k8s_event_rate_limit_folds_instead_of_dropping(parts: Parts, web: Identity) -> None:
+    clock = Clock()
+    action = K8sEventAction(
+        {"max_per_minute": 2, "min_interval_seconds": 0}, ctx_for(parts), "a", clock=clock
+    )
+    for _ in range(4):
+        action.run(pressure(web, "warn"))
+    assert action.suppressed == 2
+    (ev,) = events_on(parts, web)
+    assert ev["count"] == 2
+    clock.now += 30  # one token back
+    action.run(pressure(web, "warn"))
+    (ev,) = events_on(parts, web)
+    assert ev["count"] == 5  # the two held back plus this one
+    assert len(event_posts(parts)) + len(event_patches(parts)) == 3
+
+
+def test_k8s_event_gone_from_the_server_is_created_again(parts: Parts, web: Identity) -> None:
+    clock = Clock()
+    action = K8sEventAction({}, ctx_for(parts), "a", clock=clock)
+    action.run(pressure(web, "warn"))
+    (ev,) = events_on(parts, web)
+    # As the API server does at the Event's TTL.
+    r = parts.lane.admin_http.delete(
+        f"/api/v1/namespaces/{parts.ns}/events/{ev['metadata']['name']}"
+    )
+    assert r.status_code == 200, api_error(r)
+    clock.now += 100
+    action.run(pressure(web, "warn"))
+    (ev,) = events_on(parts, web)
+    assert ev["count"] == 1
+    assert len(event_posts(parts)) == 2
+
+
+def test_k8s_event_without_a_pod_or_in_a_dry_run_sends_nothing(
+    parts: Parts, web: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "pressured.actions")
+    K8sEventAction({}, ctx_for(parts), "a").run(pressure(Identity(pod_uid=web.pod_uid), "critical"))
+    K8sEventAction({}, ctx_for(parts, dry_run=True), "a").run(pressure(web, "critical"))
+    K8sEventAction({}, ctx_for(parts), "a").run(pressure(web, "critical", dry_run=True))
+    assert event_posts(parts) == []
+    assert events_on(parts, web) == []
+    assert "dry run: would record Event MemoryPressureCritical on pod " in caplog.text
+
+
+def test_k8s_event_refused_by_rbac_is_an_action_error_and_not_held(
+    parts: Parts, web: Identity, tmp_path: Path
+) -> None:
+    """A ServiceAccount no role is bound to: the API server's 403 is the action's error, and
+    it is not held (retrying a refusal would only repeat it)."""
+    sa = "nobody"
+    r = parts.lane.admin_http.post(
+        f"/api/v1/namespaces/{parts.ns}/serviceaccounts",
+        json={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}},
+    )
+    assert r.status_code == 201, api_error(r)
+    path = token_kubeconfig(
+        parts.lane, tmp_path / "nobody", request_token(parts.lane, parts.ns, sa)
+    )
+    kube = KubeClient.from_config({"kubeconfig": str(path)}, environ={})
+    try:
+        ctx = ActionContext(mode="node", node_name=parts.node, kube=kube)
+        action = K8sEventAction({"min_interval_seconds": 0}, ctx, "actions[1]")
+        with pytest.raises(ActionError) as err:
+            action.run(pressure(web, "warn"))
+        text = str(err.value)
+        assert text.startswith(f"actions[1]: Event MemoryPressureWarning on pod {parts.ns}/web: ")
+        assert f"POST {kube.server}/api/v1/namespaces/{parts.ns}/events: HTTP 403" in text
+        assert "held" not in text
+        assert (action.unposted, action.dropped) == (1, 1)
+        with pytest.raises(ActionError):
+            action.run(pressure(web, "warn"))  # tried again: nothing was held for it to join
+        action.close()
+    finally:
+        kube.close()
+    assert events_on(parts, web) == []
+
+
+# ---------------------------------------------------------------- the evict action
+def evictions(p: Parts) -> list[dict[str, str]]:
+    return [
+        {"path": urlsplit(url).path, "status": str(status)}
+        for m, url, status in p.seen
+        if m == "POST" and urlsplit(url).path.endswith("/eviction")
+    ]
+
+
+def stored(p: Parts, name: str) -> dict[str, Any] | None:
+    r = p.lane.admin_http.get(f"/api/v1/namespaces/{p.ns}/pods/{name}")
+    if r.status_code == 404:
+        return None
+    assert r.status_code == 200, api_error(r)
+    pod: dict[str, Any] = r.json()
+    return pod
+
+
+def test_evict_only_a_growing_critical_close_to_its_limit_and_once(
+    parts: Parts, web: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "pressured.actions")
+    action = EvictAction(
+        {"max_eta_seconds": 30, "grace_period_seconds": 10}, ctx_for(parts), "actions[0]"
+    )
+    action.run(pressure(web, "warn", eta=5))  # not critical
+    action.run(pressure(web, "critical", eta=None))  # not growing
+    action.run(pressure(web, "critical", eta=45))  # not close enough
+    action.run(oom_kill(web))  # already dead
+    assert evictions(parts) == []
+    action.run(pressure(web, "critical", eta=12))
+    (req,) = evictions(parts)
+    assert req["path"] == f"/api/v1/namespaces/{parts.ns}/pods/web/eviction"
+    assert req["status"] == "201"
+    # The pod is being deleted with the grace period asked for.
+    pod = stored(parts, "web")
+    assert pod is not None and pod["metadata"]["deletionGracePeriodSeconds"] == 10, pod
+    assert f"evicted pod {parts.ns}/web (critical 78.1%, ETA 12s)" in caplog.text
+    action.run(pressure(web, "critical", eta=3))
+    assert len(evictions(parts)) == 1  # not twice
+
+
+def test_evict_refused_by_a_budget_is_asked_again_only_after_the_back_off(parts: Parts) -> None:
+    pod = one_pod(parts, "guarded", app(), labels={"app": "guarded"})
+    who = identity_of(parts, pod)
+    forbidding_budget(parts.lane, parts.ns, "guarded")
+    clock = Clock()
+    action = EvictAction(
+        {"refused_backoff_seconds": 120}, ctx_for(parts), "actions[4]", clock=clock
+    )
+    with pytest.raises(ActionError) as info:
+        action.run(pressure(who, "critical"))
+    text = str(info.value)
+    assert (
+        f"actions[4]: eviction of pod {parts.ns}/guarded refused by a PodDisruptionBudget" in text
+    )
+    assert "HTTP 429" in text and "disruption budget" in text, text
+    for _ in range(5):
+        clock.now += 10
+        action.run(pressure(who, "critical"))  # within the back-off: not asked again
+    assert len(evictions(parts)) == 1
+    r = parts.lane.admin_http.delete(
+        f"/apis/policy/v1/namespaces/{parts.ns}/poddisruptionbudgets/guarded"
+    )
+    assert r.status_code == 200, api_error(r)
+    clock.now += 100
+    action.run(pressure(who, "critical"))
+    assert [e["status"] for e in evictions(parts)] == ["429", "201"]
+    gone = stored(parts, "guarded")
+    assert gone is None or "deletionTimestamp" in gone["metadata"]
+
+
+def test_evict_dry_run_and_a_missing_pod(
+    parts: Parts, web: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "pressured.actions")
+    EvictAction({}, ctx_for(parts, dry_run=True), "a").run(pressure(web, "critical"))
+    assert evictions(parts) == []
+    assert f"dry run: would evict pod {parts.ns}/web" in caplog.text
+    pod = stored(parts, "web")
+    assert pod is not None and "deletionTimestamp" not in pod["metadata"]
+
+    ghost = Identity(namespace=parts.ns, pod_name="gone-0", pod_uid=str(uuid.uuid4()))
+    with pytest.raises(ActionError, match=rf"eviction of pod {parts.ns}/gone-0 failed: .*HTTP 404"):
+        EvictAction({}, ctx_for(parts), "a").run(pressure(ghost, "critical"))
