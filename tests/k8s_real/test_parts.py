@@ -1,5 +1,6 @@
 """The daemon's Kubernetes pieces driven directly, without a daemon: the pod cache (list, watch,
-resume, re-list on 410) and the k8s-event and evict actions, against the real API server with a
+resume, re-list on 410), the k8s-event and evict actions, and the node and sidecar sources
+(their cgroup trees made of files naming the pods made here), against the real API server with a
 token of the chart's own node-mode ServiceAccount (Events and eviction on).
 
 Each test has a namespace and a node name of its own, so the session's other pods are not
@@ -26,7 +27,10 @@ from pressured.actions.k8s_event import K8sEventAction
 from pressured.errors import ActionError
 from pressured.k8s.client import KubeClient
 from pressured.k8s.podcache import PodCache, PodInfo
-from pressured.model import Identity, OomKill, PressureEvent
+from pressured.model import Identity, OomKill, Overrides, PressureEvent
+from pressured.sources.base import TargetSpec
+from pressured.sources.node import NodeSource
+from pressured.sources.sidecar import SidecarSource
 from tests.k8s_real.conftest import Lane, api_error
 from tests.k8s_real.kubelet import (
     MERGE_PATCH,
@@ -40,6 +44,18 @@ from tests.k8s_real.kubelet import (
 )
 from tests.k8s_real.test_chart_rbac import record_requests, request_token
 from tests.k8s_real.test_evict_e2e import forbidding_budget
+from tests.support.podtrees import (
+    BATCH_WORKER,
+    SIDECAR,
+    STRANGER,
+    STRANGER_UID,
+    WEB_APP,
+    WEB_ENVOY,
+    cgroup_root,
+    fake_proc,
+    mk_cgroup,
+    systemd_tree,
+)
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.k8s_real
@@ -53,6 +69,7 @@ class Parts:
     kube: KubeClient
     ns: str
     node: str
+    kubeconfig: Path
     seen: list[tuple[str, str, int]] = field(default_factory=list)
     """(method, url, status) of every request the client sent."""
 
@@ -78,7 +95,7 @@ def parts_on(lane: Lane, where: Path) -> Parts:
     path = chart_kubeconfig(lane, where / "kubeconfig", eviction=True)
     node = f"parts-{uuid.uuid4().hex[:6]}"
     kube = KubeClient.from_config({"kubeconfig": str(path), "node_name": node}, environ={})
-    parts = Parts(lane, kube, new_namespace(lane, "parts"), node)
+    parts = Parts(lane, kube, new_namespace(lane, "parts"), node, path)
     record_requests(kube, parts.seen)
     return parts
 
@@ -537,21 +554,25 @@ def test_k8s_event_without_a_pod_or_in_a_dry_run_sends_nothing(
     assert "dry run: would record Event MemoryPressureCritical on pod " in caplog.text
 
 
+def nobodys_client(p: Parts, where: Path) -> KubeClient:
+    """A client with the token of a ServiceAccount no role is bound to: every call is the API
+    server's 403."""
+    r = p.lane.admin_http.post(
+        f"/api/v1/namespaces/{p.ns}/serviceaccounts",
+        json={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody"}},
+    )
+    assert r.status_code == 201, api_error(r)
+    token = request_token(p.lane, p.ns, "nobody")
+    path = token_kubeconfig(p.lane, where / "nobody-kubeconfig", token)
+    return KubeClient.from_config({"kubeconfig": str(path)}, environ={})
+
+
 def test_k8s_event_refused_by_rbac_is_an_action_error_and_not_held(
     parts: Parts, web: Identity, tmp_path: Path
 ) -> None:
     """A ServiceAccount no role is bound to: the API server's 403 is the action's error, and
     it is not held (retrying a refusal would only repeat it)."""
-    sa = "nobody"
-    r = parts.lane.admin_http.post(
-        f"/api/v1/namespaces/{parts.ns}/serviceaccounts",
-        json={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}},
-    )
-    assert r.status_code == 201, api_error(r)
-    path = token_kubeconfig(
-        parts.lane, tmp_path / "nobody", request_token(parts.lane, parts.ns, sa)
-    )
-    kube = KubeClient.from_config({"kubeconfig": str(path)}, environ={})
+    kube = nobodys_client(parts, tmp_path)
     try:
         ctx = ActionContext(mode="node", node_name=parts.node, kube=kube)
         action = K8sEventAction({"min_interval_seconds": 0}, ctx, "actions[1]")
@@ -655,3 +676,330 @@ def test_evict_dry_run_and_a_missing_pod(
     ghost = Identity(namespace=parts.ns, pod_name="gone-0", pod_uid=str(uuid.uuid4()))
     with pytest.raises(ActionError, match=rf"eviction of pod {parts.ns}/gone-0 failed: .*HTTP 404"):
         EvictAction({}, ctx_for(parts), "a").run(pressure(ghost, "critical"))
+
+
+# ---------------------------------------------------------------- the node and sidecar sources
+# Their cgroup and /proc trees are plain files (tests/support/podtrees.py) naming the pods made
+# here; the pods and their changes are the real API server's.
+def shop(p: Parts) -> tuple[str, str]:
+    """The web pod (app, envoy; warn-percent 60) and batch-worker-0 (worker; a bad
+    critical-percent) on the test's node: their uids."""
+    web = one_pod(
+        p,
+        "web",
+        Container("app", 256 * MiB, WEB_APP),
+        Container("envoy", 128 * MiB, WEB_ENVOY),
+        annotations={"pressured.io/warn-percent": "60", "pressured.io/pprof-enabled": "true"},
+    )
+    batch = one_pod(
+        p,
+        "batch-worker-0",
+        Container("worker", 1 << 30, BATCH_WORKER),
+        annotations={"pressured.io/critical-percent": "ninety"},
+    )
+    return web["metadata"]["uid"], batch["metadata"]["uid"]
+
+
+def by_container(specs: list[TargetSpec]) -> dict[str | None, TargetSpec]:
+    return {s.identity.container_id: s for s in specs}
+
+
+@pytest.fixture
+def sources() -> Iterator[Callable[[NodeSource | SidecarSource], Any]]:
+    made: list[NodeSource | SidecarSource] = []
+    yield made.append
+    for src in made:
+        src.close()
+
+
+@pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
+def test_node_source_targets_enriched_from_the_pod_cache(
+    parts: Parts, sources: Callable[[Any], None], tmp_path: Path, version: int
+) -> None:
+    web_uid, batch_uid = shop(parts)
+    root, mem = cgroup_root(tmp_path, version)
+    paths = systemd_tree(mem, version, web_uid, batch_uid)
+    src = NodeSource.from_config(
+        {
+            "source": {"mode": "node", "cgroup": {"path": str(root)}},
+            "kubernetes": {"node_name": parts.node},
+        },
+        parts.kube,
+        environ={},
+    )
+    sources(src)
+    src.start()
+    assert src.changed()
+    specs = by_container(src.targets())
+    assert not src.changed()
+    # Targets: the web pod's two containers, the batch worker and the container of a pod the
+    # API does not know. Not: the sandbox, conmon, the mount unit, the unlimited one.
+    assert set(specs) == {WEB_APP, WEB_ENVOY, BATCH_WORKER, STRANGER}
+    app_spec = specs[WEB_APP]
+    assert app_spec.key == str(paths["app"])
+    assert app_spec.ref is not None
+    assert app_spec.ref.path == str(paths["app"])
+    assert app_spec.ref.relpath.startswith("/kubepods.slice/kubepods-burstable.slice/")
+    ident = app_spec.identity
+    assert (ident.namespace, ident.pod_name, ident.pod_uid, ident.container_name) == (
+        parts.ns,
+        "web",
+        web_uid,
+        "app",
+    )
+    assert (ident.container_id, ident.node_name, ident.pod_ip) == (
+        WEB_APP,
+        parts.node,
+        "10.244.0.17",
+    )
+    assert app_spec.overrides == Overrides(warn_percent=60.0)
+    assert app_spec.annotations["pressured.io/pprof-enabled"] == "true"
+    assert specs[WEB_ENVOY].identity.container_name == "envoy"
+    worker = specs[BATCH_WORKER]
+    assert worker.identity.container_name == "worker"
+    assert worker.overrides == Overrides()  # "ninety" is not a percentage: the default
+    stranger = specs[STRANGER].identity
+    assert (stranger.pod_uid, stranger.container_id, stranger.node_name, stranger.pod_name) == (
+        STRANGER_UID,
+        STRANGER,
+        parts.node,
+        None,
+    )
+    status = src.status()
+    assert (status["unlimited"], status["not_in_pod"], status["unknown_pod"]) == (1, 1, 1)
+    dirs = set(src.watch_dirs())
+    assert {
+        str(paths["kubepods"]),
+        str(paths["burstable"]),
+        str(paths["web"]),
+        str(paths["batch"]),
+    } <= dirs
+    assert str(paths["app"]) not in dirs
+
+
+def bind(p: Parts, name: str, c: Container) -> None:
+    """What the scheduler and then the kubelet do to a pending pod: bind it to the test's node
+    (the pods/binding subresource), then report it Running with its container."""
+    http = p.lane.admin_http
+    binding = {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": p.node},
+    }
+    r = http.post(f"/api/v1/namespaces/{p.ns}/pods/{name}/binding", json=binding)
+    assert r.status_code == 201, api_error(r)
+    status = {
+        "status": {
+            "phase": "Running",
+            "podIP": "10.244.0.18",
+            "containerStatuses": [
+                {
+                    "name": c.name,
+                    "image": "registry.k8s.io/pause:3.10",
+                    "imageID": "",
+                    "containerID": f"containerd://{c.id}",
+                    "ready": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+                }
+            ],
+        }
+    }
+    r = http.patch(
+        f"/api/v1/namespaces/{p.ns}/pods/{name}/status", json=status, headers=MERGE_PATCH
+    )
+    assert r.status_code == 200, api_error(r)
+
+
+def test_node_source_follows_pod_changes(
+    parts: Parts, sources: Callable[[Any], None], tmp_path: Path
+) -> None:
+    web_uid, batch_uid = shop(parts)
+    # A pod not yet scheduled: its uid is known, it is on no node, so not in the cache.
+    newcomer = Container("app", 64 * MiB, container_id())
+    r = parts.lane.admin_http.post(
+        f"/api/v1/namespaces/{parts.ns}/pods",
+        json={
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "newcomer-0"},
+            "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+        },
+    )
+    assert r.status_code == 201, api_error(r)
+    newcomer_uid = r.json()["metadata"]["uid"]
+    root, mem = cgroup_root(tmp_path, 2)
+    paths = systemd_tree(mem, 2, web_uid, batch_uid)
+    newcomer_pod = mk_cgroup(
+        paths["burstable"] / f"kubepods-burstable-pod{newcomer_uid.replace('-', '_')}.slice",
+        2,
+        None,
+    )
+    mk_cgroup(newcomer_pod / f"cri-containerd-{newcomer.id}.scope", 2, 64 << 20)
+    src = NodeSource(kube=parts.kube, node_name=parts.node, cgroup_path=str(root))
+    sources(src)
+    src.start()
+    assert by_container(src.targets())[newcomer.id].identity.pod_name is None
+    assert not src.changed()
+
+    patch = {"pressured.io/warn-percent": "45", "pressured.io/cooldown-seconds": "600"}
+    r = parts.lane.admin_http.patch(
+        f"/api/v1/namespaces/{parts.ns}/pods/web",
+        json={"metadata": {"annotations": patch}},
+        headers=MERGE_PATCH,
+    )
+    assert r.status_code == 200, api_error(r)
+    wait_for(src.changed, 30, "the source marked changed by the annotation")
+    app_spec = by_container(src.targets())[WEB_APP]
+    assert app_spec.overrides == Overrides(warn_percent=45.0, cooldown_seconds=600.0)
+
+    # The pod is scheduled here: its container gets the full identity.
+    bind(parts, "newcomer-0", newcomer)
+    wait_for(src.changed, 30, "the source marked changed by the newcomer")
+    ident = by_container(src.targets())[newcomer.id].identity
+    assert (ident.pod_name, ident.pod_uid, ident.pod_ip) == (
+        "newcomer-0",
+        newcomer_uid,
+        "10.244.0.18",
+    )
+
+    # A new container cgroup is noticed through the directory watch (the daemon's inotify);
+    # the pod is known, the container not: skipped.
+    mk_cgroup(paths["web"] / f"cri-containerd-{'9' * 64}.scope", 2, 64 << 20)
+    src.notify_fs_change()
+    assert src.changed()
+    assert "9" * 64 not in by_container(src.targets())
+
+
+def test_node_source_ignores_status_only_updates(
+    parts: Parts, sources: Callable[[Any], None], tmp_path: Path
+) -> None:
+    web_uid, batch_uid = shop(parts)
+    root, mem = cgroup_root(tmp_path, 2)
+    systemd_tree(mem, 2, web_uid, batch_uid)
+    src = NodeSource(kube=parts.kube, node_name=parts.node, cgroup_path=str(root))
+    sources(src)
+    src.start()
+    src.targets()
+    assert src.cache is not None
+    generation = src.cache.generation
+    pod = stored(parts, "web")
+    assert pod is not None
+    statuses = pod["status"]["containerStatuses"]
+    for c in statuses:
+        c["ready"] = False
+    r = parts.lane.admin_http.patch(
+        f"/api/v1/namespaces/{parts.ns}/pods/web/status",
+        json={"status": {"containerStatuses": statuses}},
+        headers=MERGE_PATCH,
+    )
+    assert r.status_code == 200, api_error(r)
+    cache = src.cache
+    wait_for(lambda: cache.generation > generation, 30, "the MODIFIED pod")
+    assert not src.changed()
+
+
+def test_node_source_on_a_cgroupfs_driver_v1_tree(
+    parts: Parts, sources: Callable[[Any], None], tmp_path: Path
+) -> None:
+    web_uid, _ = shop(parts)
+    root, mem = cgroup_root(tmp_path, 1)
+    kp = mk_cgroup(mem / "kubepods", 1, None)
+    pod = mk_cgroup(mk_cgroup(kp / "burstable", 1, None) / f"pod{web_uid}", 1, None)
+    mk_cgroup(pod / WEB_APP, 1, 256 << 20)
+    mk_cgroup(pod / f"crio-{WEB_ENVOY}", 1, 128 << 20)
+    src = NodeSource(kube=parts.kube, node_name=parts.node, cgroup_path=str(root))
+    sources(src)
+    src.start()
+    specs = by_container(src.targets())
+    assert {k: s.identity.container_name for k, s in specs.items()} == {
+        WEB_APP: "app",
+        WEB_ENVOY: "envoy",
+    }
+
+
+def test_sidecar_source_through_a_hostpath_cgroup_mount(
+    parts: Parts, sources: Callable[[Any], None], tmp_path: Path
+) -> None:
+    web_uid, batch_uid = shop(parts)
+    root, mem = cgroup_root(tmp_path, 2)
+    paths = systemd_tree(mem, 2, web_uid, batch_uid)
+    mk_cgroup(paths["web"] / f"cri-containerd-{SIDECAR}.scope", 2, 64 << 20)
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(f"0::/../cri-containerd-{SIDECAR}.scope\n")
+    src = SidecarSource(
+        pod_uid=web_uid,
+        pod_name="web",
+        pod_namespace=parts.ns,
+        kube=parts.kube,
+        cgroup_path=str(root),
+        proc_root=str(proc),
+    )
+    sources(src)
+    src.start()
+    specs = by_container(src.targets())
+    assert {k: s.identity.container_name for k, s in specs.items()} == {
+        WEB_APP: "app",
+        WEB_ENVOY: "envoy",
+    }
+    assert specs[WEB_APP].key == str(paths["app"])
+    assert specs[WEB_APP].overrides.warn_percent == 60.0
+    assert src.watch_dirs() == [str(paths["web"])]
+    assert src.status()["discovery"] == "cgroupfs"
+    requests = parts.requests("GET", f"/api/v1/namespaces/{parts.ns}/pods")
+    (listing,) = [q for q in requests if "watch" not in q]
+    assert listing["fieldSelector"] == "metadata.name=web"
+    assert all(q["fieldSelector"] == "metadata.name=web" for q in requests)
+
+
+def test_sidecar_source_without_api_access_still_watches(
+    parts: Parts, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    web_uid, _ = shop(parts)
+    kube = nobodys_client(parts, tmp_path)
+    src = SidecarSource(
+        pod_uid=web_uid,
+        pod_name="web",
+        pod_namespace=parts.ns,
+        kube=kube,
+        proc_root=str(fake_proc(tmp_path, web_uid)),
+        discovery="proc",
+    )
+    try:
+        src.start()
+        assert WEB_APP in by_container(src.targets())
+        assert "not readable through the API" in caplog.text
+        assert "HTTP 403" in caplog.text
+    finally:
+        src.close()
+        kube.close()
+
+
+def test_sources_build_and_own_their_client(parts: Parts, tmp_path: Path) -> None:
+    web_uid, batch_uid = shop(parts)
+    root, mem = cgroup_root(tmp_path, 2)
+    systemd_tree(mem, 2, web_uid, batch_uid)
+    cfg: dict[str, Any] = {
+        "source": {"cgroup": {"path": str(root)}},
+        "kubernetes": {"kubeconfig": str(parts.kubeconfig), "node_name": parts.node},
+    }
+    node = NodeSource.from_config(cfg, environ={})
+    assert node.kube is not None
+    try:
+        node.start()
+        assert WEB_APP in by_container(node.targets())
+    finally:
+        node.close()
+    assert node.kube.closed
+
+    cfg["kubernetes"].update(pod_uid=web_uid, pod_name="web", pod_namespace=parts.ns)
+    sidecar = SidecarSource.from_config(cfg, environ={})
+    assert sidecar.kube is not None
+    try:
+        sidecar.start()
+        assert {s.identity.container_name for s in sidecar.targets()} == {"app", "envoy"}
+    finally:
+        sidecar.close()
+    assert sidecar.kube.closed
