@@ -25,7 +25,7 @@ from pressured.actions.base import ActionContext
 from pressured.actions.evict import EvictAction
 from pressured.actions.k8s_event import K8sEventAction
 from pressured.errors import ActionError
-from pressured.k8s.client import KubeClient
+from pressured.k8s.client import Forbidden, KubeClient
 from pressured.k8s.podcache import PodCache, PodInfo
 from pressured.model import Identity, OomKill, Overrides, PressureEvent
 from pressured.sources.base import TargetSpec
@@ -1003,3 +1003,20 @@ def test_sources_build_and_own_their_client(parts: Parts, tmp_path: Path) -> Non
     finally:
         sidecar.close()
     assert sidecar.kube.closed
+
+
+def test_a_403_on_a_cluster_scoped_call_names_the_service_account(
+    parts: Parts, tmp_path: Path
+) -> None:
+    kube = nobodys_client(parts, tmp_path)
+    try:
+        with pytest.raises(Forbidden) as info:
+            kube.node_summary(parts.node)
+    finally:
+        kube.close()
+    text = str(info.value)
+    assert f"GET {kube.server}/api/v1/nodes/{parts.node}/proxy/stats/summary: HTTP 403: " in text
+    assert (
+        f"RBAC does not let ServiceAccount {parts.ns}/nobody get nodes/proxy (apiGroup '') "
+        "at cluster scope"
+    ) in text
