@@ -11,6 +11,7 @@ count API calls.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,11 +25,12 @@ import pytest
 from pressured.actions.base import ActionContext
 from pressured.actions.evict import EvictAction
 from pressured.actions.k8s_event import K8sEventAction
-from pressured.errors import ActionError
+from pressured.errors import ActionError, KubernetesError
 from pressured.k8s.client import Forbidden, KubeClient
 from pressured.k8s.podcache import PodCache, PodInfo
 from pressured.model import Identity, OomKill, Overrides, PressureEvent
 from pressured.sources.base import TargetSpec
+from pressured.sources.cluster import SOURCE_K8S_EVENT, SOURCE_K8S_STATUS, ClusterSource
 from pressured.sources.node import NodeSource
 from pressured.sources.sidecar import SidecarSource
 from tests.k8s_real.conftest import Lane, api_error
@@ -91,8 +93,8 @@ class Parts:
         return [q for q in self.requests("GET", "/api/v1/pods") if "watch" not in q]
 
 
-def parts_on(lane: Lane, where: Path) -> Parts:
-    path = chart_kubeconfig(lane, where / "kubeconfig", eviction=True)
+def parts_on(lane: Lane, where: Path, mode: str = "node") -> Parts:
+    path = chart_kubeconfig(lane, where / "kubeconfig", mode=mode, eviction=True)
     node = f"parts-{uuid.uuid4().hex[:6]}"
     kube = KubeClient.from_config({"kubeconfig": str(path), "node_name": node}, environ={})
     parts = Parts(lane, kube, new_namespace(lane, "parts"), node, path)
@@ -1020,3 +1022,357 @@ def test_a_403_on_a_cluster_scoped_call_names_the_service_account(
         f"RBAC does not let ServiceAccount {parts.ns}/nobody get nodes/proxy (apiGroup '') "
         "at cluster scope"
     ) in text
+
+
+# ---------------------------------------------------------------- the client's configuration
+def test_kubeconfig_from_the_environment(parts: Parts) -> None:
+    one_pod(parts, "web")
+    kube = KubeClient.from_config(
+        {},
+        service_account_dir=str(parts.kubeconfig.parent / "no-serviceaccount"),
+        environ={"KUBECONFIG": str(parts.kubeconfig), "NODE_NAME": "node-7"},
+    )
+    try:
+        assert kube.credentials == str(parts.kubeconfig)
+        assert kube.node_name == "node-7"
+        names = [pod["metadata"]["name"] for pod in kube.list_pods(namespace=parts.ns).items]
+        assert names == ["web"]
+    finally:
+        kube.close()
+
+
+def in_cluster_dir(where: Path, token: str, ca: bytes, namespace: str) -> Path:
+    where.mkdir(parents=True)
+    (where / "token").write_text(token)
+    (where / "ca.crt").write_bytes(ca)
+    (where / "namespace").write_text(namespace)
+    return where
+
+
+def in_cluster_environ(lane: Lane) -> dict[str, str]:
+    server = urlsplit(lane.server)
+    return {
+        "KUBERNETES_SERVICE_HOST": server.hostname or "",
+        "KUBERNETES_SERVICE_PORT": str(server.port),
+    }
+
+
+def forbidden_of(call: Callable[[], object]) -> Forbidden | None:
+    try:
+        call()
+    except Forbidden as exc:
+        return exc
+    return None
+
+
+def test_in_cluster_credentials_follow_a_rotated_token(parts: Parts, tmp_path: Path) -> None:
+    """Projected tokens rotate: the API server refuses the old one (here: the Secret it was
+    bound to is deleted), the kubelet writes the new one, and the client re-reads the file."""
+    lane, ns, http = parts.lane, parts.ns, parts.lane.admin_http
+    for path, body in (
+        ("serviceaccounts", {"metadata": {"name": "rotating"}}),
+        ("secrets", {"metadata": {"name": "first"}}),
+        (
+            "roles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "pod-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+            },
+        ),
+        (
+            "rolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "rotating-pod-reader"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "pod-reader",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "rotating", "namespace": ns}],
+            },
+        ),
+    ):
+        api = "/apis/rbac.authorization.k8s.io/v1" if path.startswith("role") else "/api/v1"
+        r = http.post(f"{api}/namespaces/{ns}/{path}", json=body)
+        assert r.status_code == 201, api_error(r)
+    secret_uid = http.get(f"/api/v1/namespaces/{ns}/secrets/first").json()["metadata"]["uid"]
+    r = http.post(
+        f"/api/v1/namespaces/{ns}/serviceaccounts/rotating/token",
+        json={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 3600,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "name": "first",
+                    "uid": secret_uid,
+                },
+            },
+        },
+    )
+    assert r.status_code == 201, api_error(r)
+    first = r.json()["status"]["token"]
+    sa = in_cluster_dir(tmp_path / "sa", first, (lane.pki / "ca.crt").read_bytes(), ns)
+    kube = KubeClient.from_config(
+        None, service_account_dir=str(sa), environ=in_cluster_environ(lane)
+    )
+    try:
+        assert kube.credentials == "in-cluster"
+        assert kube.server == lane.server
+
+        # The authorizer follows RBAC objects through its informers: a moment after the binding.
+        def listed() -> bool:
+            return forbidden_of(lambda: kube.list_pods(namespace=ns)) is None
+
+        wait_for(listed, 15, "the pod-reader role to apply")
+
+        r = http.delete(f"/api/v1/namespaces/{ns}/secrets/first")
+        assert r.status_code == 200, api_error(r)
+        with lane.token_http(first) as old:
+            wait_for(
+                lambda: old.get(f"/api/v1/namespaces/{ns}/pods").status_code == 401,
+                30,
+                "the old token refused",
+            )
+        (sa / "token").write_text(request_token(lane, ns, "rotating"))
+        assert kube.list_pods(namespace=ns).items == []
+    finally:
+        kube.close()
+
+
+def test_in_cluster_with_a_foreign_ca_fails_naming_the_url(parts: Parts, tmp_path: Path) -> None:
+    import certifi
+
+    foreign = Path(certifi.where()).read_bytes()  # public CAs: none signed the lane's server
+    sa = in_cluster_dir(tmp_path / "sa", "x", foreign, parts.ns)
+    kube = KubeClient.from_config(
+        None, service_account_dir=str(sa), environ=in_cluster_environ(parts.lane)
+    )
+    try:
+        with pytest.raises(KubernetesError, match=rf"GET {re.escape(kube.server)}/api/v1/pods"):
+            kube.list_pods()
+    finally:
+        kube.close()
+
+
+def test_a_wrong_token_is_an_error_naming_the_request(parts: Parts, tmp_path: Path) -> None:
+    path = token_kubeconfig(parts.lane, tmp_path / "wrong", "wrong")
+    kube = KubeClient.from_config({"kubeconfig": str(path)}, environ={})
+    try:
+        with pytest.raises(
+            KubernetesError, match=r"/api/v1/events\?fieldSelector=reason%3DOOMKilling: HTTP 401"
+        ):
+            kube.list_events(field_selector="reason=OOMKilling")
+    finally:
+        kube.close()
+
+
+# ---------------------------------------------------------------- cluster mode
+# No kubelet runs here: each node's /stats/summary is the server's 404 (no such node), so these
+# tests look at pods, Events and kills; samples from summaries are on the fake
+# (tests/k8s/test_cluster.py).
+START = 1772446560.0  # 2026-03-02T10:16:00Z
+
+
+@pytest.fixture
+def cluster_parts(k8s_lane: Lane, tmp_path: Path) -> Iterator[Parts]:
+    p = parts_on(k8s_lane, tmp_path, mode="cluster")
+    try:
+        yield p
+    finally:
+        p.kube.close()
+
+
+def summaries_asked(p: Parts) -> list[str]:
+    return sorted(
+        urlsplit(url).path.split("/")[4]
+        for m, url, _ in p.seen
+        if m == "GET" and urlsplit(url).path.endswith("/proxy/stats/summary")
+    )
+
+
+def test_cluster_namespace_filter_and_url_encoded_label_selector(cluster_parts: Parts) -> None:
+    p = cluster_parts
+    other_ns = new_namespace(p.lane, "jobs")
+    wanted = {"web": "node-web", "batch": "node-batch"}
+    create_pod(p.lane, p.ns, "web", [app()], node="node-web", labels={"app": "web"})
+    create_pod(p.lane, other_ns, "batch", [app()], node="node-batch", labels={"app": "batch"})
+    labels = {"app": "web", "tier": "db"}
+    create_pod(p.lane, p.ns, "db", [app()], node="node-db", labels=labels)
+    create_pod(p.lane, p.ns, "other", [app()], node="node-other", labels={"app": "other"})
+    src = ClusterSource.from_config(
+        {
+            "source": {
+                "kubelet": {
+                    "poll_interval_ms": 2500,
+                    "namespace_filter": f" {p.ns}, {other_ns} ,{p.ns}",
+                    "label_selector": "app in (web,batch),tier!=db",
+                }
+            }
+        },
+        p.kube,
+    )
+    src.start()
+    src.poll(0.0)
+    assert src.interval == 2.5
+    lists = [
+        (urlsplit(url).path, urlsplit(url).query)
+        for m, url, _ in p.seen
+        if m == "GET" and urlsplit(url).path.endswith("/pods")
+    ]
+    assert [path for path, _ in lists] == [
+        f"/api/v1/namespaces/{p.ns}/pods",
+        f"/api/v1/namespaces/{other_ns}/pods",
+    ]
+    query = lists[0][1]
+    assert parse_qs(query)["labelSelector"] == ["app in (web,batch),tier!=db"]
+    for raw in (" ", "(", ")", ","):
+        assert raw not in query.split("labelSelector=", 1)[1]
+    # The pods the server selected: their nodes' summaries were asked for.
+    assert summaries_asked(p) == sorted(wanted.values())
+    assert src.status()["errors"].keys() == {"summary:node-batch", "summary:node-web"}
+
+
+def oom_killed(finished: str, started: str | None = None) -> dict[str, Any]:
+    terminated = {"exitCode": 137, "reason": "OOMKilled", "finishedAt": finished}
+    if started:
+        terminated["startedAt"] = started
+    return {"terminated": terminated}
+
+
+def container_status(restarts: int, state: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "app",
+        "image": "registry.k8s.io/pause:3.10",
+        "imageID": "",
+        "containerID": "containerd://" + "a" * 64,
+        "ready": "running" in state,
+        "restartCount": restarts,
+        "state": state,
+        "lastState": last,
+    }
+
+
+def set_status(p: Parts, name: str, cs: dict[str, Any]) -> None:
+    r = p.lane.admin_http.patch(
+        f"/api/v1/namespaces/{p.ns}/pods/{name}/status",
+        json={"status": {"containerStatuses": [cs]}},
+        headers=MERGE_PATCH,
+    )
+    assert r.status_code == 200, api_error(r)
+
+
+def node_oom_event(p: Parts, name: str, pid: int, comm: str, at: str) -> str:
+    """An OOMKilling Event on the node, as node-problem-detector's kernel monitor writes it
+    (in namespace default, as the Events of cluster-scoped objects are): its name."""
+    name = f"{p.node}.{name}"
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name},
+        "involvedObject": {"kind": "Node", "name": p.node, "uid": p.node, "apiVersion": "v1"},
+        "reason": "OOMKilling",
+        "message": f"Memory cgroup out of memory: Killed process {pid} ({comm}) "
+        "total-vm:1180968kB, anon-rss:262144kB, file-rss:6588kB, shmem-rss:0kB, UID:1000 "
+        "pgtables:628kB oom_score_adj:999",
+        "source": {"component": "kernel-monitor", "host": p.node},
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+        "count": 1,
+        "type": "Warning",
+    }
+    r = p.lane.admin_http.post("/api/v1/namespaces/default/events", json=event)
+    assert r.status_code == 201, api_error(r)
+    return name
+
+
+def test_cluster_reports_recent_kills_once_the_first_included(cluster_parts: Parts) -> None:
+    p = cluster_parts
+    web = one_pod(p, "web")
+    one_pod(p, "batch")
+    running = {"running": {"startedAt": "2026-03-02T10:14:41Z"}}
+    # web/app was OOMKilled at 10:14:39, a minute before start: reported. batch's kill at
+    # 08:00:58 is history.
+    set_status(p, "web", container_status(2, running, oom_killed("2026-03-02T10:14:39Z")))
+    set_status(p, "batch", container_status(1, running, oom_killed("2026-03-02T08:00:58Z")))
+    recent = node_oom_event(p, "recent", 41807, "python3", "2026-03-02T10:14:39Z")
+    node_oom_event(p, "old", 20311, "worker", "2026-03-02T08:00:58Z")
+
+    src = ClusterSource(p.kube, namespaces=[p.ns], wall_clock=lambda: START)
+    src.start()
+    first = src.poll(100.0).kills
+    (k,) = [k for k in first if k.source == SOURCE_K8S_STATUS]
+    uid = web["metadata"]["uid"]
+    assert k.extra["key"] == f"{uid}/app"
+    assert k.extra["identity"].pod_name == "web"
+    assert k.extra["restart_count"] == 2
+    assert k.extra["exit_code"] == 137
+    assert k.wall == START - 81
+    assert k.time == 100.0
+    events = [k for k in first if k.source == SOURCE_K8S_EVENT]
+    assert [(e.pid, e.comm, e.count_delta, e.extra["node_name"]) for e in events] == [
+        (41807, "python3", 1, p.node)
+    ]
+    (listing,) = p.requests("GET", "/api/v1/events")
+    assert listing["fieldSelector"] == "reason=OOMKilling"
+
+    assert src.poll(110.0).kills == []  # nothing new: nothing reported twice
+
+    # Killed again, not yet restarted: the kill shows in state.terminated ...
+    again = oom_killed("2026-03-02T10:20:00Z")
+    set_status(p, "web", container_status(2, again, running))
+    r = p.lane.admin_http.patch(
+        f"/api/v1/namespaces/default/events/{recent}",
+        json={"count": 3, "lastTimestamp": "2026-03-02T10:20:01Z"},
+        headers=MERGE_PATCH,
+    )
+    assert r.status_code == 200, api_error(r)
+    third = src.poll(120.0).kills
+    assert [k.extra["restart_count"] for k in third if k.source == SOURCE_K8S_STATUS] == [3]
+    assert [k.count_delta for k in third if k.source == SOURCE_K8S_EVENT] == [2]
+
+    # ... and, after the restart, in lastState with the restart count one higher: same kill.
+    restarted = {"running": {"startedAt": "2026-03-02T10:20:05Z"}}
+    set_status(p, "web", container_status(3, restarted, again))
+    assert src.poll(130.0).kills == []
+
+
+def test_cluster_api_errors_are_reported_not_raised(parts: Parts, tmp_path: Path) -> None:
+    """The API server's 403 on the pods and the Events lists (a ServiceAccount without rules)."""
+    kube = nobodys_client(parts, tmp_path)
+    try:
+        src = ClusterSource(kube, wall_clock=lambda: START)
+        src.start()
+        polled = src.poll(0.0)
+    finally:
+        kube.close()
+    assert polled.samples == []
+    assert polled.kills == []
+    errors = src.status()["errors"]
+    assert set(errors) == {"pods:*", "events"}
+    assert all("HTTP 403" in text for text in errors.values()), errors
+
+
+def test_cluster_builds_and_owns_its_client(cluster_parts: Parts) -> None:
+    p = cluster_parts
+    one_pod(p, "web")
+    src = ClusterSource.from_config(
+        {
+            "kubernetes": {"kubeconfig": str(p.kubeconfig)},
+            "source": {"kubelet": {"namespace_filter": p.ns}},
+        },
+        environ={},
+    )
+    src.start()
+    src.poll(0.0)
+    assert src.kube.server == p.lane.server
+    assert src.status()["errors"].keys() == {f"summary:{p.node}"}  # the pod was listed
+    assert not src.kube.closed
+    src.close()
+    assert src.kube.closed
