@@ -859,7 +859,14 @@ def test_node_source_follows_pod_changes(
     # The pod is scheduled here: its container gets the full identity.
     bind(parts, "newcomer-0", newcomer)
     wait_for(src.changed, 30, "the source marked changed by the newcomer")
-    ident = by_container(src.targets())[newcomer.id].identity
+
+    def named() -> TargetSpec | None:
+        # The binding and the status patch come as two watch events: until the second, the
+        # pod is known and its container not (skipped).
+        spec = by_container(src.targets()).get(newcomer.id)
+        return spec if spec is not None and spec.identity.pod_name else None
+
+    ident = wait_for(named, 30, "the newcomer's container with its pod").identity
     assert (ident.pod_name, ident.pod_uid, ident.pod_ip) == (
         "newcomer-0",
         newcomer_uid,
