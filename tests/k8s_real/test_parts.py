@@ -255,6 +255,20 @@ def test_pod_cache_resumes_from_its_resource_version_when_the_server_ends_the_wa
     assert len(parts.pod_lists()) == 1
 
 
+def test_pod_cache_start_fails_loudly_when_the_api_refuses(parts: Parts, tmp_path: Path) -> None:
+    kube = nobodys_client(parts, tmp_path)
+    cache = PodCache(kube, field_selector=f"spec.nodeName={parts.node}")
+    try:
+        with pytest.raises(Forbidden) as info:
+            cache.start()
+    finally:
+        kube.close()
+    assert (
+        f"GET {kube.server}/api/v1/pods?fieldSelector=spec.nodeName%3D{parts.node}: HTTP 403"
+    ) in str(info.value)
+    assert not cache.running
+
+
 def test_pod_cache_relists_on_410_and_reports_a_pod_gone_between_the_lists(
     own_lane: Callable[..., Lane], tmp_path: Path, caches: Callable[..., PodCache]
 ) -> None:
@@ -769,6 +783,13 @@ def test_node_source_targets_enriched_from_the_pod_cache(
     )
     status = src.status()
     assert (status["unlimited"], status["not_in_pod"], status["unknown_pod"]) == (1, 1, 1)
+    # The bad annotation: one Warning Event on its pod, however often the targets are read.
+    src.targets()
+    (bad,) = wait_for(
+        lambda: events_on(parts, worker.identity, "InvalidPressuredAnnotation"), 30, "the Event"
+    )
+    assert bad["count"] == 1 and bad["type"] == "Warning"
+    assert "pressured.io/critical-percent='ninety' ignored: not a number" in bad["message"]
     dirs = set(src.watch_dirs())
     assert {
         str(paths["kubepods"]),
