@@ -17,7 +17,7 @@ tests/k8s_real. The endpoints here are the few those faults are met on, in real 
     POST  /api/v1/namespaces/{ns}/events
     GET   /api/v1/nodes/{name}/proxy/stats/summary          503 for a node without one
 
-Every request is recorded (method, path, decoded query, raw query, headers, JSON body) for
+Every request is recorded (method, path, decoded query, headers, JSON body) for
 assertions. State changes go through methods that also feed open watches.
 """
 
@@ -43,7 +43,6 @@ class Recorded:
     method: str
     path: str
     query: dict[str, str]
-    raw_query: str
     headers: dict[str, str]
     body: Any
 
@@ -169,7 +168,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.command,
             url.path,
             query,
-            url.query,
             {k.lower(): v for k, v in self.headers.items()},
             body,
         )
