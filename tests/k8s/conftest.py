@@ -1,5 +1,6 @@
-"""Fixtures for the Kubernetes tests: a fake API server on loopback, a kubeconfig pointing at
-it, and a real KubeClient (lightkube over httpx) built from that kubeconfig."""
+"""Fixtures for the Kubernetes tests that need a fault a real API server cannot give on demand
+(tests/k8s/fake_apiserver.py says which): the fake on loopback, a kubeconfig pointing at it,
+and a real KubeClient (lightkube over httpx) built from that kubeconfig."""
 
 from __future__ import annotations
 

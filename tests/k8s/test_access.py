@@ -16,8 +16,7 @@ import pytest
 
 from pressured.k8s import access
 from pressured.k8s.access import CALLS, EVENTS, EVICTION, calls, grants_of, request_of
-from pressured.k8s.client import Forbidden, KubeClient, KubernetesError
-from tests.k8s.fake_apiserver import FakeKube
+from pressured.k8s.client import KubeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "pressured"
@@ -169,32 +168,14 @@ def test_request_of_a_non_resource_path_is_none() -> None:
     assert request_of("GET", "https://h/healthz") is None
 
 
-def test_a_403_names_verb_resource_namespace_service_account_and_grant(
-    kube: KubeClient, fake_api: FakeKube
-) -> None:
-    path = "/api/v1/namespaces/shop/events"
-    fake_api.forced[("POST", path)] = 403
-    fake_api.forced_message[("POST", path)] = (
-        'events is forbidden: User "system:serviceaccount:pressured:watcher" cannot create '
-        'resource "events" in API group "" in the namespace "shop"'
+def test_a_403_of_a_user_on_a_cluster_scoped_call() -> None:
+    """A person's credentials (not a ServiceAccount's) on a cluster-scoped call; the real
+    server's 403s to a ServiceAccount are in tests/k8s_real (test_chart_rbac, test_parts)."""
+    text = access.forbidden_message(
+        "GET https://h/api/v1/nodes/node-1/proxy/stats/summary",
+        'nodes "node-1" is forbidden: User "alice" ...',
     )
-    with pytest.raises(Forbidden) as info:
-        kube.record_event(namespace="shop", pod_name="web", pod_uid="u1", reason="R", message="m")
-    text = str(info.value)
-    assert isinstance(info.value, KubernetesError)
-    assert f"POST {kube.server}{path}: HTTP 403: 'events is forbidden" in text
-    assert (
-        "RBAC does not let ServiceAccount pressured/watcher create events (apiGroup '') in "
-        "namespace 'shop'; the chart grants it with actions.events=true"
-    ) in text
-
-
-def test_a_403_on_a_cluster_scoped_call(kube: KubeClient, fake_api: FakeKube) -> None:
-    path = "/api/v1/nodes/node-1/proxy/stats/summary"
-    fake_api.forced[("GET", path)] = 403
-    fake_api.forced_message[("GET", path)] = 'nodes "node-1" is forbidden: User "alice" ...'
-    with pytest.raises(Forbidden, match=r"RBAC does not let user 'alice' get nodes/proxy "):
-        kube.node_summary("node-1")
+    assert "RBAC does not let user 'alice' get nodes/proxy (apiGroup '') at cluster scope" in text
 
 
 def test_a_403_without_a_user_in_the_reply_still_names_the_call() -> None:

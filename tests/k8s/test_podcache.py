@@ -1,5 +1,6 @@
-"""The pod cache against the fake API server: list, watch (ADDED/MODIFIED/DELETED), resume
-from the last resourceVersion, re-list on 410, selectors; and quantity parsing."""
+"""The pod cache: a watch failing with a status code chosen by the test (the fake API server;
+list, watch, resume and re-list on 410 are proved against a real one in
+tests/k8s_real/test_parts.py); quantity parsing and pod parsing, without a server."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from pressured.errors import KubernetesError
 from pressured.k8s.client import KubeClient
-from pressured.k8s.podcache import PodCache, PodInfo, parse_quantity, pod_info
+from pressured.k8s.podcache import PodCache, parse_quantity, pod_info
 from tests.k8s.conftest import pod_named, stop_cache
 from tests.k8s.fake_apiserver import FakeKube
 from tests.support.wait import wait_for
@@ -55,142 +55,10 @@ def watch_requests(fake: FakeKube) -> list[Any]:
     return [r for r in fake.requests_to("GET", "/api/v1/pods") if r.query.get("watch") == "true"]
 
 
-def list_requests(fake: FakeKube) -> list[Any]:
-    return [r for r in fake.requests_to("GET", "/api/v1/pods") if "watch" not in r.query]
-
-
-def test_initial_list_by_node_and_lookups(cache: PodCache, fake_api: FakeKube) -> None:
-    cache.start()
-    lists = list_requests(fake_api)
-    assert len(lists) == 1
-    assert lists[0].query["fieldSelector"] == "spec.nodeName=node-1"
-    assert lists[0].headers["authorization"] == "Bearer pressured-test-token"
-    assert {p.name for p in cache.pods()} == {"web-7d4b9c-x2x9q", "batch-worker-0"}
-    assert cache.by_uid(CACHE_UID) is None  # on node-2
-
-    web = cache.by_container_id(WEB_APP_ID)
-    assert web is not None
-    assert (web.name, web.namespace, web.uid, web.pod_ip, web.node_name, web.qos) == (
-        "web-7d4b9c-x2x9q",
-        "shop",
-        WEB_UID,
-        "10.244.1.17",
-        "node-1",
-        "burstable",
-    )
-    assert web.labels["app"] == "web"
-    assert web.annotations["pressured.io/warn-percent"] == "60"
-    assert web.containers["app"].limits_memory_bytes == 256 * 1024**2
-    assert web.containers["envoy"].limits_memory_bytes == 128 * 1024**2
-    assert web.containers["app"].id == WEB_APP_ID
-    # The runtime prefix is accepted on lookup too, and CRI-O ids are stripped the same way.
-    assert cache.by_container_id(f"containerd://{WEB_APP_ID}") is web
-    batch = cache.by_container_id(BATCH_ID)
-    assert batch is not None
-    assert batch.qos == "guaranteed"
-    assert batch.containers["worker"].limits_memory_bytes == 1024**3
-
-
-def test_watch_added_modified_deleted(cache: PodCache, fake_api: FakeKube) -> None:
-    seen: list[tuple[str, str | None]] = []
-
-    def listener(kind: str, new: PodInfo | None, old: PodInfo | None) -> None:
-        pod = new or old
-        seen.append((kind, pod.name if pod else None))
-
-    cache.add_listener(listener)
-    cache.start()
-    generation = cache.generation
-
-    new_id = "1" * 64
-    fake_api.add_pod(new_pod("api-0", "11111111-2222-4333-8444-555555555555", "node-1", new_id))
-    info = wait_for(lambda: cache.by_container_id(new_id), what="ADDED pod")
-    assert info.name == "api-0"
-    assert cache.generation > generation
-    first_watch = watch_requests(fake_api)[0]
-    # The watch starts where the list ended: the fixture's four pods took versions 1001-1004.
-    assert first_watch.query["resourceVersion"] == "1004"
-    assert first_watch.query["fieldSelector"] == "spec.nodeName=node-1"
-
-    def annotate(pod: dict[str, Any]) -> None:
-        pod["metadata"]["annotations"]["pressured.io/warn-percent"] = "50"
-
-    fake_api.modify_pod(WEB_UID, annotate)
-    wait_for(
-        lambda: cache.by_uid(WEB_UID).annotations.get("pressured.io/warn-percent") == "50",  # type: ignore[union-attr]
-        what="MODIFIED pod",
-    )
-
-    fake_api.delete_pod(BATCH_UID)
-    wait_for(lambda: cache.by_uid(BATCH_UID) is None, what="DELETED pod")
-    assert cache.by_container_id(BATCH_ID) is None
-
-    # A pod of another node never shows: the selector is applied by the server.
-    fake_api.add_pod(
-        new_pod("elsewhere", "99999999-2222-4333-8444-555555555555", "node-2", "2" * 64)
-    )
-    fake_api.add_pod(new_pod("marker", "88888888-2222-4333-8444-555555555555", "node-1", "3" * 64))
-    wait_for(lambda: cache.by_container_id("3" * 64), what="marker pod")
-    assert cache.by_container_id("2" * 64) is None
-    assert ("ADDED", "api-0") in seen
-    assert ("MODIFIED", "web-7d4b9c-x2x9q") in seen
-    assert ("DELETED", "batch-worker-0") in seen
-    assert len(list_requests(fake_api)) == 1  # no API call per change
-
-
-def test_resume_from_last_resource_version_after_the_stream_ends(
-    cache: PodCache, fake_api: FakeKube
-) -> None:
-    cache.start()
-    fake_api.add_pod(new_pod("a-0", "11111111-2222-4333-8444-000000000001", "node-1", "4" * 64))
-    wait_for(lambda: cache.by_container_id("4" * 64), what="first pod")
-    last_rv = cache.status()["resource_version"]
-    n = len(watch_requests(fake_api))
-    fake_api.kick_watches()
-    wait_for(lambda: len(watch_requests(fake_api)) > n, what="a new watch")
-    resumed = watch_requests(fake_api)[n]
-    assert resumed.query["resourceVersion"] == last_rv
-    fake_api.add_pod(new_pod("a-1", "11111111-2222-4333-8444-000000000002", "node-1", "5" * 64))
-    wait_for(lambda: cache.by_container_id("5" * 64), what="pod after resume")
-    assert cache.relists == 1
-
-
-def test_410_gone_relists(cache: PodCache, fake_api: FakeKube) -> None:
-    cache.start()
-    seen: list[str] = []
-    cache.add_listener(lambda kind, new, old: seen.append(kind))
-    # Changes the client never sees through the watch: they are compacted away, then the
-    # watch gets ERROR 410 and only a fresh list can bring them in.
-    fake_api.kick_watches()
-    with fake_api.cond:
-        del fake_api.pods[BATCH_UID]
-    fake_api.expire()
-    wait_for(lambda: cache.relists >= 2, what="a re-list after 410")
-    assert cache.by_uid(BATCH_UID) is None
-    assert "RELIST" in seen
-    assert "DELETED" in seen  # the pod gone between the lists is reported as deleted
-    assert len(list_requests(fake_api)) >= 2
-    fake_api.add_pod(
-        new_pod("after-410", "11111111-2222-4333-8444-000000000003", "node-1", "6" * 64)
-    )
-    wait_for(lambda: cache.by_container_id("6" * 64), what="pod after the re-list")
-
-
-def test_start_fails_loudly_when_the_api_refuses(kube: KubeClient, fake_api: FakeKube) -> None:
-    fake_api.forced[("GET", "/api/v1/pods")] = 403
-    c = PodCache(kube, field_selector="spec.nodeName=node-1")
-    with pytest.raises(
-        KubernetesError,
-        match=r"GET http://127\.0\.0\.1:\d+/api/v1/pods"
-        r"\?fieldSelector=spec\.nodeName%3Dnode-1: HTTP 403",
-    ):
-        c.start()
-    assert not c.running
-
-
 def test_watch_errors_are_retried_from_the_same_version(
     cache: PodCache, fake_api: FakeKube
 ) -> None:
+    """Fault: HTTP 500 on the watch request, which a real API server gives on no demand."""
     cache.start()
     n = len(watch_requests(fake_api))
     fake_api.forced[("GET", "/api/v1/pods")] = 500
