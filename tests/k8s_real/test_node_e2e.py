@@ -92,6 +92,11 @@ def test_a_leak_gives_aggregated_pressure_events_then_a_confirmed_kill(
 
     kinds = [kind(d) for d in docs]
     assert "warn" in kinds and "critical" in kinds, kinds
+    # each event names the pod as the API server has it: its IP (from the status the kubelet
+    # reported) and its pressured.io annotations
+    first_warn = next(d for d in docs if kind(d) == "warn")
+    assert first_warn["pod_uid"] == uid and first_warn["pod_ip"] == "10.244.0.17", first_warn
+    assert first_warn["annotations"] == {"pressured.io/cooldown-seconds": "1"}, first_warn
     assert kill["pid"] == leak.pid and kill["pod_name"] == "leaky", kill
     warn = one_event(k8s_lane, ns, uid, "MemoryPressureWarning")
     critical = one_event(k8s_lane, ns, uid, "MemoryPressureCritical")
