@@ -37,6 +37,17 @@ def rfc3339(ts: float) -> str:
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 
+def parse_time(text: Any) -> float | None:
+    """An RFC 3339 timestamp (ours, the API server's) as epoch seconds; None when absent or
+    malformed."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Kubernetes identity of a target; every field None outside Kubernetes."""

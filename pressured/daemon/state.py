@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pressured.engine import theil_sen_slope
-from pressured.model import Event, Identity, OomKill, Sample, rfc3339
+from pressured.model import Event, Identity, OomKill, Sample, parse_time, rfc3339
 
 log = logging.getLogger("pressured.daemon")
 
@@ -237,8 +237,6 @@ class LiveState:
         """List again the kills a previous run confirmed (kills/journal.py ``read_kills``,
         oldest first): the last MAX_KILLS of them, before any new one. A line without a
         readable time is skipped with a warning naming ``where``; how many were listed."""
-        from pressured.k8s.client import parse_time  # noqa: PLC0415
-
         rows, bad = [], 0
         for doc in journal:
             row = kill_row(doc)

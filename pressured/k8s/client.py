@@ -141,16 +141,6 @@ def _model(resource: Any, data: dict[str, Any]) -> Any:
     return resource.from_dict(data)
 
 
-def parse_time(text: Any) -> float | None:
-    """An RFC 3339 API timestamp as epoch seconds, or None when absent or malformed."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def _str_option(section: Mapping[str, Any], key: str, where: str) -> str | None:
     value = section.get(key)
     if value is None or value == "":

@@ -25,6 +25,7 @@ from pressured.daemon.state import STATE_PATH
 from pressured.errors import KubernetesError, PressuredError
 from pressured.k8s.access import VIEWER
 from pressured.k8s.client import Forbidden, KubeClient
+from pressured.model import parse_time
 
 DEFAULT_SELECTOR: Final = "app.kubernetes.io/name=pressured"
 """The chart's selector label (templates/_helpers.tpl pressured.selectorLabels)."""
@@ -56,8 +57,6 @@ def metrics_port(pod: Mapping[str, Any], default: int = DEFAULT_PORT) -> int:
 
 
 def _age_seconds(kill: Mapping[str, Any], now: float) -> float | None:
-    from pressured.k8s.client import parse_time  # noqa: PLC0415
-
     t = parse_time(kill.get("time"))
     return None if t is None else max(0.0, now - t)
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from pressured.errors import ConfigError, KubernetesError
 from pressured.k8s.annotations import event_annotations, parse_annotations
-from pressured.k8s.client import SERVICE_ACCOUNT_DIR, KubeClient, parse_time
+from pressured.k8s.client import SERVICE_ACCOUNT_DIR, KubeClient
 from pressured.k8s.identity import split_container_id
 from pressured.k8s.podcache import PodInfo, pod_info
-from pressured.model import Identity, KillRecord, Sample
+from pressured.model import Identity, KillRecord, Sample, parse_time
 from pressured.sources.base import Polled, Source, TargetSpec
 from pressured.sources.pod import AnnotationChecker
 
