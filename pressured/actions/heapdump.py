@@ -478,7 +478,7 @@ class HeapdumpAction(Action):
         """("go", 0) for the HTTP path, else the runtime and the pid to capture from."""
         if self.runtime == "go":
             return "go", 0
-        from pressured.runtimes.detect import detect  # noqa: PLC0415
+        from pressured.runtimes.detect import NAMES, detect  # noqa: PLC0415
 
         found = {pid: detect(pid, self.ctx.proc_root, go=False) for pid in pids}
         for pid, runtime in found.items():
@@ -486,11 +486,10 @@ class HeapdumpAction(Action):
                 return runtime, pid
         if self.runtime == "auto":
             return "go", 0
-        names = {"jvm": "a JVM (no libjvm mapped)", "node": "a Node.js process"}
         message = (
             f"heapdump: {event.key or event.cgroup}: runtime {self.runtime}: "
             + (
-                f"none of pids {pids} is {names[self.runtime]}"
+                f"none of pids {pids} is {NAMES[self.runtime]}"
                 if pids
                 else "the event names no pids"
             )
