@@ -107,7 +107,7 @@ METRIC_FIELDS: Final[dict[str, str]] = {
     "working_set": "working_set_bytes",
     "usage": "usage_bytes",
 }
-"""The event and state field that holds each metric's bytes."""
+"""The sample, event and state field that holds each metric's bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +153,8 @@ class Sample:
 
     def metric_bytes(self, metric: Metric) -> int:
         """The value warn/critical are decided on, by the configured metric."""
-        decided = self.decided_by(metric)
-        if decided == "usage":
-            return self.usage_bytes
-        if decided == "unreclaimable" and self.unreclaimable_bytes is not None:
-            return self.unreclaimable_bytes
-        return self.working_set_bytes
+        value: int = getattr(self, METRIC_FIELDS[self.decided_by(metric)])
+        return value
 
 
 @dataclass(frozen=True)
