@@ -17,10 +17,10 @@ from pressured.errors import ActionError, ConfigError
 from pressured.k8s.client import KubeClient
 from pressured.model import Identity, OomKill, PressureEvent
 from tests.k8s.fake_apiserver import FakeKube
+from tests.support.events import oom_kill_event, pressure_event
 from tests.support.wait import wait_for
 
 WEB_UID = "3f1c2b9e-8a47-4c1e-9d2a-6b5e7f8a9c01"
-WALL = 1772446560.0  # 2026-03-02T10:16:00Z
 WEB = Identity(
     namespace="shop",
     pod_name="web-7d4b9c-x2x9q",
@@ -32,46 +32,12 @@ WEB = Identity(
 )
 
 
-def pressure(
-    severity: str = "warn",
-    *,
-    identity: Identity = WEB,
-    eta: float | None = 42.0,
-    extra: dict[str, Any] | None = None,
-    dry_run: bool = False,
-) -> PressureEvent:
-    return PressureEvent(
-        time=WALL,
-        severity=severity,  # type: ignore[arg-type]
-        previous_severity="ok",
-        cgroup="/kubepods/burstable/pod" + WEB_UID + "/" + "a7a1d1b1" * 8,
-        usage_bytes=230 * 2**20,
-        working_set_bytes=200 * 2**20,
-        limit_bytes=256 * 2**20,
-        usage_percent=78.125,
-        growth_bytes_per_s=1.5 * 2**20,
-        eta_seconds=eta,
-        psi_some_avg10=None,
-        psi_full_avg10=None,
-        rule="warn_percent>=70",
-        key="/sys/fs/cgroup/kubepods/x",
-        identity=identity,
-        extra=dict(extra or {}),
-        dry_run=dry_run,
-    )
+def pressure(severity: str = "warn", **options: Any) -> PressureEvent:
+    return pressure_event(WEB, severity, **options)
 
 
 def kill() -> OomKill:
-    return OomKill(
-        time=WALL,
-        cgroup="/kubepods/burstable/pod" + WEB_UID,
-        pid=41807,
-        comm="python3",
-        oom_kill_count=1,
-        sources=("kmsg", "counters"),
-        warned_seconds_before=12.4,
-        identity=WEB,
-    )
+    return oom_kill_event(WEB)
 
 
 def ctx_for(kube: KubeClient | None, **kw: Any) -> ActionContext:

@@ -28,7 +28,7 @@ from pressured.actions.k8s_event import K8sEventAction
 from pressured.errors import ActionError, KubernetesError
 from pressured.k8s.client import Forbidden, KubeClient
 from pressured.k8s.podcache import PodCache, PodInfo
-from pressured.model import Identity, OomKill, Overrides, PressureEvent
+from pressured.model import Identity, Overrides
 from pressured.sources.base import TargetSpec
 from pressured.sources.cluster import SOURCE_K8S_EVENT, SOURCE_K8S_STATUS, ClusterSource
 from pressured.sources.node import NodeSource
@@ -46,6 +46,8 @@ from tests.k8s_real.kubelet import (
 )
 from tests.k8s_real.test_chart_rbac import record_requests, request_token
 from tests.k8s_real.test_evict_e2e import forbidding_budget
+from tests.support.events import oom_kill_event as oom_kill
+from tests.support.events import pressure_event as pressure
 from tests.support.podtrees import (
     BATCH_WORKER,
     SIDECAR,
@@ -62,7 +64,6 @@ from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.k8s_real
 MiB = 1 << 20
-WALL = 1772446560.0  # 2026-03-02T10:16:00Z
 
 
 @dataclass
@@ -335,49 +336,6 @@ def identity_of(p: Parts, pod: dict[str, Any], container: str = "app") -> Identi
         container_id=status["containerID"].split("://", 1)[1],
         node_name=p.node,
         pod_ip=pod["status"]["podIP"],
-    )
-
-
-def pressure(
-    who: Identity,
-    severity: str = "warn",
-    *,
-    eta: float | None = 42.0,
-    extra: dict[str, Any] | None = None,
-    dry_run: bool = False,
-) -> PressureEvent:
-    return PressureEvent(
-        time=WALL,
-        severity=severity,  # type: ignore[arg-type]
-        previous_severity="ok",
-        cgroup=f"/kubepods/burstable/pod{who.pod_uid}/{who.container_id}",
-        usage_bytes=230 * MiB,
-        working_set_bytes=200 * MiB,
-        limit_bytes=256 * MiB,
-        usage_percent=78.125,
-        growth_bytes_per_s=1.5 * MiB,
-        eta_seconds=eta,
-        psi_some_avg10=None,
-        psi_full_avg10=None,
-        rule="warn_percent>=70",
-        key="/sys/fs/cgroup/kubepods/x",
-        identity=who,
-        extra=dict(extra or {}),
-        dry_run=dry_run,
-    )
-
-
-def oom_kill(who: Identity, extra: dict[str, Any] | None = None) -> OomKill:
-    return OomKill(
-        time=WALL,
-        cgroup=f"/kubepods/burstable/pod{who.pod_uid}",
-        pid=41807,
-        comm="python3",
-        oom_kill_count=1,
-        sources=("kmsg", "counters"),
-        warned_seconds_before=12.4,
-        identity=who,
-        extra=dict(extra or {}),
     )
 
 
