@@ -92,10 +92,23 @@ def create_pod(
     http = lane.admin_http
     r = http.post(f"/api/v1/namespaces/{namespace}/pods", json=body)
     assert r.status_code == 201, api_error(r)
+    return report_running(lane, namespace, name, containers)
+
+
+def report_running(
+    lane: Lane,
+    namespace: str,
+    name: str,
+    containers: Sequence[Container],
+    *,
+    pod_ip: str = "10.244.0.17",
+) -> dict[str, Any]:
+    """What a kubelet reports of a started pod: Running and Ready, its IP, each container's
+    ID; the stored pod."""
     status = {
         "status": {
             "phase": "Running",
-            "podIP": "10.244.0.17",
+            "podIP": pod_ip,
             "hostIP": "127.0.0.1",
             "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [
@@ -113,7 +126,7 @@ def create_pod(
             ],
         }
     }
-    r = http.patch(
+    r = lane.admin_http.patch(
         f"/api/v1/namespaces/{namespace}/pods/{name}/status", json=status, headers=MERGE_PATCH
     )
     assert r.status_code == 200, api_error(r)

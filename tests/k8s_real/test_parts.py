@@ -42,6 +42,7 @@ from tests.k8s_real.kubelet import (
     create_pod,
     new_namespace,
     pod_events,
+    report_running,
     token_kubeconfig,
 )
 from tests.k8s_real.test_chart_rbac import record_requests, request_token
@@ -770,27 +771,7 @@ def bind(p: Parts, name: str, c: Container) -> None:
     }
     r = http.post(f"/api/v1/namespaces/{p.ns}/pods/{name}/binding", json=binding)
     assert r.status_code == 201, api_error(r)
-    status = {
-        "status": {
-            "phase": "Running",
-            "podIP": "10.244.0.18",
-            "containerStatuses": [
-                {
-                    "name": c.name,
-                    "image": "registry.k8s.io/pause:3.10",
-                    "imageID": "",
-                    "containerID": f"containerd://{c.id}",
-                    "ready": True,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
-                }
-            ],
-        }
-    }
-    r = http.patch(
-        f"/api/v1/namespaces/{p.ns}/pods/{name}/status", json=status, headers=MERGE_PATCH
-    )
-    assert r.status_code == 200, api_error(r)
+    report_running(p.lane, p.ns, name, [c], pod_ip="10.244.0.18")
 
 
 def test_node_source_follows_pod_changes(
