@@ -45,7 +45,7 @@ from tests.k8s_real.kubelet import (
     report_running,
     token_kubeconfig,
 )
-from tests.k8s_real.test_chart_rbac import record_requests, request_token
+from tests.k8s_real.test_chart_rbac import forbidden_of, record_requests, request_token
 from tests.k8s_real.test_evict_e2e import forbidding_budget
 from tests.support.events import oom_kill_event as oom_kill
 from tests.support.events import pressure_event as pressure
@@ -1022,14 +1022,6 @@ def in_cluster_environ(lane: Lane) -> dict[str, str]:
         "KUBERNETES_SERVICE_HOST": server.hostname or "",
         "KUBERNETES_SERVICE_PORT": str(server.port),
     }
-
-
-def forbidden_of(call: Callable[[], object]) -> Forbidden | None:
-    try:
-        call()
-    except Forbidden as exc:
-        return exc
-    return None
 
 
 def test_in_cluster_credentials_follow_a_rotated_token(parts: Parts, tmp_path: Path) -> None:
